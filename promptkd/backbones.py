@@ -1,0 +1,130 @@
+"""Load stock OpenAI CLIP models by name or file, and fingerprint their weights.
+
+`load_clip("ViT-B/16", weights_dir)` goes through the `clip` package's own `clip.load`, so a
+user's `ViT-B-16.pt` (JIT archive) and a plain state-dict file take the same path. The model
+comes back in fp32 on the CPU in eval mode; callers move and cast it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import warnings
+
+import torch
+
+with warnings.catch_warnings():
+    # clip-anytorch imports pkg_resources, which warns on every import.
+    warnings.simplefilter("ignore", UserWarning)
+    import clip
+    from clip import clip as _clip_impl
+
+DEFAULT_WEIGHTS_DIR = os.path.expanduser("~/.cache/clip")
+
+
+def clip_file_name(name: str) -> str:
+    """The file name OpenAI publishes a named model under (ViT-B/16 -> ViT-B-16.pt)."""
+    return os.path.basename(_clip_impl._MODELS[name])
+
+
+def resolve_weights_dir(weights_dir: str | None) -> str:
+    return os.path.abspath(os.path.expanduser(weights_dir)) if weights_dir else DEFAULT_WEIGHTS_DIR
+
+
+def load_clip(name: str, weights_dir: str | None = None, allow_download: bool = True) -> torch.nn.Module:
+    """Return the stock CLIP model `name` (an OpenAI name or a checkpoint path), fp32, CPU, eval.
+
+    A named model is looked up as `<weights_dir>/<file name>`; if it is missing, the clip
+    package may download it (when `allow_download`). Any failure names the file and the URL.
+    """
+    if name in clip.available_models():
+        root = resolve_weights_dir(weights_dir)
+        path = os.path.join(root, clip_file_name(name))
+        if not os.path.isfile(path):
+            hint = (
+                f"CLIP weights for '{name}' not found at {path}. Download {_clip_impl._MODELS[name]} "
+                f"and put it there (or set MODEL.WEIGHTS_DIR to the folder that holds "
+                f"{clip_file_name(name)}, or give MODEL.BACKBONE.NAME as a path to the file)."
+            )
+            if not allow_download:
+                raise FileNotFoundError(hint)
+            try:
+                model, _ = clip.load(name, device="cpu", jit=False, download_root=root)
+            except (urllib.error.URLError, OSError, RuntimeError) as err:
+                raise FileNotFoundError(f"{hint} The download failed: {err}") from None
+            return model.float().eval()
+    elif os.path.isfile(os.path.expanduser(name)):
+        path = os.path.expanduser(name)
+    else:
+        raise ValueError(
+            f"Unknown CLIP backbone '{name}': use one of {clip.available_models()} "
+            "or a path to a CLIP checkpoint file (JIT archive or state dict)."
+        )
+    try:
+        model, _ = clip.load(path, device="cpu", jit=False)
+    except Exception as err:  # a truncated file or something that is not CLIP
+        raise RuntimeError(f"Could not load a CLIP model from {path}: {err}") from err
+    return model.float().eval()
+
+
+def clip_from_state_dict(state_dict: dict) -> torch.nn.Module:
+    """Build a stock CLIP from a state dict (sizes inferred by the clip package), fp32, eval."""
+    return _clip_impl.build_model({k: v.clone() for k, v in state_dict.items()}).float().eval()
+
+
+def read_clip_state(name: str, weights_dir: str | None = None) -> dict:
+    """The state dict of a CLIP file (named or a path), read as `clip.load` reads it."""
+    path = name
+    if name in clip.available_models():
+        path = os.path.join(resolve_weights_dir(weights_dir), clip_file_name(name))
+        if not os.path.isfile(path):
+            load_clip(name, weights_dir, allow_download=True)  # downloads, or explains
+    elif not os.path.isfile(os.path.expanduser(name)):
+        load_clip(name, weights_dir)  # raises the unknown-backbone error
+    path = os.path.expanduser(path)
+    try:
+        return torch.jit.load(path, map_location="cpu").state_dict()
+    except RuntimeError:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def visual_from_state_dict(state: dict) -> tuple[torch.nn.Module, torch.Tensor]:
+    """Build only CLIP's ViT image tower (`clip.model.VisionTransformer`) from `visual.*` keys.
+
+    Stage 2 needs the teacher's and the student's image towers only; this never constructs a
+    text transformer. Returns (visual module fp32 eval, logit_scale tensor).
+    """
+    if "visual.proj" not in state:
+        raise ValueError("Stage 2 needs a ViT CLIP (no 'visual.proj' in the weights: a ResNet CLIP?).")
+    width = state["visual.conv1.weight"].shape[0]
+    patch = state["visual.conv1.weight"].shape[-1]
+    layers = len({k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")})
+    grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    visual = clip.model.VisionTransformer(
+        input_resolution=patch * grid, patch_size=patch, width=width, layers=layers,
+        heads=width // 64, output_dim=state["visual.proj"].shape[1],
+    )
+    visual.load_state_dict({k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")})
+    return visual.float().eval(), state["logit_scale"].detach().float().clone()
+
+
+def fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 over the module's state dict (names + fp32 values), as 16 hex digits.
+
+    Identifies the exact weights a teacher used, independently of file format or dtype.
+    """
+    h = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def is_vit(model: torch.nn.Module) -> bool:
+    """True for a ViT CLIP (or a ViT image tower)."""
+    return hasattr(getattr(model, "visual", model), "transformer")
+
+
+def embed_dim(clip_model: torch.nn.Module) -> int:
+    """Width of the joint image-text space (e.g. 512 for ViT-B/16, 768 for ViT-L/14)."""
+    return clip_model.text_projection.shape[1]

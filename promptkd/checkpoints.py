@@ -1,0 +1,186 @@
+"""Checkpoint files: atomic writes, safe reads, learnable-only state, published formats.
+
+Our checkpoints hold only what was trained (prompts, projector, BatchNorm buffers) plus plain
+numbers, so they load with `torch.load(weights_only=True)`. The published PromptKD/PromptSRC
+files (spec §3) were written by torch 1.x and pickle a scheduler object; they load only when
+the caller says the file is trusted (config MODEL.TRUST_PICKLED_CHECKPOINTS).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+
+import torch
+from torch import nn
+
+TRUST_KEY = "MODEL.TRUST_PICKLED_CHECKPOINTS"
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save to a temp file in the same folder, fsync, then rename over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_file(path: str, trusted: bool = False, map_location="cpu"):
+    """torch.load with weights_only=True; pickled objects only if `trusted`, else a clear error."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No checkpoint at {path}.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not trusted:
+            raise RuntimeError(
+                f"{path} pickles Python objects (a torch 1.x checkpoint such as the published "
+                f"PromptKD/PromptSRC files) and cannot be read with weights_only=True. If you "
+                f"trust this file, set {TRUST_KEY} True to load it with weights_only=False. "
+                f"({str(err).splitlines()[0]})"
+            ) from None
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def learnable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters that train plus all buffers (BatchNorm running stats): what a checkpoint needs."""
+    state = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    state.update({n: b.detach().clone() for n, b in module.named_buffers()})
+    return state
+
+
+def load_learnable_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load what `learnable_state_dict` saved; any missing or unexpected key is an error."""
+    expected = learnable_state_dict(module)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise KeyError(
+            f"{source} does not match the model: missing keys {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
+            f"{' ...' if len(unexpected) > 10 else ''}. Was it written with other prompt settings?"
+        )
+    own = dict(module.named_parameters())
+    own.update(dict(module.named_buffers()))
+    with torch.no_grad():
+        for name, value in state.items():
+            if own[name].shape != value.shape:
+                raise ValueError(
+                    f"{source}: '{name}' has shape {tuple(value.shape)}, the model expects "
+                    f"{tuple(own[name].shape)}."
+                )
+            own[name].copy_(value)
+
+
+# --- published checkpoints (spec §3) -------------------------------------------------------
+
+_DEEP = re.compile(r"^(image_encoder|text_encoder)\.transformer\.resblocks\.(\d+)\.VPT_shallow$")
+
+
+def read_published(path: str, trusted: bool) -> dict[str, torch.Tensor]:
+    """The `state_dict` of a published `VLPromptLearner/model*.pth.tar`, with a clear error."""
+    ckpt = load_file(path, trusted=trusted)
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a Dassl checkpoint: no 'state_dict' entry.")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def _deep_prompts(state: dict, side: str, first_key: str) -> list[torch.Tensor]:
+    """[input prompts, block 1, ..., block depth-1] from VPT / VPT_shallow keys."""
+    if first_key not in state:
+        return []
+    blocks = {}
+    for key in state:
+        m = _DEEP.match(key)
+        if m and m.group(1) == side:
+            blocks[int(m.group(2))] = state[key]
+    depth = len(blocks) + 1
+    if sorted(blocks) != list(range(1, depth)):
+        raise ValueError(f"{side} deep prompts are not contiguous: blocks {sorted(blocks)}.")
+    return [state[first_key]] + [blocks[i] for i in range(1, depth)]
+
+
+def _check_keys(path: str, state: dict, used: set[str], ignorable: tuple[str, ...]) -> None:
+    unexpected = sorted(k for k in state if k not in used and not k.startswith(ignorable))
+    if unexpected:
+        raise KeyError(
+            f"{path} has keys this reader does not know: {unexpected[:12]}"
+            f"{' ...' if len(unexpected) > 12 else ''}. Is it a PromptSRC/PromptKD checkpoint "
+            "of the kind expected here (teacher vs student)?"
+        )
+
+
+def split_published_teacher(path: str, trusted: bool = False) -> dict:
+    """Read a published PromptSRC/PromptKD teacher into CLIP weights + prompts.
+
+    Returns {"clip_state": CLIP weights (image + text towers and logit_scale) *without* the
+    token-embedding table, which these files do not hold (only class-specific prefix/suffix
+    embeddings): take it from the stock CLIP of the same backbone; "text_prompts": [...],
+    "image_prompts": [...]}. Token prefix/suffix and the frozen zero-shot copy are ignored;
+    anything else unknown is an error.
+    """
+    state = read_published(path, trusted)
+    need = ["logit_scale", "prompt_learner.ctx", "image_encoder.proj", "text_encoder.text_projection"]
+    missing = [k for k in need if k not in state]
+    if missing:
+        hint = " It looks like a PromptKD *student* checkpoint." if any(k.startswith("VPT_image_trans") for k in state) else ""
+        raise KeyError(f"{path} is not a PromptSRC/PromptKD teacher checkpoint: missing {missing}.{hint}")
+    clip_state, used = {}, set()
+    for key, value in state.items():
+        if key.endswith("VPT_shallow") or key in ("image_encoder.VPT", "prompt_learner.ctx"):
+            used.add(key)
+        elif key.startswith("image_encoder."):
+            clip_state["visual." + key[len("image_encoder."):]] = value
+            used.add(key)
+        elif key.startswith("text_encoder."):
+            clip_state[key[len("text_encoder."):]] = value
+            used.add(key)
+        elif key == "logit_scale":
+            clip_state[key] = value
+            used.add(key)
+    _check_keys(path, state, used, ("prompt_learner.token_prefix", "prompt_learner.token_suffix",
+                                    "prompt_learner.ZS_image_encoder."))
+    text = _deep_prompts(state, "text_encoder", "prompt_learner.ctx")
+    image = _deep_prompts(state, "image_encoder", "image_encoder.VPT")
+    return {"clip_state": clip_state, "text_prompts": text, "image_prompts": image}
+
+
+def split_published_student(path: str, trusted: bool = False) -> dict:
+    """Read a published PromptKD student: image-encoder weights, prompts and projector.
+
+    Returns {"visual_state": CLIP `visual.*` weights, "image_prompts": [...], "projector":
+    state dict for `student.Projector`, "logit_scale": tensor}.
+    """
+    state = read_published(path, trusted)
+    if "VPT_image_trans.conv1.0.weight" not in state:
+        hint = " It looks like a teacher checkpoint." if "prompt_learner.ctx" in state else ""
+        raise KeyError(f"{path} is not a PromptKD student checkpoint: no VPT_image_trans.* keys.{hint}")
+    visual, projector, used = {}, {}, set()
+    for key, value in state.items():
+        if key.startswith("image_encoder.") and not key.endswith("VPT_shallow") and key != "image_encoder.VPT":
+            visual["visual." + key[len("image_encoder."):]] = value
+            used.add(key)
+        elif key.startswith("VPT_image_trans.conv1."):
+            name = key[len("VPT_image_trans.conv1."):]
+            projector[name] = value.flatten(1) if value.dim() == 4 else value
+            used.add(key)
+        elif key.endswith("VPT_shallow") or key in ("image_encoder.VPT", "logit_scale"):
+            used.add(key)
+    _check_keys(path, state, used, ())
+    return {
+        "visual_state": visual,
+        "image_prompts": _deep_prompts(state, "image_encoder", "image_encoder.VPT"),
+        "projector": projector,
+        "logit_scale": state["logit_scale"],
+    }

@@ -1,0 +1,142 @@
+"""The teacher's export: pre-stored class vectors and the image side stage 2 needs.
+
+A teacher is encoded once, when it is final. Two files (plain tensors, strings and numbers;
+`torch.load(weights_only=True)` reads them) go into its export folder:
+
+* `class_vectors_<Dataset>.pt`: L2-normalised prompted text features of *all* the dataset's
+  classes in label order, with the class names, dataset, teacher backbone and weight
+  fingerprint, prompt settings, logit scale and a format version.
+* `image_side.pt`: the teacher's visual prompts and logit scale; the backbone is referenced
+  (a CLIP name/path, or a published checkpoint), not copied.
+
+Stage 2 checks both against the dataset and against each other before it trains.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .backbones import fingerprint, read_clip_state, visual_from_state_dict
+from .checkpoints import atomic_save, load_file, split_published_teacher
+
+FORMAT_VERSION = 1
+IMAGE_SIDE_FILE = "image_side.pt"
+
+
+def class_vectors_file(export_dir: str, dataset: str) -> str:
+    return os.path.join(export_dir, f"class_vectors_{dataset}.pt")
+
+
+def _check_version(path: str, data: dict, kind: str) -> None:
+    if not isinstance(data, dict) or data.get("kind") != kind:
+        raise ValueError(f"{path} is not a {kind} file (written by PromptKDTeacher's export).")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format version {data.get('format_version')}; this code reads version "
+            f"{FORMAT_VERSION}. Re-export it with this version's PromptKDTeacher (--eval-only)."
+        )
+
+
+@dataclass
+class ClassVectors:
+    vectors: torch.Tensor  # [C, D] fp32, unit rows, label order
+    classnames: list[str]
+    dataset: str
+    teacher: dict = field(default_factory=dict)  # backbone, fingerprint, method, prompts, logit_scale
+
+    @property
+    def width(self) -> int:
+        return self.vectors.shape[1]
+
+    def save(self, path: str) -> None:
+        data = {"kind": "class_vectors", "format_version": FORMAT_VERSION,
+                **asdict(self), "vectors": self.vectors.detach().to("cpu", torch.float32).contiguous()}
+        atomic_save(data, path)
+
+    @classmethod
+    def load(cls, path: str, how_to_make: str = "") -> "ClassVectors":
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No class-vector file at {path}. {how_to_make}".strip())
+        data = load_file(path)
+        _check_version(path, data, "class_vectors")
+        return cls(vectors=data["vectors"], classnames=list(data["classnames"]),
+                   dataset=data["dataset"], teacher=dict(data["teacher"]))
+
+    def check_dataset(self, dataset: str, classnames: list[str], source: str = "class vectors") -> None:
+        """Refuse vectors made for other classes: names, order and count must match."""
+        problems = []
+        if dataset != self.dataset:
+            problems.append(f"they were made for dataset {self.dataset}, this run uses {dataset}")
+        if len(classnames) != len(self.classnames):
+            problems.append(f"{len(self.classnames)} classes stored, the dataset has {len(classnames)}")
+        else:
+            diff = [(i, a, b) for i, (a, b) in enumerate(zip(self.classnames, classnames)) if a != b]
+            if diff:
+                shown = "; ".join(f"label {i}: stored '{a}' vs dataset '{b}'" for i, a, b in diff[:5])
+                problems.append(f"{len(diff)} class names differ ({shown})")
+        if problems:
+            raise ValueError(f"The {source} do not match the dataset: " + "; ".join(problems) + ".")
+
+
+@dataclass
+class ImageSide:
+    """What stage 2 needs of the teacher's image tower."""
+
+    backbone: dict  # {"kind": "clip", "name": ...} | {"kind": "published", "path": ...}
+    fingerprint: str  # of the teacher's image tower weights (see `visual_fingerprint`)
+    prompts: list  # [depth] tensors [n_ctx, width]
+    logit_scale: float
+    width: int  # class-vector width the teacher scores against
+    method: str = "PromptKDTeacher"
+
+    def save(self, path: str) -> None:
+        data = {"kind": "image_side", "format_version": FORMAT_VERSION, **asdict(self),
+                "prompts": [p.detach().to("cpu", torch.float32).contiguous() for p in self.prompts]}
+        atomic_save(data, path)
+
+    @classmethod
+    def load(cls, path: str, how_to_make: str = "") -> "ImageSide":
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No teacher image-side file at {path}. {how_to_make}".strip())
+        data = load_file(path)
+        _check_version(path, data, "image_side")
+        return cls(backbone=dict(data["backbone"]), fingerprint=data["fingerprint"],
+                   prompts=list(data["prompts"]), logit_scale=float(data["logit_scale"]),
+                   width=int(data["width"]), method=data.get("method", ""))
+
+    def load_visual(self, weights_dir: str | None = None, trusted: bool = False):
+        """Build the referenced teacher image tower; refuse weights with another fingerprint."""
+        if self.backbone["kind"] == "clip":
+            state = read_clip_state(self.backbone["name"], weights_dir)
+            where = self.backbone["name"]
+        elif self.backbone["kind"] == "published":
+            state = split_published_teacher(self.backbone["path"], trusted)["clip_state"]
+            where = self.backbone["path"]
+        else:
+            raise ValueError(f"Unknown teacher backbone reference {self.backbone}.")
+        visual, _ = visual_from_state_dict(state)
+        found = visual_fingerprint(visual)
+        if found != self.fingerprint:
+            raise ValueError(
+                f"The teacher weights at {where} have fingerprint {found}, but the teacher was "
+                f"exported with {self.fingerprint}: these are not the weights it was trained on."
+            )
+        return visual
+
+
+def visual_fingerprint(visual: torch.nn.Module) -> str:
+    """Fingerprint of an image tower (the teacher part stage 2 runs)."""
+    return fingerprint(visual)
+
+
+def check_pair(vectors: ClassVectors, side: ImageSide, vectors_path: str, side_path: str) -> None:
+    """Class vectors and image side must come from the same teacher."""
+    problems = []
+    if vectors.width != side.width:
+        problems.append(f"width {vectors.width} vs {side.width}")
+    if vectors.teacher.get("fingerprint") != side.fingerprint:
+        problems.append(f"teacher fingerprint {vectors.teacher.get('fingerprint')} vs {side.fingerprint}")
+    if problems:
+        raise ValueError(f"{vectors_path} and {side_path} come from different teachers: " + ", ".join(problems) + ".")

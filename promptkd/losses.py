@@ -1,0 +1,90 @@
+"""Losses of PromptKD and of its PromptSRC teacher, and Gaussian prompt aggregation (GPA).
+
+KL terms use the published scaling: the summed KL divided by the number of logits (B·C), not
+`batchmean`, because the published KD_WEIGHT values (1000 / 200) were tuned for it.
+"""
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+
+
+def kl_per_logit(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Σ KL(softmax(t/T) ‖ softmax(s/T)) / (B·C), computed in fp32."""
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(s, t, reduction="sum", log_target=True) / student_logits.numel()
+
+
+def kd_loss(student_logits, teacher_logits, temperature: float, weight: float) -> torch.Tensor:
+    """PromptKD's distillation loss: KD_WEIGHT × T² × KL(teacher ‖ student) / (B·C)."""
+    return weight * temperature**2 * kl_per_logit(student_logits, teacher_logits, temperature)
+
+
+def promptsrc_loss(logits, labels, text_feats, zs_text_feats, image_feats, zs_image_feats,
+                   zs_logits, text_weight: float, image_weight: float, kl_weight: float) -> dict:
+    """PromptSRC: CE + text L1 + image L1 + KL(frozen ‖ prompted). Features are L2-normalised.
+
+    Returns the terms and their weighted sum under "loss"; a zero weight skips its term.
+    """
+    terms = {"ce": F.cross_entropy(logits.float(), labels)}
+    if text_weight:
+        terms["l1_text"] = text_weight * F.l1_loss(text_feats.float(), zs_text_feats.float())
+    if image_weight:
+        terms["l1_image"] = image_weight * F.l1_loss(image_feats.float(), zs_image_feats.float())
+    if kl_weight:
+        terms["kl"] = kl_weight * kl_per_logit(logits, zs_logits)
+    terms["loss"] = sum(terms.values())
+    return terms
+
+
+def gpa_weights(num_epochs: int, mean: float, std: float) -> list[float]:
+    """w_e ∝ N(e; mean, std) for e = 1..num_epochs, normalised to sum 1 (log-space, no underflow)."""
+    if std <= 0:
+        raise ValueError(f"GPA_STD must be > 0, got {std}.")
+    logits = torch.tensor([-((e - mean) ** 2) / (2 * std**2) for e in range(1, num_epochs + 1)], dtype=torch.float64)
+    return torch.softmax(logits, dim=0).tolist()
+
+
+class GaussianPromptAggregator:
+    """Running Σ_e w_e · θ_e over epochs for the learnable prompts (PromptSRC's GPA).
+
+    `update(epoch, params)` after each epoch (1-based); `result()` gives the aggregate.
+    Its state is plain tensors and numbers, so it resumes from a checkpoint exactly.
+    """
+
+    def __init__(self, num_epochs: int, mean: float, std: float):
+        self.weights = gpa_weights(num_epochs, mean, std)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.epochs_done = 0
+
+    def update(self, epoch: int, params: dict[str, torch.Tensor]) -> None:
+        w = self.weights[epoch - 1]
+        for name, value in params.items():
+            contribution = w * value.detach().to(torch.float32)
+            self.sums[name] = self.sums[name] + contribution if name in self.sums else contribution.clone()
+        self.epochs_done = epoch
+
+    def result(self) -> dict[str, torch.Tensor]:
+        if self.epochs_done != len(self.weights):
+            raise RuntimeError(f"GPA has seen {self.epochs_done} of {len(self.weights)} epochs.")
+        return dict(self.sums)
+
+    def state_dict(self) -> dict:
+        return {"sums": {k: v.clone() for k, v in self.sums.items()}, "epochs_done": self.epochs_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums = {k: v.clone() for k, v in state["sums"].items()}
+        self.epochs_done = int(state["epochs_done"])
+
+
+def harmonic_mean(base: float, novel: float) -> float:
+    return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
+
+
+def check_finite(loss: torch.Tensor, where: str, hint: str) -> None:
+    if not torch.isfinite(loss).all():
+        raise FloatingPointError(f"Loss is {loss.item()} at {where}. {hint}")
+
+

@@ -1,0 +1,69 @@
+"""The PromptKD student: a prompted CLIP image tower, a projector, and stored class vectors.
+
+logits = exp(logit_scale) · normalise(projector(f)) · Vᵀ, where f is the student's
+*unnormalised* image feature and V the teacher's pre-stored, L2-normalised class vectors.
+Only the visual prompts and the projector train; the student never runs a text encoder.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .encoders import PromptedImageEncoder, freeze_clip
+
+
+class Projector(nn.Sequential):
+    """Student width Ds -> class-vector width Dt: Linear, BatchNorm, ReLU, Linear.
+
+    Indices 0, 1, 3 match the published `VPT_image_trans.conv1.{0,1,3}` (1×1 convs there,
+    which are the same maps as these linears on a [B, D] feature).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__(nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True),
+                         nn.Linear(out_dim, out_dim))
+
+
+class PromptKDStudent(nn.Module):
+    def __init__(self, visual: nn.Module, logit_scale: torch.Tensor, class_dim: int, n_ctx: int = 4, depth: int = 9):
+        """`visual`: a stock CLIP image tower (frozen here); `class_dim`: the width of the
+        teacher's class vectors. The projector's sizes come from these two models."""
+        super().__init__()
+        freeze_clip(visual)
+        self.image_encoder = PromptedImageEncoder(visual, n_ctx=n_ctx, depth=depth)
+        self.projector = Projector(self.image_encoder.output_dim, class_dim)
+        self.register_buffer("logit_scale", logit_scale.detach().float().clone().reshape(()))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projector(self.image_encoder(images).float()), dim=-1)
+
+    def forward(self, images: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale.exp() * self.features(images) @ class_vectors.t().to(torch.float32)
+
+
+class TeacherImageScorer(nn.Module):
+    """The frozen teacher's image side in stage 2: prompted image tower + logit scale.
+
+    logits = exp(logit_scale) · normalise(f_teacher) · Vᵀ. Always in eval mode, no gradients.
+    """
+
+    def __init__(self, visual: nn.Module, logit_scale: torch.Tensor, prompts: list[torch.Tensor]):
+        super().__init__()
+        freeze_clip(visual)
+        n_ctx = prompts[0].shape[0] if prompts else 0
+        self.image_encoder = PromptedImageEncoder(visual, n_ctx=n_ctx, depth=len(prompts))
+        with torch.no_grad():
+            for p, value in zip(self.image_encoder.prompts, prompts):
+                p.copy_(value)
+                p.requires_grad_(False)
+        self.register_buffer("logit_scale", logit_scale.detach().float().clone().reshape(()))
+        self.eval()
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
+        f = F.normalize(self.image_encoder(images).float(), dim=-1)
+        return self.logit_scale.exp() * f @ class_vectors.t().to(torch.float32)

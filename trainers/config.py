@@ -1,0 +1,75 @@
+"""Config keys this plugin adds to Dassl's defaults (yacs), in one place.
+
+`extend_cfg(cfg)` is called by `train.py` before the dataset / trainer YAML files are merged,
+so every key a YAML file or a `KEY VALUE` override may set is declared here with its default.
+The published PromptKD / PromptSRC key names are kept (`TRAINER.PROMPTKD.*`, `TRAINER.MODAL`,
+`TRAINER.PROMPTSRC.*`). This module needs only yacs, not Dassl.
+"""
+from yacs.config import CfgNode as CN
+
+MODALS = ("base2novel", "cross")
+PRECISIONS = ("fp32", "fp16", "amp", "bf16")
+MODEL_SELECTIONS = ("last_epoch", "best_base_test")
+
+
+def _ivlp_prompt_keys(node, depth):
+    """Prompt settings shared by every IVLP-style trainer (text + vision deep prompts)."""
+    node.N_CTX_VISION = 4
+    node.N_CTX_TEXT = 4
+    node.CTX_INIT = "a photo of a"
+    node.PROMPT_DEPTH_VISION = depth
+    node.PROMPT_DEPTH_TEXT = depth
+    # fp32 | fp16 (pure half, the published behaviour) | amp (autocast fp16 + grad scaler)
+    # | bf16 (autocast bf16). On CPU fp16/amp fall back to fp32 with a warning.
+    node.PREC = "fp16"
+
+
+def extend_cfg(cfg):
+    # --- data --------------------------------------------------------------------------
+    # all | base | new: base = labels [0, ceil(C/2)), new = the rest, relabelled from 0.
+    cfg.DATASET.SUBSAMPLE_CLASSES = "all"
+
+    # --- CLIP weights ------------------------------------------------------------------
+    # Directory holding OpenAI's CLIP files (ViT-B-16.pt, ...); "" = the clip package's cache
+    # (~/.cache/clip). MODEL.BACKBONE.NAME is a CLIP name (ViT-B/16) or a path to a file.
+    cfg.MODEL.WEIGHTS_DIR = ""
+    # Checkpoints written by torch 1.x (the published PromptKD/PromptSRC files) pickle Python
+    # objects and can only be read with torch.load(weights_only=False). Set True only for
+    # files you trust.
+    cfg.MODEL.TRUST_PICKLED_CHECKPOINTS = False
+
+    # --- evaluation --------------------------------------------------------------------
+    # last_epoch: report the final model (default; no choice is made on test data).
+    # best_base_test: the published code's rule, keep the epoch with the best accuracy on
+    # the base-class *test* images (reproduces the paper; selects on test data).
+    cfg.TEST.MODEL_SELECTION = "last_epoch"
+
+    # --- protocol ------------------------------------------------------------------------
+    cfg.TRAINER.MODAL = "base2novel"  # base2novel | cross
+
+    # --- stage 1: the teacher (PromptSRC-style IVLP) ------------------------------------
+    cfg.TRAINER.PROMPTSRC = CN()
+    _ivlp_prompt_keys(cfg.TRAINER.PROMPTSRC, depth=9)
+    cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT = 25.0
+    cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT = 10.0
+    cfg.TRAINER.PROMPTSRC.KL_LOSS_WEIGHT = 1.0
+    cfg.TRAINER.PROMPTSRC.GPA = True
+    cfg.TRAINER.PROMPTSRC.GPA_MEAN = 15.0
+    cfg.TRAINER.PROMPTSRC.GPA_STD = 1.0
+    # A teacher that is not trained at all: stock CLIP with "{CTX_INIT} {classname}."
+    # (also implied by OPTIM.MAX_EPOCH 0). Prompt depths must then be 0.
+    cfg.TRAINER.PROMPTSRC.ZERO_SHOT = False
+    # Where class vectors are written ("" = OUTPUT_DIR/export).
+    cfg.TRAINER.PROMPTSRC.EXPORT_DIR = ""
+
+    # --- stage 2: the student -------------------------------------------------------------
+    cfg.TRAINER.PROMPTKD = CN()
+    _ivlp_prompt_keys(cfg.TRAINER.PROMPTKD, depth=9)
+    cfg.TRAINER.PROMPTKD.TEACHER_NAME = "ViT-L/14"
+    cfg.TRAINER.PROMPTKD.KD_WEIGHT = 1000.0
+    cfg.TRAINER.PROMPTKD.TEMPERATURE = 1.0
+    # The teacher's export directory (class_vectors_<Dataset>.pt + image_side.pt).
+    cfg.TRAINER.PROMPTKD.TEACHER_DIR = ""
+    # Explicit class-vector file; "" = TEACHER_DIR/class_vectors_<DATASET.NAME>.pt
+    cfg.TRAINER.PROMPTKD.CLASS_VECTORS = ""
+    return cfg
