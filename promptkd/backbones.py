@@ -61,7 +61,9 @@ def load_clip(name: str, weights_dir: str | None = None, allow_download: bool = 
             "or a path to a CLIP checkpoint file (JIT archive or state dict)."
         )
     try:
-        model, _ = clip.load(path, device="cpu", jit=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+            model, _ = clip.load(path, device="cpu", jit=False)
     except Exception as err:  # a truncated file or something that is not CLIP
         raise RuntimeError(f"Could not load a CLIP model from {path}: {err}") from err
     return model.float().eval()
@@ -83,7 +85,9 @@ def read_clip_state(name: str, weights_dir: str | None = None) -> dict:
         load_clip(name, weights_dir)  # raises the unknown-backbone error
     path = os.path.expanduser(path)
     try:
-        return torch.jit.load(path, map_location="cpu").state_dict()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+            return torch.jit.load(path, map_location="cpu").state_dict()
     except RuntimeError:
         return torch.load(path, map_location="cpu", weights_only=True)
 

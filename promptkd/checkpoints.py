@@ -53,10 +53,11 @@ def load_file(path: str, trusted: bool = False, map_location="cpu"):
 
 
 def learnable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters that train plus all buffers (BatchNorm running stats): what a checkpoint needs."""
-    state = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
-    state.update({n: b.detach().clone() for n, b in module.named_buffers()})
-    return state
+    """Parameters that train plus persistent buffers (BatchNorm running stats): what a
+    checkpoint needs. Frozen backbone weights are left out."""
+    keep = {n for n, p in module.named_parameters() if p.requires_grad}
+    keep |= {n for n, _ in module.named_buffers()}
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if k in keep}
 
 
 def load_learnable_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

@@ -1,0 +1,427 @@
+"""Tests for promptkd.results: synthetic run folders with realistic Dassl-style logs."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from promptkd import results as R
+
+REPO = Path(__file__).resolve().parents[1]
+
+B2N_DIRS = {  # registered name -> CoOp config / output directory name
+    "ImageNet": "imagenet", "Caltech101": "caltech101", "OxfordPets": "oxford_pets",
+    "StanfordCars": "stanford_cars", "OxfordFlowers": "oxford_flowers", "Food101": "food101",
+    "FGVCAircraft": "fgvc_aircraft", "SUN397": "sun397", "DescribableTextures": "dtd",
+    "EuroSAT": "eurosat", "UCF101": "ucf101",
+}
+DG_DIRS = {"ImageNetV2": "imagenetv2", "ImageNetSketch": "imagenet_sketch",
+           "ImageNetA": "imagenet_a", "ImageNetR": "imagenet_r"}
+
+
+def config_dump(trainer, dataset, seed, modal, selection="last_epoch", backbone="ViT-B/16"):
+    """What Dassl's train.py prints first: the arguments, then the yacs config."""
+    return f"""Setting fixed seed: {seed}
+***************
+** Arguments **
+***************
+backbone: 
+config_file: configs/trainers/{trainer}/vit_b16_c2_ep20_batch8_4+4ctx.yaml
+dataset_config_file: configs/datasets/{B2N_DIRS.get(dataset, DG_DIRS.get(dataset))}.yaml
+eval_only: False
+head: 
+opts: ['TRAINER.MODAL', '{modal}']
+output_dir: output/{trainer}/{dataset}/seed{seed}
+root: /data
+seed: {seed}
+trainer: {trainer}
+************
+** Config **
+************
+DATALOADER:
+  NUM_WORKERS: 8
+  TEST:
+    BATCH_SIZE: 100
+    SAMPLER: SequentialSampler
+  TRAIN_X:
+    BATCH_SIZE: 8
+DATASET:
+  ALL_AS_UNLABELED: False
+  NAME: {dataset}
+  NUM_SHOTS: 0
+  ROOT: /data
+  SUBSAMPLE_CLASSES: all
+INPUT:
+  TRANSFORMS: ['random_resized_crop', 'random_flip', 'normalize']
+MODEL:
+  BACKBONE:
+    NAME: {backbone}
+    PRETRAINED: True
+  HEAD:
+    NAME: 
+OPTIM:
+  LR: 0.005
+  NAME: sgd
+OUTPUT_DIR: output/{trainer}/{dataset}/seed{seed}
+SEED: {seed}
+TEST:
+  MODEL_SELECTION: {selection}
+TRAINER:
+  MODAL: {modal}
+  NAME: {trainer}
+  PROMPTKD:
+    KD_WEIGHT: 1000.0
+    TEACHER_NAME: ViT-L/14
+USE_CUDA: False
+VERSION: 1
+Collecting env info ...
+** System info **
+PyTorch version: 2.4.0
+OS: Ubuntu 22.04 LTS
+Loading trainer: {trainer}
+Loading dataset: {dataset}
+"""
+
+
+def training_lines(epochs=3, upto=None):
+    upto = epochs if upto is None else upto
+    return "".join(f"epoch [{e}/{epochs}] batch [20/40] time 0.120 (0.130) data 0.001 loss "
+                   f"{1.0 / e:.4f} lr 5.0000e-03 eta 0:00:{10 * (epochs - e):02d}\n"
+                   for e in range(1, upto + 1))
+
+
+def result_line(trainer, dataset, seed, protocol, prefix="", selection="last_epoch", **metrics):
+    record = {"trainer": trainer, "dataset": dataset, "seed": seed, "protocol": protocol,
+              **metrics, "selection": selection, "backbone": "ViT-B/16"}
+    return f"{prefix}RESULT {json.dumps(record)}\n"
+
+
+def b2n_metrics(base, novel):
+    return {"base": base, "novel": novel, "hm": round(R.harmonic_mean(base, novel), 2),
+            "accuracy": round((base + novel) / 2, 2)}
+
+
+def write_run(root, trainer, dataset, seed, protocol="base2novel", metrics=None, *,
+              name="log.txt", subdir=None, status="ok", selection="last_epoch", mtime=None):
+    """A run directory output/<protocol>/<trainer>/<dataset>/seed<seed>/log.txt."""
+    proto_dir = "base2new" if protocol == "base2novel" else "cross"
+    folder = Path(root) / (subdir or proto_dir) / trainer.lower() / \
+        B2N_DIRS.get(dataset, DG_DIRS.get(dataset, dataset)) / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    text = config_dump(trainer, dataset, seed, protocol, selection)
+    if status == "unfinished":
+        text += training_lines(epochs=20, upto=7)
+    else:
+        text += training_lines() + "Evaluate on the *test* set\n=> result\n"
+        text += result_line(trainer, dataset, seed, protocol, selection=selection,
+                            prefix="[2026-01-02 10:00:00] INFO ", **(metrics or {}))
+        if status == "failed":
+            text += ("Traceback (most recent call last):\n  File \"train.py\", line 1, in "
+                     "<module>\nRuntimeError: CUDA out of memory\n")
+    path = folder / name
+    path.write_text(text)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def run_cli(capsys, *argv):
+    code = R.main([str(a) for a in argv])
+    return code, capsys.readouterr().out
+
+
+def report_of(root, seeds=(1, 2, 3), **kwargs):
+    return R.aggregate([R.parse_log(p) for p in R.find_runs([root])], seeds=seeds, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+
+def test_mean_std_and_hm_conventions(tmp_path):
+    for seed, (base, novel) in zip((1, 2, 3), [(80, 70), (81, 72), (82, 74)]):
+        write_run(tmp_path, "PromptKD", "ImageNet", seed, metrics=b2n_metrics(base, novel))
+    report = report_of(tmp_path)
+    group = report.group("base2novel", "PromptKD", "ImageNet")
+    assert group.n == 3 and group.complete
+    assert group.stats["base"].mean == pytest.approx(81.0)
+    assert group.stats["base"].std == pytest.approx(1.0)        # sample std, ddof=1
+    assert group.stats["novel"].mean == pytest.approx(72.0)
+    assert group.stats["novel"].std == pytest.approx(2.0)
+    # paper convention: HM(81, 72) = 2*81*72/153
+    assert group.hm_of_means == pytest.approx(76.2353, abs=1e-4)
+    # mean ± std of per-seed HM (74.67, 76.24, 77.79 as written, rounded to 2 decimals)
+    assert group.stats["hm"].mean == pytest.approx(76.2333, abs=1e-3)
+    assert group.stats["hm"].std == pytest.approx(1.5608, abs=1e-3)
+
+    table = R.format_tables(report)[0]
+    row = next(r for r in table.rows if r[1] == "ImageNet")
+    assert row[2:] == ["81.00 ± 1.00", "72.00 ± 2.00", "76.24", "76.23 ± 1.56", "3/3", ""]
+    assert "ddof=1" in table.caption and "HM of the averaged" not in row
+
+
+def test_single_seed_has_zero_std(tmp_path):
+    write_run(tmp_path, "PromptKD", "EuroSAT", 1, metrics=b2n_metrics(97.5, 82.0))
+    group = report_of(tmp_path, seeds=(1,)).group("base2novel", "PromptKD", "EuroSAT")
+    assert (group.stats["base"].n, group.stats["base"].std) == (1, 0.0)
+
+
+def test_config_dump_parsing(tmp_path):
+    lines = config_dump("PromptKD", "OxfordFlowers", 2, "cross", backbone="ViT-B/16")
+    config, args = R.parse_config_dump(lines.splitlines(keepends=True))
+    assert config["DATASET.NAME"] == "OxfordFlowers"
+    assert config["TRAINER.NAME"] == "PromptKD"
+    assert config["MODEL.BACKBONE.NAME"] == "ViT-B/16"
+    assert config["MODEL.HEAD.NAME"] == ""
+    assert config["SEED"] == "2" and config["TRAINER.MODAL"] == "cross"
+    assert config["DATALOADER.TEST.BATCH_SIZE"] == "100"
+    assert "OS" not in config                      # the env info after the dump is not config
+    assert args["trainer"] == "PromptKD" and args["seed"] == "2"
+
+
+def test_last_result_line_counts_and_prefix_is_ignored(tmp_path):
+    path = write_run(tmp_path, "PromptKD", "Caltech101", 1, metrics=b2n_metrics(90, 80))
+    with open(path, "a") as handle:
+        handle.write("more eval\n" + result_line("PromptKD", "Caltech101", 1, "base2novel",
+                                                 prefix="12:00 ", **b2n_metrics(98.9, 96.6)))
+    run = R.parse_log(path)
+    assert run.status == "ok" and run.metrics["base"] == 98.9 and run.metrics["novel"] == 96.6
+
+
+def test_log_txt_wins_over_rotated_logs(tmp_path):
+    new = write_run(tmp_path, "PromptKD", "ImageNet", 1, metrics=b2n_metrics(80.0, 75.0))
+    write_run(tmp_path, "PromptKD", "ImageNet", 1, metrics=b2n_metrics(10.0, 10.0),
+              name="log.txt-2026-01-01-12-00-00", mtime=new.stat().st_mtime - 100)
+    logs = R.find_runs([tmp_path])
+    assert logs == [new]
+    group = report_of(tmp_path, seeds=(1,)).group("base2novel", "PromptKD", "ImageNet")
+    assert group.stats["base"].mean == 80.0 and group.n == 1
+
+
+def test_only_rotated_logs_newest_timestamp_in_name_wins(tmp_path):
+    older = write_run(tmp_path, "PromptKD", "ImageNet", 1, metrics=b2n_metrics(10.0, 10.0),
+                      name="log.txt-2025-12-31-23-59-59", mtime=2_000_000_000)
+    newer = write_run(tmp_path, "PromptKD", "ImageNet", 1, metrics=b2n_metrics(80.0, 75.0),
+                      name="log.txt-2026-01-01-00-00-00", mtime=1_000_000_000)
+    assert R.find_runs([tmp_path]) == [newer]
+    # --newest-log: the most recently modified file (stock Dassl writes re-runs there)
+    assert R.find_runs([tmp_path], newest=True) == [older]
+
+
+def test_warns_when_a_rotated_log_is_newer_than_log_txt(tmp_path, caplog):
+    first = write_run(tmp_path, "PromptKD", "ImageNet", 1, metrics=b2n_metrics(70.0, 60.0),
+                      mtime=1_000_000_000)
+    write_run(tmp_path, "PromptKD", "ImageNet", 1, metrics=b2n_metrics(80.0, 75.0),
+              name="log.txt-2026-01-01-12-00-00", mtime=1_000_000_600)
+    with caplog.at_level("WARNING", logger="promptkd.results"):
+        assert R.find_runs([tmp_path]) == [first]
+    assert "--newest-log" in caplog.text
+
+
+def test_duplicate_seed_in_two_dirs_keeps_newest(tmp_path):
+    old = write_run(tmp_path, "PromptKD", "ImageNet", 1, metrics=b2n_metrics(70.0, 60.0),
+                    subdir="base2new_old", mtime=1_000_000_000)
+    new = write_run(tmp_path, "PromptKD", "ImageNet", 1, metrics=b2n_metrics(80.0, 75.0),
+                    subdir="base2new", mtime=1_000_000_500)
+    report = report_of(tmp_path, seeds=(1,))
+    group = report.group("base2novel", "PromptKD", "ImageNet")
+    assert group.runs[1].log_path == new and group.stats["base"].mean == 80.0
+    dup = [i for i in report.issues if i.status == "duplicate"]
+    assert len(dup) == 1 and dup[0].log_path == old and str(new) in dup[0].detail
+
+
+def test_missing_seed_reported_and_mean_marked(tmp_path, capsys):
+    write_run(tmp_path, "PromptKD", "ImageNet", 1, metrics=b2n_metrics(80.0, 74.0))
+    write_run(tmp_path, "PromptKD", "ImageNet", 2, metrics=b2n_metrics(81.0, 75.0))
+    report = report_of(tmp_path)
+    group = report.group("base2novel", "PromptKD", "ImageNet")
+    assert group.n == 2 and group.missing_seeds == [3] and not group.complete
+    assert [(i.seed, i.status) for i in report.issues] == [(3, "missing")]
+    code, out = run_cli(capsys, tmp_path)
+    assert code == 0
+    assert "80.50 ± 0.71 (2/3 seeds)" in out
+    assert "| missing" in out and "no run found" in out
+
+
+def test_unfinished_and_failed_runs_listed(tmp_path, capsys):
+    write_run(tmp_path, "PromptKD", "ImageNet", 1, metrics=b2n_metrics(80.0, 74.0))
+    failed = write_run(tmp_path, "PromptKD", "ImageNet", 2, metrics=b2n_metrics(1.0, 1.0),
+                       status="failed")
+    unfinished = write_run(tmp_path, "PromptKD", "ImageNet", 3, status="unfinished")
+    # an unfinished run whose log has no config dump yet: identity from the path
+    bare = tmp_path / "base2new" / "promptkd" / "dtd" / "seed2" / "log.txt"
+    bare.parent.mkdir(parents=True)
+    bare.write_text("Setting fixed seed: 2\nLoading trainer: PromptKD\n")
+
+    bare_run = R.parse_log(bare)
+    assert (bare_run.status, bare_run.trainer, bare_run.dataset, bare_run.seed,
+            bare_run.protocol) == ("unfinished", "PromptKD", "DescribableTextures", 2,
+                                   "base2novel")
+    failed_run = R.parse_log(failed)
+    assert failed_run.status == "failed" and "CUDA out of memory" in failed_run.detail
+
+    report = report_of(tmp_path)
+    group = report.group("base2novel", "PromptKD", "ImageNet")
+    assert group.n == 1 and group.stats["base"].mean == 80.0   # the failed run is not used
+    statuses = {(i.dataset, i.seed): (i.status, i.log_path) for i in report.issues}
+    assert statuses[("ImageNet", 2)] == ("failed", failed)
+    assert statuses[("ImageNet", 3)] == ("unfinished", unfinished)
+    assert statuses[("DescribableTextures", 2)] == ("unfinished", bare)
+    assert statuses[("DescribableTextures", 1)][0] == "missing"
+
+    # a crashed re-run next to a finished run of the same seed: listed, the finished one used
+    rerun = write_run(tmp_path, "PromptKD", "ImageNet", 1, status="unfinished", subdir="rerun")
+    report = report_of(tmp_path)
+    assert report.group("base2novel", "PromptKD", "ImageNet").n == 1
+    issue = next(i for i in report.issues if i.log_path == rerun)
+    assert issue.status == "unfinished" and "finished run" in issue.detail
+    rerun.unlink()
+
+    code, out = run_cli(capsys, tmp_path)
+    assert code == 0
+    assert str(failed) in out and str(unfinished) in out and str(bare) in out
+    assert "last seen at epoch 7/20" in out
+
+
+def _all_b2n(root, trainer="PromptKD", skip=(), offset=0.0):
+    expected = {}
+    for k, dataset in enumerate(R.BASE2NOVEL_DATASETS):
+        if dataset in skip:
+            continue
+        base, novel = 70.0 + k + offset, 60.0 + k
+        for seed in (1, 2, 3):
+            write_run(root, trainer, dataset, seed,
+                      metrics=b2n_metrics(base + seed - 2, novel - seed + 2))
+        expected[dataset] = (base, novel)
+    return expected
+
+
+def test_average_of_11_when_complete(tmp_path):
+    _all_b2n(tmp_path)
+    avg = report_of(tmp_path).average("base2novel", "PromptKD")
+    # bases 70..80 (mean 75), novels 60..70 (mean 65); HM of the averages
+    assert avg.values["base"] == pytest.approx(75.0)
+    assert avg.values["novel"] == pytest.approx(65.0)
+    assert avg.hm_of_means == pytest.approx(2 * 75 * 65 / 140)
+    assert avg.missing == [] and avg.short == []
+    table = R.format_tables(report_of(tmp_path))[0]
+    row = next(r for r in table.rows if r[1] == "Average (11)")
+    assert row[2:5] == ["75.00", "65.00", "69.64"]
+    # paper display names
+    assert {"Flowers102", "DTD"} <= {r[1] for r in table.rows}
+
+
+def test_average_of_11_refused_when_datasets_missing(tmp_path, capsys):
+    _all_b2n(tmp_path, skip=("EuroSAT", "UCF101"))
+    avg = report_of(tmp_path).average("base2novel", "PromptKD")
+    assert avg.values is None and avg.missing == ["EuroSAT", "UCF101"]
+    code, out = run_cli(capsys, tmp_path)
+    assert code == 0
+    assert "not computed, missing: EuroSAT, UCF101" in out
+
+
+def test_cross_table_and_10_target_average(tmp_path, capsys):
+    targets = {d: 60.0 + i for i, d in enumerate(R.CROSS_TARGETS)}   # 60..69, mean 64.5
+    for seed in (1, 2, 3):
+        write_run(tmp_path, "PromptKD", "ImageNet", seed, "cross", {"accuracy": 77.0 + seed})
+        for dataset, acc in targets.items():
+            write_run(tmp_path, "PromptKD", dataset, seed, "cross", {"accuracy": acc})
+        for dataset in R.DG_DATASETS:
+            write_run(tmp_path, "PromptKD", dataset, seed, "cross", {"accuracy": 50.0})
+    report = report_of(tmp_path)
+    assert report.average("cross", "PromptKD").values["accuracy"] == pytest.approx(64.5)
+    table = next(t for t in R.format_tables(report) if t.title.startswith("Cross"))
+    assert table.headers[:3] == ["Method", "ImageNet", "Caltech101"]
+    assert table.headers[12:] == ["Average (10)", "ImageNet-V2", "ImageNet-Sketch",
+                                  "ImageNet-A", "ImageNet-R"]
+    assert table.rows[0][1] == "79.00 ± 1.00" and table.rows[0][12] == "64.50"
+
+    # one target gone: no average, and the note says which
+    for seed in (1, 2, 3):
+        (tmp_path / "cross" / "promptkd" / "eurosat" / f"seed{seed}" / "log.txt").unlink()
+    code, out = run_cli(capsys, tmp_path, "--protocol", "cross")
+    assert code == 0
+    assert "Average (10) not computed, missing: EuroSAT" in out
+    assert "Base-to-novel" not in out
+
+
+def test_comparison_table_for_several_methods(tmp_path):
+    _all_b2n(tmp_path, "PromptKD", offset=10.0)
+    _all_b2n(tmp_path, "CoOp", skip=("ImageNet",))
+    tables = R.format_tables(report_of(tmp_path))
+    comparison = next(t for t in tables if t.title.startswith("Comparison"))
+    assert comparison.headers[0] == "Method" and comparison.headers[-1] == "Average (11)"
+    rows = {r[0]: r for r in comparison.rows}
+    assert rows["CoOp"][1] == "—" and rows["CoOp"][-1] == "—"
+    assert rows["PromptKD"][-1] == f"{R.harmonic_mean(85.0, 65.0):.2f}"
+    assert any("CoOp: Average (11) not computed, missing: ImageNet" in n
+               for n in comparison.notes)
+
+
+def test_different_model_selection_is_not_averaged_together(tmp_path):
+    write_run(tmp_path, "PromptKD", "ImageNet", 1, metrics=b2n_metrics(80.0, 74.0))
+    write_run(tmp_path, "PromptKD", "ImageNet", 1, metrics=b2n_metrics(82.0, 73.0),
+              subdir="paper", selection="best_base_test")
+    report = report_of(tmp_path, seeds=(1,))
+    assert report.methods("base2novel") == ["PromptKD (best_base_test)",
+                                            "PromptKD (last_epoch)"]
+    assert not any(i.status == "duplicate" for i in report.issues)
+
+
+def test_csv_markdown_and_plot_written(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for seed, (base, novel) in zip((1, 2, 3), [(80, 70), (81, 72), (82, 74)]):
+        write_run(runs, "PromptKD", "ImageNet", seed, metrics=b2n_metrics(base, novel))
+        write_run(runs, "PromptKD", "DescribableTextures", seed,
+                  metrics=b2n_metrics(85.0, 71.0))
+    prefix = tmp_path / "out" / "table1"
+    code, out = run_cli(capsys, runs, "--out", prefix, "--plot")
+    assert code == 0 and "Written:" in out
+
+    with open(prefix.with_suffix(".csv"), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["dataset"] for r in rows] == ["ImageNet", "DescribableTextures"]
+    imagenet = rows[0]
+    assert (imagenet["protocol"], imagenet["method"], imagenet["n_seeds"]) == \
+        ("base2novel", "PromptKD", "3")
+    assert float(imagenet["base_mean"]) == pytest.approx(81.0)
+    assert float(imagenet["base_std"]) == pytest.approx(1.0)
+    assert float(imagenet["novel_std"]) == pytest.approx(2.0)
+    assert float(imagenet["hm_of_means"]) == pytest.approx(76.2353, abs=1e-4)
+    assert imagenet["seeds"] == "1 2 3" and imagenet["base_n"] == "3"
+
+    markdown = prefix.with_suffix(".md").read_text()
+    assert markdown.startswith("# Results")
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")]
+             for line in markdown.splitlines() if line.startswith("|")]
+    assert cells[0] == ["Method", "Dataset", "Base", "Novel", "HM", "HM (seeds)", "Seeds",
+                        "Note"]
+    assert ["PromptKD", "ImageNet", "81.00 ± 1.00", "72.00 ± 2.00", "76.24", "76.23 ± 1.56",
+            "3/3", ""] in cells
+    assert "## Missing / unfinished" in markdown
+
+    png = prefix.with_suffix(".png")
+    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_prefix_is_in_runs_dir(tmp_path, capsys):
+    write_run(tmp_path, "PromptKD", "ImageNet", 1, metrics=b2n_metrics(80.0, 74.0))
+    code, _ = run_cli(capsys, tmp_path, "--seeds", "1")
+    assert code == 0
+    assert (tmp_path / "results.csv").exists() and (tmp_path / "results.md").exists()
+
+
+def test_exit_code_2_without_logs(tmp_path, capsys):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    assert R.main([str(tmp_path / "empty")]) == 2
+    assert "no log.txt found" in capsys.readouterr().err
+    assert R.main([str(tmp_path / "does-not-exist")]) == 2
+
+
+def test_module_entry_point(tmp_path):
+    (tmp_path / "empty").mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "promptkd.results", str(tmp_path / "empty")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and "no log.txt found" in proc.stderr

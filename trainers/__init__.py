@@ -1,0 +1,9 @@
+"""Dassl trainers of this plugin (thin: they wire configs and data to the `promptkd` core).
+
+    config.py            config keys added to Dassl's defaults (extend_cfg)
+    base.py              shared plumbing: precision, optimiser/LR, checkpoints, base/novel eval
+    promptkd_teacher.py  PromptKDTeacher, stage 1: PromptSRC-style teacher + class-vector export
+    promptkd.py          PromptKD, stage 2: label-free distillation from stored class vectors
+
+Importing a trainer module registers it in Dassl's TRAINER_REGISTRY (train.py does this).
+"""

@@ -1,0 +1,383 @@
+"""Dassl plumbing shared by our trainers: precision, optimiser and LR schedule, atomic
+learnable-only checkpoints with exact resume, and base / novel / HM evaluation.
+
+A trainer subclasses `PromptTrainer`, sets `CFG_NODE` (its `TRAINER.<NODE>` config), builds
+its model in `build_model` (calling `self.register_trainable`) and implements
+`forward_backward` and `model_inference` (logits over *all* classes of the dataset).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+from dassl.data.data_manager import build_data_loader
+from dassl.data.datasets import build_dataset
+from dassl.data.transforms import build_transform
+from dassl.engine import TrainerX
+from tabulate import tabulate
+from tqdm import tqdm
+
+from promptkd.checkpoints import atomic_save, learnable_state_dict, load_file, load_learnable_state_dict
+from promptkd.evaluation import accuracy_report, num_base_classes
+from promptkd.losses import check_finite
+from promptkd.schedule import build_lr_scheduler
+from trainers.config import MODALS, MODEL_SELECTIONS, PRECISIONS
+
+logger = logging.getLogger("promptkd")
+
+MODEL_NAME = "VLPromptLearner"  # the folder name of the published checkpoints
+CHECKPOINT_FORMAT = "promptkd-dassl/1"
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((version, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class PromptTrainer(TrainerX):
+    CFG_NODE = ""  # e.g. "PROMPTKD": the trainer's own TRAINER.<node> settings
+
+    @property
+    def tcfg(self):
+        return self.cfg.TRAINER[self.CFG_NODE]
+
+    # --- configuration ------------------------------------------------------------------
+    def check_cfg(self, cfg):
+        node = cfg.TRAINER[self.CFG_NODE]
+        _allowed(f"TRAINER.{self.CFG_NODE}.PREC", node.PREC, PRECISIONS)
+        _allowed("TRAINER.MODAL", cfg.TRAINER.MODAL, MODALS)
+        _allowed("TEST.MODEL_SELECTION", cfg.TEST.MODEL_SELECTION, MODEL_SELECTIONS)
+        _allowed("DATASET.SUBSAMPLE_CLASSES", cfg.DATASET.SUBSAMPLE_CLASSES, ("all", "base", "new"))
+        for key in ("N_CTX_VISION", "N_CTX_TEXT"):
+            if node.get(key, 1) < 1:
+                raise ValueError(f"TRAINER.{self.CFG_NODE}.{key} must be >= 1, got {node[key]}.")
+        for key in ("PROMPT_DEPTH_VISION", "PROMPT_DEPTH_TEXT"):
+            if node.get(key, 0) < 0:
+                raise ValueError(f"TRAINER.{self.CFG_NODE}.{key} must be >= 0, got {node[key]}.")
+        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"DATASET.ROOT {root} does not exist (--root): point it at the "
+                                    "folder holding the datasets (see DATASETS.md).")
+        if cfg.TEST.MODEL_SELECTION == "best_base_test" and cfg.TRAINER.MODAL != "base2novel":
+            raise ValueError("TEST.MODEL_SELECTION best_base_test needs TRAINER.MODAL base2novel.")
+
+    # --- data -----------------------------------------------------------------------------
+    def build_data_loader(self):
+        super().build_data_loader()
+        if self.cfg.DATASET.SUBSAMPLE_CLASSES == "all":
+            full = self.dm.dataset
+            self.eval_loader = self.test_loader
+        else:  # e.g. a teacher trained on base classes still reports base and novel
+            cfg = self.cfg.clone()
+            cfg.defrost()
+            cfg.DATASET.SUBSAMPLE_CLASSES = "all"
+            full = build_dataset(cfg)
+            self.eval_loader = build_data_loader(
+                cfg, sampler_type=cfg.DATALOADER.TEST.SAMPLER, data_source=full.test,
+                batch_size=cfg.DATALOADER.TEST.BATCH_SIZE, tfm=build_transform(cfg, is_train=False),
+                is_train=False)
+        self.all_classnames = list(full.classnames)
+        self.num_base = num_base_classes(len(self.all_classnames))
+
+    def check_input_size(self, visual, what: str):
+        size = tuple(self.cfg.INPUT.SIZE)
+        want = visual.input_resolution
+        if size != (want, want):
+            raise ValueError(f"INPUT.SIZE is {list(size)} but the {what} expects {want}x{want} images; "
+                             f"set INPUT.SIZE ({want}, {want}).")
+
+    # --- precision --------------------------------------------------------------------------
+    def setup_precision(self) -> str:
+        """Resolve PREC for this device. Returns the backbone mode: "fp32" or "fp16" weights."""
+        prec, cuda = self.tcfg.PREC, self.device.type == "cuda"
+        if not cuda and prec in ("fp16", "amp"):
+            logger.warning("PREC %s needs a GPU; on %s it runs as %s.", prec, self.device.type,
+                           "bf16 autocast" if prec == "amp" else "fp32")
+            prec = "bf16" if prec == "amp" else "fp32"
+        self.prec = prec
+        self.autocast_dtype = {"amp": torch.float16, "bf16": torch.bfloat16}.get(prec)
+        self.scaler = torch.amp.GradScaler("cuda") if prec == "amp" else None
+        return "fp16" if prec == "fp16" else "fp32"
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
+    # --- optimisation -----------------------------------------------------------------------
+    def register_trainable(self, model: torch.nn.Module):
+        """Build optimiser + LR schedule for `model`'s trainable parameters and register it."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        o = self.cfg.OPTIM
+        if o.NAME == "sgd":
+            optim = torch.optim.SGD(params, lr=o.LR, momentum=o.MOMENTUM, weight_decay=o.WEIGHT_DECAY,
+                                    dampening=o.SGD_DAMPNING, nesterov=o.SGD_NESTEROV)
+        elif o.NAME in ("adam", "adamw"):
+            cls = torch.optim.Adam if o.NAME == "adam" else torch.optim.AdamW
+            optim = cls(params, lr=o.LR, weight_decay=o.WEIGHT_DECAY, betas=(o.ADAM_BETA1, o.ADAM_BETA2))
+        else:
+            raise ValueError(f"OPTIM.NAME '{o.NAME}' is not supported; use sgd, adam or adamw.")
+        sched = build_lr_scheduler(optim, o.LR_SCHEDULER, o.MAX_EPOCH, max(o.WARMUP_EPOCH, 0),
+                                   o.WARMUP_TYPE, o.WARMUP_CONS_LR, o.WARMUP_MIN_LR)
+        self.optim, self.sched = optim, sched
+        self.register_model(MODEL_NAME, model, optim, sched)
+        n_train = sum(p.numel() for p in params)
+        logger.info("Trainable parameters: %s (%s tensors)", f"{n_train:,}", len(params))
+
+    def backward_and_step(self, loss: torch.Tensor):
+        check_finite(loss, f"epoch {self.epoch + 1}, batch {self.batch_idx + 1}",
+                     f"Try a lower OPTIM.LR (now {self.get_current_lr():.2e}), check the loss weights, "
+                     f"or PREC fp32 (now {self.prec}). The last good checkpoint is kept in {self.output_dir}.")
+        self.optim.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optim)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optim.step()
+        if self.batch_idx + 1 == self.num_batches:
+            self.update_lr()
+
+    # --- the epoch loop ---------------------------------------------------------------------
+    def run_epoch(self):
+        self.set_model_mode("train")
+        self.num_batches = len(self.train_loader_x)
+        totals, start, lr = {}, time.time(), self.get_current_lr()
+        bar = tqdm(self.train_loader_x, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", leave=False,
+                   dynamic_ncols=True, disable=None)
+        for self.batch_idx, batch in enumerate(bar):
+            summary = self.forward_backward(batch)
+            for k, v in summary.items():
+                totals[k] = totals.get(k, 0.0) + v
+            bar.set_postfix({k: f"{v:.4f}" for k, v in summary.items()})
+            n_iter = self.epoch * self.num_batches + self.batch_idx
+            for k, v in summary.items():
+                self.write_scalar(f"train/{k}", v, n_iter)
+        means = {k: v / self.num_batches for k, v in totals.items()}
+        self.epoch_losses = means
+        logger.info("epoch [%d/%d] %s lr %.4e time %.1fs", self.epoch + 1, self.max_epoch,
+                    " ".join(f"{k} {v:.4f}" for k, v in means.items()), lr, time.time() - start)
+
+    def before_train(self):
+        self.time_start = time.time()
+        self.best_result = -math.inf
+        directory = self.cfg.RESUME or self.output_dir
+        self.start_epoch = self.resume_model_if_exist(directory)
+        self.init_writer(os.path.join(self.output_dir, "tensorboard"))
+        logger.info("Model selection: %s", self.selection_description())
+
+    def selection_description(self) -> str:
+        if self.cfg.TEST.MODEL_SELECTION == "best_base_test":
+            return ("best_base_test: the epoch with the best accuracy on the base-class TEST images "
+                    "(the published code's rule; it selects on test data)")
+        return "last_epoch: the final model is reported (no choice is made on test data)"
+
+    def after_epoch(self):
+        result = None
+        if self.cfg.TEST.MODEL_SELECTION == "best_base_test":
+            result = self.test(split="base-selection")
+            if result > self.best_result:
+                self.best_result = result
+                self.save_model(self.epoch, self.output_dir, val_result=result, model_name="model-best.pth.tar")
+        self.save_model(self.epoch, self.output_dir, val_result=result)
+
+    def after_train(self):
+        if self.cfg.TEST.MODEL_SELECTION == "best_base_test" and self.max_epoch > 0:
+            self.load_model(self.output_dir, best=True)
+        self.finalize_model()
+        if not self.cfg.TEST.NO_TEST:
+            self.test()
+        elapsed = datetime.timedelta(seconds=round(time.time() - self.time_start))
+        logger.info("Elapsed: %s", elapsed)
+        self.close_writer()
+
+    def finalize_model(self, eval_only: bool = False):
+        """Hook run once the model is final (after training, or after loading for --eval-only)."""
+
+    def run_eval_only(self, model_dir: str, epoch=None):
+        """`--eval-only`: load a saved model, finalise it (e.g. export) and evaluate it."""
+        self.load_model(model_dir, epoch=epoch)
+        self.finalize_model(eval_only=True)
+        self.test()
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        """Trainer state beyond model / optimiser / scheduler (e.g. GPA sums)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
+        folder = os.path.join(directory, MODEL_NAME)
+        name = model_name or f"model.pth.tar-{epoch + 1}"
+        state = {
+            "format": CHECKPOINT_FORMAT, "trainer": self.cfg.TRAINER.NAME,
+            "state_dict": learnable_state_dict(self.model), "epoch": epoch + 1,
+            "optimizer": self.optim.state_dict(), "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "val_result": val_result, "best_result": self.best_result if math.isfinite(self.best_result) else None,
+            "extra": self.extra_state(), "rng": rng_state(),
+        }
+        atomic_save(state, os.path.join(folder, name))
+        if not model_name:
+            previous = _read_pointer(folder)
+            _write_pointer(folder, name)
+            freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+            if previous and previous != name and previous.startswith("model.pth.tar-"):
+                prev_epoch = int(previous.rsplit("-", 1)[1])
+                if not (freq > 0 and prev_epoch % freq == 0):
+                    _remove(os.path.join(folder, previous))
+        logger.info("Checkpoint saved to %s", os.path.join(folder, name))
+
+    def resume_model_if_exist(self, directory):
+        folder = os.path.join(directory, MODEL_NAME)
+        name = _read_pointer(folder)
+        if not name:
+            logger.info("No checkpoint in %s: training from scratch", folder)
+            return 0
+        ckpt = self._read_own(os.path.join(folder, name))
+        load_learnable_state_dict(self.model, ckpt["state_dict"], os.path.join(folder, name))
+        self.optim.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.load_extra_state(ckpt.get("extra") or {})
+        if ckpt.get("best_result") is not None:
+            self.best_result = ckpt["best_result"]
+        set_rng_state(ckpt["rng"])
+        logger.info("Resumed from %s (epoch %d done)", os.path.join(folder, name), ckpt["epoch"])
+        return ckpt["epoch"]
+
+    def load_model(self, directory, epoch=None, best=False):
+        """Load weights for evaluation: epoch N, else model-best if asked or present, else the latest."""
+        if not directory:
+            logger.warning("No --model-dir given: evaluating the model as built.")
+            return
+        folder = os.path.join(directory, MODEL_NAME)
+        if epoch is not None:
+            name = f"model.pth.tar-{epoch}"
+        elif best or os.path.isfile(os.path.join(folder, "model-best.pth.tar")):
+            name = "model-best.pth.tar"
+        else:
+            name = _read_pointer(folder) or "model-best.pth.tar"
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No checkpoint at {path}: check --model-dir / --load-epoch "
+                                    f"(expected {MODEL_NAME}/model.pth.tar-N or model-best.pth.tar).")
+        self.load_checkpoint_file(path)
+
+    def load_checkpoint_file(self, path: str):
+        ckpt = load_file(path, trusted=self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
+        if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+            if ckpt.get("trainer") not in (None, self.cfg.TRAINER.NAME):
+                raise ValueError(f"{path} was written by trainer {ckpt['trainer']}, not "
+                                 f"{self.cfg.TRAINER.NAME}: pass the matching --trainer or --model-dir.")
+            load_learnable_state_dict(self.model, ckpt["state_dict"], path)
+            self.load_extra_state(ckpt.get("extra") or {})
+            logger.info("Loaded %s (epoch %s)", path, ckpt["epoch"])
+        else:
+            self.load_published(path)
+
+    def load_published(self, path: str):
+        raise ValueError(f"{path} is not a checkpoint of this plugin and {self.cfg.TRAINER.NAME} "
+                         "cannot import it.")
+
+    def _read_own(self, path: str) -> dict:
+        ckpt = load_file(path)
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a resumable checkpoint of this plugin.")
+        return ckpt
+
+    # --- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def test(self, split=None):
+        """Evaluate on the test images of all classes; log a table and a RESULT line.
+
+        split "base-selection" (best_base_test rule) evaluates base classes only and logs
+        nothing but the figure. Returns base accuracy (base2novel) or accuracy (cross).
+        """
+        self.set_model_mode("eval")
+        protocol = self.cfg.TRAINER.MODAL
+        selection_only = split == "base-selection"
+        logits, labels = [], []
+        for batch in tqdm(self.eval_loader, desc="evaluate", leave=False, dynamic_ncols=True, disable=None):
+            label = batch["label"]
+            if selection_only:
+                keep = label < self.num_base
+                if not keep.any():
+                    continue
+                batch = {"img": batch["img"][keep]}
+                label = label[keep]
+            with self.autocast():
+                logits.append(self.model_inference(batch["img"].to(self.device)).float().cpu())
+            labels.append(label)
+        report = accuracy_report(torch.cat(logits), torch.cat(labels), protocol, self.num_base)
+        if selection_only:
+            logger.info("base-class test accuracy (for model selection): %.2f", report["base"])
+            return report["base"]
+        self.log_report(report)
+        return report["base"] if protocol == "base2novel" else report["accuracy"]
+
+    def log_report(self, report: dict):
+        protocol = self.cfg.TRAINER.MODAL
+        keys = ["base", "novel", "hm", "accuracy"] if protocol == "base2novel" else ["accuracy"]
+        rows = [[k, f"{report[k]:.2f}"] for k in keys]
+        logger.info("Results on %s (%s, %d test images, selection %s):\n%s", self.cfg.DATASET.NAME, protocol,
+                    report["n"], self.cfg.TEST.MODEL_SELECTION, tabulate(rows, headers=["metric", "%"], tablefmt="github"))
+        for k in keys:
+            self.write_scalar(f"test/{k}", report[k], self.epoch)
+        line = {"trainer": self.cfg.TRAINER.NAME, "dataset": self.cfg.DATASET.NAME, "seed": self.cfg.SEED,
+                "protocol": protocol, **{k: round(report[k], 4) for k in keys},
+                "selection": self.cfg.TEST.MODEL_SELECTION, "backbone": self.cfg.MODEL.BACKBONE.NAME}
+        logger.info("RESULT %s", json.dumps(line))
+        self.last_report = report
+
+
+def _allowed(key, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{key} is '{value}'; allowed values: {', '.join(allowed)}.")
+
+
+def _read_pointer(folder: str) -> str | None:
+    path = os.path.join(folder, "checkpoint")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        name = f.readline().strip()
+    return name if name and os.path.isfile(os.path.join(folder, name)) else None
+
+
+def _write_pointer(folder: str, name: str) -> None:
+    tmp = os.path.join(folder, ".checkpoint.tmp")
+    with open(tmp, "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(folder, "checkpoint"))
+
+
+def _remove(path: str) -> None:
+    if os.path.isfile(path):
+        os.remove(path)

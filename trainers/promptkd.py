@@ -1,0 +1,102 @@
+"""PromptKD (stage 2): distil a small CLIP image encoder from a teacher, without labels.
+
+The teacher's class vectors were computed once by `PromptKDTeacher` (its export folder,
+TRAINER.PROMPTKD.TEACHER_DIR). Each step runs the frozen teacher image tower (eval mode, no
+autograd) and the student on the same augmented batch, scores both against the stored class
+vectors, and minimises KD_WEIGHT · T² · KL(teacher ‖ student) / (B·C). Labels are never read.
+Evaluation and inference run the student and the class vectors only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from dassl.engine import TRAINER_REGISTRY
+
+from promptkd.backbones import clip, read_clip_state, visual_from_state_dict
+from promptkd.checkpoints import split_published_student
+from promptkd.class_vectors import IMAGE_SIDE_FILE, ClassVectors, ImageSide, check_pair, class_vectors_file
+from promptkd.losses import kd_loss
+from promptkd.student import PromptKDStudent, TeacherImageScorer
+from trainers.base import PromptTrainer
+
+logger = logging.getLogger("promptkd")
+
+TEACHER_HINT = ("Produce it with the teacher: `bash scripts/promptkd/teacher_train.sh <dataset> <seed>` "
+                "(or `python train.py --trainer PromptKDTeacher --eval-only --model-dir TEACHER_RUN ...` "
+                "to export from a finished or published teacher), then set TRAINER.PROMPTKD.TEACHER_DIR "
+                "to its export folder.")
+
+
+@TRAINER_REGISTRY.register()
+class PromptKD(PromptTrainer):
+    CFG_NODE = "PROMPTKD"
+
+    def check_cfg(self, cfg):
+        super().check_cfg(cfg)
+        kd = cfg.TRAINER.PROMPTKD
+        if kd.KD_WEIGHT < 0:
+            raise ValueError(f"TRAINER.PROMPTKD.KD_WEIGHT must be >= 0, got {kd.KD_WEIGHT}.")
+        if kd.TEMPERATURE <= 0:
+            raise ValueError(f"TRAINER.PROMPTKD.TEMPERATURE must be > 0, got {kd.TEMPERATURE}.")
+        if not kd.TEACHER_DIR and not kd.CLASS_VECTORS:
+            raise ValueError("TRAINER.PROMPTKD.TEACHER_DIR is not set. " + TEACHER_HINT)
+
+    def build_model(self):
+        kd, cfg = self.tcfg, self.cfg
+        backbone_mode = self.setup_precision()
+        vectors_path = kd.CLASS_VECTORS or class_vectors_file(kd.TEACHER_DIR, cfg.DATASET.NAME)
+        side_path = os.path.join(kd.TEACHER_DIR or os.path.dirname(vectors_path), IMAGE_SIDE_FILE)
+        vectors = ClassVectors.load(vectors_path, TEACHER_HINT)
+        vectors.check_dataset(cfg.DATASET.NAME, self.all_classnames, source=f"class vectors in {vectors_path}")
+        side = ImageSide.load(side_path, TEACHER_HINT)
+        check_pair(vectors, side, vectors_path, side_path)
+        self.class_vectors = vectors.vectors.to(self.device, torch.float32)
+        logger.info("Class vectors: %s (%d classes x %d, teacher %s %s)", vectors_path, *vectors.vectors.shape,
+                    vectors.teacher.get("backbone"), vectors.teacher.get("fingerprint"))
+
+        teacher_visual = side.load_visual(cfg.MODEL.WEIGHTS_DIR, cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
+        self.check_input_size(teacher_visual, "teacher")
+        self.teacher = TeacherImageScorer(teacher_visual, torch.tensor(side.logit_scale), side.prompts)
+
+        visual, logit_scale = visual_from_state_dict(read_clip_state(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR))
+        self.check_input_size(visual, "student")
+        self.model = PromptKDStudent(visual, logit_scale, class_dim=vectors.width,
+                                     n_ctx=kd.N_CTX_VISION, depth=kd.PROMPT_DEPTH_VISION)
+        if backbone_mode == "fp16":
+            for tower in (self.teacher.image_encoder.visual, self.model.image_encoder.visual):
+                clip.model.convert_weights(tower)  # the published pure-fp16 backbone
+        self.teacher.to(self.device)
+        self.model.to(self.device)
+        self.register_trainable(self.model)
+        logger.info("Student %s -> projector %d -> %d; teacher image side %s (depth %d)",
+                    cfg.MODEL.BACKBONE.NAME, self.model.image_encoder.output_dim, vectors.width,
+                    side.backbone, len(side.prompts))
+
+    def forward_backward(self, batch):
+        images = batch["img"].to(self.device)  # labels are never read
+        with self.autocast():
+            teacher_logits = self.teacher(images, self.class_vectors)
+            student_logits = self.model(images, self.class_vectors)
+        loss = kd_loss(student_logits, teacher_logits, self.tcfg.TEMPERATURE, self.tcfg.KD_WEIGHT)
+        self.backward_and_step(loss)
+        return {"kd_loss": loss.item()}
+
+    def model_inference(self, images):
+        return self.model(images, self.class_vectors)
+
+    def load_published(self, path: str):
+        """A published PromptKD student (`VLPromptLearner/model*.pth.tar`, spec §3)."""
+        pub = split_published_student(path, self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
+        enc = self.model.image_encoder
+        if len(pub["image_prompts"]) != enc.depth:
+            raise ValueError(f"{path} has visual prompt depth {len(pub['image_prompts'])}; set "
+                             f"TRAINER.PROMPTKD.PROMPT_DEPTH_VISION {len(pub['image_prompts'])}.")
+        with torch.no_grad():
+            enc.visual.load_state_dict({k[len("visual."):]: v for k, v in pub["visual_state"].items()})
+            for p, value in zip(enc.prompts, pub["image_prompts"]):
+                p.copy_(value)
+            self.model.projector.load_state_dict(pub["projector"])
+            self.model.logit_scale.copy_(pub["logit_scale"].reshape(()))
+        logger.info("Loaded published PromptKD student %s", path)
