@@ -1,0 +1,48 @@
+"""ImageNet-1k (CoOp layout: ``imagenet/images/{train,val}/<wnid>/`` + ``classnames.txt``).
+
+The official validation images are the test set (and, as in CoOp, also Dassl's val set).
+Scanning 1.28M files is slow, so the full lists are cached in ``imagenet/preprocessed.pkl``
+(``{"train": [Datum], "test": [Datum]}``, CoOp's format).
+"""
+import logging
+import os.path as osp
+import pickle
+
+from dassl.data.datasets import DATASET_REGISTRY
+
+from .common import CoOpDataset, read_classnames, read_wnid_folders, write_pickle_atomic
+
+logger = logging.getLogger(__name__)
+
+
+@DATASET_REGISTRY.register()
+class ImageNet(CoOpDataset):
+    """1000 classes; label = the wnid's line index in ``classnames.txt``."""
+
+    dataset_dir = "imagenet"
+    image_subdir = "images"
+    annotation_files = ("classnames.txt",)
+    fewshot_val = False  # val is the test set: kept whole
+
+    def load_split(self):
+        preprocessed = self.path("preprocessed.pkl")
+        if osp.isfile(preprocessed):
+            logger.info("Loading preprocessed ImageNet lists from %s", preprocessed)
+            with open(preprocessed, "rb") as f:
+                data = pickle.load(f)
+            train, test = data["train"], data["test"]
+            # a cache written before the data folder was moved lists paths that are gone
+            if all(osp.isfile(split[0].impath) for split in (train, test) if split):
+                return train, test, test
+            logger.warning("%s lists images that no longer exist: rebuilding it", preprocessed)
+
+        for rel in self.annotation_files:
+            self.require(rel)
+        self.require("images", "train")
+        self.require("images", "val")
+        classnames = read_classnames(self.path("classnames.txt"))
+        train = read_wnid_folders(self.path("images", "train"), classnames, self.datum, relabel=False)
+        test = read_wnid_folders(self.path("images", "val"), classnames, self.datum, relabel=False)
+        write_pickle_atomic({"train": train, "test": test}, preprocessed)
+        logger.info("Saved preprocessed ImageNet lists to %s", preprocessed)
+        return train, test, test
