@@ -85,9 +85,24 @@ def reset_cfg(cfg, args):
 def _merge(cfg, source: str, merge):
     try:
         merge()
-    except KeyError as err:
+    except (KeyError, AssertionError) as err:  # yacs: a file's unknown key / a command line's
         raise SystemExit(f"error: {source}: {err.args[0] if err.args else err}. Check the key's spelling; "
                          "the keys this plugin adds are in trainers/config.py.") from None
+    except ValueError as err:
+        raise SystemExit(f"error: {source}: {err}. Give the value in the key's type "
+                         "(e.g. 200.0 for a float key).") from None
+
+
+def _ints_as_floats(cfg, opts):
+    """`KEY 200` for a float key means 200.0 (yacs would refuse the int)."""
+    opts = list(opts or [])
+    for i in range(0, len(opts) - 1, 2):
+        node = cfg
+        for part in opts[i].split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        if isinstance(node, float) and opts[i + 1].lstrip("+-").isdigit():
+            opts[i + 1] += ".0"
+    return opts
 
 
 def setup_cfg(args):
@@ -99,7 +114,7 @@ def setup_cfg(args):
                 raise SystemExit(f"error: config file {path} does not exist.")
             _merge(cfg, path, lambda p=path: cfg.merge_from_file(p))
     reset_cfg(cfg, args)
-    _merge(cfg, "command-line options", lambda: cfg.merge_from_list(args.opts))
+    _merge(cfg, "command-line options", lambda: cfg.merge_from_list(_ints_as_floats(cfg, args.opts)))
     cfg.freeze()
     return cfg
 

@@ -67,3 +67,28 @@ class TeacherImageScorer(nn.Module):
     def forward(self, images: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
         f = F.normalize(self.image_encoder(images).float(), dim=-1)
         return self.logit_scale.exp() * f @ class_vectors.t().to(torch.float32)
+
+
+def load_published_student(student: PromptKDStudent, path: str, trusted: bool = False) -> None:
+    """Load a published PromptKD student (spec §3) into `student` in place: its backbone
+    weights, visual prompts, projector (1×1 convs -> linears) with BatchNorm stats, logit scale."""
+    from .checkpoints import split_published_student
+
+    pub = split_published_student(path, trusted)
+    enc = student.image_encoder
+    prompts = pub["image_prompts"]
+    if len(prompts) != enc.depth or (prompts and prompts[0].shape[0] != enc.n_ctx):
+        n = prompts[0].shape[0] if prompts else 0
+        raise ValueError(f"{path} has visual prompts of depth {len(prompts)} with {n} tokens; set "
+                         f"PROMPT_DEPTH_VISION {len(prompts)} and N_CTX_VISION {n} to load it.")
+    with torch.no_grad():
+        try:
+            enc.visual.load_state_dict({k[len("visual."):]: v for k, v in pub["visual_state"].items()})
+            student.projector.load_state_dict(pub["projector"])
+        except RuntimeError as err:
+            raise ValueError(f"{path} does not fit this student (backbone or class-vector width): "
+                             f"{str(err).splitlines()[0]} Use the student backbone and teacher it was "
+                             "trained with (ViT-B/16 and a ViT-L/14 teacher for the paper).") from None
+        for p, value in zip(enc.prompts, prompts):
+            p.copy_(value)
+        student.logit_scale.copy_(pub["logit_scale"].reshape(()))

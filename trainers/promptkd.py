@@ -15,10 +15,9 @@ import torch
 from dassl.engine import TRAINER_REGISTRY
 
 from promptkd.backbones import clip, read_clip_state, visual_from_state_dict
-from promptkd.checkpoints import split_published_student
 from promptkd.class_vectors import IMAGE_SIDE_FILE, ClassVectors, ImageSide, check_pair, class_vectors_file
 from promptkd.losses import kd_loss
-from promptkd.student import PromptKDStudent, TeacherImageScorer
+from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student
 from trainers.base import PromptTrainer
 
 logger = logging.getLogger("promptkd")
@@ -88,15 +87,5 @@ class PromptKD(PromptTrainer):
 
     def load_published(self, path: str):
         """A published PromptKD student (`VLPromptLearner/model*.pth.tar`, spec §3)."""
-        pub = split_published_student(path, self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
-        enc = self.model.image_encoder
-        if len(pub["image_prompts"]) != enc.depth:
-            raise ValueError(f"{path} has visual prompt depth {len(pub['image_prompts'])}; set "
-                             f"TRAINER.PROMPTKD.PROMPT_DEPTH_VISION {len(pub['image_prompts'])}.")
-        with torch.no_grad():
-            enc.visual.load_state_dict({k[len("visual."):]: v for k, v in pub["visual_state"].items()})
-            for p, value in zip(enc.prompts, pub["image_prompts"]):
-                p.copy_(value)
-            self.model.projector.load_state_dict(pub["projector"])
-            self.model.logit_scale.copy_(pub["logit_scale"].reshape(()))
-        logger.info("Loaded published PromptKD student %s", path)
+        load_published_student(self.model, path, self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
+        logger.info("Loaded published PromptKD student %s (backbone weights from the checkpoint)", path)

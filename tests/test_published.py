@@ -1,0 +1,147 @@
+"""The published PromptSRC/PromptKD checkpoint formats (spec §3), synthesised from their key
+patterns, load into our models and reproduce the logits of the models they came from."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from promptkd.checkpoints import split_published_student, split_published_teacher
+from promptkd.student import PromptKDStudent, load_published_student
+from promptkd.teacher import IVLPTeacher, load_published_teacher
+
+CLASSES = ["tench", "goldfish", "great_white_shark", "tiger shark", "hammerhead"]
+
+
+class FakeScheduler:
+    """Stands in for the torch-1.x scheduler object the published files pickle."""
+
+    def __init__(self):
+        self.last_epoch = 20
+
+
+def _visual_keys(visual, prefix, deep):
+    sd = {f"{prefix}.{k}": v.clone() for k, v in visual.state_dict().items()}
+    sd[f"{prefix}.VPT"] = deep[0].detach().clone()
+    for i, p in enumerate(deep[1:], 1):
+        sd[f"{prefix}.transformer.resblocks.{i}.VPT_shallow"] = p.detach().clone()
+    return sd
+
+
+def _save(path, state):
+    torch.save({"state_dict": state, "epoch": 20, "optimizer": None, "scheduler": FakeScheduler(),
+                "val_result": 80.0}, path)
+
+
+def published_teacher(teacher: IVLPTeacher, path):
+    clip_sd = teacher.clip.state_dict()
+    sd = {"logit_scale": clip_sd["logit_scale"].clone(),
+          "prompt_learner.ctx": teacher.text_encoder.prompts[0].detach().clone(),
+          "prompt_learner.token_prefix": torch.randn(3, 1, 128),
+          "prompt_learner.token_suffix": torch.randn(3, 72, 128),
+          "prompt_learner.ZS_image_encoder.conv1.weight": torch.randn(4)}
+    sd.update(_visual_keys(teacher.clip.visual, "image_encoder", list(teacher.image_encoder.prompts)))
+    for k, v in clip_sd.items():
+        if k.startswith(("transformer.", "ln_final.")) or k in ("positional_embedding", "text_projection"):
+            sd[f"text_encoder.{k}"] = v.clone()
+    for i, p in enumerate(list(teacher.text_encoder.prompts)[1:], 1):
+        sd[f"text_encoder.transformer.resblocks.{i}.VPT_shallow"] = p.detach().clone()
+    _save(path, sd)
+
+
+def teacher_logits(teacher, images):
+    with torch.no_grad():
+        f = F.normalize(teacher.image_encoder(images).float(), dim=-1)
+        return teacher.logit_scale * f @ teacher.class_vectors(CLASSES).t()
+
+
+@pytest.fixture
+def trained_teacher(clip_files):
+    from promptkd.backbones import load_clip
+    clip_model = load_clip(clip_files["teacher"])
+    with torch.no_grad():  # the checkpoint's backbone differs from the stock file: it must win
+        clip_model.visual.ln_post.weight.add_(0.5)
+        clip_model.transformer.resblocks[0].mlp.c_fc.bias.add_(0.25)
+    torch.manual_seed(11)
+    return IVLPTeacher(clip_model, CLASSES[:3], 4, 3, "a photo of a", 4, 3, regularise=False)
+
+
+def test_published_teacher_reproduces_logits(trained_teacher, clip_files, tmp_path):
+    path = str(tmp_path / "model.pth.tar-20")
+    published_teacher(trained_teacher, path)
+    from promptkd.backbones import load_clip
+    torch.manual_seed(99)
+    fresh = IVLPTeacher(load_clip(clip_files["teacher"]), CLASSES[:3], 4, 3, "a photo of a", 4, 3, regularise=False)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert (teacher_logits(fresh, images) - teacher_logits(trained_teacher, images)).abs().max() > 1e-3
+    load_published_teacher(fresh, path, trusted=True)
+    assert (teacher_logits(fresh, images) - teacher_logits(trained_teacher, images)).abs().max() <= 1e-5
+
+
+def test_published_teacher_needs_trust_and_says_so(trained_teacher, tmp_path):
+    path = str(tmp_path / "model-best.pth.tar")
+    published_teacher(trained_teacher, path)
+    with pytest.raises(RuntimeError, match="MODEL.TRUST_PICKLED_CHECKPOINTS True.*weights_only=False"):
+        split_published_teacher(path, trusted=False)
+
+
+def test_published_teacher_depth_inferred_and_mismatch_explained(trained_teacher, clip_files, tmp_path):
+    path = str(tmp_path / "t.pth.tar")
+    published_teacher(trained_teacher, path)
+    pub = split_published_teacher(path, trusted=True)
+    assert len(pub["text_prompts"]) == 3 and len(pub["image_prompts"]) == 3
+    from promptkd.backbones import load_clip
+    shallow = IVLPTeacher(load_clip(clip_files["teacher"]), CLASSES, 4, 2, "a photo of a", 4, 2, regularise=False)
+    with pytest.raises(ValueError, match="set PROMPT_DEPTH_TEXT 3 and N_CTX_TEXT 4"):
+        load_published_teacher(shallow, path, trusted=True)
+
+
+def test_unknown_keys_are_listed(trained_teacher, tmp_path):
+    path = str(tmp_path / "t.pth.tar")
+    published_teacher(trained_teacher, path)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["state_dict"]["prompt_learner.meta_net.linear1.weight"] = torch.zeros(2)
+    torch.save(ckpt, path)
+    with pytest.raises(KeyError, match="prompt_learner.meta_net.linear1.weight"):
+        split_published_teacher(path, trusted=True)
+
+
+def published_student(student: PromptKDStudent, path):
+    sd = _visual_keys(student.image_encoder.visual, "image_encoder", list(student.image_encoder.prompts))
+    proj = student.projector
+    sd.update({
+        "logit_scale": student.logit_scale.clone(),
+        "VPT_image_trans.conv1.0.weight": proj[0].weight.detach()[:, :, None, None].clone(),
+        "VPT_image_trans.conv1.0.bias": proj[0].bias.detach().clone(),
+        "VPT_image_trans.conv1.3.weight": proj[3].weight.detach()[:, :, None, None].clone(),
+        "VPT_image_trans.conv1.3.bias": proj[3].bias.detach().clone(),
+    })
+    for k, v in proj[1].state_dict().items():
+        sd[f"VPT_image_trans.conv1.1.{k}"] = v.clone()
+    _save(path, sd)
+
+
+def test_published_student_reproduces_logits(student_clip, tmp_path):
+    torch.manual_seed(3)
+    trained = PromptKDStudent(student_clip.visual, student_clip.logit_scale, 96, 4, 2)
+    with torch.no_grad():
+        trained.projector[1].running_mean.normal_()
+        trained.projector[1].running_var.uniform_(0.5, 2.0)
+    trained.eval()
+    path = str(tmp_path / "model.pth.tar-20")
+    published_student(trained, path)
+    from promptkd.backbones import clip_from_state_dict
+    fresh = PromptKDStudent(clip_from_state_dict(student_clip.state_dict()).visual, torch.tensor(1.0), 96, 4, 2).eval()
+    vectors = F.normalize(torch.randn(5, 96), dim=-1)
+    images = torch.randn(4, 3, 32, 32)
+    load_published_student(fresh, path, trusted=True)
+    with torch.no_grad():
+        assert (fresh(images, vectors) - trained(images, vectors)).abs().max() <= 1e-5
+
+
+def test_student_and_teacher_files_are_told_apart(student_clip, trained_teacher, tmp_path):
+    s_path, t_path = str(tmp_path / "s.pth.tar"), str(tmp_path / "t.pth.tar")
+    published_student(PromptKDStudent(student_clip.visual, student_clip.logit_scale, 96, 4, 2), s_path)
+    published_teacher(trained_teacher, t_path)
+    with pytest.raises(KeyError, match="looks like a PromptKD \\*student\\* checkpoint"):
+        split_published_teacher(s_path, trusted=True)
+    with pytest.raises(KeyError, match="looks like a teacher checkpoint"):
+        split_published_student(t_path, trusted=True)

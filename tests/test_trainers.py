@@ -1,0 +1,331 @@
+"""PromptKDTeacher and PromptKD through Dassl, on a fake DTD with tiny CLIPs (in-process).
+
+Covers: teacher -> class vectors -> student -> base / novel / HM; exact resume; labels never
+read; no teacher text encoder in stage 2; checkpoint contents; eval-only; published formats;
+bad configuration; precision modes; a non-finite loss.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
+
+import train  # noqa: E402  (registers datasets and trainers)
+from dassl.engine import build_trainer  # noqa: E402
+from dassl.utils import set_random_seed  # noqa: E402
+
+from promptkd.checkpoints import load_file  # noqa: E402
+from promptkd.class_vectors import ClassVectors, class_vectors_file  # noqa: E402
+from tests.fake_data import make_dtd  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER_CFG = os.path.join(ROOT, "configs/trainers/PromptKDTeacher/vit_l14_c2_ep20_batch8_4+4ctx.yaml")
+STUDENT_CFG = os.path.join(ROOT, "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml")
+DTD_CFG = os.path.join(ROOT, "configs/datasets/dtd.yaml")
+TINY = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
+        "DATALOADER.TEST.BATCH_SIZE", "16", "PREC_KEY", "fp32"]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_dtd(str(root), n_classes=5, per_class=10)
+    return str(root)
+
+
+def teacher_args(data_root, weights, out, *extra, epochs=2):
+    opts = [o if o != "PREC_KEY" else "TRAINER.PROMPTSRC.PREC" for o in TINY]
+    return ["--root", data_root, "--seed", "1", "--trainer", "PromptKDTeacher", "--dataset-config-file", DTD_CFG,
+            "--config-file", TEACHER_CFG, "--output-dir", out, "MODEL.BACKBONE.NAME", weights["teacher"], *opts,
+            "OPTIM.MAX_EPOCH", str(epochs), "DATASET.NUM_SHOTS", "4", "DATASET.SUBSAMPLE_CLASSES", "base",
+            "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2", *extra]
+
+
+def student_args(data_root, weights, out, teacher_dir, *extra, epochs=3):
+    opts = [o if o != "PREC_KEY" else "TRAINER.PROMPTKD.PREC" for o in TINY]
+    return ["--root", data_root, "--seed", "1", "--trainer", "PromptKD", "--dataset-config-file", DTD_CFG,
+            "--config-file", STUDENT_CFG, "--output-dir", out, "MODEL.BACKBONE.NAME", weights["student"], *opts,
+            "OPTIM.MAX_EPOCH", str(epochs), "DATASET.NUM_SHOTS", "0", "TRAINER.PROMPTKD.TEACHER_DIR", teacher_dir,
+            "TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", "2", "TRAINER.PROMPTKD.KD_WEIGHT", "10", *extra]
+
+
+def make_trainer(args):
+    cfg = train.setup_cfg(train.parse_args(args))
+    set_random_seed(cfg.SEED)
+    return build_trainer(cfg)
+
+
+def learnable(trainer):
+    from promptkd.checkpoints import learnable_state_dict
+    return learnable_state_dict(trainer.model)
+
+
+@pytest.fixture(scope="session")
+def teacher_run(data_root, clip_files, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("teacher"))
+    trainer = make_trainer(teacher_args(data_root, clip_files, out))
+    trainer.train()
+    return {"out": out, "export": os.path.join(out, "export"), "report": trainer.last_report, "trainer": trainer}
+
+
+@pytest.fixture(scope="session")
+def student_run(data_root, clip_files, teacher_run, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("student"))
+    trainer = make_trainer(student_args(data_root, clip_files, out, teacher_run["export"]))
+    losses = []
+    run_epoch = trainer.run_epoch
+
+    def recording():
+        run_epoch()
+        losses.append(trainer.epoch_losses["kd_loss"])
+    trainer.run_epoch = recording
+    trainer.train()
+    return {"out": out, "trainer": trainer, "losses": losses, "report": trainer.last_report}
+
+
+# --- stage 1 ------------------------------------------------------------------------------
+
+def test_teacher_exports_all_classes_and_reports_base_novel(teacher_run):
+    vectors = ClassVectors.load(class_vectors_file(teacher_run["export"], "DescribableTextures"))
+    full = teacher_run["trainer"].all_classnames
+    assert len(full) == 5 and teacher_run["trainer"].dm.dataset.num_classes == 3  # trained on base only
+    assert vectors.classnames == full and vectors.vectors.shape == (5, 96)
+    assert torch.allclose(vectors.vectors.norm(dim=-1), torch.ones(5), atol=1e-6)
+    assert set(teacher_run["report"]) >= {"base", "novel", "hm", "accuracy"}
+    ckpt = load_file(os.path.join(teacher_run["out"], "VLPromptLearner", "model.pth.tar-2"))
+    assert sorted(ckpt["state_dict"]) == [f"{s}.prompts.{i}" for s in ("image_encoder", "text_encoder") for i in (0, 1)]
+    assert ckpt["extra"]["gpa_applied"] is True
+
+
+def test_teacher_resume_is_exact(data_root, clip_files, tmp_path):
+    whole = make_trainer(teacher_args(data_root, clip_files, str(tmp_path / "whole"), epochs=3))
+    whole.train()
+    out = str(tmp_path / "cut")
+    cut = make_trainer(teacher_args(data_root, clip_files, out, epochs=3))
+    after_epoch = cut.after_epoch
+
+    def crash():
+        after_epoch()
+        if cut.epoch == 0:
+            raise KeyboardInterrupt("killed after epoch 1")
+    cut.after_epoch = crash
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    resumed = make_trainer(teacher_args(data_root, clip_files, out, epochs=3))
+    resumed.train()
+    a, b = learnable(whole), learnable(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    va = ClassVectors.load(class_vectors_file(str(tmp_path / "whole" / "export"), "DescribableTextures"))
+    vb = ClassVectors.load(class_vectors_file(os.path.join(out, "export"), "DescribableTextures"))
+    assert torch.equal(va.vectors, vb.vectors)
+
+
+def test_zero_shot_teacher_exports_stock_clip_vectors(data_root, clip_files, tmp_path):
+    from promptkd.backbones import clip, load_clip
+    zs_cfg = os.path.join(ROOT, "configs/trainers/PromptKDTeacher/zeroshot_vit_l14.yaml")
+    args = teacher_args(data_root, clip_files, str(tmp_path), epochs=0)
+    args[args.index(TEACHER_CFG)] = zs_cfg
+    args = args[:args.index("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT")]
+    trainer = make_trainer(args)
+    trainer.train()
+    vectors = ClassVectors.load(class_vectors_file(os.path.join(str(tmp_path), "export"), "DescribableTextures"))
+    model = load_clip(clip_files["teacher"])
+    with torch.no_grad():
+        stock = model.encode_text(clip.tokenize([f"a photo of a {c.replace('_', ' ')}." for c in vectors.classnames]))
+    assert (vectors.vectors - torch.nn.functional.normalize(stock, dim=-1)).abs().max() <= 1e-6
+    assert "hm" in trainer.last_report
+
+
+def test_teacher_eval_only_export_from_published_checkpoint(data_root, clip_files, teacher_run, tmp_path):
+    from tests.test_published import published_teacher
+    model_dir = tmp_path / "published"
+    (model_dir / "VLPromptLearner").mkdir(parents=True)
+    published_teacher(teacher_run["trainer"].model, str(model_dir / "VLPromptLearner" / "model-best.pth.tar"))
+    out = str(tmp_path / "export_run")
+    trainer = make_trainer(teacher_args(data_root, clip_files, out, "MODEL.TRUST_PICKLED_CHECKPOINTS", "True"))
+    trainer.run_eval_only(str(model_dir))
+    ours = ClassVectors.load(class_vectors_file(teacher_run["export"], "DescribableTextures"))
+    imported = ClassVectors.load(class_vectors_file(os.path.join(out, "export"), "DescribableTextures"))
+    assert (ours.vectors - imported.vectors).abs().max() <= 1e-5
+    assert imported.teacher["backbone"]["kind"] == "published"
+    untrusted = make_trainer(teacher_args(data_root, clip_files, str(tmp_path / "x")))
+    with pytest.raises(RuntimeError, match="TRUST_PICKLED_CHECKPOINTS"):
+        untrusted.run_eval_only(str(model_dir))
+
+
+# --- stage 2 ------------------------------------------------------------------------------
+
+def test_student_distils_and_reports(student_run):
+    losses = student_run["losses"]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert set(student_run["report"]) >= {"base", "novel", "hm", "accuracy"}
+    ckpt = load_file(os.path.join(student_run["out"], "VLPromptLearner", "model.pth.tar-3"))
+    assert all(k.startswith(("image_encoder.prompts.", "projector.", "logit_scale")) for k in ckpt["state_dict"])
+    assert "projector.1.running_var" in ckpt["state_dict"]
+    assert not os.path.exists(os.path.join(student_run["out"], "VLPromptLearner", "model.pth.tar-2"))
+
+
+def test_student_eval_only_round_trip(data_root, clip_files, teacher_run, student_run, tmp_path):
+    trainer = make_trainer(student_args(data_root, clip_files, str(tmp_path), teacher_run["export"]))
+    trainer.run_eval_only(student_run["out"])
+    assert trainer.last_report == student_run["report"]
+
+
+def test_stage2_builds_no_text_encoder(data_root, clip_files, teacher_run, tmp_path, monkeypatch):
+    from promptkd.backbones import clip
+    built = []
+    original = clip.model.Transformer.__init__
+
+    def counting(self, width, layers, heads, attn_mask=None):
+        built.append(attn_mask is not None)  # only CLIP's text transformer has a causal mask
+        original(self, width, layers, heads, attn_mask)
+
+    def refuse(*a, **k):
+        raise AssertionError("stage 2 built a whole CLIP (with its text encoder)")
+    monkeypatch.setattr(clip.model.Transformer, "__init__", counting)
+    monkeypatch.setattr(clip.model.CLIP, "__init__", refuse)
+    make_trainer(student_args(data_root, clip_files, str(tmp_path), teacher_run["export"]))
+    assert built == [False, False]  # the teacher's and the student's image towers
+
+
+def test_labels_are_never_read(data_root, clip_files, teacher_run, tmp_path):
+    def run(out, relabel):
+        trainer = make_trainer(student_args(data_root, clip_files, out, teacher_run["export"], epochs=2))
+        loader = trainer.train_loader_x
+
+        class Relabelled:
+            def __len__(self):
+                return len(loader)
+
+            def __iter__(self):
+                for b in loader:
+                    yield {**b, "label": relabel(b["label"])}
+        trainer.train_loader_x = Relabelled()
+        trainer.cfg.defrost()
+        trainer.cfg.TEST.NO_TEST = True
+        trainer.train()
+        return learnable(trainer)
+    a = run(str(tmp_path / "a"), lambda y: y)
+    b = run(str(tmp_path / "b"), lambda y: (y * 3 + 1) % 5)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_class_vectors_for_other_classes_stop_the_run(data_root, clip_files, teacher_run, tmp_path):
+    vectors = ClassVectors.load(class_vectors_file(teacher_run["export"], "DescribableTextures"))
+    vectors.classnames = vectors.classnames[::-1]
+    vectors.save(class_vectors_file(str(tmp_path), "DescribableTextures"))
+    import shutil
+    shutil.copy(os.path.join(teacher_run["export"], "image_side.pt"), str(tmp_path))
+    with pytest.raises(ValueError, match="do not match the dataset: .*class names differ"):
+        make_trainer(student_args(data_root, clip_files, str(tmp_path / "out"), str(tmp_path)))
+
+
+def test_missing_teacher_export_names_file_and_command(data_root, clip_files, tmp_path):
+    with pytest.raises(FileNotFoundError, match="class_vectors_DescribableTextures.pt.*teacher_train.sh"):
+        make_trainer(student_args(data_root, clip_files, str(tmp_path / "o"), str(tmp_path / "nowhere")))
+
+
+def test_published_student_checkpoint_evaluates(data_root, clip_files, teacher_run, student_run, tmp_path):
+    from tests.test_published import published_student
+    model_dir = tmp_path / "pub"
+    (model_dir / "VLPromptLearner").mkdir(parents=True)
+    published_student(student_run["trainer"].model, str(model_dir / "VLPromptLearner" / "model.pth.tar-20"))
+    trainer = make_trainer(student_args(data_root, clip_files, str(tmp_path / "o"), teacher_run["export"],
+                                        "MODEL.TRUST_PICKLED_CHECKPOINTS", "True"))
+    trainer.run_eval_only(str(model_dir), epoch=20)
+    assert trainer.last_report == pytest.approx(student_run["report"])
+
+
+def test_checkpoint_of_the_other_stage_is_refused(data_root, clip_files, teacher_run, student_run, tmp_path):
+    s = make_trainer(student_args(data_root, clip_files, str(tmp_path / "s"), teacher_run["export"]))
+    with pytest.raises(ValueError, match="written by trainer PromptKDTeacher"):
+        s.run_eval_only(teacher_run["out"])
+    t = make_trainer(teacher_args(data_root, clip_files, str(tmp_path / "t")))
+    with pytest.raises(ValueError, match="written by trainer PromptKD,"):
+        t.run_eval_only(student_run["out"])
+
+
+def test_paper_selection_rule_is_explicit(data_root, clip_files, teacher_run, tmp_path):
+    trainer = make_trainer(student_args(data_root, clip_files, str(tmp_path), teacher_run["export"],
+                                        "TEST.MODEL_SELECTION", "best_base_test", epochs=2))
+    trainer.train()
+    assert os.path.isfile(os.path.join(str(tmp_path), "VLPromptLearner", "model-best.pth.tar"))
+    assert "selects on test data" in trainer.selection_description()
+
+
+@pytest.mark.parametrize("prec", ["fp32", "amp", "bf16"])
+def test_precision_modes_train(data_root, clip_files, teacher_run, tmp_path, prec):
+    s = make_trainer(student_args(data_root, clip_files, str(tmp_path / "s"), teacher_run["export"],
+                                  "TRAINER.PROMPTKD.PREC", prec, epochs=1))
+    s.train()
+    t = make_trainer(teacher_args(data_root, clip_files, str(tmp_path / "t"), "TRAINER.PROMPTSRC.PREC", prec, epochs=1))
+    t.train()
+    assert s.prec in ("fp32", "bf16") and t.last_report["accuracy"] >= 0
+
+
+def test_non_finite_loss_stops_with_a_hint_and_keeps_the_checkpoint(data_root, clip_files, teacher_run, tmp_path, monkeypatch):
+    import trainers.promptkd as module
+    out = str(tmp_path)
+    trainer = make_trainer(student_args(data_root, clip_files, out, teacher_run["export"], epochs=3))
+    real = module.kd_loss
+    monkeypatch.setattr(module, "kd_loss", lambda *a: real(*a) * (float("inf") if trainer.epoch == 1 else 1.0))
+    with pytest.raises(FloatingPointError, match=r"epoch 2, batch 1\. Try a lower OPTIM.LR .*PREC fp32"):
+        trainer.train()
+    assert os.path.isfile(os.path.join(out, "VLPromptLearner", "model.pth.tar-1"))
+
+
+@pytest.mark.parametrize("extra, error, message", [
+    (["MODEL.BACKBONE.NAME", "ViT-Q/99"], ValueError, "Unknown CLIP backbone 'ViT-Q/99'"),
+    (["TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", "9"], ValueError, "larger than the encoder's 2 transformer layers"),
+    (["TRAINER.PROMPTKD.N_CTX_VISION", "0"], ValueError, "N_CTX_VISION must be >= 1"),
+    (["TRAINER.PROMPTKD.KD_WEIGHT", "-1"], ValueError, "KD_WEIGHT must be >= 0"),
+    (["TRAINER.PROMPTKD.TEMPERATURE", "0"], ValueError, "TEMPERATURE must be > 0"),
+    (["TRAINER.PROMPTKD.PREC", "fp8"], ValueError, "PREC is 'fp8'; allowed values: fp32, fp16, amp, bf16"),
+    (["INPUT.SIZE", "(224, 224)"], ValueError, "expects 32x32 images"),
+    (["TRAINER.PROMPTKD.KD_WEIGTH", "1"], SystemExit, "command-line options: .*KD_WEIGTH"),
+])
+def test_bad_student_configuration_is_refused(data_root, clip_files, teacher_run, tmp_path, extra, error, message):
+    with pytest.raises(error, match=message):
+        make_trainer(student_args(data_root, clip_files, str(tmp_path), teacher_run["export"], *extra))
+
+
+def test_missing_dataset_root_and_typo_in_config_file(data_root, clip_files, teacher_run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="DATASET.ROOT .*nowhere does not exist"):
+        make_trainer(student_args(str(tmp_path / "nowhere"), clip_files, str(tmp_path), teacher_run["export"]))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("TRAINER:\n  PROMPTKD:\n    TEMPERTURE: 2.0\n")
+    args = student_args(data_root, clip_files, str(tmp_path), teacher_run["export"])
+    args[args.index(STUDENT_CFG)] = str(bad)
+    with pytest.raises(SystemExit, match="bad.yaml: .*TEMPERTURE"):
+        make_trainer(args)
+
+
+# --- the command line -----------------------------------------------------------------------
+
+def test_cli_seed_zero_and_fresh_log(data_root, clip_files, teacher_run, tmp_path):
+    out = str(tmp_path)
+    args = [sys.executable, os.path.join(ROOT, "train.py"), *student_args(
+        data_root, clip_files, out, teacher_run["export"], "TEST.NO_TEST", "True", epochs=1)]
+    args[args.index("--seed") + 1] = "0"
+    for _ in range(2):
+        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    logs = sorted(f for f in os.listdir(out) if f.startswith("log.txt"))
+    assert len(logs) == 2 and logs[0] == "log.txt"
+    text = open(os.path.join(out, "log.txt")).read()
+    assert "SEED: 0" in text and "Resumed from" in text  # the second run found the first one's checkpoint
+    assert "Resumed from" not in open(os.path.join(out, logs[1])).read()
+
+
+def test_cli_prints_result_line(data_root, clip_files, teacher_run, tmp_path):
+    args = [sys.executable, os.path.join(ROOT, "train.py"), *student_args(
+        data_root, clip_files, str(tmp_path), teacher_run["export"], epochs=1)]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    assert result["trainer"] == "PromptKD" and result["protocol"] == "base2novel" and "hm" in result
