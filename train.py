@@ -85,9 +85,11 @@ def reset_cfg(cfg, args):
 def _merge(cfg, source: str, merge):
     try:
         merge()
-    except (KeyError, AssertionError) as err:  # yacs: a file's unknown key / a command line's
-        raise SystemExit(f"error: {source}: {err.args[0] if err.args else err}. Check the key's spelling; "
-                         "the keys this plugin adds are in trainers/config.py.") from None
+    except (KeyError, AssertionError) as err:  # yacs: unknown key (file / command line), odd list
+        message = err.args[0] if err.args else str(err)
+        hint = ("Check the key's spelling; the keys this plugin adds are in trainers/config.py."
+                if "xistent" in message else "Options are KEY VALUE pairs.")
+        raise SystemExit(f"error: {source}: {message}. {hint}") from None
     except ValueError as err:
         raise SystemExit(f"error: {source}: {err}. Give the value in the key's type "
                          "(e.g. 200.0 for a float key).") from None

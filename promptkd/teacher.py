@@ -41,8 +41,7 @@ class IVLPTeacher(nn.Module):
         self.classnames = list(classnames)
         self.register_buffer("tokens", self.text_encoder.tokenize(self.classnames), persistent=False)
         self.regularise = regularise
-        if regularise:
-            self.register_buffer("zs_text", ensemble_text_features(clip_model, self.classnames), persistent=False)
+        self.zs_text = None  # frozen template-ensemble features, built at the first training step
         self.prompt_settings = {"n_ctx_text": n_ctx_text, "depth_text": depth_text, "ctx_init": ctx_init,
                                 "n_ctx_vision": n_ctx_vision, "depth_vision": depth_vision}
 
@@ -60,6 +59,8 @@ class IVLPTeacher(nn.Module):
         out = {"logits": self.logit_scale * image_feats @ text_feats.t(),
                "image_feats": image_feats, "text_feats": text_feats}
         if self.regularise and self.training:
+            if self.zs_text is None or self.zs_text.device != image_feats.device:
+                self.zs_text = ensemble_text_features(self.clip, self.classnames).to(image_feats.device)
             with torch.no_grad():
                 zs_image = F.normalize(self.clip.encode_image(images).float(), dim=-1)
             out.update(zs_image_feats=zs_image, zs_text_feats=self.zs_text,

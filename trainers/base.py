@@ -219,7 +219,8 @@ class PromptTrainer(TrainerX):
         """`--eval-only`: load a saved model, finalise it (e.g. export) and evaluate it."""
         self.load_model(model_dir, epoch=epoch)
         self.finalize_model(eval_only=True)
-        self.test()
+        if not self.cfg.TEST.NO_TEST:
+            self.test()
 
     # --- checkpoints ------------------------------------------------------------------------
     def extra_state(self) -> dict:

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Stage 2 (base-to-novel): distil a ViT-B/16 PromptKD student on ALL unlabelled train images
+# of DATASET from the teacher's stored class vectors; prints base / novel / HM at the end.
+#   bash scripts/promptkd/base2new_train.sh DATASET SEED [KEY VALUE ...]
+# The teacher: TEACHER_DIR (its export folder), by default the export of
+# teacher_train.sh DATASET ${TEACHER_SEED:-1}. KD_WEIGHT is the published one per dataset.
+source "$(dirname "$0")/_common.sh"
+DATASET=${1:?usage: base2new_train.sh DATASET SEED [KEY VALUE ...]}
+SEED=${2:?usage: base2new_train.sh DATASET SEED [KEY VALUE ...]}
+need_dataset_config "$DATASET"
+TEACHER_DIR=${TEACHER_DIR:-$OUTPUT/base2new/promptkd_teacher/$DATASET/seed${TEACHER_SEED:-1}/export}
+RUN="$OUTPUT/base2new/promptkd/$DATASET/seed$SEED"
+"$PYTHON" train.py --root "$DATA" --seed "$SEED" --trainer PromptKD \
+  --dataset-config-file "configs/datasets/$DATASET.yaml" \
+  --config-file "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml" \
+  --output-dir "$RUN" \
+  DATASET.NUM_SHOTS 0 DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL base2novel \
+  TRAINER.PROMPTKD.KD_WEIGHT "$(kd_weight "$DATASET")" TRAINER.PROMPTKD.TEACHER_DIR "$TEACHER_DIR" \
+  ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:3}"
+echo "Student run: $RUN (tables: python -m promptkd.results $OUTPUT/base2new)"

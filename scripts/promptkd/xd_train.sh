@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Stage 2, cross-dataset and domain generalisation, with the ImageNet teacher of
+# xd_teacher_train.sh (TEACHER_RUN, default seed ${TEACHER_SEED:-1}):
+#   bash scripts/promptkd/xd_train.sh DATASET SEED [KEY VALUE ...]
+# * imagenet or a cross-dataset target (caltech101, ..., ucf101): exports the teacher's class
+#   vectors for DATASET if missing, distils a student (depth 3) on DATASET's unlabelled train
+#   images and reports test accuracy.
+# * imagenetv2 | imagenet_sketch | imagenet_a | imagenet_r (test images only): exports the
+#   teacher's vectors for it and evaluates the ImageNet student of the same SEED.
+source "$(dirname "$0")/_common.sh"
+DATASET=${1:?usage: xd_train.sh DATASET SEED [KEY VALUE ...]}
+SEED=${2:?usage: xd_train.sh DATASET SEED [KEY VALUE ...]}
+need_dataset_config "$DATASET"
+TEACHER_RUN=${TEACHER_RUN:-$OUTPUT/cross/promptkd_teacher/imagenet/seed${TEACHER_SEED:-1}}
+TEACHER_CONFIG=vit_l14_c2_ep20_batch8_4+4ctx_cross_datasets
+DATASET_NAME=$(sed -n 's/^ *NAME: *"\{0,1\}\([A-Za-z0-9]*\)"\{0,1\}.*/\1/p' "configs/datasets/$DATASET.yaml")
+if [ ! -f "$TEACHER_RUN/export/class_vectors_$DATASET_NAME.pt" ]; then
+  MODAL=cross TEACHER_CONFIG=$TEACHER_CONFIG bash scripts/promptkd/export_class_vectors.sh \
+    "$TEACHER_RUN" "$DATASET" ${XD_TEACHER_OPTS:-}
+fi
+STUDENT_CFG="configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx_cross_datasets.yaml"
+COMMON=(--root "$DATA" --seed "$SEED" --trainer PromptKD --dataset-config-file "configs/datasets/$DATASET.yaml"
+        --config-file "$STUDENT_CFG")
+OPTS=(DATASET.NUM_SHOTS 0 DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL cross
+      TRAINER.PROMPTKD.TEACHER_DIR "$TEACHER_RUN/export" TRAINER.PROMPTKD.KD_WEIGHT "$(kd_weight "$DATASET")")
+if [[ "$DG_DATASETS" == *" $DATASET "* ]]; then
+  RUN="$OUTPUT/cross/promptkd/$DATASET/seed$SEED"
+  "$PYTHON" train.py "${COMMON[@]}" --output-dir "$RUN" --eval-only \
+    --model-dir "$OUTPUT/cross/promptkd/imagenet/seed$SEED" "${OPTS[@]}" \
+    ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:3}"
+else
+  RUN="$OUTPUT/cross/promptkd/$DATASET/seed$SEED"
+  "$PYTHON" train.py "${COMMON[@]}" --output-dir "$RUN" "${OPTS[@]}" \
+    ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:3}"
+fi
+echo "Run: $RUN (tables: python -m promptkd.results $OUTPUT/cross)"

@@ -1,0 +1,76 @@
+"""The user-facing scripts, run as a new user runs them (bash, env vars, KEY VALUE overrides),
+on fake data with tiny CLIPs: base-to-novel, cross-dataset and domain generalisation."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the script tests)")
+
+from tests.fake_data import make_dtd, make_imagenet, make_imagenet_a  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
+        "DATALOADER.TEST.BATCH_SIZE", "16", "OPTIM.MAX_EPOCH", "2"]
+
+
+def run(script, *args, env):
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts/promptkd", script), *args], cwd="/",
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def results(stdout):
+    return [json.loads(l.split("RESULT ", 1)[1]) for l in stdout.splitlines() if "RESULT {" in l]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, clip_files):
+    root = tmp_path_factory.mktemp("scripts")
+    data = root / "data"
+    make_dtd(str(data), n_classes=5, per_class=10)
+    make_imagenet(str(data), n_classes=5, per_class=6)
+    make_imagenet_a(str(data), n_classes=3, per_class=3)
+    return {**os.environ, "DATA": str(data), "OUTPUT": str(root / "output"), "PYTHON": sys.executable}
+
+
+def test_base2new_scripts(env, clip_files):
+    teacher = TINY + ["MODEL.BACKBONE.NAME", clip_files["teacher"], "DATASET.NUM_SHOTS", "4",
+                      "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2",
+                      "TRAINER.PROMPTSRC.PREC", "fp32"]
+    out = run("teacher_train.sh", "dtd", "1", *teacher, env=env)
+    assert results(out)[-1]["trainer"] == "PromptKDTeacher"
+    student = TINY + ["MODEL.BACKBONE.NAME", clip_files["student"], "TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", "2",
+                      "TRAINER.PROMPTKD.PREC", "fp32"]
+    out = run("base2new_train.sh", "dtd", "1", *student, env=env)
+    r = results(out)[-1]
+    assert r["trainer"] == "PromptKD" and {"base", "novel", "hm"} <= set(r)
+    assert "KD_WEIGHT: 200.0" in open(os.path.join(env["OUTPUT"], "base2new/promptkd/dtd/seed1/log.txt")).read()
+    table = subprocess.run([sys.executable, "-m", "promptkd.results", os.path.join(env["OUTPUT"], "base2new"),
+                            "--seeds", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert table.returncode == 0 and "DTD" in table.stdout and "PromptKD" in table.stdout
+
+
+def test_cross_dataset_and_domain_generalisation_scripts(env, clip_files):
+    teacher = TINY + ["MODEL.BACKBONE.NAME", clip_files["teacher"], "DATASET.NUM_SHOTS", "4",
+                      "TRAINER.PROMPTSRC.PREC", "fp32"]
+    out = run("xd_teacher_train.sh", "1", *teacher, env=env)
+    assert results(out)[-1]["protocol"] == "cross"
+    env = {**env, "XD_TEACHER_OPTS": " ".join(["INPUT.SIZE", "(32,32)", "MODEL.BACKBONE.NAME", clip_files["teacher"],
+                                                              "DATALOADER.NUM_WORKERS", "0", "TEST.NO_TEST", "True"])}
+    student = TINY + ["MODEL.BACKBONE.NAME", clip_files["student"], "TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", "2",
+                      "TRAINER.PROMPTKD.PREC", "fp32"]
+    for dataset, name in (("dtd", "DescribableTextures"), ("imagenet", "ImageNet"), ("imagenet_a", "ImageNetA")):
+        out = run("xd_train.sh", dataset, "1", *student, env=env)
+        r = results(out)[-1]
+        assert (r["trainer"], r["dataset"], r["protocol"]) == ("PromptKD", name, "cross")
+    assert os.path.isfile(os.path.join(env["OUTPUT"], "cross/promptkd_teacher/imagenet/seed1/export/class_vectors_ImageNetA.pt"))
+
+
+def test_unknown_dataset_is_named(env):
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts/promptkd/base2new_train.sh"), "imagenet21k", "1"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown dataset 'imagenet21k'" in proc.stderr
