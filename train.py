@@ -31,6 +31,7 @@ logging.disable(logging.NOTSET)
 
 import datasets  # noqa: E402,F401  (registers the dataset loaders)
 import trainers.promptkd  # noqa: E402,F401  (registers PromptKD)
+import trainers.baselines  # noqa: E402,F401  (registers the baselines)
 import trainers.promptkd_teacher  # noqa: E402,F401  (registers PromptKDTeacher)
 from trainers.config import extend_cfg  # noqa: E402
 

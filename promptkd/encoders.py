@@ -49,8 +49,10 @@ def _new_prompts(depth: int, n_ctx: int, width: int) -> nn.ParameterList:
 class PromptedImageEncoder(nn.Module):
     """CLIP image encoder with deep visual prompts. Output: unnormalised image features."""
 
-    def __init__(self, clip_model: nn.Module, n_ctx: int = 4, depth: int = 0):
-        """`clip_model`: a CLIP model or just its image tower (`clip_model.visual`)."""
+    def __init__(self, clip_model: nn.Module, n_ctx: int = 4, depth: int = 0, learnable: bool = True):
+        """`clip_model`: a CLIP model or just its image tower (`clip_model.visual`).
+        `learnable=False`: no prompt parameters of its own; `forward` is given the prompts
+        (e.g. MaPLe's projections of its text prompts)."""
         super().__init__()
         visual = getattr(clip_model, "visual", clip_model)
         if not is_vit(clip_model):
@@ -67,7 +69,7 @@ class PromptedImageEncoder(nn.Module):
         self.n_ctx = n_ctx if depth > 0 else 0
         self.depth = depth
         self.width = visual.class_embedding.shape[0] if n_layers else None
-        self.prompts = _new_prompts(depth, n_ctx, self.width) if depth else nn.ParameterList()
+        self.prompts = _new_prompts(depth, n_ctx, self.width) if depth and learnable else nn.ParameterList()
 
     @property
     def output_dim(self) -> int:
@@ -77,7 +79,9 @@ class PromptedImageEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.visual.conv1.weight.dtype
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, prompts=None) -> torch.Tensor:
+        """`prompts`: per-block prompt tensors to use instead of this encoder's own."""
+        prompts = self.prompts if prompts is None else prompts
         v = self.visual
         if not hasattr(v, "transformer"):
             return v(images.type(self.dtype))
@@ -86,11 +90,11 @@ class PromptedImageEncoder(nn.Module):
         cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
         if self.depth:
-            x = torch.cat([x, self.prompts[0].to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+            x = torch.cat([x, prompts[0].to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
         x = v.ln_pre(x).permute(1, 0, 2)  # NLD -> LND
         for i, block in enumerate(v.transformer.resblocks):
             if 0 < i < self.depth:
-                deep = self.prompts[i].to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)
+                deep = prompts[i].to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)
                 x = torch.cat([x[: -self.n_ctx], deep], dim=0)
             x = block(x)
         x = v.ln_post(x[0])
@@ -105,7 +109,11 @@ class PromptedTextEncoder(nn.Module):
     0 the phrase is plain text, so features equal stock `encode_text` of the same sentence.
     """
 
-    def __init__(self, clip_model: nn.Module, n_ctx: int = 4, depth: int = 0, ctx_init: str = "a photo of a"):
+    def __init__(self, clip_model: nn.Module, n_ctx: int = 4, depth: int = 0, ctx_init: str = "a photo of a",
+                 learnable: bool = True, phrase_may_exceed: bool = False):
+        """`learnable=False`: no prompt parameters of its own (`forward` is given them).
+        `phrase_may_exceed`: a CTX_INIT longer than n_ctx keeps its first n_ctx tokens as the
+        learnable context and the rest as fixed text (MaPLe's behaviour); otherwise an error."""
         super().__init__()
         n_layers = len(clip_model.transformer.resblocks)
         _check_depth("text", n_ctx, depth, n_layers)
@@ -118,9 +126,13 @@ class PromptedTextEncoder(nn.Module):
         self.n_ctx = n_ctx if depth > 0 else 0
         self.ctx_init = " ".join(ctx_init.replace("_", " ").split())
         width = self.ln_final.weight.shape[0]
+        self.phrase_may_exceed = phrase_may_exceed
         self.prompts = _new_prompts(depth, n_ctx, width) if depth else nn.ParameterList()
         if depth:
             self.prefix = self._init_context(n_ctx)
+        if not learnable:  # the owner provides the prompts (initialised from self.prompts[0])
+            self.init_context = self.prompts[0].detach().clone() if depth else None
+            self.prompts = nn.ParameterList()
 
     def _init_context(self, n_ctx: int) -> str:
         """Initialise prompts[0] from CTX_INIT; return the text that holds the context's place."""
@@ -128,6 +140,11 @@ class PromptedTextEncoder(nn.Module):
             return " ".join(["X"] * n_ctx)
         ids = clip.tokenize(self.ctx_init)[0]
         n_phrase = int(ids.argmax()) - 1  # tokens between SOS and EOT
+        if n_phrase > n_ctx and self.phrase_may_exceed:
+            with torch.no_grad():
+                emb = self.token_embedding(ids.to(self.token_embedding.weight.device))
+                self.prompts[0].copy_(emb[1 : 1 + n_ctx].to(self.prompts[0].dtype))
+            return self.ctx_init  # the text after the first n_ctx tokens stays fixed
         if n_phrase > n_ctx:
             raise ValueError(
                 f"CTX_INIT '{self.ctx_init}' is {n_phrase} tokens long but N_CTX_TEXT is {n_ctx}; "
@@ -148,15 +165,22 @@ class PromptedTextEncoder(nn.Module):
         texts = [" ".join(f"{lead} {name.replace('_', ' ')}.".split()) for name in classnames]
         return clip.tokenize(texts)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, prompts=None) -> torch.Tensor:
+        """`prompts`: per-block prompt tensors to use instead of this encoder's own."""
+        prompts = self.prompts if prompts is None else prompts
         x = self.token_embedding(tokens).type(self.dtype)
         if self.depth:
-            ctx = self.prompts[0].to(x.dtype).expand(x.shape[0], -1, -1)
+            ctx = prompts[0].to(x.dtype).expand(x.shape[0], -1, -1)
             x = torch.cat([x[:, :1], ctx, x[:, 1 + self.n_ctx :]], dim=1)
+        return self.encode_embeddings(x, tokens, prompts)
+
+    def encode_embeddings(self, x: torch.Tensor, tokens: torch.Tensor, prompts=()) -> torch.Tensor:
+        """The text tower from input embeddings [N, L, D] on (deep prompts after block 0, if
+        any, replace the n_ctx tokens after SOS). `tokens` locate EOT (argmax)."""
         x = (x + self.positional_embedding.type(self.dtype)).permute(1, 0, 2)  # NLD -> LND
         for i, block in enumerate(self.transformer.resblocks):
-            if 0 < i < self.depth:
-                deep = self.prompts[i].to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)
+            if 0 < i < self.depth and len(prompts) > i:
+                deep = prompts[i].to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)
                 x = torch.cat([x[:1], deep, x[1 + self.n_ctx :]], dim=0)
             x = block(x)
         x = self.ln_final(x.permute(1, 0, 2)).type(self.dtype)

@@ -22,19 +22,29 @@ def kd_loss(student_logits, teacher_logits, temperature: float, weight: float) -
     return weight * temperature**2 * kl_per_logit(student_logits, teacher_logits, temperature)
 
 
-def promptsrc_loss(logits, labels, text_feats, zs_text_feats, image_feats, zs_image_feats,
-                   zs_logits, text_weight: float, image_weight: float, kl_weight: float) -> dict:
-    """PromptSRC: CE + text L1 + image L1 + KL(frozen ‖ prompted). Features are L2-normalised.
+def promptsrc_regularisers(text_feats, zs_text_feats, image_feats, zs_image_feats, logits, zs_logits,
+                           text_weight: float, image_weight: float, kl_weight: float) -> dict:
+    """PromptSRC's self-regularising terms; features are L2-normalised; a zero weight skips a term.
 
-    Returns the terms and their weighted sum under "loss"; a zero weight skips its term.
+    text_weight × L1(prompted text, frozen template-ensemble text) + image_weight × L1(prompted
+    image, frozen image) + kl_weight × KL(frozen logits ‖ prompted logits) / (B·C).
     """
-    terms = {"ce": F.cross_entropy(logits.float(), labels)}
+    terms = {}
     if text_weight:
         terms["l1_text"] = text_weight * F.l1_loss(text_feats.float(), zs_text_feats.float())
     if image_weight:
         terms["l1_image"] = image_weight * F.l1_loss(image_feats.float(), zs_image_feats.float())
     if kl_weight:
         terms["kl"] = kl_weight * kl_per_logit(logits, zs_logits)
+    return terms
+
+
+def promptsrc_loss(logits, labels, text_feats, zs_text_feats, image_feats, zs_image_feats,
+                   zs_logits, text_weight: float, image_weight: float, kl_weight: float) -> dict:
+    """PromptSRC: CE + the regularisers above. Returns the terms and their sum under "loss"."""
+    terms = {"ce": F.cross_entropy(logits.float(), labels)}
+    terms.update(promptsrc_regularisers(text_feats, zs_text_feats, image_feats, zs_image_feats, logits,
+                                        zs_logits, text_weight, image_weight, kl_weight))
     terms["loss"] = sum(terms.values())
     return terms
 

@@ -451,7 +451,8 @@ def test_docs_have_a_section_per_dataset():
 
 def test_configs_name_registered_datasets():
     config_dir = osp.join(REPO, "configs", "datasets")
-    assert sorted(f[:-5] for f in os.listdir(config_dir) if f.endswith(".yaml")) == sorted(SPECS)
+    configs = {f[:-5] for f in os.listdir(config_dir) if f.endswith(".yaml")}
+    assert configs >= set(SPECS)  # the 15 CoOp datasets, with CoOp's file names
     for key, (name, *_) in SPECS.items():
         assert make_cfg("/nonexistent", key).DATASET.NAME == name
         assert name in DATASET_REGISTRY.registered_names()

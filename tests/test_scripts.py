@@ -74,3 +74,20 @@ def test_unknown_dataset_is_named(env):
     proc = subprocess.run(["bash", os.path.join(ROOT, "scripts/promptkd/base2new_train.sh"), "imagenet21k", "1"],
                           env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown dataset 'imagenet21k'" in proc.stderr
+
+
+def test_baseline_scripts_and_comparison_table(env, clip_files):
+    tiny = TINY + ["MODEL.BACKBONE.NAME", clip_files["teacher"], "DATASET.NUM_SHOTS", "4"]
+    out = run("../coop/base2new_train.sh", "dtd", "1", *tiny, "TRAINER.COOP.PREC", "fp32", env=env)
+    assert results(out)[-1]["trainer"] == "CoOp"
+    out = run("../zsclip/base2new_train.sh", "dtd", "1", *tiny, "TRAINER.ZEROSHOT.PREC", "fp32", env=env)
+    assert results(out)[-1]["trainer"] == "ZeroshotCLIP"
+    out = run("../maple/xd_train.sh", "imagenet", "1", *tiny, "TRAINER.MAPLE.PROMPT_DEPTH", "2", env=env)
+    out = run("../maple/xd_train.sh", "dtd", "1", *tiny, "TRAINER.MAPLE.PROMPT_DEPTH", "2", env=env)
+    r = results(out)[-1]
+    assert (r["trainer"], r["dataset"], r["protocol"]) == ("MaPLe", "DescribableTextures", "cross")
+    table = subprocess.run([sys.executable, "-m", "promptkd.results", os.path.join(env["OUTPUT"], "base2new"),
+                            "--seeds", "1", "--plot"], cwd=ROOT, capture_output=True, text=True)
+    assert table.returncode == 0, table.stderr
+    assert "CoOp" in table.stdout and "ZeroshotCLIP" in table.stdout
+    assert os.path.getsize(os.path.join(env["OUTPUT"], "base2new", "results.png")) > 0

@@ -46,6 +46,9 @@ def extend_cfg(cfg):
 
     # --- protocol ------------------------------------------------------------------------
     cfg.TRAINER.MODAL = "base2novel"  # base2novel | cross
+    # Where a prompt-learning trainer writes its class vectors + image side when it is final
+    # ("" = OUTPUT_DIR/export): every method here can be a PromptKD teacher.
+    cfg.TRAINER.EXPORT_DIR = ""
 
     # --- stage 1: the teacher (PromptSRC-style IVLP) ------------------------------------
     cfg.TRAINER.PROMPTSRC = CN()
@@ -59,8 +62,29 @@ def extend_cfg(cfg):
     # A teacher that is not trained at all: stock CLIP with "{CTX_INIT} {classname}."
     # (also implied by OPTIM.MAX_EPOCH 0). Prompt depths must then be 0.
     cfg.TRAINER.PROMPTSRC.ZERO_SHOT = False
-    # Where class vectors are written ("" = OUTPUT_DIR/export).
-    cfg.TRAINER.PROMPTSRC.EXPORT_DIR = ""
+
+    # --- baselines (same data pipeline and evaluation; each can export class vectors) -----
+    cfg.TRAINER.ZEROSHOT = CN()
+    cfg.TRAINER.ZEROSHOT.TEMPLATE = "a photo of a {}."
+    cfg.TRAINER.ZEROSHOT.ENSEMBLE = False  # True: OpenAI's 80 ImageNet templates
+    cfg.TRAINER.ZEROSHOT.PREC = "fp16"
+    cfg.TRAINER.COOP = CN()
+    cfg.TRAINER.COOP.N_CTX = 16
+    cfg.TRAINER.COOP.CTX_INIT = ""  # a phrase sets N_CTX and initialises the context
+    cfg.TRAINER.COOP.CSC = False  # class-specific context
+    cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end | middle | front
+    cfg.TRAINER.COOP.PREC = "fp16"
+    cfg.TRAINER.COCOOP = CN()
+    cfg.TRAINER.COCOOP.N_CTX = 4
+    cfg.TRAINER.COCOOP.CTX_INIT = "a photo of a"
+    cfg.TRAINER.COCOOP.PREC = "fp16"
+    cfg.TRAINER.IVLP = CN()
+    _ivlp_prompt_keys(cfg.TRAINER.IVLP, depth=9)
+    cfg.TRAINER.MAPLE = CN()
+    cfg.TRAINER.MAPLE.N_CTX = 2
+    cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"  # longer than N_CTX: its first N_CTX tokens are learnt
+    cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9
+    cfg.TRAINER.MAPLE.PREC = "fp16"
 
     # --- stage 2: the student -------------------------------------------------------------
     cfg.TRAINER.PROMPTKD = CN()

@@ -4,7 +4,7 @@
 #   bash scripts/promptkd/base2new_train.sh DATASET SEED [KEY VALUE ...]
 # The teacher: TEACHER_DIR (its export folder), by default the export of
 # teacher_train.sh DATASET ${TEACHER_SEED:-1}. KD_WEIGHT is the published one per dataset.
-source "$(dirname "$0")/_common.sh"
+source "$(dirname "$0")/../_common.sh"
 DATASET=${1:?usage: base2new_train.sh DATASET SEED [KEY VALUE ...]}
 SEED=${2:?usage: base2new_train.sh DATASET SEED [KEY VALUE ...]}
 need_dataset_config "$DATASET"

@@ -4,7 +4,7 @@
 #   bash scripts/promptkd/teacher_train.sh DATASET SEED [KEY VALUE ...]
 # TEACHER_CONFIG picks another teacher from configs/trainers/PromptKDTeacher (e.g.
 # ivlp_vit_l14_c2_ep20_batch8_4+4ctx, zeroshot_vit_l14). Re-running resumes / re-exports.
-source "$(dirname "$0")/_common.sh"
+source "$(dirname "$0")/../_common.sh"
 DATASET=${1:?usage: teacher_train.sh DATASET SEED [KEY VALUE ...]}
 SEED=${2:?usage: teacher_train.sh DATASET SEED [KEY VALUE ...]}
 need_dataset_config "$DATASET"

@@ -3,7 +3,7 @@
 # prompt depth 3) and export ImageNet's class vectors. Other datasets' vectors are exported
 # from this run by xd_train.sh when first needed.
 #   bash scripts/promptkd/xd_teacher_train.sh SEED [KEY VALUE ...]
-source "$(dirname "$0")/_common.sh"
+source "$(dirname "$0")/../_common.sh"
 SEED=${1:?usage: xd_teacher_train.sh SEED [KEY VALUE ...]}
 RUN="$OUTPUT/cross/promptkd_teacher/imagenet/seed$SEED"
 "$PYTHON" train.py --root "$DATA" --seed "$SEED" --trainer PromptKDTeacher \

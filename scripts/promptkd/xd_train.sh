@@ -7,7 +7,7 @@
 #   images and reports test accuracy.
 # * imagenetv2 | imagenet_sketch | imagenet_a | imagenet_r (test images only): exports the
 #   teacher's vectors for it and evaluates the ImageNet student of the same SEED.
-source "$(dirname "$0")/_common.sh"
+source "$(dirname "$0")/../_common.sh"
 DATASET=${1:?usage: xd_train.sh DATASET SEED [KEY VALUE ...]}
 SEED=${2:?usage: xd_train.sh DATASET SEED [KEY VALUE ...]}
 need_dataset_config "$DATASET"

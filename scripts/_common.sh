@@ -1,4 +1,4 @@
-# Shared settings for the PromptKD scripts (sourced, not run). Everything comes from the
+# Shared settings for every script in scripts/ (sourced, not run). Everything comes from the
 # environment, never from editing a script:
 #   DATA          dataset root (CoOp layout, see DATASETS.md)          default: ./data
 #   OUTPUT        where runs are written                               default: ./output
@@ -6,7 +6,7 @@
 #   PYTHON        interpreter                                          default: python
 #   TRUST=1       allow torch-1.x pickled checkpoints (published files you trust)
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DATA=${DATA:-data}
 OUTPUT=${OUTPUT:-output}
 PYTHON=${PYTHON:-python}

@@ -1,0 +1,111 @@
+"""The small interface every prompt-learning method implements here (see docs/NEW_METHOD.md).
+
+A method wraps one frozen stock CLIP and says how it turns images and class names into
+features. Everything else (training with cross-entropy, base / novel evaluation, exporting
+class vectors so that PromptKD can distil from it) is shared:
+
+    image_features(images)     -> [B, D] unnormalised image features (prompted or not)
+    text_features(classnames)  -> [C, D] unnormalised text features of those classes
+    image_prompts()            -> the deep visual prompts the image side uses (list, may be [])
+    extra_losses(out, labels)  -> optional regularisers added to cross-entropy (dict)
+
+A method whose text features depend on the image (CoCoOp) sets `image_conditioned = True`
+and overrides `per_image_logits`; it trains and evaluates, but has no class vectors to export.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import clip
+from .class_vectors import ClassVectors, ImageSide, visual_fingerprint
+from .encoders import freeze_clip
+
+
+class PromptMethod(nn.Module):
+    image_conditioned = False
+
+    def __init__(self, clip_model: nn.Module, classnames: list[str]):
+        super().__init__()
+        self.clip = freeze_clip(clip_model)
+        self.classnames = list(classnames)
+        self.settings: dict = {}  # prompt settings, recorded in exported class vectors
+        self._eval_vectors = None
+
+    # --- to implement -----------------------------------------------------------------------
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(images)
+
+    def text_features(self, classnames: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def image_prompts(self) -> list[torch.Tensor]:
+        return []
+
+    def extra_losses(self, out: dict, labels: torch.Tensor) -> dict:
+        return {}
+
+    # --- shared -----------------------------------------------------------------------------
+    def state_dict(self, *args, **kwargs):
+        # The frozen CLIP is referenced by name / fingerprint, never saved with the prompts.
+        return {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith("clip.")}
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp().float()
+
+    def tokens(self, classnames: list[str], tokenize=None) -> torch.Tensor:
+        """`tokenize(classnames)` (default: the plain names), cached for the last class list."""
+        key = tuple(classnames)
+        if getattr(self, "_token_cache", (None,))[0] != key:
+            tokens = (tokenize or clip.tokenize)(list(classnames))
+            self._token_cache = (key, tokens.to(self.clip.logit_scale.device))
+        return self._token_cache[1]
+
+    def forward(self, images: torch.Tensor) -> dict:
+        """Logits over the training classes, plus the features the losses need."""
+        image_feats = F.normalize(self.image_features(images).float(), dim=-1)
+        if self.image_conditioned:
+            return {"logits": self.per_image_logits(images, self.classnames, image_feats), "image_feats": image_feats}
+        text_feats = F.normalize(self.text_features(self.classnames).float(), dim=-1)
+        return {"logits": self.logit_scale * image_feats @ text_feats.t(),
+                "image_feats": image_feats, "text_feats": text_feats}
+
+    def per_image_logits(self, images: torch.Tensor, classnames: list[str], image_feats=None) -> torch.Tensor:
+        """Image-conditioned methods: logits [B, C] with text features computed per image."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def class_vectors(self, classnames: list[str], batch: int = 256) -> torch.Tensor:
+        """L2-normalised text features of `classnames`, in the given order."""
+        if self.image_conditioned:
+            raise TypeError(f"{type(self).__name__}'s text features depend on the image: it has no class "
+                            "vectors, so it cannot be exported or act as a PromptKD teacher.")
+        feats = [self.text_features(classnames[i:i + batch]).float() for i in range(0, len(classnames), batch)]
+        return F.normalize(torch.cat(feats), dim=-1)
+
+    @torch.no_grad()
+    def prepare_eval(self, classnames: list[str]) -> None:
+        """Encode the evaluation classes once (not per test batch)."""
+        self._eval_classnames = list(classnames)
+        self._eval_vectors = None if self.image_conditioned else self.class_vectors(classnames)
+
+    def eval_logits(self, images: torch.Tensor) -> torch.Tensor:
+        if self.image_conditioned:
+            return self.per_image_logits(images, self._eval_classnames)
+        feats = F.normalize(self.image_features(images).float(), dim=-1)
+        return self.logit_scale * feats @ self._eval_vectors.t()
+
+    @torch.no_grad()
+    def export(self, classnames: list[str], dataset: str, backbone: dict, method: str | None = None):
+        """(ClassVectors of all `classnames`, ImageSide) of this method as it is now."""
+        method = method or type(self).__name__
+        vectors = self.class_vectors(classnames).cpu()
+        fp = visual_fingerprint(self.clip.visual)
+        scale = float(self.clip.logit_scale.float().item())
+        teacher = {"backbone": backbone, "fingerprint": fp, "method": method,
+                   "prompts": dict(self.settings), "logit_scale": scale}
+        side = ImageSide(backbone=backbone, fingerprint=fp, logit_scale=scale, width=vectors.shape[1],
+                         prompts=[p.detach().float().cpu() for p in self.image_prompts()], method=method)
+        return ClassVectors(vectors=vectors, classnames=list(classnames), dataset=dataset, teacher=teacher), side

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Shared runner of the baseline scripts (scripts/<method>/*.sh call it):
+#   _baseline.sh TRAINER CONFIG base2new|cross DATASET SEED [KEY VALUE ...]
+# base2new: train on 16-shot base classes of DATASET, report base / novel / HM (one run).
+# cross:    imagenet trains on all 1000 classes (16-shot, the *_cross_datasets config when
+#           there is one); any other dataset evaluates that ImageNet model on it.
+# Runs go to $OUTPUT/<base2new|cross>/<trainer>/<dataset>/seed<SEED>; each also exports its
+# class vectors (so any method can be a PromptKD teacher).
+source "$(dirname "$0")/_common.sh"
+TRAINER=${1:?}; CONFIG=${2:?}; PROTOCOL=${3:?}
+DATASET=${4:?usage: $TRAINER scripts take DATASET SEED [KEY VALUE ...]}
+SEED=${5:?usage: $TRAINER scripts take DATASET SEED [KEY VALUE ...]}
+need_dataset_config "$DATASET"
+NAME=$(echo "$TRAINER" | tr '[:upper:]' '[:lower:]')
+ARGS=(--root "$DATA" --seed "$SEED" --trainer "$TRAINER" --dataset-config-file "configs/datasets/$DATASET.yaml")
+if [ "$PROTOCOL" = base2new ]; then
+  RUN="$OUTPUT/base2new/$NAME/$DATASET/seed$SEED"
+  "$PYTHON" train.py "${ARGS[@]}" --config-file "configs/trainers/$TRAINER/$CONFIG.yaml" --output-dir "$RUN" \
+    DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base TRAINER.MODAL base2novel \
+    ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:6}"
+else
+  XD_CONFIG="configs/trainers/$TRAINER/${CONFIG}_cross_datasets.yaml"
+  [ -f "$XD_CONFIG" ] || XD_CONFIG="configs/trainers/$TRAINER/$CONFIG.yaml"
+  RUN="$OUTPUT/cross/$NAME/$DATASET/seed$SEED"
+  SOURCE="$OUTPUT/cross/$NAME/imagenet/seed$SEED"
+  if [ "$DATASET" = imagenet ] || [ "$TRAINER" = ZeroshotCLIP ]; then
+    "$PYTHON" train.py "${ARGS[@]}" --config-file "$XD_CONFIG" --output-dir "$RUN" \
+      DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL cross \
+      ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:6}"
+  else
+    "$PYTHON" train.py "${ARGS[@]}" --config-file "$XD_CONFIG" --output-dir "$RUN" --eval-only --model-dir "$SOURCE" \
+      DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL cross \
+      ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:6}"
+  fi
+fi
+echo "Run: $RUN (tables: python -m promptkd.results $OUTPUT)"

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# IVLP, base-to-novel (16-shot base classes; reports base / novel / HM):
+#   bash scripts/ivlp/base2new_train.sh DATASET SEED [KEY VALUE ...]     (CONFIG=<file stem> to change)
+exec bash "$(dirname "$0")/../_baseline.sh" IVLP "${CONFIG:-vit_b16_c2_ep5_batch4_2+2ctx}" base2new "$@"

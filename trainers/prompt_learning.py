@@ -1,0 +1,126 @@
+"""Shared trainer for every prompt-learning method (`promptkd.prompt_method.PromptMethod`).
+
+Trains the method's prompts with cross-entropy on the labelled (few-shot) training classes
+plus the method's own regularisers, optionally aggregates prompts over epochs (GPA), reports
+base / novel / HM over all classes from one run, and, once the model is final, exports the
+class vectors of *all* classes and the image side, so any method here can be a PromptKD
+teacher. A method trainer only says which config node it reads and how to build its method.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.nn.functional as F
+
+from promptkd.backbones import clip, load_clip
+from promptkd.class_vectors import IMAGE_SIDE_FILE, class_vectors_file
+from promptkd.losses import GaussianPromptAggregator
+from trainers.base import MODEL_NAME, PromptTrainer
+
+logger = logging.getLogger("promptkd")
+
+
+class PromptLearningTrainer(PromptTrainer):
+    def build_method(self, clip_model, classnames):
+        """Return the `PromptMethod` for these (training) classes from `self.tcfg`."""
+        raise NotImplementedError
+
+    def check_cfg(self, cfg):
+        super().check_cfg(cfg)
+        node = cfg.TRAINER[self.CFG_NODE]
+        if node.get("GPA", False) and node.GPA_STD <= 0:
+            raise ValueError(f"TRAINER.{self.CFG_NODE}.GPA_STD must be > 0, got {node.GPA_STD}.")
+
+    def build_model(self):
+        cfg, node = self.cfg, self.tcfg
+        backbone_mode = self.setup_precision()
+        clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
+        self.check_input_size(clip_model.visual, "backbone")
+        self.backbone_ref = _backbone_ref(cfg.MODEL.BACKBONE.NAME)
+        self.model = self.build_method(clip_model, self.dm.dataset.classnames)
+        if backbone_mode == "fp16":
+            clip.model.convert_weights(self.model.clip)
+        self.model.to(self.device)
+        self.gpa, self.gpa_applied = None, False
+        trainable = any(p.requires_grad for p in self.model.parameters())
+        self.zero_shot = node.get("ZERO_SHOT", False) or cfg.OPTIM.MAX_EPOCH == 0 or not trainable
+        if self.zero_shot:
+            self.max_epoch = 0
+            self.optim = self.sched = None
+            self.register_model(MODEL_NAME, self.model, None, None)
+            logger.info("%s on %s: nothing is trained.", type(self.model).__name__, cfg.MODEL.BACKBONE.NAME)
+            return
+        self.register_trainable(self.model)
+        if node.get("GPA", False) and cfg.TEST.MODEL_SELECTION == "last_epoch":
+            self.gpa = GaussianPromptAggregator(self.max_epoch, node.GPA_MEAN, node.GPA_STD)
+
+    def prompt_params(self) -> dict:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def forward_backward(self, batch):
+        images, labels = batch["img"].to(self.device), batch["label"].to(self.device)
+        with self.autocast():
+            out = self.model(images)
+        terms = {"ce": F.cross_entropy(out["logits"].float(), labels), **self.model.extra_losses(out, labels)}
+        loss = sum(terms.values())
+        self.backward_and_step(loss)
+        summary = {k: v.item() for k, v in terms.items()}
+        if len(terms) > 1:
+            summary["loss"] = loss.item()
+        return summary
+
+    def after_epoch(self):
+        if self.gpa is not None:
+            self.gpa.update(self.epoch + 1, self.prompt_params())
+        super().after_epoch()
+
+    def extra_state(self):
+        return {"gpa": self.gpa.state_dict() if self.gpa else None, "gpa_applied": self.gpa_applied}
+
+    def load_extra_state(self, state):
+        if self.gpa is not None and state.get("gpa"):
+            self.gpa.load_state_dict(state["gpa"])
+        self.gpa_applied = bool(state.get("gpa_applied", False))
+
+    def finalize_model(self, eval_only: bool = False):
+        """Put the final prompts in place (GPA) and export the class vectors, once."""
+        if not eval_only and self.gpa is not None and not self.gpa_applied and self.max_epoch > 0:
+            with torch.no_grad():
+                for name, value in self.gpa.result().items():
+                    self.prompt_params()[name].copy_(value)
+            self.gpa_applied = True
+            self.save_model(self.max_epoch - 1, self.output_dir)  # the final checkpoint holds the aggregate
+            logger.info("Gaussian prompt aggregation applied (mean %.1f, std %.1f over %d epochs)",
+                        self.tcfg.GPA_MEAN, self.tcfg.GPA_STD, self.max_epoch)
+        self.export()
+
+    def export(self):
+        if self.model.image_conditioned:
+            logger.info("%s has no class vectors (its text depends on the image): nothing exported.",
+                        type(self.model).__name__)
+            return
+        folder = self.cfg.TRAINER.EXPORT_DIR or os.path.join(self.output_dir, "export")
+        vectors, side = self.model.export(self.all_classnames, self.cfg.DATASET.NAME, self.backbone_ref,
+                                          method=self.cfg.TRAINER.NAME)
+        vectors_path = class_vectors_file(folder, self.cfg.DATASET.NAME)
+        vectors.save(vectors_path)
+        side.save(os.path.join(folder, IMAGE_SIDE_FILE))
+        logger.info("Exported class vectors of %d classes (dim %d) to %s and the image side to %s",
+                    *vectors.vectors.shape, vectors_path, os.path.join(folder, IMAGE_SIDE_FILE))
+
+    @torch.no_grad()
+    def test(self, split=None):
+        self.set_model_mode("eval")
+        self.model.prepare_eval(self.all_classnames)  # class vectors once per evaluation
+        return super().test(split)
+
+    def model_inference(self, images):
+        return self.model.eval_logits(images)
+
+
+def _backbone_ref(name: str) -> dict:
+    if name in clip.available_models():
+        return {"kind": "clip", "name": name}
+    return {"kind": "clip", "name": os.path.abspath(os.path.expanduser(name))}
