@@ -329,3 +329,56 @@ def test_cli_prints_result_line(data_root, clip_files, teacher_run, tmp_path):
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
     assert result["trainer"] == "PromptKD" and result["protocol"] == "base2novel" and "hm" in result
+
+
+def test_student_resume_is_exact(data_root, clip_files, teacher_run, tmp_path):
+    whole = make_trainer(student_args(data_root, clip_files, str(tmp_path / "whole"), teacher_run["export"]))
+    whole.train()
+    out = str(tmp_path / "cut")
+    cut = make_trainer(student_args(data_root, clip_files, out, teacher_run["export"]))
+    after_epoch = cut.after_epoch
+
+    def crash():
+        after_epoch()
+        if cut.epoch == 1:
+            raise KeyboardInterrupt("killed after epoch 2")
+    cut.after_epoch = crash
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    resumed = make_trainer(student_args(data_root, clip_files, out, teacher_run["export"]))
+    resumed.train()
+    a, b = learnable(whole), learnable(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.last_report == whole.last_report
+
+
+def test_killed_run_resumes_to_the_same_weights(clip_files, teacher_run, tmp_path_factory):
+    import signal
+    import time
+    root = str(tmp_path_factory.mktemp("bigger"))
+    make_dtd(root, n_classes=5, per_class=40)  # enough batches per epoch to kill mid-run
+    export = str(tmp_path_factory.mktemp("export"))
+    import shutil
+    for f in os.listdir(teacher_run["export"]):
+        shutil.copy(os.path.join(teacher_run["export"], f), export)
+
+    def command(out):
+        return [sys.executable, os.path.join(ROOT, "train.py"),
+                *student_args(root, clip_files, out, export, "TEST.NO_TEST", "True", epochs=4)]
+    whole, cut = str(tmp_path_factory.mktemp("whole")), str(tmp_path_factory.mktemp("cut"))
+    assert subprocess.run(command(whole), cwd=ROOT, capture_output=True, timeout=600).returncode == 0
+    proc = subprocess.Popen(command(cut), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = os.path.join(cut, "VLPromptLearner", "model.pth.tar-1")
+    deadline = time.time() + 300
+    while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    again = subprocess.run(command(cut), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Resumed from" in open(os.path.join(cut, "log.txt")).read()
+    assert not [f for f in os.listdir(os.path.join(cut, "VLPromptLearner")) if f.startswith(".tmp-")]
+    a = load_file(os.path.join(whole, "VLPromptLearner", "model.pth.tar-4"))["state_dict"]
+    b = load_file(os.path.join(cut, "VLPromptLearner", "model.pth.tar-4"))["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

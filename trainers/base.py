@@ -254,6 +254,9 @@ class PromptTrainer(TrainerX):
 
     def resume_model_if_exist(self, directory):
         folder = os.path.join(directory, MODEL_NAME)
+        if os.path.isdir(folder):  # a run killed while saving leaves its temp file behind
+            for stale in (f for f in os.listdir(folder) if f.startswith(".tmp-")):
+                _remove(os.path.join(folder, stale))
         name = _read_pointer(folder)
         if not name:
             logger.info("No checkpoint in %s: training from scratch", folder)
