@@ -88,6 +88,9 @@ def extend_cfg(cfg):
 
     # --- stage 2: the student -------------------------------------------------------------
     cfg.TRAINER.PROMPTKD = CN()
+    # The student uses N_CTX_VISION, PROMPT_DEPTH_VISION and PREC. N_CTX_TEXT, PROMPT_DEPTH_TEXT
+    # and CTX_INIT are kept so published configs load: the teacher's text side is in its
+    # class vectors. TEACHER_NAME is checked against the teacher export (a warning if different).
     _ivlp_prompt_keys(cfg.TRAINER.PROMPTKD, depth=9)
     cfg.TRAINER.PROMPTKD.TEACHER_NAME = "ViT-L/14"
     cfg.TRAINER.PROMPTKD.KD_WEIGHT = 1000.0

@@ -51,6 +51,10 @@ class PromptKD(PromptTrainer):
         vectors.check_dataset(cfg.DATASET.NAME, self.all_classnames, source=f"class vectors in {vectors_path}")
         side = ImageSide.load(side_path, TEACHER_HINT)
         check_pair(vectors, side, vectors_path, side_path)
+        exported = side.backbone.get("name") or side.backbone.get("path")
+        if kd.TEACHER_NAME and kd.TEACHER_NAME != exported:
+            logger.warning("TRAINER.PROMPTKD.TEACHER_NAME is %s but the teacher export was made with %s; "
+                           "distilling from the export.", kd.TEACHER_NAME, exported)
         self.class_vectors = vectors.vectors.to(self.device, torch.float32)
         logger.info("Class vectors: %s (%d classes x %d, teacher %s %s)", vectors_path, *vectors.vectors.shape,
                     vectors.teacher.get("backbone"), vectors.teacher.get("fingerprint"))
