@@ -572,8 +572,11 @@ def aggregate(runs: Sequence[Run], seeds: Sequence[int] = (1, 2, 3),
         if issue.status in ("failed", "unfinished") and group and issue.seed in group.runs:
             issue.detail += f"; the finished run {group.runs[issue.seed].log_path} is used"
 
-    averages = []
+    averages = []  # only for methods run on at least one of the benchmark's datasets
     for proto, method in sorted({(k[0], k[1]) for k in groups}):
+        present = {k[2] for k in groups if k[:2] == (proto, method)}
+        if not present & set(BASE2NOVEL_DATASETS + DG_DATASETS):
+            continue
         if proto == BASE2NOVEL:
             averages.append(_average(proto, method, groups, BASE2NOVEL_DATASETS,
                                      "Average (11)", METRICS))
@@ -648,7 +651,9 @@ def _base2novel_table(report: Report) -> Table | None:
                          _num(g.hm_of_means) + (mark if g.n else ""),
                          _cell(g.stats["hm"], expected), f"{g.n}/{expected}", ""])
         avg = report.average(BASE2NOVEL, method)
-        if avg.values is None:
+        if avg is None:  # none of the 11 benchmark datasets (e.g. the demo's toy data)
+            pass
+        elif avg.values is None:
             missing = ", ".join(display_name(d) for d in avg.missing)
             rows.append([method, avg.label, "—", "—", "—", "—", "",
                          f"not computed, missing: {missing}"])
@@ -690,11 +695,13 @@ def _cross_table(report: Report) -> Table | None:
         row = [method]
         for d in columns:
             if d == "__avg__":
-                row.append(_num(avg.values.get("accuracy")) if avg.values else "—")
+                row.append(_num(avg.values.get("accuracy")) if avg and avg.values else "—")
             else:
                 group = report.group(CROSS, method, d)
                 row.append(_cell(group.stats["accuracy"] if group else None, expected))
         rows.append(row)
+        if avg is None:
+            continue
         if avg.values is None:
             notes.append(f"{method}: Average (10) not computed, missing: "
                          + ", ".join(display_name(d) for d in avg.missing))
@@ -728,7 +735,9 @@ def _comparison_table(report: Report, protocol: str) -> Table | None:
             value = g.hm_of_means if protocol == BASE2NOVEL else g.stats["accuracy"].mean
             row.append(_num(value) + ("" if g.complete else f" ({g.n}/{expected})"))
         avg = report.average(protocol, method)
-        if avg.values is None:
+        if avg is None:
+            row.append("—")
+        elif avg.values is None:
             row.append("—")
             notes.append(f"{method}: {avg_label} not computed, missing: "
                          + ", ".join(display_name(d) for d in avg.missing))
