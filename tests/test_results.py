@@ -425,3 +425,13 @@ def test_module_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "promptkd.results", str(tmp_path / "empty")],
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 2 and "no log.txt found" in proc.stderr
+
+
+def test_no_benchmark_average_for_methods_off_the_benchmark(tmp_path, capsys):
+    write_run(tmp_path, "PromptKD", "ToyShapes", 1, metrics=b2n_metrics(100.0, 26.0))
+    write_run(tmp_path, "CoOp", "ImageNet", 1, metrics=b2n_metrics(70.0, 60.0))
+    code, out = run_cli(capsys, str(tmp_path), "--seeds", "1")
+    assert code == 0
+    avg_rows = [line for line in out.splitlines() if line.startswith("| ") and "| Average (11) |" in line]
+    assert len(avg_rows) == 1 and avg_rows[0].startswith("| CoOp ")
+    assert "CoOp: Average (11) not computed" in out and "PromptKD: Average (11)" not in out
