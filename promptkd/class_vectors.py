@@ -29,7 +29,11 @@ def class_vectors_file(export_dir: str, dataset: str) -> str:
     return os.path.join(export_dir, f"class_vectors_{dataset}.pt")
 
 
-def _check_version(path: str, data: dict, kind: str) -> None:
+def _read(path: str, kind: str, what: str, how_to_make: str) -> dict:
+    """Load an export file of `kind`; a missing file says which command produces it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No {what} file at {path}. {how_to_make}".strip())
+    data = load_file(path)
     if not isinstance(data, dict) or data.get("kind") != kind:
         raise ValueError(f"{path} is not a {kind} file (written by PromptKDTeacher's export).")
     if data.get("format_version") != FORMAT_VERSION:
@@ -37,6 +41,7 @@ def _check_version(path: str, data: dict, kind: str) -> None:
             f"{path} has format version {data.get('format_version')}; this code reads version "
             f"{FORMAT_VERSION}. Re-export it with this version's PromptKDTeacher (--eval-only)."
         )
+    return data
 
 
 @dataclass
@@ -57,10 +62,7 @@ class ClassVectors:
 
     @classmethod
     def load(cls, path: str, how_to_make: str = "") -> "ClassVectors":
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No class-vector file at {path}. {how_to_make}".strip())
-        data = load_file(path)
-        _check_version(path, data, "class_vectors")
+        data = _read(path, "class_vectors", "class-vector", how_to_make)
         return cls(vectors=data["vectors"], classnames=list(data["classnames"]),
                    dataset=data["dataset"], teacher=dict(data["teacher"]))
 
@@ -98,10 +100,7 @@ class ImageSide:
 
     @classmethod
     def load(cls, path: str, how_to_make: str = "") -> "ImageSide":
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No teacher image-side file at {path}. {how_to_make}".strip())
-        data = load_file(path)
-        _check_version(path, data, "image_side")
+        data = _read(path, "image_side", "teacher image-side", how_to_make)
         return cls(backbone=dict(data["backbone"]), fingerprint=data["fingerprint"],
                    prompts=list(data["prompts"]), logit_scale=float(data["logit_scale"]),
                    width=int(data["width"]), method=data.get("method", ""))

@@ -101,26 +101,31 @@ def test_teacher_exports_all_classes_and_reports_base_novel(teacher_run):
     assert ckpt["extra"]["gpa_applied"] is True
 
 
-def test_teacher_resume_is_exact(data_root, clip_files, tmp_path):
-    whole = make_trainer(teacher_args(data_root, clip_files, str(tmp_path / "whole"), epochs=3))
+def whole_and_resumed(args_for, crash_after_epoch):
+    """Train once straight through, and once interrupted after an epoch then re-run."""
+    whole = make_trainer(args_for("whole"))
     whole.train()
-    out = str(tmp_path / "cut")
-    cut = make_trainer(teacher_args(data_root, clip_files, out, epochs=3))
+    cut = make_trainer(args_for("cut"))
     after_epoch = cut.after_epoch
 
     def crash():
         after_epoch()
-        if cut.epoch == 0:
-            raise KeyboardInterrupt("killed after epoch 1")
+        if cut.epoch + 1 == crash_after_epoch:
+            raise KeyboardInterrupt(f"killed after epoch {crash_after_epoch}")
     cut.after_epoch = crash
     with pytest.raises(KeyboardInterrupt):
         cut.train()
-    resumed = make_trainer(teacher_args(data_root, clip_files, out, epochs=3))
+    resumed = make_trainer(args_for("cut"))
     resumed.train()
     a, b = learnable(whole), learnable(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    va = ClassVectors.load(class_vectors_file(str(tmp_path / "whole" / "export"), "DescribableTextures"))
-    vb = ClassVectors.load(class_vectors_file(os.path.join(out, "export"), "DescribableTextures"))
+    return whole, resumed
+
+
+def test_teacher_resume_is_exact(data_root, clip_files, tmp_path):
+    whole_and_resumed(lambda run: teacher_args(data_root, clip_files, str(tmp_path / run), epochs=3), 1)
+    va, vb = (ClassVectors.load(class_vectors_file(str(tmp_path / run / "export"), "DescribableTextures"))
+              for run in ("whole", "cut"))
     assert torch.equal(va.vectors, vb.vectors)
 
 
@@ -332,23 +337,8 @@ def test_cli_prints_result_line(data_root, clip_files, teacher_run, tmp_path):
 
 
 def test_student_resume_is_exact(data_root, clip_files, teacher_run, tmp_path):
-    whole = make_trainer(student_args(data_root, clip_files, str(tmp_path / "whole"), teacher_run["export"]))
-    whole.train()
-    out = str(tmp_path / "cut")
-    cut = make_trainer(student_args(data_root, clip_files, out, teacher_run["export"]))
-    after_epoch = cut.after_epoch
-
-    def crash():
-        after_epoch()
-        if cut.epoch == 1:
-            raise KeyboardInterrupt("killed after epoch 2")
-    cut.after_epoch = crash
-    with pytest.raises(KeyboardInterrupt):
-        cut.train()
-    resumed = make_trainer(student_args(data_root, clip_files, out, teacher_run["export"]))
-    resumed.train()
-    a, b = learnable(whole), learnable(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    whole, resumed = whole_and_resumed(
+        lambda run: student_args(data_root, clip_files, str(tmp_path / run), teacher_run["export"]), 2)
     assert resumed.last_report == whole.last_report
 
 
