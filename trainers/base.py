@@ -109,12 +109,14 @@ class PromptTrainer(TrainerX):
 
     # --- precision --------------------------------------------------------------------------
     def setup_precision(self) -> str:
-        """Resolve PREC for this device. Returns the backbone mode: "fp32" or "fp16" weights."""
-        prec, cuda = self.tcfg.PREC, self.device.type == "cuda"
-        if not cuda and prec in ("fp16", "amp"):
-            logger.warning("PREC %s needs a GPU; on %s it runs as %s.", prec, self.device.type,
-                           "bf16 autocast" if prec == "amp" else "fp32")
-            prec = "bf16" if prec == "amp" else "fp32"
+        """Resolve PREC for this device. Returns the backbone mode: "fp32" or "fp16" weights.
+
+        fp16: frozen backbone in half (the published behaviour), learnable parts fp32;
+        amp: autocast fp16 + grad scaler on GPU (bf16 autocast on CPU); bf16: autocast bf16."""
+        prec = self.tcfg.PREC
+        if prec == "amp" and self.device.type != "cuda":
+            logger.warning("PREC amp uses fp16 autocast on a GPU; on %s it runs as bf16 autocast.", self.device.type)
+            prec = "bf16"
         self.prec = prec
         self.autocast_dtype = {"amp": torch.float16, "bf16": torch.bfloat16}.get(prec)
         self.scaler = torch.amp.GradScaler("cuda") if prec == "amp" else None

@@ -20,7 +20,7 @@ def _ivlp_prompt_keys(node, depth):
     node.PROMPT_DEPTH_VISION = depth
     node.PROMPT_DEPTH_TEXT = depth
     # fp32 | fp16 (pure half, the published behaviour) | amp (autocast fp16 + grad scaler)
-    # | bf16 (autocast bf16). On CPU fp16/amp fall back to fp32 with a warning.
+    # | bf16 (autocast bf16). On CPU, amp runs as bf16 autocast.
     node.PREC = "fp16"
 
 
