@@ -1,0 +1,626 @@
+"""Benchmark: PromptKD with pre-stored class vectors against the published re-encoding path.
+
+For full-size random-weight architectures (ViT-L/14 teacher with deep visual prompts, ViT-B/16
+student with deep visual prompts and a projector to the teacher's class-vector width), and for
+each requested number of classes C, four settings are measured:
+
+  train/ours       teacher image forward (no grad) + student forward/backward + SGD step,
+                   scored against stored class vectors (a fixed [C, D] tensor)
+  train/published  the same, plus re-encoding all C class prompts through the teacher's
+                   prompted text encoder (no grad) at every step, as the published code does
+  infer/ours       student + projector + stored class vectors, per test image
+  infer/published  teacher image encoder + teacher text encoder for all C classes (once per
+                   test batch) + student, per test image, as the published test path does
+
+For each: median wall time over `--repeats` timed runs after `--warmup` untimed runs, FLOPs
+counted once with torch's FlopCounterMode outside the timing (that run comes first, so with
+`--warmup 0` it is the only run before timing), and peak memory (CUDA: peak allocated above what
+was allocated before the setting; CPU: peak RSS above the RSS before the setting, read from
+/proc/self/status after resetting the kernel's high-water mark). The timed runs go in rounds,
+one run of every setting per round, so a change in machine load hits all settings alike; the
+mean CPU use of other processes during the runs is reported. The table ends with the
+published/ours ratios of time and FLOPs and "time ratio as % of FLOP ratio" (goal: >= 90%).
+`--settings part/text-encode part/teacher-image part/student-train` time the pieces alone.
+
+    python benchmarks/distill_step.py                       # C = 100 and 1000, batch 8, fp32
+    python benchmarks/distill_step.py --classes 100 --repeats 1 --json out.json
+    python benchmarks/distill_step.py --tiny --classes 10   # seconds: tiny random CLIPs
+
+Weights are random: FLOPs and time do not depend on the values.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from promptkd.backbones import clip  # noqa: E402  (imports clip with its warnings silenced)
+from promptkd.encoders import PromptedTextEncoder  # noqa: E402
+from promptkd.losses import kd_loss  # noqa: E402
+from promptkd.student import PromptKDStudent, TeacherImageScorer  # noqa: E402
+from promptkd.tiny import TINY_STUDENT, TINY_TEACHER, TinySpec  # noqa: E402
+
+# clip.model.CLIP(...) arguments of the OpenAI architectures (heads = width // 64 as in clip).
+ARCHITECTURES = {
+    "ViT-L/14": dict(embed_dim=768, image_resolution=224, vision_layers=24, vision_width=1024,
+                     vision_patch_size=14, context_length=77, vocab_size=49408,
+                     transformer_width=768, transformer_heads=12, transformer_layers=12),
+    "ViT-B/16": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                     vision_patch_size=16, context_length=77, vocab_size=49408,
+                     transformer_width=512, transformer_heads=8, transformer_layers=12),
+}
+SETTINGS = ("train/ours", "train/published", "infer/ours", "infer/published")
+# Optional parts, to see where the time goes (--settings ... part/text-encode ...).
+PARTS = ("part/text-encode", "part/teacher-image", "part/student-train")
+GOAL_PERCENT = 90.0
+MiB = 2**20
+
+
+def tiny_architecture(spec: TinySpec) -> dict:
+    return dict(embed_dim=spec.embed_dim, image_resolution=spec.image_resolution,
+                vision_layers=spec.vision_layers, vision_width=spec.vision_width,
+                vision_patch_size=spec.vision_patch_size, context_length=spec.context_length,
+                vocab_size=spec.vocab_size, transformer_width=spec.text_width,
+                transformer_heads=max(1, spec.text_width // 64), transformer_layers=spec.text_layers)
+
+
+# ----------------------------------------------------------------------------------------------
+# FLOPs: torch's counter has no formula for the CPU flash-attention kernel that
+# nn.MultiheadAttention dispatches to on CPU, so attention matmuls would be silently dropped there.
+# These count its two matmuls (forward) and five (backward) exactly like torch's GPU formulas.
+
+def _attn_fwd_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
+    b, h, sq, d = q
+    sk, dv = k[2], v[3]
+    return 2 * b * h * sq * sk * d + 2 * b * h * sq * sk * dv
+
+
+def _attn_bwd_flops(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
+    b, h, sq, d = q
+    sk, dv = k[2], v[3]
+    return 2 * b * h * (sq * sk * d + sq * sk * dv + sk * sq * dv + sq * sk * d + d * sq * sk)
+
+
+def flop_mapping() -> dict:
+    from torch.utils import flop_counter
+
+    registry = getattr(flop_counter, "flop_registry", {})
+    extra = {}
+    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _attn_fwd_flops),
+                          ("_scaled_dot_product_flash_attention_for_cpu_backward", _attn_bwd_flops)):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None and op not in registry:
+            extra[op] = formula
+    return extra
+
+
+def count_flops(fn) -> int:
+    with FlopCounterMode(display=False, custom_mapping=flop_mapping()) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory
+
+def _read_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _release_free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        return
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        try:
+            ctypes.CDLL(libc_name).malloc_trim(0)  # glibc keeps freed arenas in RSS otherwise
+        except (OSError, AttributeError):
+            pass
+
+
+class PeakMemory:
+    """Peak memory of one setting, above what was in use before it (models are resident)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind = ""
+        self.peak_bytes = None
+        self.absolute_bytes = None
+
+    def __enter__(self):
+        _release_free_memory(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
+        else:
+            self.reset = _reset_peak_rss()
+            self.before = (_read_status_kib("VmRSS") or 0) * 1024
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.absolute_bytes = torch.cuda.max_memory_allocated(self.device)
+            self.peak_bytes = self.absolute_bytes - self.before
+            self.kind = "CUDA max_memory_allocated above the allocation before the setting"
+            return False
+        hwm = _read_status_kib("VmHWM")
+        if hwm is None:  # no /proc (not Linux): lifetime peak of the whole process
+            import resource
+
+            scale = 1 if sys.platform == "darwin" else 1024
+            self.absolute_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+            self.peak_bytes = None
+            self.kind = "process-wide lifetime peak RSS (getrusage); not per setting"
+        elif self.reset:
+            self.absolute_bytes = hwm * 1024
+            self.peak_bytes = self.absolute_bytes - self.before
+            self.kind = "CPU peak RSS (VmHWM, reset per setting) above the RSS before the setting; process-wide"
+        else:
+            self.absolute_bytes = hwm * 1024
+            self.peak_bytes = None
+            self.kind = "process-wide lifetime peak RSS (VmHWM could not be reset); not per setting"
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and the four settings
+
+@dataclass
+class Models:
+    teacher: TeacherImageScorer
+    text_encoder: PromptedTextEncoder
+    student: PromptKDStudent
+    class_dim: int
+    resolution: int
+    depths: dict
+    names: dict
+
+
+def build_models(args, device: torch.device) -> Models:
+    if args.tiny:
+        t_arch, s_arch = tiny_architecture(TINY_TEACHER), tiny_architecture(TINY_STUDENT)
+        names = {"teacher": "tiny teacher", "student": "tiny student"}
+    else:
+        t_arch, s_arch = ARCHITECTURES[args.teacher], ARCHITECTURES[args.student]
+        names = {"teacher": args.teacher, "student": args.student}
+    torch.manual_seed(args.seed)
+    # The teacher's whole CLIP: its image tower scores images, its text tower re-encodes classes.
+    teacher_clip = clip.model.CLIP(**t_arch).float().eval()
+    s_width = s_arch["vision_width"]
+    student_visual = clip.model.VisionTransformer(
+        input_resolution=s_arch["image_resolution"], patch_size=s_arch["vision_patch_size"],
+        width=s_width, layers=s_arch["vision_layers"], heads=s_width // 64,
+        output_dim=s_arch["embed_dim"]).float().eval()
+    if t_arch["image_resolution"] != s_arch["image_resolution"]:
+        raise ValueError("Teacher and student must take the same input resolution.")
+
+    # Depths are clamped to the number of layers (tiny models have 2-3).
+    depths = {"teacher_vision": min(args.depth, t_arch["vision_layers"]),
+              "teacher_text": min(args.depth, t_arch["transformer_layers"]),
+              "student_vision": min(args.depth, s_arch["vision_layers"])}
+    t_visual_width = teacher_clip.visual.class_embedding.shape[0]
+    teacher_prompts = [torch.randn(args.n_ctx, t_visual_width) * 0.02 for _ in range(depths["teacher_vision"])]
+    teacher = TeacherImageScorer(teacher_clip.visual, teacher_clip.logit_scale, teacher_prompts)
+    text_encoder = PromptedTextEncoder(teacher_clip, args.n_ctx, depths["teacher_text"], "a photo of a")
+    for p in text_encoder.parameters():
+        p.requires_grad_(False)
+    text_encoder.eval()
+    class_dim = teacher_clip.text_projection.shape[1]
+    student = PromptKDStudent(student_visual, torch.tensor(teacher_clip.logit_scale.item()),
+                              class_dim=class_dim, n_ctx=args.n_ctx, depth=depths["student_vision"])
+    if args.precision == "fp16":  # GPU only: frozen backbones in half precision, as CLIP ships
+        clip.model.convert_weights(teacher_clip)
+        clip.model.convert_weights(student_visual)
+    teacher.to(device)
+    text_encoder.to(device)
+    student.to(device)
+    return Models(teacher, text_encoder, student, class_dim, t_arch["image_resolution"], depths, names)
+
+
+class Bench:
+    """The four settings for one number of classes, as zero-argument callables."""
+
+    def __init__(self, models: Models, args, n_classes: int, device: torch.device):
+        self.m = models
+        self.device = device
+        self.batch = args.batch
+        self.test_batch = args.test_batch or args.batch
+        self.chunk = args.text_chunk
+        g = torch.Generator().manual_seed(args.seed + n_classes)
+        r = models.resolution
+        self.images = torch.randn(self.batch, 3, r, r, generator=g).to(device)
+        self.test_images = torch.randn(self.test_batch, 3, r, r, generator=g).to(device)
+        # "Stored" class vectors: a fixed, L2-normalised [C, D] tensor (values do not matter).
+        self.vectors = F.normalize(torch.randn(n_classes, models.class_dim, generator=g), dim=-1).to(device)
+        classnames = [f"class number {i}" for i in range(n_classes)]
+        self.tokens = models.text_encoder.tokenize(classnames).to(device)
+        trainable = [p for p in models.student.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=0.9, weight_decay=5e-4)
+        self.temperature, self.kd_weight = 1.0, args.kd_weight
+        if args.precision == "fp32":
+            self.autocast = contextlib.nullcontext
+        else:
+            dtype = torch.float16 if args.precision == "fp16" else torch.bfloat16
+            self.autocast = lambda: torch.autocast(device_type=device.type, dtype=dtype)
+        self.scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
+
+    @torch.no_grad()
+    def encode_classes(self) -> torch.Tensor:
+        """The published path: every class prompt through the prompted teacher text encoder."""
+        with self.autocast():
+            feats = [self.m.text_encoder(self.tokens[i:i + self.chunk]).float()
+                     for i in range(0, len(self.tokens), self.chunk)]
+        return F.normalize(torch.cat(feats), dim=-1)
+
+    def _train_step(self, vectors: torch.Tensor) -> None:
+        self.m.student.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            t_logits = self.m.teacher(self.images, vectors)  # no grad inside
+            s_logits = self.m.student(self.images, vectors)
+            loss = kd_loss(s_logits, t_logits, self.temperature, self.kd_weight)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+
+    def train_ours(self) -> None:
+        self._train_step(self.vectors)
+
+    def train_published(self) -> None:
+        self._train_step(self.encode_classes())
+
+    @torch.no_grad()
+    def infer_ours(self) -> torch.Tensor:
+        self.m.student.eval()
+        with self.autocast():
+            return self.m.student(self.test_images, self.vectors)
+
+    @torch.no_grad()
+    def infer_published(self) -> torch.Tensor:
+        self.m.student.eval()
+        vectors = self.encode_classes()
+        with self.autocast():
+            self.m.teacher(self.test_images, vectors)  # computed and discarded, as published
+            return self.m.student(self.test_images, vectors)
+
+    # Parts of a training step, each alone.
+    def part_text_encode(self) -> None:
+        self.encode_classes()
+
+    def part_teacher_image(self) -> None:
+        with self.autocast():
+            self.m.teacher(self.images, self.vectors)
+
+    def part_student_train(self) -> None:
+        self.m.student.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            s_logits = self.m.student(self.images, self.vectors)
+            loss = kd_loss(s_logits, self._teacher_logits, self.temperature, self.kd_weight)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+
+    def setting(self, name: str):
+        """(callable, items per call, unit) of a setting."""
+        if name == "part/student-train" and not hasattr(self, "_teacher_logits"):
+            with self.autocast():  # once, outside the FLOP count and the timing
+                self._teacher_logits = self.m.teacher(self.images, self.vectors)
+        return {"train/ours": (self.train_ours, 1, "step"),
+                "train/published": (self.train_published, 1, "step"),
+                "infer/ours": (self.infer_ours, self.test_batch, "image"),
+                "infer/published": (self.infer_published, self.test_batch, "image"),
+                "part/text-encode": (self.part_text_encode, 1, "call"),
+                "part/teacher-image": (self.part_teacher_image, 1, "call"),
+                "part/student-train": (self.part_student_train, 1, "step")}[name]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class OtherLoad:
+    """CPU time used by *other* processes while a run lasts, in cores (Linux /proc only).
+
+    This machine may be shared: a wall time measured while other jobs run is inflated, and
+    this says by how much the box was busy besides us.
+    """
+
+    def __enter__(self):
+        self.start = self._sample()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        end, dt = self._sample(), time.perf_counter() - self.t0
+        self.cores = None
+        if self.start and end and dt > 0:
+            busy = end[0] - self.start[0]
+            ours = end[1] - self.start[1]
+            self.cores = max(0.0, (busy - ours) / os.sysconf("SC_CLK_TCK") / dt)
+        return False
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            busy = sum(v[:8]) - v[3] - (v[4] if len(v) > 4 else 0)  # all but idle and iowait
+            with open("/proc/self/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return busy, int(fields[11]) + int(fields[12])  # utime + stime of this process
+        except (OSError, ValueError, IndexError):
+            return None
+
+
+def measure(bench: "Bench", names: list[str], device: torch.device, warmup: int, repeats: int) -> dict:
+    """FLOPs once per setting (untimed); then warm-up; then `repeats` rounds that run every
+    setting once each, interleaved, so that a change in machine load hits all settings alike."""
+    calls = {n: bench.setting(n) for n in names}
+    flops = {n: count_flops(calls[n][0]) for n in names}
+    for n in names:
+        for _ in range(warmup):
+            calls[n][0]()
+    times = {n: [] for n in names}
+    cpu_times = {n: [] for n in names}
+    others = {n: [] for n in names}
+    peaks = {n: [] for n in names}
+    for _ in range(repeats):
+        for n in names:
+            fn = calls[n][0]
+            with PeakMemory(device) as mem:
+                _sync(device)
+                with OtherLoad() as load:
+                    start, cpu_start = time.perf_counter(), time.process_time()
+                    fn()
+                    _sync(device)
+                    times[n].append(time.perf_counter() - start)
+                    cpu_times[n].append(time.process_time() - cpu_start)
+            others[n].append(load.cores)
+            peaks[n].append(mem)
+    out = {}
+    for n in names:
+        per = calls[n][1]
+        seconds = statistics.median(times[n]) / per
+        known = [m.peak_bytes for m in peaks[n] if m.peak_bytes is not None]
+        loads = [x for x in others[n] if x is not None]
+        out[n] = {"seconds": seconds, "flops": flops[n] / per, "per_call": per, "unit": calls[n][2],
+                  "min_seconds": min(times[n]) / per,
+                  "cpu_seconds": statistics.median(cpu_times[n]) / per,
+                  "raw_seconds_per_call": times[n], "raw_cpu_seconds_per_call": cpu_times[n],
+                  "gflops_per_second": flops[n] / per / seconds / 1e9 if seconds > 0 else None,
+                  "peak_mem_bytes": max(known) if known else None,
+                  "peak_mem_absolute_bytes": max(m.absolute_bytes or 0 for m in peaks[n]),
+                  "memory_kind": peaks[n][0].kind,
+                  "other_load_cores": statistics.mean(loads) if loads else None,
+                  "other_load_cores_per_run": others[n]}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+
+def machine_info(device: torch.device) -> dict:
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu": cpu or platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1])
+        info["ram_gib"] = round(mem / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return info
+
+
+def _fmt_time(s: float) -> str:
+    return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def _fmt_mem(b) -> str:
+    return "n/a" if b is None else f"{b / MiB:.0f} MiB"
+
+
+def ratios(results: dict) -> list[dict]:
+    out = []
+    for c, settings in results.items():
+        for kind, unit in (("train", "step"), ("infer", "image")):
+            ours, pub = settings.get(f"{kind}/ours"), settings.get(f"{kind}/published")
+            if not ours or not pub:
+                continue
+            t_ratio = pub["seconds"] / ours["seconds"]
+            f_ratio = pub["flops"] / ours["flops"]
+            pct = 100.0 * t_ratio / f_ratio
+            out.append({"classes": c, "comparison": f"{kind} per {unit}", "time_ratio": t_ratio,
+                        "flop_ratio": f_ratio, "time_ratio_pct_of_flop_ratio": pct,
+                        "goal_met": pct >= GOAL_PERCENT,
+                        # Less sensitive to other jobs on a shared machine (noise only adds time):
+                        "min_time_ratio_pct_of_flop_ratio": 100.0 * pub["min_seconds"] / ours["min_seconds"] / f_ratio,
+                        "cpu_time_ratio_pct_of_flop_ratio": 100.0 * pub["cpu_seconds"] / ours["cpu_seconds"] / f_ratio
+                        if ours["cpu_seconds"] > 0 else None})
+    return out
+
+
+def render(report: dict) -> str:
+    from tabulate import tabulate
+
+    m, cfg = report["machine"], report["config"]
+    lines = [
+        f"machine: {m['cpu']} ({m['logical_cpus']} logical CPUs), torch {m['torch']}, "
+        f"{m['torch_threads']} threads, device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else "")
+        + (f", RAM {m['ram_gib']} GiB" if "ram_gib" in m else ""),
+        f"models: teacher {cfg['teacher']} (vision prompts depth {cfg['depths']['teacher_vision']}, "
+        f"text prompts depth {cfg['depths']['teacher_text']}, {cfg['n_ctx']} tokens), student {cfg['student']} "
+        f"(vision prompts depth {cfg['depths']['student_vision']}, projector {cfg['student_dim']}->"
+        f"{cfg['class_dim']}); random weights; {cfg['precision']}; train batch {cfg['batch']}, test batch "
+        f"{cfg['test_batch']}; text re-encoding in chunks of {cfg['text_chunk']}",
+        f"timing: median of {cfg['repeats']} run(s) after {cfg['warmup']} warm-up, settings interleaved "
+        "per round; FLOPs counted once "
+        "(FlopCounterMode, matmul/conv/attention; 1 multiply-add = 2 FLOPs)",
+        "",
+    ]
+    rows = []
+    for c, settings in report["results"].items():
+        for name, r in settings.items():
+            unit = r.get("unit", "step")
+            rows.append([c, name, unit, _fmt_time(r["seconds"]), _fmt_time(r["min_seconds"]),
+                         _fmt_time(r["cpu_seconds"]), f"{r['flops'] / 1e9:,.1f}",
+                         f"{r['gflops_per_second']:.1f}" if r["gflops_per_second"] else "n/a",
+                         _fmt_mem(r["peak_mem_bytes"]), len(r["raw_seconds_per_call"]),
+                         "n/a" if r["other_load_cores"] is None else f"{r['other_load_cores']:.2f}"])
+    lines.append(tabulate(rows, headers=["classes", "setting", "per", "time", "min time", "CPU time", "GFLOPs",
+                                         "GFLOP/s",
+                                         "peak mem", "runs", "other load"], tablefmt="github",
+                          disable_numparse=True))
+    lines.append("")
+    def pct(x):
+        return "n/a" if x is None else f"{x:.0f}%"
+
+    rrows = [[r["classes"], r["comparison"], f"{r['time_ratio']:.2f}x", f"{r['flop_ratio']:.2f}x",
+              pct(r["time_ratio_pct_of_flop_ratio"]), "yes" if r["goal_met"] else "no",
+              pct(r["min_time_ratio_pct_of_flop_ratio"]), pct(r["cpu_time_ratio_pct_of_flop_ratio"])]
+             for r in report["ratios"]]
+    lines.append(tabulate(rrows, headers=["classes", "published / ours", "time ratio", "FLOP ratio",
+                                          "time ratio as % of FLOP ratio", f">= {GOAL_PERCENT:.0f}%",
+                                          "same, min times", "same, CPU times"],
+                          tablefmt="github", disable_numparse=True))
+    kinds = {r["memory_kind"] for s in report["results"].values() for r in s.values()}
+    lines.append("")
+    lines.append("peak mem: " + "; ".join(sorted(kinds)))
+    lines.append("time: median wall time; min time: fastest run; GFLOP/s from the median; CPU time: this "
+                 "process's user+system CPU time (median)")
+    lines.append("other load: mean CPU cores used by other processes during the timed runs "
+                 "(a shared machine inflates wall times)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--classes", type=int, nargs="+", default=[100, 1000], help="numbers of classes C")
+    p.add_argument("--batch", type=int, default=8, help="training batch size")
+    p.add_argument("--test-batch", type=int, default=None,
+                   help="test batch size for the inference settings (default: --batch; the published "
+                        "configs test with 100, which spreads the per-batch re-encoding over more images)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--teacher", choices=sorted(ARCHITECTURES), default="ViT-L/14")
+    p.add_argument("--student", choices=sorted(ARCHITECTURES), default="ViT-B/16")
+    p.add_argument("--depth", type=int, default=9, help="prompt depth (vision and text; clamped to layers)")
+    p.add_argument("--n-ctx", type=int, default=4, help="prompt tokens per layer")
+    p.add_argument("--text-chunk", type=int, default=256, help="class prompts per text-encoder call")
+    p.add_argument("--lr", type=float, default=0.005)
+    p.add_argument("--kd-weight", type=float, default=1000.0)
+    p.add_argument("--settings", nargs="+", choices=SETTINGS + PARTS, default=list(SETTINGS),
+                   help="settings to measure (the part/* ones time pieces of a training step)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="tiny random CLIPs (promptkd.tiny) for a smoke run")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON")
+    args = p.parse_args(argv)
+    if args.batch < 2:
+        p.error("--batch must be >= 2 (the projector's BatchNorm needs more than one sample).")
+    if args.repeats < 1 or args.warmup < 0 or args.text_chunk < 1:
+        p.error("--repeats and --text-chunk must be >= 1, --warmup >= 0.")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cpu" and args.precision == "fp16":
+        raise SystemExit("--precision fp16 needs a GPU; on CPU use fp32 or bf16 (autocast).")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but CUDA is not available; use --device cpu.")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = build_models(args, device)
+    report = {
+        "machine": machine_info(device),
+        "config": {"teacher": models.names["teacher"], "student": models.names["student"],
+                   "depths": models.depths, "n_ctx": args.n_ctx, "class_dim": models.class_dim,
+                   "student_dim": models.student.image_encoder.output_dim, "precision": args.precision,
+                   "batch": args.batch, "test_batch": args.test_batch or args.batch,
+                   "text_chunk": args.text_chunk, "repeats": args.repeats, "warmup": args.warmup,
+                   "classes": args.classes, "tiny": args.tiny},
+        "results": {},
+    }
+    for c in args.classes:
+        bench = Bench(models, args, c, device)
+        names = [s for s in SETTINGS + PARTS if s in args.settings]
+        report["results"][str(c)] = measure(bench, names, device, args.warmup, args.repeats)
+        del bench
+    report["ratios"] = ratios(report["results"])
+    text = render(report)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**report, "table": text}, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Smoke run of benchmarks/distill_step.py on tiny CLIPs: four settings, sane figures, JSON."""
+import importlib.util
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "distill_step.py")
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("distill_step_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_benchmark_reports_all_settings(tmp_path, capsys):
+    bench = load_benchmark()
+    out = tmp_path / "bench.json"
+    bench.main(["--tiny", "--classes", "10", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--json", str(out)])
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+
+    settings = report["results"]["10"]
+    assert set(settings) == set(bench.SETTINGS)
+    for name, r in settings.items():
+        assert r["seconds"] > 0, name
+        assert r["flops"] > 0, name
+        assert len(r["raw_seconds_per_call"]) == 1
+        assert name in printed
+    # The published-style paths do strictly more work than ours.
+    for kind in ("train", "infer"):
+        assert settings[f"{kind}/published"]["flops"] > settings[f"{kind}/ours"]["flops"]
+    comparisons = {r["comparison"]: r for r in report["ratios"]}
+    assert set(comparisons) == {"train per step", "infer per image"}
+    for r in comparisons.values():
+        assert r["flop_ratio"] > 1 and r["time_ratio"] > 0 and r["time_ratio_pct_of_flop_ratio"] > 0
+    assert "time ratio as % of FLOP ratio" in printed
+    assert report["config"]["student_dim"] != report["config"]["class_dim"]  # projector really derived
+    assert report["machine"]["torch"]
