@@ -297,6 +297,9 @@ class Bench:
             t_logits = self.m.teacher(self.images, vectors)  # no grad inside
             s_logits = self.m.student(self.images, vectors)
             loss = kd_loss(s_logits, t_logits, self.temperature, self.kd_weight)
+        self._backward_and_step(loss)
+
+    def _backward_and_step(self, loss: torch.Tensor) -> None:
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -339,13 +342,7 @@ class Bench:
         with self.autocast():
             s_logits = self.m.student(self.images, self.vectors)
             loss = kd_loss(s_logits, self._teacher_logits, self.temperature, self.kd_weight)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        self._backward_and_step(loss)
 
     def setting(self, name: str):
         """(callable, items per call, unit) of a setting."""
