@@ -1,0 +1,55 @@
+"""User errors and how every command-line entry point reports them.
+
+A mistake the user can fix (a missing file, a bad key or value, class vectors made for
+another dataset, the wrong checkpoint kind, missing weights, ...) is raised as a `UserError`
+(or one of its subclasses, which are also the matching built-in exception, so callers that
+catch `ValueError` / `FileNotFoundError` keep working). `run_cli(main)` turns it into
+
+    error: <message>
+
+on stderr and exit code 2, without a traceback. `--debug` on the command line or
+`PROMPTKD_DEBUG=1` in the environment shows the traceback. Any other exception is a bug and
+keeps its traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Sequence
+
+DEBUG_ENV = "PROMPTKD_DEBUG"
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message says what and how."""
+
+
+class ConfigError(UserError, ValueError):
+    """A bad config key or value, or settings that do not fit together."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the run needs is not there."""
+
+
+class DataError(UserError, OSError):
+    """A dataset file that cannot be read (missing, truncated, not an image)."""
+
+
+def debug_requested(argv: Sequence[str] | None = None) -> bool:
+    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def run_cli(main: Callable[[], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run `main()` and exit with its return code; report a `UserError` as `error: ...`."""
+    try:
+        code = main()
+    except UserError as err:
+        if debug_requested(argv):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        print(f"(run with --debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    sys.exit(code or 0)
