@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import torch
-from dassl.data.data_manager import build_data_loader
+from dassl.data.data_manager import DataManager, build_data_loader
 from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
 from dassl.engine import TrainerX
@@ -29,6 +29,7 @@ from promptkd.evaluation import accuracy_report, num_base_classes
 from promptkd.losses import check_finite
 from promptkd.schedule import build_lr_scheduler
 from trainers.config import MODALS, MODEL_SELECTIONS, PRECISIONS
+from trainers.data import UNREADABLE, CheckedDatasetWrapper, check_loader, unreadable_error
 
 logger = logging.getLogger("promptkd")
 
@@ -84,7 +85,15 @@ class PromptTrainer(TrainerX):
 
     # --- data -----------------------------------------------------------------------------
     def build_data_loader(self):
-        super().build_data_loader()
+        # Dassl's SimpleTrainer.build_data_loader, with loaders that name unreadable images.
+        dm = DataManager(self.cfg, dataset_wrapper=CheckedDatasetWrapper)
+        self.dm = dm
+        self.train_loader_x = check_loader(dm.train_loader_x, "train")
+        self.train_loader_u = check_loader(dm.train_loader_u, "train")
+        self.val_loader = check_loader(dm.val_loader, "val")
+        self.test_loader = check_loader(dm.test_loader, "test")
+        self.num_classes, self.num_source_domains, self.lab2cname = dm.num_classes, dm.num_source_domains, dm.lab2cname
+        self.unreadable = {}  # image path -> reason, for the end-of-epoch list (SKIP_UNREADABLE)
         if self.cfg.DATASET.SUBSAMPLE_CLASSES == "all":
             full = self.dm.dataset
             self.eval_loader = self.test_loader
@@ -93,12 +102,30 @@ class PromptTrainer(TrainerX):
             cfg.defrost()
             cfg.DATASET.SUBSAMPLE_CLASSES = "all"
             full = build_dataset(cfg)
-            self.eval_loader = build_data_loader(
+            self.eval_loader = check_loader(build_data_loader(
                 cfg, sampler_type=cfg.DATALOADER.TEST.SAMPLER, data_source=full.test,
                 batch_size=cfg.DATALOADER.TEST.BATCH_SIZE, tfm=build_transform(cfg, is_train=False),
-                is_train=False)
+                is_train=False, dataset_wrapper=CheckedDatasetWrapper), "test")
         self.all_classnames = list(full.classnames)
         self.num_base = num_base_classes(len(self.all_classnames))
+
+    def screen_batch(self, batch: dict, split: str, min_size: int = 1):
+        """The batch without its unreadable images, or None to skip it. An unreadable image
+        stops the run with a message naming it, unless DATALOADER.SKIP_UNREADABLE."""
+        bad = batch.pop(UNREADABLE, None) or []
+        if bad and not self.cfg.DATALOADER.SKIP_UNREADABLE:
+            raise unreadable_error(*bad[0], split, self.cfg)
+        for path, reason in bad:
+            self.unreadable[path] = reason
+        if "img" not in batch or len(batch["img"]) < min_size:
+            return None
+        return batch
+
+    def report_unreadable(self, where: str):
+        if self.unreadable:
+            logger.warning("%s: skipped %d unreadable image(s) (DATALOADER.SKIP_UNREADABLE):\n%s", where,
+                           len(self.unreadable), "\n".join(f"  {p}: {r}" for p, r in sorted(self.unreadable.items())))
+            self.unreadable = {}
 
     def check_input_size(self, visual, what: str):
         size = tuple(self.cfg.INPUT.SIZE)
@@ -158,25 +185,30 @@ class PromptTrainer(TrainerX):
         else:
             loss.backward()
             self.optim.step()
-        if self.batch_idx + 1 == self.num_batches:
-            self.update_lr()
 
     # --- the epoch loop ---------------------------------------------------------------------
     def run_epoch(self):
         self.set_model_mode("train")
         self.num_batches = len(self.train_loader_x)
-        totals, start, lr = {}, time.time(), self.get_current_lr()
+        totals, steps, start, lr = {}, 0, time.time(), self.get_current_lr()
         bar = tqdm(self.train_loader_x, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", leave=False,
                    dynamic_ncols=True, disable=None)
         for self.batch_idx, batch in enumerate(bar):
+            # BatchNorm in training needs two images: a batch that skipping left smaller is dropped.
+            batch = self.screen_batch(batch, "train", min_size=2)
+            if batch is None:
+                continue
             summary = self.forward_backward(batch)
+            steps += 1
             for k, v in summary.items():
                 totals[k] = totals.get(k, 0.0) + v
             bar.set_postfix({k: f"{v:.4f}" for k, v in summary.items()})
             n_iter = self.epoch * self.num_batches + self.batch_idx
             for k, v in summary.items():
                 self.write_scalar(f"train/{k}", v, n_iter)
-        means = {k: v / self.num_batches for k, v in totals.items()}
+        self.update_lr()  # the schedule is per epoch
+        self.report_unreadable(f"epoch {self.epoch + 1}")
+        means = {k: v / max(steps, 1) for k, v in totals.items()}
         self.epoch_losses = means
         logger.info("epoch [%d/%d] %s lr %.4e time %.1fs", self.epoch + 1, self.max_epoch,
                     " ".join(f"{k} {v:.4f}" for k, v in means.items()), lr, time.time() - start)
@@ -329,6 +361,9 @@ class PromptTrainer(TrainerX):
         selection_only = split == "base-selection"
         logits, labels = [], []
         for batch in tqdm(self.eval_loader, desc="evaluate", leave=False, dynamic_ncols=True, disable=None):
+            batch = self.screen_batch(batch, "test")
+            if batch is None:
+                continue
             label = batch["label"]
             if selection_only:
                 keep = label < self.num_base
@@ -339,6 +374,7 @@ class PromptTrainer(TrainerX):
             with self.autocast():
                 logits.append(self.model_inference(batch["img"].to(self.device)).float().cpu())
             labels.append(label)
+        self.report_unreadable("evaluation")
         report = accuracy_report(torch.cat(logits), torch.cat(labels), protocol, self.num_base)
         if selection_only:
             logger.info("base-class test accuracy (for model selection): %.2f", report["base"])

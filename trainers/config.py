@@ -28,6 +28,10 @@ def extend_cfg(cfg):
     # --- data --------------------------------------------------------------------------
     # all | base | new: base = labels [0, ceil(C/2)), new = the rest, relabelled from 0.
     cfg.DATASET.SUBSAMPLE_CLASSES = "all"
+    # An image that cannot be read stops the run with its path (False), or is skipped, counted
+    # and listed in the log at the end of the epoch / evaluation (True). Off by default so
+    # results are never silently computed on fewer images.
+    cfg.DATALOADER.SKIP_UNREADABLE = False
 
     # --- CLIP weights ------------------------------------------------------------------
     # Directory holding OpenAI's CLIP files (ViT-B-16.pt, ...); "" = the clip package's cache

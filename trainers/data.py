@@ -1,0 +1,59 @@
+"""Data loading shared by our trainers: Dassl's loaders, with unreadable images named.
+
+Dassl's `DatasetWrapper` reads images inside DataLoader workers, so a truncated or broken
+file kills training with PIL's bare `OSError: Truncated File Read` and no file name.
+`CheckedDatasetWrapper` catches the read failure in the worker and hands the main process a
+marker instead (`collate_checked` keeps it beside the good images of the batch); the trainer
+(`PromptTrainer.screen_batch`) then either stops with a `DataError` naming the file, the
+split and how to check the whole dataset, or, with `DATALOADER.SKIP_UNREADABLE True`, drops
+the image, counts it and lists it in the log at the end of the epoch.
+
+Loaders built elsewhere (other samplers, other datasets) get the same behaviour by using
+`CheckedDatasetWrapper` (or a subclass) and `collate_checked`.
+"""
+from __future__ import annotations
+
+from dassl.data.data_manager import DatasetWrapper
+from torch.utils.data import default_collate
+
+from promptkd.errors import DataError
+
+UNREADABLE = "unreadable"  # batch key: [(image path, reason), ...]
+CHECK_HINT = "python -m datasets.check --root {root} {dataset}"
+
+
+class CheckedDatasetWrapper(DatasetWrapper):
+    """Dassl's wrapper; an image that cannot be read becomes a marker, not a worker crash."""
+
+    split = "train"  # set by the trainer for the message
+
+    def __getitem__(self, idx):
+        try:
+            return super().__getitem__(idx)
+        except (OSError, SyntaxError, ValueError) as err:  # what PIL raises for broken files
+            return {UNREADABLE: (self.data_source[idx].impath, f"{type(err).__name__}: {err}")}
+
+
+def collate_checked(items: list[dict]) -> dict:
+    """Default collation of the readable items; the unreadable ones listed under UNREADABLE."""
+    good = [it for it in items if UNREADABLE not in it]
+    bad = [it[UNREADABLE] for it in items if UNREADABLE in it]
+    batch = default_collate(good) if good else {}
+    batch[UNREADABLE] = bad
+    return batch
+
+
+def check_loader(loader, split: str):
+    """Make a Dassl-built loader report unreadable images (in place); returns it."""
+    if loader is not None and isinstance(loader.dataset, CheckedDatasetWrapper):
+        loader.dataset.split = split
+        loader.collate_fn = collate_checked
+    return loader
+
+
+def unreadable_error(path: str, reason: str, split: str, cfg) -> DataError:
+    hint = CHECK_HINT.format(root=cfg.DATASET.ROOT, dataset=cfg.DATASET.NAME)
+    return DataError(
+        f"cannot read image {path} ({split} split of {cfg.DATASET.NAME}): {reason}. Replace or remove "
+        f"the file; to check every image of the dataset run `{hint}`; to skip unreadable images "
+        "instead (they are counted and listed in the log), set DATALOADER.SKIP_UNREADABLE True.")
