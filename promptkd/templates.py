@@ -1,6 +1,9 @@
-"""Text templates: OpenAI's ImageNet prompt ensemble (CLIP's prompt-engineering notebook).
+"""Text templates.
 
-PromptSRC's text regulariser averages frozen-CLIP text features over an ensemble like this.
+* `IMAGENET_TEMPLATES`: OpenAI's 80 ImageNet templates (CLIP's prompt-engineering notebook),
+  the zero-shot CLIP baseline's ensemble (`ZeroshotCLIP`, TRAINER.ZEROSHOT.ENSEMBLE).
+* `PROMPTSRC_TEMPLATES`: the 60 of them that PromptSRC's text regulariser averages over (the
+  published PromptSRC, hence the paper's PromptKD teacher): the 80 minus the 20 below.
 """
 
 IMAGENET_TEMPLATES = [
@@ -29,3 +32,15 @@ IMAGENET_TEMPLATES = [
     "a photo of a cool {}.", "a photo of a small {}.", "a tattoo of the {}.",
 ]
 assert len(IMAGENET_TEMPLATES) == 80 and len(set(IMAGENET_TEMPLATES)) == 80
+
+# In OpenAI's 80 but not in PromptSRC's 60.
+_NOT_IN_PROMPTSRC = {
+    "a jpeg corrupted photo of the {}.", "a good photo of a {}.", "a plushie {}.",
+    "a photo of the nice {}.", "a photo of the small {}.", "a photo of the weird {}.",
+    "the cartoon {}.", "art of the {}.", "a drawing of the {}.", "a photo of the large {}.",
+    "a black and white photo of a {}.", "the plushie {}.", "a dark photo of a {}.",
+    "itap of a {}.", "graffiti of the {}.", "a toy {}.", "itap of my {}.",
+    "a photo of a cool {}.", "a photo of a small {}.", "a tattoo of the {}.",
+}
+PROMPTSRC_TEMPLATES = [t for t in IMAGENET_TEMPLATES if t not in _NOT_IN_PROMPTSRC]
+assert len(PROMPTSRC_TEMPLATES) == 60 and _NOT_IN_PROMPTSRC <= set(IMAGENET_TEMPLATES)

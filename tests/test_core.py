@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from promptkd.backbones import clip, fingerprint
 from promptkd.checkpoints import atomic_save, learnable_state_dict, load_file, load_learnable_state_dict
 from promptkd.class_vectors import ClassVectors, ImageSide, check_pair
+from promptkd.errors import CheckpointError
 from promptkd.evaluation import accuracy_report
 from promptkd.losses import GaussianPromptAggregator, gpa_weights, kd_loss, promptsrc_loss
 from promptkd.schedule import build_lr_scheduler
@@ -170,6 +171,29 @@ def test_teacher_steps_lower_loss_and_leave_clip_untouched(teacher_clip):
         f"{side}.prompts.{i}" for side in ("image_encoder", "text_encoder") for i in range(2)}
 
 
+# The 20 of OpenAI's 80 ImageNet templates that the published PromptSRC does not use.
+NOT_IN_PROMPTSRC = [
+    "a jpeg corrupted photo of the {}.", "a good photo of a {}.", "a plushie {}.",
+    "a photo of the nice {}.", "a photo of the small {}.", "a photo of the weird {}.",
+    "the cartoon {}.", "art of the {}.", "a drawing of the {}.", "a photo of the large {}.",
+    "a black and white photo of a {}.", "the plushie {}.", "a dark photo of a {}.",
+    "itap of a {}.", "graffiti of the {}.", "a toy {}.", "itap of my {}.",
+    "a photo of a cool {}.", "a photo of a small {}.", "a tattoo of the {}.",
+]
+
+
+def test_promptsrc_regulariser_averages_its_60_templates(teacher_clip):
+    from promptkd.templates import IMAGENET_TEMPLATES, PROMPTSRC_TEMPLATES
+    expected = [t for t in IMAGENET_TEMPLATES if t not in NOT_IN_PROMPTSRC]
+    assert len(IMAGENET_TEMPLATES) == 80 and PROMPTSRC_TEMPLATES == expected and len(expected) == 60
+    teacher = IVLPTeacher(teacher_clip, CLASSES[:3], 4, 2, "a photo of a", 4, 2).train()
+    out = teacher(batch(teacher_clip))
+    with torch.no_grad():  # unnormalised features averaged over the 60, then normalised
+        want = F.normalize(torch.stack([teacher_clip.encode_text(clip.tokenize(
+            [t.format(c.replace("_", " ")) for t in expected])).mean(0) for c in CLASSES[:3]]), dim=-1)
+    torch.testing.assert_close(out["zs_text_feats"], want, atol=1e-6, rtol=0)
+
+
 def test_class_vectors_all_classes_unit_norm_label_order(teacher_clip):
     teacher = IVLPTeacher(teacher_clip, CLASSES[:3], 4, 2, "a photo of a", 4, 2, regularise=False)
     vectors, side = teacher.export(CLASSES, "Toy", {"kind": "clip", "name": "tiny"})
@@ -273,5 +297,5 @@ def test_learnable_state_roundtrip_and_mismatch(student_clip):
     load_learnable_state_dict(b, state)
     assert all(torch.equal(v, learnable_state_dict(b)[k]) for k, v in state.items())
     c = PromptKDStudent(student_clip.visual, student_clip.logit_scale, 96, 2, 1)
-    with pytest.raises(KeyError, match="missing keys .*unexpected keys \\['image_encoder.prompts.1'\\]"):
+    with pytest.raises(CheckpointError, match="missing keys .*unexpected keys \\['image_encoder.prompts.1'\\]"):
         load_learnable_state_dict(c, state)
