@@ -8,6 +8,7 @@ teacher. A method trainer only says which config node it reads and how to build 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -18,6 +19,7 @@ from promptkd.backbones import clip, load_clip
 from promptkd.class_vectors import IMAGE_SIDE_FILE, class_vectors_file
 from promptkd.losses import GaussianPromptAggregator
 from trainers.base import MODEL_NAME, PromptTrainer
+from promptkd.errors import ConfigError
 
 logger = logging.getLogger("promptkd")
 
@@ -31,11 +33,11 @@ class PromptLearningTrainer(PromptTrainer):
         super().check_cfg(cfg)
         node = cfg.TRAINER[self.CFG_NODE]
         if node.get("GPA", False) and node.GPA_STD <= 0:
-            raise ValueError(f"TRAINER.{self.CFG_NODE}.GPA_STD must be > 0, got {node.GPA_STD}.")
+            raise ConfigError(f"TRAINER.{self.CFG_NODE}.GPA_STD must be > 0, got {node.GPA_STD}.")
 
     def build_model(self):
         cfg, node = self.cfg, self.tcfg
-        backbone_mode = self.setup_precision()
+        backbone_mode = self.backbone_mode = self.setup_precision()
         clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
         self.check_input_size(clip_model.visual, "backbone")
         self.backbone_ref = _backbone_ref(cfg.MODEL.BACKBONE.NAME)
@@ -102,13 +104,31 @@ class PromptLearningTrainer(PromptTrainer):
                         type(self.model).__name__)
             return
         folder = self.cfg.TRAINER.EXPORT_DIR or os.path.join(self.output_dir, "export")
-        vectors, side = self.model.export(self.all_classnames, self.cfg.DATASET.NAME, self.backbone_ref,
-                                          method=self.cfg.TRAINER.NAME)
+        with self.fp32_backbone():  # computed once and stored in fp32, whatever PREC trained in
+            vectors, side = self.model.export(self.all_classnames, self.cfg.DATASET.NAME, self.backbone_ref,
+                                              method=self.cfg.TRAINER.NAME)
+        vectors.teacher.update(precision="fp32", train_precision=self.prec)
         vectors_path = class_vectors_file(folder, self.cfg.DATASET.NAME)
         vectors.save(vectors_path)
         side.save(os.path.join(folder, IMAGE_SIDE_FILE))
         logger.info("Exported class vectors of %d classes (dim %d) to %s and the image side to %s",
                     *vectors.vectors.shape, vectors_path, os.path.join(folder, IMAGE_SIDE_FILE))
+
+    @contextlib.contextmanager
+    def fp32_backbone(self):
+        """Under PREC fp16, the frozen backbone with its fp32 weights for the duration (re-read
+        from its file or published checkpoint, not up-cast from half), then half again."""
+        if self.backbone_mode != "fp16":
+            yield
+            return
+        model = self.model.clip.float()
+        model.load_state_dict(load_clip(self.cfg.MODEL.BACKBONE.NAME, self.cfg.MODEL.WEIGHTS_DIR).state_dict())
+        if self.backbone_ref["kind"] == "published":  # its backbone weights on top of the stock ones
+            self.load_published(self.backbone_ref["path"])
+        try:
+            yield
+        finally:
+            clip.model.convert_weights(model)
 
     @torch.no_grad()
     def test(self, split=None):
