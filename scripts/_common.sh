@@ -5,6 +5,8 @@
 #   CLIP_WEIGHTS  folder with OpenAI's CLIP files (ViT-L-14.pt, ...)   default: the clip cache
 #   PYTHON        interpreter                                          default: python
 #   TRUST=1       allow torch-1.x pickled checkpoints (published files you trust)
+#   TEACHER_OPTS  KEY VALUE ... for a teacher that a stage-2 script trains first (no spaces
+#                 inside a value: "INPUT.SIZE (32,32)")
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DATA=${DATA:-data}
@@ -25,4 +27,8 @@ need_dataset_config() {
       $(ls configs/datasets | sed 's/\.yaml$//') >&2
     exit 2
   fi
+}
+
+dataset_name() {  # the registered dataset name (DATASET.NAME) of configs/datasets/$1.yaml
+  sed -n 's/^ *NAME: *"\{0,1\}\([A-Za-z0-9]*\)"\{0,1\}.*/\1/p' "configs/datasets/$1.yaml"
 }

@@ -5,10 +5,11 @@
 # (hence --no-deps plus the packages it imports, listed here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# DASSL may name another source for Dassl (a wheel built from the same commit, as CI uses).
 PYTHON=${PYTHON:-python}
 DASSL_COMMIT=c61a1b570ac6333bd50fb5ae06aea59002fb20bb
+DASSL=${DASSL:-"dassl @ git+https://github.com/KaiyangZhou/Dassl.pytorch@${DASSL_COMMIT}"}
 "$PYTHON" -m pip install -r requirements.txt
 "$PYTHON" -m pip install gdown scikit-learn pandas wilds tensorboard
-"$PYTHON" -m pip install --no-build-isolation --no-deps \
-  "dassl @ git+https://github.com/KaiyangZhou/Dassl.pytorch@${DASSL_COMMIT}"
+"$PYTHON" -m pip install --no-build-isolation --no-deps "$DASSL"
 "$PYTHON" -c "import dassl, clip, torch; print('ok: dassl', dassl.__version__, '| torch', torch.__version__)"

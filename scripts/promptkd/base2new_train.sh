@@ -3,12 +3,20 @@
 # of DATASET from the teacher's stored class vectors; prints base / novel / HM at the end.
 #   bash scripts/promptkd/base2new_train.sh DATASET SEED [KEY VALUE ...]
 # The teacher: TEACHER_DIR (its export folder), by default the export of
-# teacher_train.sh DATASET ${TEACHER_SEED:-1}. KD_WEIGHT is the published one per dataset.
+# teacher_train.sh DATASET ${TEACHER_SEED:-1}, which is trained (or resumed) first when its
+# export is missing (TEACHER_OPTS: its KEY VALUE overrides). An explicit TEACHER_DIR must
+# exist. KD_WEIGHT is the published one per dataset.
 source "$(dirname "$0")/../_common.sh"
 DATASET=${1:?usage: base2new_train.sh DATASET SEED [KEY VALUE ...]}
 SEED=${2:?usage: base2new_train.sh DATASET SEED [KEY VALUE ...]}
 need_dataset_config "$DATASET"
-TEACHER_DIR=${TEACHER_DIR:-$OUTPUT/base2new/promptkd_teacher/$DATASET/seed${TEACHER_SEED:-1}/export}
+if [ -z "${TEACHER_DIR:-}" ]; then
+  TEACHER_DIR=$OUTPUT/base2new/promptkd_teacher/$DATASET/seed${TEACHER_SEED:-1}/export
+  if [ ! -f "$TEACHER_DIR/class_vectors_$(dataset_name "$DATASET").pt" ]; then
+    echo "No teacher export at $TEACHER_DIR: training the teacher first (teacher_train.sh $DATASET ${TEACHER_SEED:-1})."
+    bash scripts/promptkd/teacher_train.sh "$DATASET" "${TEACHER_SEED:-1}" ${TEACHER_OPTS:-}
+  fi
+fi
 RUN="$OUTPUT/base2new/promptkd/$DATASET/seed$SEED"
 "$PYTHON" train.py --root "$DATA" --seed "$SEED" --trainer PromptKD \
   --dataset-config-file "configs/datasets/$DATASET.yaml" \
