@@ -8,8 +8,9 @@ Same command line as CoOp / MaPLe / PromptSRC:
         --output-dir output/x [--eval-only --model-dir D --load-epoch N] [KEY VALUE ...]
 
 Differences from CoOp's train.py, on purpose: `--seed 0` is honoured; a re-run moves the
-previous `log.txt` aside (to `log.txt-<time>`) so `log.txt` is always the latest run; a bad
-config key names the file and the key.
+previous `log.txt` aside (to `log.txt-<time>`) so `log.txt` is always the latest run; a user
+mistake (bad key or value, missing file, mismatched class vectors, ...) ends with
+`error: <message>` and exit code 2, no traceback (`--debug` or PROMPTKD_DEBUG=1 shows it).
 """
 import argparse
 import logging
@@ -33,6 +34,7 @@ import datasets  # noqa: E402,F401  (registers the dataset loaders)
 import trainers.promptkd  # noqa: E402,F401  (registers PromptKD)
 import trainers.baselines  # noqa: E402,F401  (registers the baselines)
 import trainers.promptkd_teacher  # noqa: E402,F401  (registers PromptKDTeacher)
+from promptkd.errors import ConfigError, MissingFileError, run_cli  # noqa: E402
 from trainers.config import extend_cfg  # noqa: E402
 
 logger = logging.getLogger("promptkd")
@@ -90,10 +92,10 @@ def _merge(cfg, source: str, merge):
         message = err.args[0] if err.args else str(err)
         hint = ("Check the key's spelling; the keys this plugin adds are in trainers/config.py."
                 if "xistent" in message else "Options are KEY VALUE pairs.")
-        raise SystemExit(f"error: {source}: {message}. {hint}") from None
+        raise ConfigError(f"{source}: {message}. {hint}") from None
     except ValueError as err:
-        raise SystemExit(f"error: {source}: {err}. Give the value in the key's type "
-                         "(e.g. 200.0 for a float key).") from None
+        raise ConfigError(f"{source}: {err}. Give the value in the key's type "
+                          "(e.g. 200.0 for a float key).") from None
 
 
 def _ints_as_floats(cfg, opts):
@@ -114,7 +116,7 @@ def setup_cfg(args):
     for path in (args.dataset_config_file, args.config_file):
         if path:
             if not os.path.isfile(path):
-                raise SystemExit(f"error: config file {path} does not exist.")
+                raise MissingFileError(f"config file {path} does not exist.")
             _merge(cfg, path, lambda p=path: cfg.merge_from_file(p))
     reset_cfg(cfg, args)
     _merge(cfg, "command-line options", lambda: cfg.merge_from_list(_ints_as_floats(cfg, args.opts)))
@@ -159,9 +161,11 @@ def parse_args(argv=None):
     parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
     parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of a user error (also PROMPTKD_DEBUG=1)")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="modify config options using the command-line")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_cli(lambda: main(parse_args()))

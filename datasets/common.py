@@ -27,6 +27,8 @@ from contextlib import contextmanager
 import numpy as np
 from dassl.data.datasets import DatasetBase, Datum
 
+from promptkd.errors import ConfigError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 SUBSAMPLE_CHOICES = ("all", "base", "new")
@@ -45,7 +47,7 @@ def docs_anchor(dataset_name):
 def require_path(path, dataset_name):
     """Return `path` if it exists, else raise a FileNotFoundError that says where to look."""
     if not osp.exists(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{dataset_name}: {path} does not exist. Download and arrange the dataset as "
             f"described in {docs_anchor(dataset_name)} (DATASET.ROOT / --root must be the "
             f"folder that holds the dataset folders)."
@@ -58,7 +60,7 @@ def make_datum(impath, label, classname, dataset_name):
     try:
         return Datum(impath=impath, label=int(label), classname=classname)
     except AssertionError:  # Datum asserts that the image file exists
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{dataset_name}: image {impath} is listed by the split / annotation files but "
             f"does not exist. See {docs_anchor(dataset_name)}."
         ) from None
@@ -373,7 +375,7 @@ def subsample_classes(*splits, subsample="all"):
     """
     subsample = str(subsample).lower()
     if subsample not in SUBSAMPLE_CHOICES:
-        raise ValueError(
+        raise ConfigError(
             f"DATASET.SUBSAMPLE_CLASSES must be one of {', '.join(SUBSAMPLE_CHOICES)}; "
             f"got {subsample!r}"
         )

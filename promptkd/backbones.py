@@ -13,6 +13,8 @@ import warnings
 
 import torch
 
+from .errors import CheckpointError, ConfigError, MissingFileError
+
 with warnings.catch_warnings():
     # clip-anytorch imports pkg_resources, which warns on every import.
     warnings.simplefilter("ignore", UserWarning)
@@ -47,16 +49,16 @@ def load_clip(name: str, weights_dir: str | None = None, allow_download: bool = 
                 f"{clip_file_name(name)}, or give MODEL.BACKBONE.NAME as a path to the file)."
             )
             if not allow_download:
-                raise FileNotFoundError(hint)
+                raise MissingFileError(hint)
             try:
                 model, _ = clip.load(name, device="cpu", jit=False, download_root=root)
             except (urllib.error.URLError, OSError, RuntimeError) as err:
-                raise FileNotFoundError(f"{hint} The download failed: {err}") from None
+                raise MissingFileError(f"{hint} The download failed: {err}") from None
             return model.float().eval()
     elif os.path.isfile(os.path.expanduser(name)):
         path = os.path.expanduser(name)
     else:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown CLIP backbone '{name}': use one of {clip.available_models()} "
             "or a path to a CLIP checkpoint file (JIT archive or state dict)."
         )
@@ -65,7 +67,7 @@ def load_clip(name: str, weights_dir: str | None = None, allow_download: bool = 
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
             model, _ = clip.load(path, device="cpu", jit=False)
     except Exception as err:  # a truncated file or something that is not CLIP
-        raise RuntimeError(f"Could not load a CLIP model from {path}: {err}") from err
+        raise CheckpointError(f"Could not load a CLIP model from {path}: {err}") from err
     return model.float().eval()
 
 
@@ -99,7 +101,7 @@ def visual_from_state_dict(state: dict) -> tuple[torch.nn.Module, torch.Tensor]:
     text transformer. Returns (visual module fp32 eval, logit_scale tensor).
     """
     if "visual.proj" not in state:
-        raise ValueError("Stage 2 needs a ViT CLIP (no 'visual.proj' in the weights: a ResNet CLIP?).")
+        raise ConfigError("Stage 2 needs a ViT CLIP (no 'visual.proj' in the weights: a ResNet CLIP?).")
     width = state["visual.conv1.weight"].shape[0]
     patch = state["visual.conv1.weight"].shape[-1]
     layers = len({k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")})

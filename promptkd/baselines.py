@@ -21,6 +21,7 @@ from .encoders import PROMPT_INIT_STD, PromptedImageEncoder, PromptedTextEncoder
 from .prompt_method import PromptMethod
 from .teacher import IVLPTeacher, ensemble_text_features
 from .templates import IMAGENET_TEMPLATES
+from .errors import ConfigError
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 
@@ -50,7 +51,7 @@ class _ContextPrompts(PromptMethod):
                  position: str = "end"):
         super().__init__(clip_model, classnames)
         if position not in CLASS_TOKEN_POSITIONS:
-            raise ValueError(f"CLASS_TOKEN_POSITION '{position}' is not one of {CLASS_TOKEN_POSITIONS}.")
+            raise ConfigError(f"CLASS_TOKEN_POSITION '{position}' is not one of {CLASS_TOKEN_POSITIONS}.")
         self.text_encoder = PromptedTextEncoder(clip_model, 0, 0)
         width = clip_model.ln_final.weight.shape[0]
         init = " ".join(ctx_init.replace("_", " ").split())
@@ -60,7 +61,7 @@ class _ContextPrompts(PromptMethod):
             with torch.no_grad():
                 vectors = clip_model.token_embedding(ids.to(clip_model.token_embedding.weight.device))[1:1 + n_ctx]
         elif n_ctx < 1:
-            raise ValueError(f"N_CTX must be >= 1 without CTX_INIT, got {n_ctx}.")
+            raise ConfigError(f"N_CTX must be >= 1 without CTX_INIT, got {n_ctx}.")
         else:
             vectors = torch.empty(n_ctx, width).normal_(std=PROMPT_INIT_STD)
         if class_specific:
@@ -100,8 +101,8 @@ class _ContextPrompts(PromptMethod):
         index = {c: i for i, c in enumerate(self.classnames)}
         unknown = [c for c in classnames if c not in index]
         if unknown:
-            raise ValueError(f"Class-specific context (CSC) exists only for the training classes, not for "
-                             f"{unknown[:5]}: it cannot encode novel classes. Use CSC False for base-to-novel.")
+            raise ConfigError(f"Class-specific context (CSC) exists only for the training classes, not for "
+                              f"{unknown[:5]}: it cannot encode novel classes. Use CSC False for base-to-novel.")
         return self.ctx[[index[c] for c in classnames]]
 
 
@@ -146,7 +147,7 @@ class MaPLe(PromptMethod):
     def __init__(self, clip_model, classnames, n_ctx: int = 2, depth: int = 9, ctx_init: str = "a photo of a"):
         super().__init__(clip_model, classnames)
         if depth < 1:
-            raise ValueError(f"MaPLe needs PROMPT_DEPTH >= 1, got {depth}.")
+            raise ConfigError(f"MaPLe needs PROMPT_DEPTH >= 1, got {depth}.")
         self.text_encoder = PromptedTextEncoder(clip_model, n_ctx, depth, ctx_init, phrase_may_exceed=True)
         self.image_encoder = PromptedImageEncoder(clip_model, n_ctx, depth, learnable=False)
         text_width = clip_model.ln_final.weight.shape[0]

@@ -15,6 +15,8 @@ import tempfile
 import torch
 from torch import nn
 
+from .errors import CheckpointError, MissingFileError
+
 TRUST_KEY = "MODEL.TRUST_PICKLED_CHECKPOINTS"
 
 
@@ -38,12 +40,12 @@ def atomic_save(obj, path: str) -> None:
 def load_file(path: str, trusted: bool = False, map_location="cpu"):
     """torch.load with weights_only=True; pickled objects only if `trusted`, else a clear error."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No checkpoint at {path}.")
+        raise MissingFileError(f"No checkpoint at {path}.")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if not trusted:
-            raise RuntimeError(
+            raise CheckpointError(
                 f"{path} pickles Python objects (a torch 1.x checkpoint such as the published "
                 f"PromptKD/PromptSRC files) and cannot be read with weights_only=True. If you "
                 f"trust this file, set {TRUST_KEY} True to load it with weights_only=False. "
@@ -66,7 +68,7 @@ def load_learnable_state_dict(module: nn.Module, state: dict[str, torch.Tensor],
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise KeyError(
+        raise CheckpointError(
             f"{source} does not match the model: missing keys {missing[:10]}"
             f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
             f"{' ...' if len(unexpected) > 10 else ''}. Was it written with other prompt settings?"
@@ -76,7 +78,7 @@ def load_learnable_state_dict(module: nn.Module, state: dict[str, torch.Tensor],
     with torch.no_grad():
         for name, value in state.items():
             if own[name].shape != value.shape:
-                raise ValueError(
+                raise CheckpointError(
                     f"{source}: '{name}' has shape {tuple(value.shape)}, the model expects "
                     f"{tuple(own[name].shape)}."
                 )
@@ -93,7 +95,7 @@ def read_published(path: str, trusted: bool) -> dict[str, torch.Tensor]:
     ckpt = load_file(path, trusted=trusted)
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise ValueError(f"{path} is not a Dassl checkpoint: no 'state_dict' entry.")
+        raise CheckpointError(f"{path} is not a Dassl checkpoint: no 'state_dict' entry.")
     return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
@@ -108,14 +110,14 @@ def _deep_prompts(state: dict, side: str, first_key: str) -> list[torch.Tensor]:
             blocks[int(m.group(2))] = state[key]
     depth = len(blocks) + 1
     if sorted(blocks) != list(range(1, depth)):
-        raise ValueError(f"{side} deep prompts are not contiguous: blocks {sorted(blocks)}.")
+        raise CheckpointError(f"{side} deep prompts are not contiguous: blocks {sorted(blocks)}.")
     return [state[first_key]] + [blocks[i] for i in range(1, depth)]
 
 
 def _check_keys(path: str, state: dict, used: set[str], ignorable: tuple[str, ...]) -> None:
     unexpected = sorted(k for k in state if k not in used and not k.startswith(ignorable))
     if unexpected:
-        raise KeyError(
+        raise CheckpointError(
             f"{path} has keys this reader does not know: {unexpected[:12]}"
             f"{' ...' if len(unexpected) > 12 else ''}. Is it a PromptSRC/PromptKD checkpoint "
             "of the kind expected here (teacher vs student)?"
@@ -136,7 +138,7 @@ def split_published_teacher(path: str, trusted: bool = False) -> dict:
     missing = [k for k in need if k not in state]
     if missing:
         hint = " It looks like a PromptKD *student* checkpoint." if any(k.startswith("VPT_image_trans") for k in state) else ""
-        raise KeyError(f"{path} is not a PromptSRC/PromptKD teacher checkpoint: missing {missing}.{hint}")
+        raise CheckpointError(f"{path} is not a PromptSRC/PromptKD teacher checkpoint: missing {missing}.{hint}")
     clip_state, used = {}, set()
     for key, value in state.items():
         if key.endswith("VPT_shallow") or key in ("image_encoder.VPT", "prompt_learner.ctx"):
@@ -166,7 +168,7 @@ def split_published_student(path: str, trusted: bool = False) -> dict:
     state = read_published(path, trusted)
     if "VPT_image_trans.conv1.0.weight" not in state:
         hint = " It looks like a teacher checkpoint." if "prompt_learner.ctx" in state else ""
-        raise KeyError(f"{path} is not a PromptKD student checkpoint: no VPT_image_trans.* keys.{hint}")
+        raise CheckpointError(f"{path} is not a PromptKD student checkpoint: no VPT_image_trans.* keys.{hint}")
     visual, projector, used = {}, {}, set()
     for key, value in state.items():
         if key.startswith("image_encoder.") and not key.endswith("VPT_shallow") and key != "image_encoder.VPT":

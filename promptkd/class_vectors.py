@@ -20,6 +20,7 @@ import torch
 
 from .backbones import fingerprint, read_clip_state, visual_from_state_dict
 from .checkpoints import atomic_save, load_file, split_published_teacher
+from .errors import ConfigError, MissingFileError
 
 FORMAT_VERSION = 1
 IMAGE_SIDE_FILE = "image_side.pt"
@@ -32,12 +33,12 @@ def class_vectors_file(export_dir: str, dataset: str) -> str:
 def _read(path: str, kind: str, what: str, how_to_make: str) -> dict:
     """Load an export file of `kind`; a missing file says which command produces it."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No {what} file at {path}. {how_to_make}".strip())
+        raise MissingFileError(f"No {what} file at {path}. {how_to_make}".strip())
     data = load_file(path)
     if not isinstance(data, dict) or data.get("kind") != kind:
-        raise ValueError(f"{path} is not a {kind} file (written by PromptKDTeacher's export).")
+        raise ConfigError(f"{path} is not a {kind} file (written by PromptKDTeacher's export).")
     if data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
+        raise ConfigError(
             f"{path} has format version {data.get('format_version')}; this code reads version "
             f"{FORMAT_VERSION}. Re-export it with this version's PromptKDTeacher (--eval-only)."
         )
@@ -79,7 +80,7 @@ class ClassVectors:
                 shown = "; ".join(f"label {i}: stored '{a}' vs dataset '{b}'" for i, a, b in diff[:5])
                 problems.append(f"{len(diff)} class names differ ({shown})")
         if problems:
-            raise ValueError(f"The {source} do not match the dataset: " + "; ".join(problems) + ".")
+            raise ConfigError(f"The {source} do not match the dataset: " + "; ".join(problems) + ".")
 
 
 @dataclass
@@ -114,11 +115,11 @@ class ImageSide:
             state = split_published_teacher(self.backbone["path"], trusted)["clip_state"]
             where = self.backbone["path"]
         else:
-            raise ValueError(f"Unknown teacher backbone reference {self.backbone}.")
+            raise ConfigError(f"Unknown teacher backbone reference {self.backbone}.")
         visual, _ = visual_from_state_dict(state)
         found = visual_fingerprint(visual)
         if found != self.fingerprint:
-            raise ValueError(
+            raise ConfigError(
                 f"The teacher weights at {where} have fingerprint {found}, but the teacher was "
                 f"exported with {self.fingerprint}: these are not the weights it was trained on."
             )
@@ -138,4 +139,4 @@ def check_pair(vectors: ClassVectors, side: ImageSide, vectors_path: str, side_p
     if vectors.teacher.get("fingerprint") != side.fingerprint:
         problems.append(f"teacher fingerprint {vectors.teacher.get('fingerprint')} vs {side.fingerprint}")
     if problems:
-        raise ValueError(f"{vectors_path} and {side_path} come from different teachers: " + ", ".join(problems) + ".")
+        raise ConfigError(f"{vectors_path} and {side_path} come from different teachers: " + ", ".join(problems) + ".")

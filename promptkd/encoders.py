@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .backbones import clip, is_vit
+from .errors import ConfigError
 
 PROMPT_INIT_STD = 0.02
 
@@ -30,14 +31,14 @@ def freeze_clip(clip_model: nn.Module) -> nn.Module:
 
 def _check_depth(kind: str, n_ctx: int, depth: int, n_layers: int) -> None:
     if depth < 0:
-        raise ValueError(f"{kind} prompt depth must be >= 0, got {depth}.")
+        raise ConfigError(f"{kind} prompt depth must be >= 0, got {depth}.")
     if depth > n_layers:
-        raise ValueError(
+        raise ConfigError(
             f"{kind} prompt depth {depth} is larger than the encoder's {n_layers} transformer "
             f"layers; set PROMPT_DEPTH_{kind.upper()} to at most {n_layers}."
         )
     if depth > 0 and n_ctx < 1:
-        raise ValueError(f"N_CTX_{kind.upper()} must be >= 1 when prompts are used, got {n_ctx}.")
+        raise ConfigError(f"N_CTX_{kind.upper()} must be >= 1 when prompts are used, got {n_ctx}.")
 
 
 def _new_prompts(depth: int, n_ctx: int, width: int) -> nn.ParameterList:
@@ -57,7 +58,7 @@ class PromptedImageEncoder(nn.Module):
         visual = getattr(clip_model, "visual", clip_model)
         if not is_vit(clip_model):
             if depth > 0:
-                raise ValueError(
+                raise ConfigError(
                     "Deep visual prompts need a ViT backbone; this CLIP has a ResNet image "
                     "encoder. Use a ViT (e.g. ViT-B/16) or set PROMPT_DEPTH_VISION 0."
                 )
@@ -146,7 +147,7 @@ class PromptedTextEncoder(nn.Module):
                 self.prompts[0].copy_(emb[1 : 1 + n_ctx].to(self.prompts[0].dtype))
             return self.ctx_init  # the text after the first n_ctx tokens stays fixed
         if n_phrase > n_ctx:
-            raise ValueError(
+            raise ConfigError(
                 f"CTX_INIT '{self.ctx_init}' is {n_phrase} tokens long but N_CTX_TEXT is {n_ctx}; "
                 f"use a phrase of at most {n_ctx} tokens or raise N_CTX_TEXT."
             )

@@ -24,6 +24,9 @@ EXIT_USER_ERROR = 2
 class UserError(Exception):
     """A mistake the user can fix; the message says what and how."""
 
+    def __str__(self):  # the message as written (KeyError-like bases would quote it)
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
 
 class ConfigError(UserError, ValueError):
     """A bad config key or value, or settings that do not fit together."""
@@ -31,6 +34,10 @@ class ConfigError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the run needs is not there."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint or weights file that is not what the run needs, or may not be read."""
 
 
 class DataError(UserError, OSError):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
+
 
 def kl_per_logit(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Σ KL(softmax(t/T) ‖ softmax(s/T)) / (B·C), computed in fp32."""
@@ -52,7 +54,7 @@ def promptsrc_loss(logits, labels, text_feats, zs_text_feats, image_feats, zs_im
 def gpa_weights(num_epochs: int, mean: float, std: float) -> list[float]:
     """w_e ∝ N(e; mean, std) for e = 1..num_epochs, normalised to sum 1 (log-space, no underflow)."""
     if std <= 0:
-        raise ValueError(f"GPA_STD must be > 0, got {std}.")
+        raise ConfigError(f"GPA_STD must be > 0, got {std}.")
     logits = torch.tensor([-((e - mean) ** 2) / (2 * std**2) for e in range(1, num_epochs + 1)], dtype=torch.float64)
     return torch.softmax(logits, dim=0).tolist()
 

@@ -21,6 +21,7 @@ from torch import nn
 from .backbones import clip
 from .class_vectors import ClassVectors, ImageSide, visual_fingerprint
 from .encoders import freeze_clip
+from .errors import ConfigError
 
 
 class PromptMethod(nn.Module):
@@ -80,8 +81,8 @@ class PromptMethod(nn.Module):
     def class_vectors(self, classnames: list[str], batch: int = 256) -> torch.Tensor:
         """L2-normalised text features of `classnames`, in the given order."""
         if self.image_conditioned:
-            raise TypeError(f"{type(self).__name__}'s text features depend on the image: it has no class "
-                            "vectors, so it cannot be exported or act as a PromptKD teacher.")
+            raise ConfigError(f"{type(self).__name__}'s text features depend on the image: it has no class "
+                              "vectors, so it cannot be exported or act as a PromptKD teacher.")
         feats = [self.text_features(classnames[i:i + batch]).float() for i in range(0, len(classnames), batch)]
         return F.normalize(torch.cat(feats), dim=-1)
 

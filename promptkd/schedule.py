@@ -11,6 +11,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from .errors import ConfigError
+
 SCHEDULERS = ("cosine", "constant")
 WARMUPS = ("constant", "linear")
 
@@ -22,9 +24,9 @@ def build_lr_scheduler(optimizer: Optimizer, name: str, max_epoch: int, warmup_e
     after that the cosine value of epoch e over max_epoch (as Dassl's ConstantWarmupScheduler
     over CosineAnnealingLR does), or the base LR for `constant`."""
     if name not in SCHEDULERS:
-        raise ValueError(f"OPTIM.LR_SCHEDULER '{name}' is not supported; use one of {SCHEDULERS}.")
+        raise ConfigError(f"OPTIM.LR_SCHEDULER '{name}' is not supported; use one of {SCHEDULERS}.")
     if warmup_epoch > 0 and warmup_type not in WARMUPS:
-        raise ValueError(f"OPTIM.WARMUP_TYPE '{warmup_type}' is not supported; use one of {WARMUPS}.")
+        raise ConfigError(f"OPTIM.WARMUP_TYPE '{warmup_type}' is not supported; use one of {WARMUPS}.")
     base_lrs = [g["lr"] for g in optimizer.param_groups]
 
     def factor(group: int):

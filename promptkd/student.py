@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .encoders import PromptedImageEncoder, freeze_clip
+from .errors import CheckpointError
 
 
 class Projector(nn.Sequential):
@@ -79,16 +80,16 @@ def load_published_student(student: PromptKDStudent, path: str, trusted: bool = 
     prompts = pub["image_prompts"]
     if len(prompts) != enc.depth or (prompts and prompts[0].shape[0] != enc.n_ctx):
         n = prompts[0].shape[0] if prompts else 0
-        raise ValueError(f"{path} has visual prompts of depth {len(prompts)} with {n} tokens; set "
-                         f"PROMPT_DEPTH_VISION {len(prompts)} and N_CTX_VISION {n} to load it.")
+        raise CheckpointError(f"{path} has visual prompts of depth {len(prompts)} with {n} tokens; set "
+                              f"PROMPT_DEPTH_VISION {len(prompts)} and N_CTX_VISION {n} to load it.")
     with torch.no_grad():
         try:
             enc.visual.load_state_dict({k[len("visual."):]: v for k, v in pub["visual_state"].items()})
             student.projector.load_state_dict(pub["projector"])
         except RuntimeError as err:
-            raise ValueError(f"{path} does not fit this student (backbone or class-vector width): "
-                             f"{str(err).splitlines()[0]} Use the student backbone and teacher it was "
-                             "trained with (ViT-B/16 and a ViT-L/14 teacher for the paper).") from None
+            raise CheckpointError(f"{path} does not fit this student (backbone or class-vector width): "
+                                  f"{str(err).splitlines()[0]} Use the student backbone and teacher it was "
+                                  "trained with (ViT-B/16 and a ViT-L/14 teacher for the paper).") from None
         for p, value in zip(enc.prompts, prompts):
             p.copy_(value)
         student.logit_scale.copy_(pub["logit_scale"].reshape(()))

@@ -16,15 +16,17 @@ from .backbones import clip
 from .encoders import PromptedImageEncoder, PromptedTextEncoder
 from .losses import promptsrc_regularisers
 from .prompt_method import PromptMethod
-from .templates import IMAGENET_TEMPLATES
+from .templates import PROMPTSRC_TEMPLATES
+from .errors import CheckpointError, ConfigError
 
 
 @torch.no_grad()
-def ensemble_text_features(clip_model: nn.Module, classnames: list[str], templates=IMAGENET_TEMPLATES,
+def ensemble_text_features(clip_model: nn.Module, classnames: list[str], templates=PROMPTSRC_TEMPLATES,
                            chunk: int = 256, normalise_each: bool = False) -> torch.Tensor:
     """Frozen CLIP text features averaged over templates, then normalised.
 
-    PromptSRC averages the unnormalised features; `normalise_each` averages unit vectors
+    The default templates are PromptSRC's 60 (its text regulariser); PromptSRC averages the
+    unnormalised features; `normalise_each` averages unit vectors
     instead (CLIP's zero-shot ensemble)."""
     device = clip_model.text_projection.device
     out = []
@@ -94,17 +96,17 @@ def load_published_teacher(model: IVLPTeacher, path: str, trusted: bool = False)
                                     ("vision", pub["image_prompts"], model.image_encoder, "VISION")):
         if len(prompts) != enc.depth or (prompts and prompts[0].shape[0] != enc.n_ctx):
             n = prompts[0].shape[0] if prompts else 0
-            raise ValueError(f"{path} has {side} prompts of depth {len(prompts)} with {n} tokens; set "
-                             f"PROMPT_DEPTH_{key} {len(prompts)} and N_CTX_{key} {n} to load it.")
+            raise ConfigError(f"{path} has {side} prompts of depth {len(prompts)} with {n} tokens; set "
+                              f"PROMPT_DEPTH_{key} {len(prompts)} and N_CTX_{key} {n} to load it.")
     own = model.clip.state_dict()
     unknown = sorted(k for k in pub["clip_state"] if k not in own)
     if unknown:
-        raise KeyError(f"{path}: backbone keys not in the CLIP model {unknown[:10]}; is MODEL.BACKBONE.NAME "
-                       "the backbone this teacher was trained on?")
+        raise CheckpointError(f"{path}: backbone keys not in the CLIP model {unknown[:10]}; is MODEL.BACKBONE.NAME "
+                              "the backbone this teacher was trained on?")
     bad = [k for k, v in pub["clip_state"].items() if v.shape != own[k].shape]
     if bad:
-        raise ValueError(f"{path}: backbone shapes differ from MODEL.BACKBONE.NAME for {bad[:5]}; use the "
-                         "backbone this teacher was trained on (ViT-L/14 for the paper's teacher).")
+        raise ConfigError(f"{path}: backbone shapes differ from MODEL.BACKBONE.NAME for {bad[:5]}; use the "
+                          "backbone this teacher was trained on (ViT-L/14 for the paper's teacher).")
     with torch.no_grad():
         model.clip.load_state_dict({**own, **pub["clip_state"]})
         for p, value in zip(list(model.text_encoder.prompts) + list(model.image_encoder.prompts),

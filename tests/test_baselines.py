@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from promptkd.backbones import clip
 from promptkd.baselines import METHODS, CoCoOp, CoOp, MaPLe, ZeroShotCLIP
 from promptkd.checkpoints import learnable_state_dict, load_learnable_state_dict
+from promptkd.errors import ConfigError
 from promptkd.teacher import IVLPTeacher
 
 BASE = ["red circle", "blue_square", "green triangle"]
@@ -72,7 +73,7 @@ def test_method_evaluates_novel_classes_and_exports(name, teacher_clip):
         logits = method.eval_logits(images(teacher_clip))
     assert logits.shape == (6, 5)
     if method.image_conditioned:
-        with pytest.raises(TypeError, match="depend on the image"):
+        with pytest.raises(ConfigError, match="depend on the image"):
             method.export(ALL, "Toy", {"kind": "clip", "name": "tiny"})
         return
     vectors, side = method.export(ALL, "Toy", {"kind": "clip", "name": "tiny"})

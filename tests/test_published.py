@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from promptkd.checkpoints import split_published_student, split_published_teacher
+from promptkd.errors import CheckpointError
 from promptkd.student import PromptKDStudent, load_published_student
 from promptkd.teacher import IVLPTeacher, load_published_teacher
 
@@ -79,7 +80,7 @@ def test_published_teacher_reproduces_logits(trained_teacher, clip_files, tmp_pa
 def test_published_teacher_needs_trust_and_says_so(trained_teacher, tmp_path):
     path = str(tmp_path / "model-best.pth.tar")
     published_teacher(trained_teacher, path)
-    with pytest.raises(RuntimeError, match="MODEL.TRUST_PICKLED_CHECKPOINTS True.*weights_only=False"):
+    with pytest.raises(CheckpointError, match="MODEL.TRUST_PICKLED_CHECKPOINTS True.*weights_only=False"):
         split_published_teacher(path, trusted=False)
 
 
@@ -100,7 +101,7 @@ def test_unknown_keys_are_listed(trained_teacher, tmp_path):
     ckpt = torch.load(path, weights_only=False)
     ckpt["state_dict"]["prompt_learner.meta_net.linear1.weight"] = torch.zeros(2)
     torch.save(ckpt, path)
-    with pytest.raises(KeyError, match="prompt_learner.meta_net.linear1.weight"):
+    with pytest.raises(CheckpointError, match="prompt_learner.meta_net.linear1.weight"):
         split_published_teacher(path, trusted=True)
 
 
@@ -141,7 +142,7 @@ def test_student_and_teacher_files_are_told_apart(student_clip, trained_teacher,
     s_path, t_path = str(tmp_path / "s.pth.tar"), str(tmp_path / "t.pth.tar")
     published_student(PromptKDStudent(student_clip.visual, student_clip.logit_scale, 96, 4, 2), s_path)
     published_teacher(trained_teacher, t_path)
-    with pytest.raises(KeyError, match="looks like a PromptKD \\*student\\* checkpoint"):
+    with pytest.raises(CheckpointError, match="looks like a PromptKD \\*student\\* checkpoint"):
         split_published_teacher(s_path, trusted=True)
-    with pytest.raises(KeyError, match="looks like a teacher checkpoint"):
+    with pytest.raises(CheckpointError, match="looks like a teacher checkpoint"):
         split_published_student(t_path, trusted=True)

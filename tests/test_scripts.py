@@ -37,34 +37,47 @@ def env(tmp_path_factory, clip_files):
     return {**os.environ, "DATA": str(data), "OUTPUT": str(root / "output"), "PYTHON": sys.executable}
 
 
-def test_base2new_scripts(env, clip_files):
-    teacher = TINY + ["MODEL.BACKBONE.NAME", clip_files["teacher"], "DATASET.NUM_SHOTS", "4",
-                      "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2",
-                      "TRAINER.PROMPTSRC.PREC", "fp32"]
-    out = run("teacher_train.sh", "dtd", "1", *teacher, env=env)
-    assert results(out)[-1]["trainer"] == "PromptKDTeacher"
+def teacher_opts(clip_files, *extra):
+    """TEACHER_OPTS for a teacher a stage-2 script trains first (no spaces inside values)."""
+    return " ".join(["INPUT.SIZE", "(32,32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
+                     "DATALOADER.TEST.BATCH_SIZE", "16", "OPTIM.MAX_EPOCH", "2", "MODEL.BACKBONE.NAME",
+                     clip_files["teacher"], "DATASET.NUM_SHOTS", "4", "TRAINER.PROMPTSRC.PREC", "fp32", *extra])
+
+
+def test_base2new_one_command_trains_the_missing_teacher_first(env, clip_files):
+    env = {**env, "TEACHER_OPTS": teacher_opts(clip_files, "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2",
+                                               "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2")}
     student = TINY + ["MODEL.BACKBONE.NAME", clip_files["student"], "TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", "2",
                       "TRAINER.PROMPTKD.PREC", "fp32"]
     out = run("base2new_train.sh", "dtd", "1", *student, env=env)
-    r = results(out)[-1]
-    assert r["trainer"] == "PromptKD" and {"base", "novel", "hm"} <= set(r)
+    assert sum("training the teacher first" in line for line in out.splitlines()) == 1
+    teacher, r = results(out)
+    assert teacher["trainer"] == "PromptKDTeacher" and r["trainer"] == "PromptKD" and {"base", "novel", "hm"} <= set(r)
     assert "KD_WEIGHT: 200.0" in open(os.path.join(env["OUTPUT"], "base2new/promptkd/dtd/seed1/log.txt")).read()
+    # the teacher of seed 1 now exists: an explicit teacher run is not needed and not repeated
+    out = run("teacher_train.sh", "dtd", "1", *env["TEACHER_OPTS"].split(), env=env)
+    assert "Resumed from" in out and results(out)[-1]["trainer"] == "PromptKDTeacher"
     table = subprocess.run([sys.executable, "-m", "promptkd.results", os.path.join(env["OUTPUT"], "base2new"),
                             "--seeds", "1"], cwd=ROOT, capture_output=True, text=True)
     assert table.returncode == 0 and "DTD" in table.stdout and "PromptKD" in table.stdout
+    missing = subprocess.run(["bash", os.path.join(ROOT, "scripts/promptkd/base2new_train.sh"), "dtd", "1", *student],
+                             env={**env, "TEACHER_DIR": "/nonexistent/export"}, capture_output=True, text=True)
+    assert missing.returncode == 2 and "error: No class-vector file at /nonexistent/export" in missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 def test_cross_dataset_and_domain_generalisation_scripts(env, clip_files):
-    teacher = TINY + ["MODEL.BACKBONE.NAME", clip_files["teacher"], "DATASET.NUM_SHOTS", "4",
-                      "TRAINER.PROMPTSRC.PREC", "fp32"]
-    out = run("xd_teacher_train.sh", "1", *teacher, env=env)
-    assert results(out)[-1]["protocol"] == "cross"
-    env = {**env, "XD_TEACHER_OPTS": " ".join(["INPUT.SIZE", "(32,32)", "MODEL.BACKBONE.NAME", clip_files["teacher"],
-                                                              "DATALOADER.NUM_WORKERS", "0", "TEST.NO_TEST", "True"])}
+    env = {**env, "TEACHER_OPTS": teacher_opts(clip_files),
+           "XD_TEACHER_OPTS": " ".join(["INPUT.SIZE", "(32,32)", "MODEL.BACKBONE.NAME", clip_files["teacher"],
+                                        "DATALOADER.NUM_WORKERS", "0", "TEST.NO_TEST", "True"])}
     student = TINY + ["MODEL.BACKBONE.NAME", clip_files["student"], "TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", "2",
                       "TRAINER.PROMPTKD.PREC", "fp32"]
     for dataset, name in (("dtd", "DescribableTextures"), ("imagenet", "ImageNet"), ("imagenet_a", "ImageNetA")):
         out = run("xd_train.sh", dataset, "1", *student, env=env)
+        # the ImageNet teacher is trained once, by the first command that needs it
+        assert ("training it first" in out) == (dataset == "dtd")
+        if dataset == "dtd":
+            assert results(out)[0]["trainer"] == "PromptKDTeacher" and results(out)[0]["protocol"] == "cross"
         r = results(out)[-1]
         assert (r["trainer"], r["dataset"], r["protocol"]) == ("PromptKD", name, "cross")
     assert os.path.isfile(os.path.join(env["OUTPUT"], "cross/promptkd_teacher/imagenet/seed1/export/class_vectors_ImageNetA.pt"))

@@ -20,6 +20,7 @@ from dassl.utils import set_random_seed  # noqa: E402
 
 from promptkd.checkpoints import load_file  # noqa: E402
 from promptkd.class_vectors import ClassVectors, class_vectors_file  # noqa: E402
+from promptkd.errors import CheckpointError, ConfigError  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +51,7 @@ def student_args(data_root, weights, out, teacher_dir, *extra, epochs=3):
     return ["--root", data_root, "--seed", "1", "--trainer", "PromptKD", "--dataset-config-file", DTD_CFG,
             "--config-file", STUDENT_CFG, "--output-dir", out, "MODEL.BACKBONE.NAME", weights["student"], *opts,
             "OPTIM.MAX_EPOCH", str(epochs), "DATASET.NUM_SHOTS", "0", "TRAINER.PROMPTKD.TEACHER_DIR", teacher_dir,
-            "TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", "2", "TRAINER.PROMPTKD.KD_WEIGHT", "10", *extra]
+            "TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", "2", "TRAINER.PROMPTKD.KD_WEIGHT", "100", *extra]
 
 
 def make_trainer(args):
@@ -158,7 +159,7 @@ def test_teacher_eval_only_export_from_published_checkpoint(data_root, clip_file
     assert (ours.vectors - imported.vectors).abs().max() <= 1e-5
     assert imported.teacher["backbone"]["kind"] == "published"
     untrusted = make_trainer(teacher_args(data_root, clip_files, str(tmp_path / "x")))
-    with pytest.raises(RuntimeError, match="TRUST_PICKLED_CHECKPOINTS"):
+    with pytest.raises(CheckpointError, match="TRUST_PICKLED_CHECKPOINTS"):
         untrusted.run_eval_only(str(model_dir))
 
 
@@ -295,7 +296,7 @@ def test_non_finite_loss_stops_with_a_hint_and_keeps_the_checkpoint(data_root, c
     (["TRAINER.PROMPTKD.TEMPERATURE", "0"], ValueError, "TEMPERATURE must be > 0"),
     (["TRAINER.PROMPTKD.PREC", "fp8"], ValueError, "PREC is 'fp8'; allowed values: fp32, fp16, amp, bf16"),
     (["INPUT.SIZE", "(224, 224)"], ValueError, "expects 32x32 images"),
-    (["TRAINER.PROMPTKD.KD_WEIGTH", "1"], SystemExit, "command-line options: .*KD_WEIGTH"),
+    (["TRAINER.PROMPTKD.KD_WEIGTH", "1"], ConfigError, "command-line options: .*KD_WEIGTH"),
 ])
 def test_bad_student_configuration_is_refused(data_root, clip_files, teacher_run, tmp_path, extra, error, message):
     with pytest.raises(error, match=message):
@@ -309,7 +310,7 @@ def test_missing_dataset_root_and_typo_in_config_file(data_root, clip_files, tea
     bad.write_text("TRAINER:\n  PROMPTKD:\n    TEMPERTURE: 2.0\n")
     args = student_args(data_root, clip_files, str(tmp_path), teacher_run["export"])
     args[args.index(STUDENT_CFG)] = str(bad)
-    with pytest.raises(SystemExit, match="bad.yaml: .*TEMPERTURE"):
+    with pytest.raises(ConfigError, match="bad.yaml: .*TEMPERTURE"):
         make_trainer(args)
 
 
@@ -376,3 +377,58 @@ def test_killed_run_resumes_to_the_same_weights(clip_files, teacher_run, tmp_pat
     a = load_file(os.path.join(whole, "VLPromptLearner", "model.pth.tar-4"))["state_dict"]
     b = load_file(os.path.join(cut, "VLPromptLearner", "model.pth.tar-4"))["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- fidelity and user errors ---------------------------------------------------------------
+
+def test_fp16_teacher_exports_the_fp32_class_vectors(data_root, clip_files, tmp_path):
+    half = make_trainer(teacher_args(data_root, clip_files, str(tmp_path / "half"), "TRAINER.PROMPTSRC.PREC", "fp16",
+                                     epochs=1))
+    half.train()
+    assert half.model.clip.visual.conv1.weight.dtype == torch.float16  # evaluation kept the training precision
+    # the same prompts, exported from an fp32 backbone
+    full = make_trainer(teacher_args(data_root, clip_files, str(tmp_path / "full"), "TRAINER.PROMPTSRC.PREC", "fp32",
+                                     "TRAINER.EXPORT_DIR", str(tmp_path / "full_export"), epochs=1))
+    full.run_eval_only(str(tmp_path / "half"))
+    a = ClassVectors.load(class_vectors_file(str(tmp_path / "half" / "export"), "DescribableTextures"))
+    b = ClassVectors.load(class_vectors_file(str(tmp_path / "full_export"), "DescribableTextures"))
+    assert (a.vectors - b.vectors).abs().max() <= 1e-6  # a half backbone differs by ~1e-3
+    assert a.teacher["fingerprint"] == b.teacher["fingerprint"]  # of the fp32 weights stage 2 loads
+    assert (a.teacher["precision"], a.teacher["train_precision"]) == ("fp32", "fp16")
+
+
+def test_cli_user_error_without_traceback(data_root, clip_files, tmp_path):
+    args = [sys.executable, os.path.join(ROOT, "train.py"), *student_args(
+        data_root, clip_files, str(tmp_path), str(tmp_path / "no_teacher"))]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: No class-vector file at {tmp_path / 'no_teacher'}")
+    assert "teacher_train.sh" in proc.stderr  # says how to make it
+    proc = subprocess.run(args[:2] + ["--debug"] + args[2:], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "MissingFileError" in proc.stderr
+    typo = subprocess.run(args + ["TRAINER.PROMPTKD.KD_WEIGTH", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert typo.returncode == 2 and "KD_WEIGTH" in typo.stderr and "Traceback" not in typo.stderr
+
+
+def test_unreadable_image_is_named_or_skipped(clip_files, teacher_run, tmp_path, caplog):
+    from promptkd.errors import DataError
+    root = str(tmp_path / "data")
+    make_dtd(root, n_classes=5, per_class=10)
+    args = lambda out, *extra: student_args(root, clip_files, str(tmp_path / out), teacher_run["export"],  # noqa: E731
+                                            "DATALOADER.NUM_WORKERS", "1", *extra, epochs=1)
+    bad = make_trainer(args("probe")).dm.dataset.train_x[0].impath
+    with open(bad, "rb") as f:
+        data = f.read()
+    with open(bad, "wb") as f:
+        f.write(data[: len(data) // 2])  # a truncated JPEG
+    with pytest.raises(DataError) as err:
+        make_trainer(args("stop")).train()
+    message = str(err.value)
+    assert f"cannot read image {bad} (train split of DescribableTextures)" in message
+    assert f"python -m datasets.check --root {root} DescribableTextures" in message
+    assert "DATALOADER.SKIP_UNREADABLE True" in message
+    skipping = make_trainer(args("skip", "DATALOADER.SKIP_UNREADABLE", "True"))
+    with caplog.at_level("WARNING", logger="promptkd"):
+        skipping.train()
+    assert "epoch 1: skipped 1 unreadable image(s)" in caplog.text and bad in caplog.text
+    assert skipping.last_report["n"] == len(skipping.dm.dataset.test)  # the bad file is a train image

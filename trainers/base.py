@@ -30,6 +30,7 @@ from promptkd.losses import check_finite
 from promptkd.schedule import build_lr_scheduler
 from trainers.config import MODALS, MODEL_SELECTIONS, PRECISIONS
 from trainers.data import UNREADABLE, CheckedDatasetWrapper, check_loader, unreadable_error
+from promptkd.errors import ConfigError, MissingFileError
 
 logger = logging.getLogger("promptkd")
 
@@ -72,16 +73,16 @@ class PromptTrainer(TrainerX):
         _allowed("DATASET.SUBSAMPLE_CLASSES", cfg.DATASET.SUBSAMPLE_CLASSES, ("all", "base", "new"))
         for key in ("N_CTX_VISION", "N_CTX_TEXT"):
             if node.get(key, 1) < 1:
-                raise ValueError(f"TRAINER.{self.CFG_NODE}.{key} must be >= 1, got {node[key]}.")
+                raise ConfigError(f"TRAINER.{self.CFG_NODE}.{key} must be >= 1, got {node[key]}.")
         for key in ("PROMPT_DEPTH_VISION", "PROMPT_DEPTH_TEXT"):
             if node.get(key, 0) < 0:
-                raise ValueError(f"TRAINER.{self.CFG_NODE}.{key} must be >= 0, got {node[key]}.")
+                raise ConfigError(f"TRAINER.{self.CFG_NODE}.{key} must be >= 0, got {node[key]}.")
         root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
         if not os.path.isdir(root):
-            raise FileNotFoundError(f"DATASET.ROOT {root} does not exist (--root): point it at the "
-                                    "folder holding the datasets (see DATASETS.md).")
+            raise MissingFileError(f"DATASET.ROOT {root} does not exist (--root): point it at the "
+                                   "folder holding the datasets (see DATASETS.md).")
         if cfg.TEST.MODEL_SELECTION == "best_base_test" and cfg.TRAINER.MODAL != "base2novel":
-            raise ValueError("TEST.MODEL_SELECTION best_base_test needs TRAINER.MODAL base2novel.")
+            raise ConfigError("TEST.MODEL_SELECTION best_base_test needs TRAINER.MODAL base2novel.")
 
     # --- data -----------------------------------------------------------------------------
     def build_data_loader(self):
@@ -131,8 +132,8 @@ class PromptTrainer(TrainerX):
         size = tuple(self.cfg.INPUT.SIZE)
         want = visual.input_resolution
         if size != (want, want):
-            raise ValueError(f"INPUT.SIZE is {list(size)} but the {what} expects {want}x{want} images; "
-                             f"set INPUT.SIZE ({want}, {want}).")
+            raise ConfigError(f"INPUT.SIZE is {list(size)} but the {what} expects {want}x{want} images; "
+                              f"set INPUT.SIZE ({want}, {want}).")
 
     # --- precision --------------------------------------------------------------------------
     def setup_precision(self) -> str:
@@ -165,7 +166,7 @@ class PromptTrainer(TrainerX):
             cls = torch.optim.Adam if o.NAME == "adam" else torch.optim.AdamW
             optim = cls(params, lr=o.LR, weight_decay=o.WEIGHT_DECAY, betas=(o.ADAM_BETA1, o.ADAM_BETA2))
         else:
-            raise ValueError(f"OPTIM.NAME '{o.NAME}' is not supported; use sgd, adam or adamw.")
+            raise ConfigError(f"OPTIM.NAME '{o.NAME}' is not supported; use sgd, adam or adamw.")
         sched = build_lr_scheduler(optim, o.LR_SCHEDULER, o.MAX_EPOCH, max(o.WARMUP_EPOCH, 0),
                                    o.WARMUP_TYPE, o.WARMUP_CONS_LR, o.WARMUP_MIN_LR)
         self.optim, self.sched = optim, sched
@@ -322,16 +323,16 @@ class PromptTrainer(TrainerX):
             name = _read_pointer(folder) or "model-best.pth.tar"
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"No checkpoint at {path}: check --model-dir / --load-epoch "
-                                    f"(expected {MODEL_NAME}/model.pth.tar-N or model-best.pth.tar).")
+            raise MissingFileError(f"No checkpoint at {path}: check --model-dir / --load-epoch "
+                                   f"(expected {MODEL_NAME}/model.pth.tar-N or model-best.pth.tar).")
         self.load_checkpoint_file(path)
 
     def load_checkpoint_file(self, path: str):
         ckpt = load_file(path, trusted=self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
         if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
             if ckpt.get("trainer") not in (None, self.cfg.TRAINER.NAME):
-                raise ValueError(f"{path} was written by trainer {ckpt['trainer']}, not "
-                                 f"{self.cfg.TRAINER.NAME}: pass the matching --trainer or --model-dir.")
+                raise ConfigError(f"{path} was written by trainer {ckpt['trainer']}, not "
+                                  f"{self.cfg.TRAINER.NAME}: pass the matching --trainer or --model-dir.")
             load_learnable_state_dict(self.model, ckpt["state_dict"], path)
             self.load_extra_state(ckpt.get("extra") or {})
             logger.info("Loaded %s (epoch %s)", path, ckpt["epoch"])
@@ -339,13 +340,13 @@ class PromptTrainer(TrainerX):
             self.load_published(path)
 
     def load_published(self, path: str):
-        raise ValueError(f"{path} is not a checkpoint of this plugin and {self.cfg.TRAINER.NAME} "
-                         "cannot import it.")
+        raise ConfigError(f"{path} is not a checkpoint of this plugin and {self.cfg.TRAINER.NAME} "
+                          "cannot import it.")
 
     def _read_own(self, path: str) -> dict:
         ckpt = load_file(path)
         if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a resumable checkpoint of this plugin.")
+            raise ConfigError(f"{path} is not a resumable checkpoint of this plugin.")
         return ckpt
 
     # --- evaluation ---------------------------------------------------------------------------
@@ -399,7 +400,7 @@ class PromptTrainer(TrainerX):
 
 def _allowed(key, value, allowed):
     if value not in allowed:
-        raise ValueError(f"{key} is '{value}'; allowed values: {', '.join(allowed)}.")
+        raise ConfigError(f"{key} is '{value}'; allowed values: {', '.join(allowed)}.")
 
 
 def _read_pointer(folder: str) -> str | None:

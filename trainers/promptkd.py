@@ -19,6 +19,7 @@ from promptkd.class_vectors import IMAGE_SIDE_FILE, ClassVectors, ImageSide, che
 from promptkd.losses import kd_loss
 from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student
 from trainers.base import PromptTrainer
+from promptkd.errors import ConfigError
 
 logger = logging.getLogger("promptkd")
 
@@ -36,11 +37,11 @@ class PromptKD(PromptTrainer):
         super().check_cfg(cfg)
         kd = cfg.TRAINER.PROMPTKD
         if kd.KD_WEIGHT < 0:
-            raise ValueError(f"TRAINER.PROMPTKD.KD_WEIGHT must be >= 0, got {kd.KD_WEIGHT}.")
+            raise ConfigError(f"TRAINER.PROMPTKD.KD_WEIGHT must be >= 0, got {kd.KD_WEIGHT}.")
         if kd.TEMPERATURE <= 0:
-            raise ValueError(f"TRAINER.PROMPTKD.TEMPERATURE must be > 0, got {kd.TEMPERATURE}.")
+            raise ConfigError(f"TRAINER.PROMPTKD.TEMPERATURE must be > 0, got {kd.TEMPERATURE}.")
         if not kd.TEACHER_DIR and not kd.CLASS_VECTORS:
-            raise ValueError("TRAINER.PROMPTKD.TEACHER_DIR is not set. " + TEACHER_HINT)
+            raise ConfigError("TRAINER.PROMPTKD.TEACHER_DIR is not set. " + TEACHER_HINT)
 
     def build_model(self):
         kd, cfg = self.tcfg, self.cfg

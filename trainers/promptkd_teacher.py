@@ -18,6 +18,7 @@ from dassl.engine import TRAINER_REGISTRY
 
 from promptkd.teacher import IVLPTeacher, load_published_teacher
 from trainers.prompt_learning import PromptLearningTrainer
+from promptkd.errors import ConfigError
 
 logger = logging.getLogger("promptkd")
 
@@ -32,11 +33,11 @@ class PromptKDTeacher(PromptLearningTrainer):
         t = cfg.TRAINER[self.CFG_NODE]
         for key in ("TEXT_LOSS_WEIGHT", "IMAGE_LOSS_WEIGHT", "KL_LOSS_WEIGHT"):
             if t.get(key, 0) < 0:
-                raise ValueError(f"TRAINER.{self.CFG_NODE}.{key} must be >= 0, got {t[key]}.")
+                raise ConfigError(f"TRAINER.{self.CFG_NODE}.{key} must be >= 0, got {t[key]}.")
         if (t.get("ZERO_SHOT", False) or cfg.OPTIM.MAX_EPOCH == 0) and (t.PROMPT_DEPTH_TEXT or t.PROMPT_DEPTH_VISION):
-            raise ValueError(f"A zero-shot teacher (TRAINER.{self.CFG_NODE}.ZERO_SHOT or OPTIM.MAX_EPOCH 0) has "
-                             f"no prompts: set TRAINER.{self.CFG_NODE}.PROMPT_DEPTH_TEXT 0 and PROMPT_DEPTH_VISION "
-                             "0 (configs/trainers/PromptKDTeacher/zeroshot_vit_l14.yaml).")
+            raise ConfigError(f"A zero-shot teacher (TRAINER.{self.CFG_NODE}.ZERO_SHOT or OPTIM.MAX_EPOCH 0) has "
+                              f"no prompts: set TRAINER.{self.CFG_NODE}.PROMPT_DEPTH_TEXT 0 and PROMPT_DEPTH_VISION "
+                              "0 (configs/trainers/PromptKDTeacher/zeroshot_vit_l14.yaml).")
 
     def build_method(self, clip_model, classnames):
         t = self.tcfg
