@@ -11,11 +11,16 @@ patched. `prompts[i]` are the tokens block i sees (i = 0 is the input layer):
 
 With depth 0 both reproduce `CLIP.encode_image` / `CLIP.encode_text` exactly. The frozen CLIP
 weights are shared, not copied: freezing them is the owner's job (`freeze_clip`).
+
+`grad_checkpoint = True` on an encoder runs each transformer block under activation
+checkpointing (`torch.utils.checkpoint`) while autograd records: only block inputs are kept
+for backward and each block is recomputed there (same results, less memory, ~1/3 more compute).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .backbones import clip, is_vit
 from .errors import ConfigError
@@ -39,6 +44,13 @@ def _check_depth(kind: str, n_ctx: int, depth: int, n_layers: int) -> None:
         )
     if depth > 0 and n_ctx < 1:
         raise ConfigError(f"N_CTX_{kind.upper()} must be >= 1 when prompts are used, got {n_ctx}.")
+
+
+def run_block(block: nn.Module, x: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+    """`block(x)`; with `checkpoint` and autograd on, its activations are recomputed in backward."""
+    if checkpoint and torch.is_grad_enabled():
+        return _checkpoint(block, x, use_reentrant=False)
+    return block(x)
 
 
 def _new_prompts(depth: int, n_ctx: int, width: int) -> nn.ParameterList:
@@ -71,6 +83,7 @@ class PromptedImageEncoder(nn.Module):
         self.depth = depth
         self.width = visual.class_embedding.shape[0] if n_layers else None
         self.prompts = _new_prompts(depth, n_ctx, self.width) if depth and learnable else nn.ParameterList()
+        self.grad_checkpoint = False
 
     @property
     def output_dim(self) -> int:
@@ -97,7 +110,7 @@ class PromptedImageEncoder(nn.Module):
             if 0 < i < self.depth:
                 deep = prompts[i].to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)
                 x = torch.cat([x[: -self.n_ctx], deep], dim=0)
-            x = block(x)
+            x = run_block(block, x, self.grad_checkpoint)
         x = v.ln_post(x[0])
         return x @ v.proj if v.proj is not None else x
 
@@ -128,6 +141,7 @@ class PromptedTextEncoder(nn.Module):
         self.ctx_init = " ".join(ctx_init.replace("_", " ").split())
         width = self.ln_final.weight.shape[0]
         self.phrase_may_exceed = phrase_may_exceed
+        self.grad_checkpoint = False
         self.prompts = _new_prompts(depth, n_ctx, width) if depth else nn.ParameterList()
         if depth:
             self.prefix = self._init_context(n_ctx)
@@ -183,7 +197,7 @@ class PromptedTextEncoder(nn.Module):
             if 0 < i < self.depth and len(prompts) > i:
                 deep = prompts[i].to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)
                 x = torch.cat([x[:1], deep, x[1 + self.n_ctx :]], dim=0)
-            x = block(x)
+            x = run_block(block, x, self.grad_checkpoint)
         x = self.ln_final(x.permute(1, 0, 2)).type(self.dtype)
         return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ self.text_projection
 

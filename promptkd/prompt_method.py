@@ -11,6 +11,7 @@ class vectors so that PromptKD can distil from it) is shared:
 
 A method whose text features depend on the image (CoCoOp) sets `image_conditioned = True`
 and overrides `per_image_logits`; it trains and evaluates, but has no class vectors to export.
+`set_grad_checkpoint(text, image)` turns activation checkpointing on in its prompted towers.
 """
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ from torch import nn
 
 from .backbones import clip
 from .class_vectors import ClassVectors, ImageSide, visual_fingerprint
-from .encoders import freeze_clip
+from .encoders import PromptedImageEncoder, PromptedTextEncoder, freeze_clip
 from .errors import ConfigError
+
+# Prompts per encoder call when many are encoded at once without autograd (class vectors,
+# template ensembles): bounds the peak memory of that encoding whatever the number of classes.
+ENCODE_CHUNK = 256
 
 
 class PromptMethod(nn.Module):
@@ -52,6 +57,21 @@ class PromptMethod(nn.Module):
         # The frozen CLIP is referenced by name / fingerprint, never saved with the prompts.
         return {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith("clip.")}
 
+    def set_grad_checkpoint(self, text: bool, image: bool) -> dict:
+        """Activation checkpointing per transformer block in this method's prompted text and/or
+        image towers (results are unchanged; see `promptkd.encoders.run_block`). Returns the
+        towers it is on in: {"text": bool, "image": bool}; a tower the method does not
+        backpropagate through (stock encode_image, no visual prompts) stays off."""
+        on = {"text": False, "image": False}
+        for module in self.modules():
+            if isinstance(module, PromptedTextEncoder):
+                module.grad_checkpoint = bool(text)
+                on["text"] |= bool(text)
+            elif isinstance(module, PromptedImageEncoder):
+                module.grad_checkpoint = bool(image) and module.depth > 0
+                on["image"] |= module.grad_checkpoint
+        return on
+
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp().float()
@@ -78,8 +98,9 @@ class PromptMethod(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def class_vectors(self, classnames: list[str], batch: int = 256) -> torch.Tensor:
-        """L2-normalised text features of `classnames`, in the given order."""
+    def class_vectors(self, classnames: list[str], batch: int = ENCODE_CHUNK) -> torch.Tensor:
+        """L2-normalised text features of `classnames`, in the given order (no autograd, in
+        chunks of `batch` classes)."""
         if self.image_conditioned:
             raise ConfigError(f"{type(self).__name__}'s text features depend on the image: it has no class "
                               "vectors, so it cannot be exported or act as a PromptKD teacher.")

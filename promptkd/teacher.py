@@ -14,28 +14,34 @@ from torch import nn
 
 from .backbones import clip
 from .encoders import PromptedImageEncoder, PromptedTextEncoder
-from .losses import promptsrc_regularisers
-from .prompt_method import PromptMethod
-from .templates import PROMPTSRC_TEMPLATES
 from .errors import CheckpointError, ConfigError
+from .losses import promptsrc_regularisers
+from .prompt_method import ENCODE_CHUNK, PromptMethod
+from .templates import PROMPTSRC_TEMPLATES
 
 
 @torch.no_grad()
 def ensemble_text_features(clip_model: nn.Module, classnames: list[str], templates=PROMPTSRC_TEMPLATES,
-                           chunk: int = 256, normalise_each: bool = False) -> torch.Tensor:
+                           chunk: int = ENCODE_CHUNK, normalise_each: bool = False) -> torch.Tensor:
     """Frozen CLIP text features averaged over templates, then normalised.
 
-    The default templates are PromptSRC's 60 (its text regulariser); PromptSRC averages the
-    unnormalised features; `normalise_each` averages unit vectors
-    instead (CLIP's zero-shot ensemble)."""
+    The default templates are PromptSRC's 60 (its text regulariser). PromptSRC averages the
+    unnormalised features; `normalise_each` averages unit vectors instead (CLIP's zero-shot
+    ensemble). The (class, template) sentences are tokenized and encoded `chunk` at a time,
+    without autograd, so memory does not grow with the number of classes or templates."""
+    templates = list(templates)
+    if chunk < 1 or not templates:
+        raise ValueError(f"Need chunk >= 1 and at least one template, got chunk {chunk}, {len(templates)} templates.")
     device = clip_model.text_projection.device
-    out = []
-    for name in classnames:
-        tokens = clip.tokenize([t.format(name.replace("_", " ")) for t in templates]).to(device)
-        feats = torch.cat([clip_model.encode_text(tokens[i:i + chunk]) for i in range(0, len(tokens), chunk)])
-        feats = F.normalize(feats.float(), dim=-1) if normalise_each else feats.float()
-        out.append(feats.mean(dim=0))
-    return F.normalize(torch.stack(out), dim=-1)
+    n_templates, total = len(templates), len(classnames) * len(templates)
+    sums = torch.zeros(len(classnames), clip_model.text_projection.shape[1], device=device)
+    for start in range(0, total, chunk):
+        rows = range(start, min(start + chunk, total))  # row r: class r // T, template r % T
+        texts = [templates[r % n_templates].format(classnames[r // n_templates].replace("_", " ")) for r in rows]
+        feats = clip_model.encode_text(clip.tokenize(texts).to(device)).float()
+        feats = F.normalize(feats, dim=-1) if normalise_each else feats
+        sums.index_add_(0, torch.tensor([r // n_templates for r in rows], device=device), feats)
+    return F.normalize(sums / n_templates, dim=-1)
 
 
 class IVLPTeacher(PromptMethod):

@@ -74,3 +74,18 @@ def test_promptkd_distils_from_other_methods(teacher, runs, data_root, clip_file
     method.prepare_eval(student.all_classnames)
     with torch.no_grad():
         assert (student.teacher(images, student.class_vectors) - method.eval_logits(images)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("name, mode, text, image", [("CoOp", "both", True, False), ("MaPLe", "image", False, True)])
+def test_grad_checkpoint_key_reaches_the_method(name, mode, text, image, data_root, clip_files, tmp_path, caplog):
+    node = BASELINES[name][1]
+    with caplog.at_level("INFO", logger="promptkd"):
+        trainer = make_trainer(baseline_args(name, data_root, clip_files, str(tmp_path),
+                                             f"TRAINER.{node}.GRAD_CHECKPOINT", mode))
+    model = trainer.model
+    assert model.text_encoder.grad_checkpoint == text
+    assert getattr(getattr(model, "image_encoder", None), "grad_checkpoint", False) == image
+    states = f"text tower {'on' if text else 'off'}, image tower {'on' if image else 'off'}"
+    assert f"Activation checkpointing (TRAINER.{node}.GRAD_CHECKPOINT {mode}): {states}" in caplog.text
+    # CoOp runs CLIP's stock image tower (no prompts): asking for it there says so.
+    assert ("does not backpropagate through a prompted image tower" in caplog.text) == (name == "CoOp")

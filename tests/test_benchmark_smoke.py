@@ -40,3 +40,25 @@ def test_tiny_benchmark_reports_all_settings(tmp_path, capsys):
     assert "time ratio as % of FLOP ratio" in printed
     assert report["config"]["student_dim"] != report["config"]["class_dim"]  # projector really derived
     assert report["machine"]["torch"]
+
+
+def test_tiny_teacher_memory_benchmark(tmp_path, capsys):
+    """benchmarks/teacher_memory.py end to end on a tiny CLIP: one subprocess per run, figures
+    for every (classes, mode), the same loss with and without checkpointing, a slope per mode."""
+    spec = importlib.util.spec_from_file_location("teacher_memory_benchmark",
+                                                  os.path.join(ROOT, "benchmarks", "teacher_memory.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "memory.json"
+    bench.main(["--tiny", "--classes", "3", "6", "--batch", "2", "--modes", "off", "both", "--device", "cpu",
+                "--threads", "1", "--json", str(out)])
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert [(r["classes"], r["mode"]) for r in report["results"]] == [(3, "off"), (3, "both"), (6, "off"), (6, "both")]
+    for r in report["results"]:
+        assert r["seconds"] > 0 and r["peak_above_model_bytes"] > 0 and r["model_bytes"] > 0
+        assert r["checkpointing"] == {"text": r["mode"] == "both", "image": r["mode"] == "both"}
+    assert all(row["loss_equals_off"] for row in report["summary"]["rows"])
+    assert set(report["summary"]["slopes"]) == {"off", "both"}
+    assert report["summary"]["goal"]["classes"] == 6
+    assert "peak above model" in printed and "per class" in printed and "goal at 6 classes" in printed

@@ -130,6 +130,20 @@ def test_teacher_resume_is_exact(data_root, clip_files, tmp_path):
     assert torch.equal(va.vectors, vb.vectors)
 
 
+def test_teacher_with_grad_checkpoint_resumes_exactly_and_matches(data_root, clip_files, teacher_run, tmp_path):
+    """GRAD_CHECKPOINT both: on in both towers, resume stays exact, and the weights equal a
+    run without checkpointing (the session's teacher_run, same settings otherwise)."""
+    both = ("TRAINER.PROMPTSRC.GRAD_CHECKPOINT", "both")
+    whole, resumed = whole_and_resumed(
+        lambda run: teacher_args(data_root, clip_files, str(tmp_path / run), *both, epochs=2), 1)
+    for trainer in (whole, resumed):
+        assert trainer.model.text_encoder.grad_checkpoint and trainer.model.image_encoder.grad_checkpoint
+    assert not teacher_run["trainer"].model.text_encoder.grad_checkpoint
+    plain, checkpointed = learnable(teacher_run["trainer"]), learnable(whole)
+    assert plain.keys() == checkpointed.keys()
+    assert all((plain[k] - checkpointed[k]).abs().max() <= 1e-6 for k in plain)
+
+
 def test_zero_shot_teacher_exports_stock_clip_vectors(data_root, clip_files, tmp_path):
     from promptkd.backbones import clip, load_clip
     zs_cfg = os.path.join(ROOT, "configs/trainers/PromptKDTeacher/zeroshot_vit_l14.yaml")
@@ -297,6 +311,10 @@ def test_non_finite_loss_stops_with_a_hint_and_keeps_the_checkpoint(data_root, c
     (["TRAINER.PROMPTKD.PREC", "fp8"], ValueError, "PREC is 'fp8'; allowed values: fp32, fp16, amp, bf16"),
     (["INPUT.SIZE", "(224, 224)"], ValueError, "expects 32x32 images"),
     (["TRAINER.PROMPTKD.KD_WEIGTH", "1"], ConfigError, "command-line options: .*KD_WEIGTH"),
+    (["TRAINER.PROMPTKD.GRAD_CHECKPOINT", "text"], ConfigError, "GRAD_CHECKPOINT is 'text', but the PromptKD student "
+                                                                "has no text tower"),
+    (["TRAINER.PROMPTKD.GRAD_CHECKPOINT", "all"], ValueError, "GRAD_CHECKPOINT is 'all'; allowed values: off, text, "
+                                                              "image, both"),
 ])
 def test_bad_student_configuration_is_refused(data_root, clip_files, teacher_run, tmp_path, extra, error, message):
     with pytest.raises(error, match=message):
@@ -339,6 +357,18 @@ def test_cli_prints_result_line(data_root, clip_files, teacher_run, tmp_path):
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
     assert result["trainer"] == "PromptKD" and result["protocol"] == "base2novel" and "hm" in result
+
+
+def test_student_grad_checkpoint_image(data_root, clip_files, teacher_run, student_run, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="promptkd"):
+        trainer = make_trainer(student_args(data_root, clip_files, str(tmp_path), teacher_run["export"],
+                                            "TRAINER.PROMPTKD.GRAD_CHECKPOINT", "image", epochs=3))
+    assert trainer.model.image_encoder.grad_checkpoint
+    assert not student_run["trainer"].model.image_encoder.grad_checkpoint
+    assert "GRAD_CHECKPOINT image): student image tower on" in caplog.text
+    trainer.train()
+    plain, checkpointed = learnable(student_run["trainer"]), learnable(trainer)
+    assert all((plain[k].float() - checkpointed[k].float()).abs().max() <= 1e-5 for k in plain)
 
 
 def test_student_resume_is_exact(data_root, clip_files, teacher_run, tmp_path):

@@ -25,12 +25,12 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from promptkd.checkpoints import atomic_save, learnable_state_dict, load_file, load_learnable_state_dict
+from promptkd.errors import ConfigError, MissingFileError
 from promptkd.evaluation import accuracy_report, num_base_classes
 from promptkd.losses import check_finite
 from promptkd.schedule import build_lr_scheduler
-from trainers.config import MODALS, MODEL_SELECTIONS, PRECISIONS
+from trainers.config import GRAD_CHECKPOINTS, MODALS, MODEL_SELECTIONS, PRECISIONS
 from trainers.data import UNREADABLE, CheckedDatasetWrapper, check_loader, unreadable_error
-from promptkd.errors import ConfigError, MissingFileError
 
 logger = logging.getLogger("promptkd")
 
@@ -68,6 +68,7 @@ class PromptTrainer(TrainerX):
     def check_cfg(self, cfg):
         node = cfg.TRAINER[self.CFG_NODE]
         _allowed(f"TRAINER.{self.CFG_NODE}.PREC", node.PREC, PRECISIONS)
+        _allowed(f"TRAINER.{self.CFG_NODE}.GRAD_CHECKPOINT", node.get("GRAD_CHECKPOINT", "off"), GRAD_CHECKPOINTS)
         _allowed("TRAINER.MODAL", cfg.TRAINER.MODAL, MODALS)
         _allowed("TEST.MODEL_SELECTION", cfg.TEST.MODEL_SELECTION, MODEL_SELECTIONS)
         _allowed("DATASET.SUBSAMPLE_CLASSES", cfg.DATASET.SUBSAMPLE_CLASSES, ("all", "base", "new"))

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 
 from promptkd.backbones import clip, load_clip
 from promptkd.class_vectors import IMAGE_SIDE_FILE, class_vectors_file
+from promptkd.errors import ConfigError
 from promptkd.losses import GaussianPromptAggregator
 from trainers.base import MODEL_NAME, PromptTrainer
-from promptkd.errors import ConfigError
+from trainers.config import grad_checkpoint_towers
 
 logger = logging.getLogger("promptkd")
 
@@ -55,8 +56,22 @@ class PromptLearningTrainer(PromptTrainer):
             logger.info("%s on %s: nothing is trained.", type(self.model).__name__, cfg.MODEL.BACKBONE.NAME)
             return
         self.register_trainable(self.model)
+        self.apply_grad_checkpoint()
         if node.get("GPA", False) and cfg.TEST.MODEL_SELECTION == "last_epoch":
             self.gpa = GaussianPromptAggregator(self.max_epoch, node.GPA_MEAN, node.GPA_STD)
+
+    def apply_grad_checkpoint(self):
+        """TRAINER.<NODE>.GRAD_CHECKPOINT -> activation checkpointing in the method's towers."""
+        mode = self.tcfg.get("GRAD_CHECKPOINT", "off")
+        text, image = grad_checkpoint_towers(mode)
+        on = self.model.set_grad_checkpoint(text, image)
+        key, name = f"TRAINER.{self.CFG_NODE}.GRAD_CHECKPOINT {mode}", type(self.model).__name__
+        logger.info("Activation checkpointing (%s): text tower %s, image tower %s", key,
+                    *("on" if on[t] else "off" for t in ("text", "image")))
+        missed = [t for t, asked in (("text", text), ("image", image)) if asked and not on[t]]
+        if missed:
+            logger.warning("%s: %s does not backpropagate through a prompted %s tower (no prompts there), so "
+                           "there is nothing to checkpoint.", key, name, " or ".join(missed))
 
     def prompt_params(self) -> dict:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}

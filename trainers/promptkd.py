@@ -16,10 +16,11 @@ from dassl.engine import TRAINER_REGISTRY
 
 from promptkd.backbones import clip, read_clip_state, visual_from_state_dict
 from promptkd.class_vectors import IMAGE_SIDE_FILE, ClassVectors, ImageSide, check_pair, class_vectors_file
+from promptkd.errors import ConfigError
 from promptkd.losses import kd_loss
 from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student
 from trainers.base import PromptTrainer
-from promptkd.errors import ConfigError
+from trainers.config import grad_checkpoint_towers
 
 logger = logging.getLogger("promptkd")
 
@@ -40,6 +41,10 @@ class PromptKD(PromptTrainer):
             raise ConfigError(f"TRAINER.PROMPTKD.KD_WEIGHT must be >= 0, got {kd.KD_WEIGHT}.")
         if kd.TEMPERATURE <= 0:
             raise ConfigError(f"TRAINER.PROMPTKD.TEMPERATURE must be > 0, got {kd.TEMPERATURE}.")
+        if grad_checkpoint_towers(kd.GRAD_CHECKPOINT)[0]:
+            raise ConfigError(f"TRAINER.PROMPTKD.GRAD_CHECKPOINT is '{kd.GRAD_CHECKPOINT}', but the PromptKD student "
+                              "has no text tower (the teacher's text side is in its stored class vectors; only "
+                              "the student's image tower trains): use off or image.")
         if not kd.TEACHER_DIR and not kd.CLASS_VECTORS:
             raise ConfigError("TRAINER.PROMPTKD.TEACHER_DIR is not set. " + TEACHER_HINT)
 
@@ -74,6 +79,10 @@ class PromptKD(PromptTrainer):
         self.teacher.to(self.device)
         self.model.to(self.device)
         self.register_trainable(self.model)
+        image_checkpoint = grad_checkpoint_towers(kd.GRAD_CHECKPOINT)[1]
+        self.model.image_encoder.grad_checkpoint = image_checkpoint and self.model.image_encoder.depth > 0
+        logger.info("Activation checkpointing (TRAINER.PROMPTKD.GRAD_CHECKPOINT %s): student image tower %s",
+                    kd.GRAD_CHECKPOINT, "on" if self.model.image_encoder.grad_checkpoint else "off")
         logger.info("Student %s -> projector %d -> %d; teacher image side %s (depth %d)",
                     cfg.MODEL.BACKBONE.NAME, self.model.image_encoder.output_dim, vectors.width,
                     side.backbone, len(side.prompts))
