@@ -65,7 +65,7 @@ def make_cfg(root: str, dataset: str, overrides: list, seed: int):
     extra = []
     if dataset in configs:
         path = configs[dataset]
-    elif dataset in by_registered and dataset != "ImageFolder":
+    elif dataset in by_registered:  # ImageFolder then needs --set DATASET.FOLDER.DIR NAME
         path = by_registered[dataset]
     elif dataset.endswith((".yaml", ".yml")) and osp.isfile(dataset):
         path = dataset
