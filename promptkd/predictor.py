@@ -132,6 +132,10 @@ def load_image_tower(backbone: dict, fingerprint: str, weights_dir: str | None =
                      trusted: bool = False) -> nn.Module:
     """Build the referenced image tower (fp32, eval) and check its weights' fingerprint."""
     kind = backbone.get("kind")
+    if kind in ("published", "published_student") and not trusted:
+        raise UserError(f"The model's backbone weights are in the published checkpoint {backbone['path']}, a torch "
+                        "1.x file that pickles Python objects: read it only if you trust it, with --trust-pickled "
+                        "(Predictor.from_run(..., trusted=True)).")
     if kind == "clip":
         state, where = read_clip_state(backbone["name"], weights_dir), backbone["name"]
     elif kind == "published":

@@ -17,6 +17,7 @@ import torch
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
 
 from promptkd import export_model, predict  # noqa: E402
+from promptkd.errors import UserError  # noqa: E402
 from promptkd.predictor import PREDICTOR_FILE, Predictor, PredictorRecord  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
 from tests.test_trainers import make_trainer, student_args, teacher_args  # noqa: E402
@@ -145,3 +146,20 @@ def test_eval_only_writes_the_predictor(runs, clip_files, tmp_path):
     assert a.classnames == b.classnames and a.fingerprint == b.fingerprint
     assert all(torch.equal(x, y) for x, y in zip(a.weights["prompts"], b.weights["prompts"]))
     assert json.dumps(a.preprocess) == json.dumps(b.preprocess)
+
+
+def test_published_student_eval_only_gives_a_predictor(runs, clip_files, tmp_path):
+    from tests.test_published import published_student
+    model_dir = tmp_path / "published"
+    (model_dir / "VLPromptLearner").mkdir(parents=True)
+    published_student(runs["student"].model, str(model_dir / "VLPromptLearner" / "model.pth.tar-20"))
+    out = str(tmp_path / "eval")
+    trainer = make_trainer(student_args(runs["data"], clip_files, out, str(runs["out"] / "teacher" / "export"),
+                                        "MODEL.TRUST_PICKLED_CHECKPOINTS", "True"))
+    trainer.run_eval_only(str(model_dir), epoch=20)
+    paths, expected = eval_logits(trainer)
+    with pytest.raises(UserError, match="--trust-pickled"):  # the backbone is the published file: trust is asked for
+        Predictor.from_run(out)
+    predictor = Predictor.from_run(out, trusted=True)
+    assert predictor.record.backbone["kind"] == "published_student"
+    assert (predictor_logits(predictor, paths) - expected).abs().max() <= 1e-5
