@@ -29,5 +29,5 @@ def save_predictor(cfg, record: PredictorRecord) -> str:
     path = os.path.join(export_folder(cfg), PREDICTOR_FILE)
     record.save(path)
     logger.info("Predictor (%d classes, backbone %s) written to %s: `python -m promptkd.predict %s IMAGES`",
-                len(record.classnames), record.backbone, path, cfg.OUTPUT_DIR)
+                len(record.classnames), record.backbone, path, export_folder(cfg))
     return path
