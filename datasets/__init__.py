@@ -7,7 +7,8 @@ builds it:
 
 - base-to-novel / few-shot: ImageNet, Caltech101, OxfordPets, StanfordCars, OxfordFlowers,
   Food101, FGVCAircraft, SUN397, DescribableTextures, EuroSAT, UCF101;
-- domain generalisation (test only): ImageNetV2, ImageNetSketch, ImageNetA, ImageNetR.
+- domain generalisation (test only): ImageNetV2, ImageNetSketch, ImageNetA, ImageNetR;
+- your own data: ImageFolder (a plain folder tree, ``folder.py``).
 
 Each loader reads the folder a CoOp user already has under ``DATASET.ROOT`` (layouts and
 download sources in ``DATASETS.md``), reuses or writes CoOp's ``split_zhou_<Name>.json``, caches
@@ -33,6 +34,7 @@ from . import (  # noqa: F401  (imported for their registration side effect)
     ucf101,
 )
 from . import toy  # noqa: F401  (ToyShapes: generated demo data, see toy.py)
+from . import folder  # noqa: F401  (ImageFolder: a user's own folder tree, see folder.py)
 from .common import CoOpDataset, subsample_classes  # noqa: F401
 
 REGISTERED_NAMES = (

@@ -55,8 +55,28 @@ def require_path(path, dataset_name):
     return path
 
 
+_MISSING = []  # stack of lists: inside `collect_missing_images()` missing images are recorded
+
+
+@contextmanager
+def collect_missing_images():
+    """Within the block, an image listed by a split but absent is appended to the yielded
+    list (and kept as a Datum) instead of raising: `datasets.check` reports them all."""
+    missing = []
+    _MISSING.append(missing)
+    try:
+        yield missing
+    finally:
+        _MISSING.pop()
+
+
 def make_datum(impath, label, classname, dataset_name):
     """A Dassl `Datum`, with a FileNotFoundError naming the image instead of a bare assert."""
+    if _MISSING and not osp.isfile(impath):
+        _MISSING[-1].append(impath)
+        datum = Datum.__new__(Datum)
+        datum._impath, datum._label, datum._domain, datum._classname = impath, int(label), 0, classname
+        return datum
     try:
         return Datum(impath=impath, label=int(label), classname=classname)
     except AssertionError:  # Datum asserts that the image file exists
@@ -431,7 +451,7 @@ class CoOpDataset(DatasetBase):
 
     def __init__(self, cfg):
         root = osp.abspath(osp.expanduser(cfg.DATASET.ROOT))
-        self.dataset_dir = osp.join(root, type(self).dataset_dir)
+        self.dataset_dir = osp.join(root, self.dataset_dir)  # an instance may set its own first
         self.image_dir = osp.join(self.dataset_dir, self.image_subdir) if self.image_subdir \
             else self.dataset_dir
         self.split_path = osp.join(self.dataset_dir, self.split_file) if self.split_file else None

@@ -9,6 +9,9 @@
     schedule       warm-up + cosine LR schedule from torch's own schedulers
     tiny           random-weight tiny CLIP checkpoints (tests and the demo)
     results        the results-table command (python -m promptkd.results)
+    predictor      a run's predictor.pt record -> a stand-alone image classifier
+    predict        classify images with a run (python -m promptkd.predict)
+    export_model   one ONNX / TorchScript classifier file (python -m promptkd.export_model)
 
 The Dassl trainers in `trainers/` wire these to configs and data loaders.
 """

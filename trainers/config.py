@@ -47,6 +47,13 @@ def extend_cfg(cfg):
     # and listed in the log at the end of the epoch / evaluation (True). Off by default so
     # results are never silently computed on fewer images.
     cfg.DATALOADER.SKIP_UNREADABLE = False
+    # ImageFolder (your own data, configs/datasets/folder.yaml, DATASETS.md#imagefolder).
+    cfg.DATASET.FOLDER = CN()
+    cfg.DATASET.FOLDER.DIR = ""  # the dataset's folder under DATASET.ROOT
+    # train / val / test ratios per class when the folder has no train/ and test/ folders
+    cfg.DATASET.FOLDER.SPLIT = (0.5, 0.2, 0.3)
+    cfg.DATASET.FOLDER.VAL_RATIO = 0.2  # with train/ and test/ but no val/: this share of train is val
+    cfg.DATASET.FOLDER.SPLIT_SEED = 1  # seed of the split (independent of the run's --seed)
 
     # --- CLIP weights ------------------------------------------------------------------
     # Directory holding OpenAI's CLIP files (ViT-B-16.pt, ...); "" = the clip package's cache

@@ -19,8 +19,10 @@ from promptkd.backbones import clip, load_clip
 from promptkd.class_vectors import IMAGE_SIDE_FILE, class_vectors_file
 from promptkd.errors import ConfigError
 from promptkd.losses import GaussianPromptAggregator
+from promptkd.predictor import PredictorRecord
 from trainers.base import MODEL_NAME, PromptTrainer
 from trainers.config import grad_checkpoint_towers
+from trainers.predictor_export import preprocess_from_cfg, save_predictor
 
 logger = logging.getLogger("promptkd")
 
@@ -126,6 +128,8 @@ class PromptLearningTrainer(PromptTrainer):
         vectors_path = class_vectors_file(folder, self.cfg.DATASET.NAME)
         vectors.save(vectors_path)
         side.save(os.path.join(folder, IMAGE_SIDE_FILE))
+        save_predictor(self.cfg, PredictorRecord.for_image_side(vectors, side, preprocess_from_cfg(self.cfg),
+                                                                self.cfg.MODEL.WEIGHTS_DIR))
         logger.info("Exported class vectors of %d classes (dim %d) to %s and the image side to %s",
                     *vectors.vectors.shape, vectors_path, os.path.join(folder, IMAGE_SIDE_FILE))
 

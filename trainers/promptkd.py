@@ -18,9 +18,12 @@ from promptkd.backbones import clip, read_clip_state, visual_from_state_dict
 from promptkd.class_vectors import IMAGE_SIDE_FILE, ClassVectors, ImageSide, check_pair, class_vectors_file
 from promptkd.errors import ConfigError
 from promptkd.losses import kd_loss
+from promptkd.predictor import PredictorRecord
 from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student
 from trainers.base import PromptTrainer
 from trainers.config import grad_checkpoint_towers
+from trainers.predictor_export import preprocess_from_cfg, save_predictor
+from trainers.prompt_learning import _backbone_ref
 
 logger = logging.getLogger("promptkd")
 
@@ -62,6 +65,8 @@ class PromptKD(PromptTrainer):
             logger.warning("TRAINER.PROMPTKD.TEACHER_NAME is %s but the teacher export was made with %s; "
                            "distilling from the export.", kd.TEACHER_NAME, exported)
         self.class_vectors = vectors.vectors.to(self.device, torch.float32)
+        self.teacher_vectors = vectors
+        self.backbone_ref = _backbone_ref(cfg.MODEL.BACKBONE.NAME)
         logger.info("Class vectors: %s (%d classes x %d, teacher %s %s)", vectors_path, *vectors.vectors.shape,
                     vectors.teacher.get("backbone"), vectors.teacher.get("fingerprint"))
 
@@ -99,7 +104,15 @@ class PromptKD(PromptTrainer):
     def model_inference(self, images):
         return self.model(images, self.class_vectors)
 
+    def finalize_model(self, eval_only: bool = False):
+        """The student is final: write its predictor.pt (promptkd.predict / export_model)."""
+        record = PredictorRecord.for_student(self.model, self.teacher_vectors, self.backbone_ref,
+                                             preprocess_from_cfg(self.cfg), self.cfg.TRAINER.NAME,
+                                             self.cfg.MODEL.WEIGHTS_DIR)
+        save_predictor(self.cfg, record)
+
     def load_published(self, path: str):
         """A published PromptKD student (`VLPromptLearner/model*.pth.tar`, spec §3)."""
         load_published_student(self.model, path, self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
+        self.backbone_ref = {"kind": "published_student", "path": os.path.abspath(path)}
         logger.info("Loaded published PromptKD student %s (backbone weights from the checkpoint)", path)

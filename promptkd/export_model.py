@@ -1,0 +1,158 @@
+"""Export a trained run as one self-contained classifier file (ONNX or TorchScript).
+
+    python -m promptkd.export_model RUN_DIR OUT --format onnx|torchscript
+
+The file maps a preprocessed image batch (float32 [batch, 3, H, W], any batch size) to logits
+over the run's classes: the prompted image tower, the projector (PromptKD students) and the
+class vectors are baked in. The class names, the preprocessing (resize, crop, mean / std,
+interpolation) and the model's provenance are stored in the file as JSON: ONNX
+`metadata_props["promptkd"]`, TorchScript extra file `promptkd.json`
+(`read_metadata(path)` reads either). The export is checked against the eager model on two
+batch sizes before the file is moved into place.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import warnings
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, UserError, run_cli
+from .predictor import Predictor
+
+logger = logging.getLogger("promptkd")
+
+FORMATS = ("onnx", "torchscript")
+METADATA_KEY = "promptkd"
+TORCHSCRIPT_EXTRA = "promptkd.json"
+ONNX_OPSET = 17
+TOLERANCE = 1e-5  # max |exported - eager| relative to max |eager| allowed by the built-in check
+
+
+def example_input(predictor: Predictor, batch: int) -> torch.Tensor:
+    h, w = predictor.record.preprocess["crop"]
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch, 3, h, w, generator=generator)
+
+
+def export_torchscript(predictor: Predictor, path: str) -> None:
+    model = predictor.model.float().cpu().eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice and tracer hints
+        traced = torch.jit.trace(model, example_input(predictor, 2), check_trace=False)
+        torch.jit.save(traced, path, _extra_files={TORCHSCRIPT_EXTRA: json.dumps(predictor.metadata())})
+
+
+def export_onnx(predictor: Predictor, path: str, opset: int = ONNX_OPSET) -> None:
+    """TorchScript-based ONNX exporter (`dynamo=False`) with a dynamic batch axis: it needs
+    only `onnx`, and gives one graph with a symbolic batch size."""
+    import onnx
+
+    model = predictor.model.float().cpu().eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example_input(predictor, 2),), path, dynamo=False, opset_version=opset,
+                          input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    proto = onnx.load(path)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(predictor.metadata())
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+
+
+def read_metadata(path: str) -> dict:
+    """The JSON metadata of an exported file (either format)."""
+    if path.endswith(".onnx"):
+        import onnx
+
+        proto = onnx.load(path, load_external_data=False)
+        return json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
+    files = {TORCHSCRIPT_EXTRA: ""}
+    torch.jit.load(path, map_location="cpu", _extra_files=files)
+    return json.loads(files[TORCHSCRIPT_EXTRA])
+
+
+def run_exported(path: str, images: torch.Tensor) -> np.ndarray:
+    """Logits of an exported file (onnxruntime for .onnx, torch.jit otherwise)."""
+    if path.endswith(".onnx"):
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(path, map_location="cpu")
+    with torch.no_grad():
+        return module(images).numpy()
+
+
+def max_difference(predictor: Predictor, path: str, batches=(1, 3)) -> float:
+    """Largest |exported - eager| / max |eager| over random inputs of the given batch sizes."""
+    worst = 0.0
+    for b in batches:
+        images = example_input(predictor, b)
+        with torch.no_grad():
+            eager = predictor.model.cpu()(images).numpy()
+        got = run_exported(path, images)
+        if got.shape != eager.shape:
+            raise RuntimeError(f"The exported model gives shape {got.shape} for batch {b}, expected {eager.shape}.")
+        worst = max(worst, float(np.abs(got - eager).max() / max(np.abs(eager).max(), 1e-12)))
+    return worst
+
+
+def export(predictor: Predictor, out: str, fmt: str) -> float:
+    """Write `out` (atomically) and return its checked max relative difference to eager."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'.")
+    folder = os.path.dirname(os.path.abspath(out))
+    os.makedirs(folder, exist_ok=True)
+    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-export-", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        (export_onnx if fmt == "onnx" else export_torchscript)(predictor, tmp)
+        diff = max_difference(predictor, tmp)
+        if diff > TOLERANCE:
+            raise RuntimeError(f"The {fmt} export differs from the eager model by {diff:.2e} (relative), more "
+                               f"than {TOLERANCE:.0e}; not written.")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return diff
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m promptkd.export_model", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="run output folder, its export folder, or a predictor.pt")
+    parser.add_argument("out", help="file to write (e.g. student.onnx, student.pt)")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--weights-dir", default="", help="folder holding named CLIP files; default: the run's")
+    parser.add_argument("--trust-pickled", action="store_true",
+                        help="allow reading a published torch 1.x checkpoint the run refers to (trusted files only)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.format == "onnx" and not args.out.endswith(".onnx"):
+        raise UserError(f"An ONNX file must end in .onnx (got {args.out}).")
+    predictor = Predictor.from_run(args.run_dir, args.weights_dir or None, args.trust_pickled)
+    diff = export(predictor, args.out, args.format)
+    print(f"wrote {args.out} ({args.format}, {len(predictor.classnames)} classes, input "
+          f"[batch, 3, {', '.join(map(str, predictor.record.preprocess['crop']))}]; max relative difference to "
+          f"the eager model {diff:.1e})")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,165 @@
+"""Using a trained run: predictor.pt, `promptkd.predict` and `promptkd.export_model`.
+
+A tiny teacher and student are trained through Dassl on a fake DTD (tiny CLIPs); the
+predictor rebuilt from the student's run folder alone must give the trainer's evaluation
+logits on the same images, and the exported ONNX / TorchScript files the eager logits.
+"""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
+
+from promptkd import export_model, predict  # noqa: E402
+from promptkd.errors import UserError  # noqa: E402
+from promptkd.predictor import PREDICTOR_FILE, Predictor, PredictorRecord  # noqa: E402
+from tests.fake_data import make_dtd  # noqa: E402
+from tests.test_trainers import make_trainer, student_args, teacher_args  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def runs(clip_files, tmp_path_factory):
+    data = str(tmp_path_factory.mktemp("pdata"))
+    make_dtd(data, n_classes=5, per_class=10)
+    out = tmp_path_factory.mktemp("pruns")
+    teacher = make_trainer(teacher_args(data, clip_files, str(out / "teacher"), epochs=1))
+    teacher.train()
+    student = make_trainer(student_args(data, clip_files, str(out / "student"), str(out / "teacher" / "export"),
+                                        epochs=2))
+    student.train()
+    return {"data": data, "teacher": teacher, "student": student, "out": out}
+
+
+def eval_logits(trainer):
+    """(impaths, logits) of the trainer's own evaluation loader and model_inference."""
+    trainer.set_model_mode("eval")
+    if hasattr(trainer.model, "prepare_eval"):
+        trainer.model.prepare_eval(trainer.all_classnames)
+    paths, logits = [], []
+    with torch.no_grad():
+        for batch in trainer.eval_loader:
+            paths += list(batch["impath"])
+            logits.append(trainer.model_inference(batch["img"]).float())
+    return paths, torch.cat(logits)
+
+
+def predictor_logits(predictor, paths):
+    rows = {}
+    for path, row, error in predict.predict(predictor, paths, batch_size=7, progress=False):
+        assert error is None
+        rows[path] = row
+    return torch.stack([rows[p] for p in paths])
+
+
+@pytest.mark.parametrize("which", ["student", "teacher"])
+def test_predictor_equals_trainer_evaluation(runs, which):
+    trainer = runs[which]
+    paths, expected = eval_logits(trainer)
+    predictor = Predictor.from_run(str(runs["out"] / which))  # the run folder alone
+    assert predictor.classnames == trainer.all_classnames
+    got = predictor_logits(predictor, paths)
+    assert got.shape == expected.shape == (15, 5)
+    assert (got - expected).abs().max() <= 1e-5
+    record = predictor.record
+    assert record.preprocess["crop"] == [32, 32] and record.preprocess["interpolation"] == "bicubic"
+    assert (record.weights["projector"] is not None) == (which == "student")
+
+
+def test_predictor_file_is_plain_and_versioned(runs):
+    data = torch.load(str(runs["out"] / "student" / "export" / PREDICTOR_FILE), weights_only=True)
+    assert data["kind"] == "predictor" and data["format_version"] == 1
+    assert data["backbone"]["kind"] == "clip" and len(data["weights"]["prompts"]) == 2
+    assert "projector" in data["weights"] and data["class_vectors"].shape == (5, 96)
+
+
+def test_predict_cli_topk_csv_and_unreadable_image(runs, tmp_path):
+    images = tmp_path / "images"
+    src = os.path.join(runs["data"], "dtd", "images")
+    shutil.copytree(os.path.join(src, "banded"), images / "banded")
+    (images / "broken.jpg").write_bytes(b"not a jpeg at all")
+    out = tmp_path / "pred.csv"
+    proc = subprocess.run([sys.executable, "-m", "promptkd.predict", str(runs["out"] / "student"), str(images),
+                           "--topk", "3", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"skipped {images / 'broken.jpg'}" in proc.stderr and "10 images classified, 1 skipped" in proc.stderr
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 10 * 3 and {r["rank"] for r in rows} == {"1", "2", "3"}
+    predictor = Predictor.from_run(str(runs["out"] / "student"))
+    first = sorted({r["image"] for r in rows})[0]
+    logits = predictor_logits(predictor, [first])[0]
+    probs = logits.softmax(-1)
+    mine = [r for r in rows if r["image"] == first]
+    order = probs.argsort(descending=True)[:3].tolist()
+    assert [r["class"] for r in mine] == [predictor.classnames[i] for i in order]
+    assert all(abs(float(r["probability"]) - probs[i].item()) < 1e-6 for r, i in zip(mine, order))
+    assert first in proc.stdout
+
+
+def test_predict_reports_a_missing_run_as_user_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "promptkd.predict", str(tmp_path), str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "error: No predictor.pt in" in proc.stderr and "--eval-only" in proc.stderr
+
+
+def test_predictor_refuses_other_backbone_weights(runs, tmp_path, clip_files):
+    record = PredictorRecord.load(str(runs["out"] / "student" / "export" / PREDICTOR_FILE))
+    record.backbone = {"kind": "clip", "name": clip_files["teacher"]}
+    record.save(str(tmp_path / PREDICTOR_FILE))
+    with pytest.raises(Exception, match="fingerprint"):
+        Predictor.from_run(str(tmp_path))
+
+
+@pytest.mark.parametrize("fmt,name", [("onnx", "student.onnx"), ("torchscript", "student.pt")])
+def test_export_matches_eager_with_dynamic_batch(runs, tmp_path, fmt, name):
+    run = str(runs["out"] / "student")
+    out = str(tmp_path / name)
+    assert export_model.main([run, out, "--format", fmt]) == 0
+    predictor = Predictor.from_run(run)
+    for batch in (1, 5):  # neither is the batch size of the example used to export
+        images = torch.randn(batch, 3, 32, 32)
+        eager = predictor.logits(images).numpy()
+        got = export_model.run_exported(out, images)
+        assert got.shape == (batch, 5)
+        assert abs(got - eager).max() <= 1e-5
+    meta = export_model.read_metadata(out)
+    assert meta["classnames"] == predictor.classnames
+    assert meta["preprocess"] == predictor.record.preprocess
+    assert meta["preprocess"]["mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp")] == []
+
+
+def test_eval_only_writes_the_predictor(runs, clip_files, tmp_path):
+    out = str(tmp_path / "eval")
+    trainer = make_trainer(student_args(runs["data"], clip_files, out, str(runs["out"] / "teacher" / "export")))
+    trainer.run_eval_only(str(runs["out"] / "student"))
+    a = PredictorRecord.load(os.path.join(out, "export", PREDICTOR_FILE))
+    b = PredictorRecord.load(str(runs["out"] / "student" / "export" / PREDICTOR_FILE))
+    assert a.classnames == b.classnames and a.fingerprint == b.fingerprint
+    assert all(torch.equal(x, y) for x, y in zip(a.weights["prompts"], b.weights["prompts"]))
+    assert json.dumps(a.preprocess) == json.dumps(b.preprocess)
+
+
+def test_published_student_eval_only_gives_a_predictor(runs, clip_files, tmp_path):
+    from tests.test_published import published_student
+    model_dir = tmp_path / "published"
+    (model_dir / "VLPromptLearner").mkdir(parents=True)
+    published_student(runs["student"].model, str(model_dir / "VLPromptLearner" / "model.pth.tar-20"))
+    out = str(tmp_path / "eval")
+    trainer = make_trainer(student_args(runs["data"], clip_files, out, str(runs["out"] / "teacher" / "export"),
+                                        "MODEL.TRUST_PICKLED_CHECKPOINTS", "True"))
+    trainer.run_eval_only(str(model_dir), epoch=20)
+    paths, expected = eval_logits(trainer)
+    with pytest.raises(UserError, match="--trust-pickled"):  # the backbone is the published file: trust is asked for
+        Predictor.from_run(out)
+    predictor = Predictor.from_run(out, trusted=True)
+    assert predictor.record.backbone["kind"] == "published_student"
+    assert (predictor_logits(predictor, paths) - expected).abs().max() <= 1e-5
