@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import clip
+from .backbones import tokenizer
 from .encoders import PromptedImageEncoder, PromptedTextEncoder
 from .losses import promptsrc_regularisers
 from .prompt_method import PromptMethod
@@ -26,10 +26,11 @@ def ensemble_text_features(clip_model: nn.Module, classnames: list[str], templat
 
     PromptSRC averages the unnormalised features; `normalise_each` averages unit vectors
     instead (CLIP's zero-shot ensemble)."""
-    device = clip_model.text_projection.device
+    device = clip_model.logit_scale.device
+    tokenize = tokenizer(clip_model)
     out = []
     for name in classnames:
-        tokens = clip.tokenize([t.format(name.replace("_", " ")) for t in templates]).to(device)
+        tokens = tokenize([t.format(name.replace("_", " ")) for t in templates]).to(device)
         feats = torch.cat([clip_model.encode_text(tokens[i:i + chunk]) for i in range(0, len(tokens), chunk)])
         feats = F.normalize(feats.float(), dim=-1) if normalise_each else feats.float()
         out.append(feats.mean(dim=0))
