@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 
 from . import openclip_backbones
-from .errors import ConfigError
 
 with warnings.catch_warnings():
     # clip-anytorch imports pkg_resources, which warns on every import.
@@ -92,7 +91,13 @@ def to_half(module: torch.nn.Module) -> torch.nn.Module:
     """Frozen backbone weights in fp16 (the published pure-fp16 mode), as each library does it."""
     if is_open_clip(module):
         from open_clip.model import convert_weights_to_lp  # noqa: PLC0415
-        convert_weights_to_lp(module, torch.float16)
+        from open_clip.transformer import LayerScale  # noqa: PLC0415
+        convert_weights_to_lp(module, torch.float16)  # linears, convs, attention, projections
+        for m in module.modules():  # which leaves LayerScale (it would promote blocks to fp32) and timm trunks
+            if isinstance(m, LayerScale):
+                m.gamma.data = m.gamma.data.half()
+            elif type(m).__name__ == "TimmModel":
+                m.half()
     else:
         clip.model.convert_weights(module)
     return module

@@ -150,13 +150,13 @@ def resolve(name: str, weights_dir: str | None = None) -> OpenClipSource:
     if os.path.isfile(file):
         path = os.path.abspath(file)
         cfg, builtin = _model_config(arch, path)
+    elif source.endswith(_WEIGHT_SUFFIXES) or os.sep in source:
+        raise MissingFileError(f"No weight file at {file} (from backbone name '{name}'); give the path "
+                               f"of an open_clip or OpenAI checkpoint of {arch}.")
     else:
         cfg, builtin = _model_config(arch, None)
         pcfg = oc.get_pretrained_cfg(arch, source) or {}
         if not pcfg:
-            if source.endswith(_WEIGHT_SUFFIXES) or os.sep in source:
-                raise MissingFileError(f"No weight file at {file} (from backbone name '{name}'); give the path "
-                                       f"of an open_clip or OpenAI checkpoint of {arch}.")
             raise ConfigError(f"'{source}' is neither a pretrained tag of open_clip's {arch} nor a file. Tags of "
                               f"{arch}: {oc.list_pretrained_tags_by_model(arch) or 'none'}.")
         if bool(pcfg.get("quick_gelu", False)) != bool(cfg.get("quick_gelu", False)):

@@ -14,7 +14,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from promptkd.backbones import clip, load_clip
+from promptkd.backbones import backbone_reference, load_backbone, to_half
 from promptkd.class_vectors import IMAGE_SIDE_FILE, class_vectors_file
 from promptkd.losses import GaussianPromptAggregator
 from trainers.base import MODEL_NAME, PromptTrainer
@@ -36,12 +36,12 @@ class PromptLearningTrainer(PromptTrainer):
     def build_model(self):
         cfg, node = self.cfg, self.tcfg
         backbone_mode = self.setup_precision()
-        clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
-        self.check_input_size(clip_model.visual, "backbone")
-        self.backbone_ref = _backbone_ref(cfg.MODEL.BACKBONE.NAME)
+        clip_model, preprocess = load_backbone(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
+        self.check_input(preprocess, f"backbone {cfg.MODEL.BACKBONE.NAME}")
+        self.backbone_ref = backbone_reference(cfg.MODEL.BACKBONE.NAME)
         self.model = self.build_method(clip_model, self.dm.dataset.classnames)
         if backbone_mode == "fp16":
-            clip.model.convert_weights(self.model.clip)
+            to_half(self.model.clip)
         self.model.to(self.device)
         self.gpa, self.gpa_applied = None, False
         trainable = any(p.requires_grad for p in self.model.parameters())
@@ -119,8 +119,3 @@ class PromptLearningTrainer(PromptTrainer):
     def model_inference(self, images):
         return self.model.eval_logits(images)
 
-
-def _backbone_ref(name: str) -> dict:
-    if name in clip.available_models():
-        return {"kind": "clip", "name": name}
-    return {"kind": "clip", "name": os.path.abspath(os.path.expanduser(name))}

@@ -14,8 +14,9 @@ import os
 import torch
 from dassl.engine import TRAINER_REGISTRY
 
-from promptkd.backbones import clip, read_clip_state, visual_from_state_dict
+from promptkd.backbones import load_image_tower, to_half
 from promptkd.class_vectors import IMAGE_SIDE_FILE, ClassVectors, ImageSide, check_pair, class_vectors_file
+from promptkd.image_inputs import TowerInput
 from promptkd.losses import kd_loss
 from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student
 from trainers.base import PromptTrainer
@@ -59,23 +60,24 @@ class PromptKD(PromptTrainer):
         logger.info("Class vectors: %s (%d classes x %d, teacher %s %s)", vectors_path, *vectors.vectors.shape,
                     vectors.teacher.get("backbone"), vectors.teacher.get("fingerprint"))
 
-        teacher_visual = side.load_visual(cfg.MODEL.WEIGHTS_DIR, cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
-        self.check_input_size(teacher_visual, "teacher")
-        self.teacher = TeacherImageScorer(teacher_visual, torch.tensor(side.logit_scale), side.prompts)
-
-        visual, logit_scale = visual_from_state_dict(read_clip_state(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR))
-        self.check_input_size(visual, "student")
+        visual, logit_scale, preprocess = load_image_tower(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
+        self.check_input(preprocess, f"student {cfg.MODEL.BACKBONE.NAME}")
+        teacher_visual, teacher_preprocess = side.load_tower(cfg.MODEL.WEIGHTS_DIR, cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
+        # The teacher sees the student's augmented view, resized / re-normalised for it if needed.
+        fit = TowerInput(preprocess, teacher_preprocess)
+        self.teacher = TeacherImageScorer(teacher_visual, torch.tensor(side.logit_scale), side.prompts,
+                                          input_adapter=None if fit.identity else fit)
         self.model = PromptKDStudent(visual, logit_scale, class_dim=vectors.width,
                                      n_ctx=kd.N_CTX_VISION, depth=kd.PROMPT_DEPTH_VISION)
         if backbone_mode == "fp16":
             for tower in (self.teacher.image_encoder.visual, self.model.image_encoder.visual):
-                clip.model.convert_weights(tower)  # the published pure-fp16 backbone
+                to_half(tower)  # the published pure-fp16 backbone
         self.teacher.to(self.device)
         self.model.to(self.device)
         self.register_trainable(self.model)
-        logger.info("Student %s -> projector %d -> %d; teacher image side %s (depth %d)",
+        logger.info("Student %s -> projector %d -> %d; teacher image side %s (depth %d, input %s)",
                     cfg.MODEL.BACKBONE.NAME, self.model.image_encoder.output_dim, vectors.width,
-                    side.backbone, len(side.prompts))
+                    side.backbone, len(side.prompts), fit)
 
     def forward_backward(self, batch):
         images = batch["img"].to(self.device)  # labels are never read
