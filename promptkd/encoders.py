@@ -193,7 +193,7 @@ class _OpenAIText:
     seq_dim = 0
 
     @staticmethod
-    def blocks(enc, x):
+    def blocks(enc):
         return enc.transformer.resblocks
 
     @staticmethod
@@ -207,7 +207,7 @@ class _OpenClipText:
     seq_dim = 1
 
     @staticmethod
-    def blocks(enc, x):
+    def blocks(enc):
         mask = enc.attn_mask
         return [lambda y, b=b: b(y, attn_mask=mask) for b in enc.transformer.resblocks]
 
@@ -317,7 +317,7 @@ class PromptedTextEncoder(nn.Module):
         t = self.tower
         x = x + self.positional_embedding.type(self.dtype)
         x = x.permute(1, 0, 2) if t.seq_dim == 0 else x  # NLD -> the blocks' token layout
-        for i, block in enumerate(t.blocks(self, x)):
+        for i, block in enumerate(t.blocks(self)):
             if 0 < i < self.depth and len(prompts) > i:
                 x = _replace(x, prompts[i], 1, t.seq_dim)
             x = block(x)
