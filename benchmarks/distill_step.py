@@ -25,8 +25,12 @@ published/ours ratios of time and FLOPs and "time ratio as % of FLOP ratio" (goa
     python benchmarks/distill_step.py                       # C = 100 and 1000, batch 8, fp32
     python benchmarks/distill_step.py --classes 100 --repeats 1 --json out.json
     python benchmarks/distill_step.py --tiny --classes 10   # seconds: tiny random CLIPs
+    # OpenCLIP teachers / students (`open_clip:<architecture>`); a teacher of another input size
+    # gets the student's batch resized for it, as in stage 2:
+    python benchmarks/distill_step.py --teacher open_clip:ViT-H-14-quickgelu --settings train/ours
 
-Weights are random: FLOPs and time do not depend on the values.
+Weights are random: FLOPs and time do not depend on the values. The teacher's text tower is
+built only when a setting re-encodes classes (train/published, infer/published, part/text-encode).
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ import ctypes
 import ctypes.util
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -51,7 +56,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from promptkd.backbones import clip  # noqa: E402  (imports clip with its warnings silenced)
+from promptkd.backbones import Preprocess, clip, text_tower, to_half  # noqa: E402  (clip without its warnings)
+from promptkd.image_inputs import TowerInput  # noqa: E402
 from promptkd.encoders import PromptedTextEncoder  # noqa: E402
 from promptkd.losses import kd_loss  # noqa: E402
 from promptkd.student import PromptKDStudent, TeacherImageScorer  # noqa: E402
@@ -69,6 +75,8 @@ ARCHITECTURES = {
 SETTINGS = ("train/ours", "train/published", "infer/ours", "infer/published")
 # Optional parts, to see where the time goes (--settings ... part/text-encode ...).
 PARTS = ("part/text-encode", "part/teacher-image", "part/student-train")
+TEXT_SETTINGS = ("train/published", "infer/published", "part/text-encode")
+OPEN_CLIP_PREFIX = "open_clip:"
 GOAL_PERCENT = 90.0
 MiB = 2**20
 
@@ -84,7 +92,8 @@ def tiny_architecture(spec: TinySpec) -> dict:
 # ----------------------------------------------------------------------------------------------
 # FLOPs: torch's counter has no formula for the CPU flash-attention kernel that
 # nn.MultiheadAttention dispatches to on CPU, so attention matmuls would be silently dropped there.
-# These count its two matmuls (forward) and five (backward) exactly like torch's GPU formulas.
+# These count its two matmuls (forward) and five (backward) exactly like torch's GPU formulas,
+# and the fused inference kernel batch-first attention blocks dispatch to under no_grad.
 
 def _attn_fwd_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
     b, h, sq, d = q
@@ -98,13 +107,22 @@ def _attn_bwd_flops(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
     return 2 * b * h * (sq * sk * d + sq * sk * dv + sk * sq * dv + sq * sk * d + d * sq * sk)
 
 
+def _native_mha_flops(query, key, value, embed_dim, num_head, *args, out_shape=None, **kwargs) -> int:
+    """nn.MultiheadAttention's fused inference kernel (batch-first blocks, e.g. open_clip's, under
+    no_grad): in-projection of q, k, v, the two attention matmuls, the out-projection."""
+    b, sq, e = query
+    sk = key[1]
+    return 2 * b * (sq * e * e + 2 * sk * e * e) + 2 * 2 * b * sq * sk * e + 2 * b * sq * e * e
+
+
 def flop_mapping() -> dict:
     from torch.utils import flop_counter
 
     registry = getattr(flop_counter, "flop_registry", {})
     extra = {}
     for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _attn_fwd_flops),
-                          ("_scaled_dot_product_flash_attention_for_cpu_backward", _attn_bwd_flops)):
+                          ("_scaled_dot_product_flash_attention_for_cpu_backward", _attn_bwd_flops),
+                          ("_native_multi_head_attention", _native_mha_flops)):
         op = getattr(torch.ops.aten, name, None)
         if op is not None and op not in registry:
             extra[op] = formula
@@ -206,7 +224,7 @@ class PeakMemory:
 @dataclass
 class Models:
     teacher: TeacherImageScorer
-    text_encoder: PromptedTextEncoder
+    text_encoder: PromptedTextEncoder | None  # None when no setting re-encodes classes
     student: PromptKDStudent
     class_dim: int
     resolution: int
@@ -214,45 +232,81 @@ class Models:
     names: dict
 
 
-def build_models(args, device: torch.device) -> Models:
-    if args.tiny:
-        t_arch, s_arch = tiny_architecture(TINY_TEACHER), tiny_architecture(TINY_STUDENT)
-        names = {"teacher": "tiny teacher", "student": "tiny student"}
+def _random_backbone(name: str, tiny_arch: dict | None, need_text: bool, seed: int) -> dict:
+    """A random-weight backbone: an OpenAI architecture of ARCHITECTURES (or a tiny one) built with
+    the clip package, or `open_clip:<architecture>` built with open_clip (only the image tower
+    when no text is needed). Returns its image tower, the whole CLIP (or None), logit scale and
+    input preprocessing."""
+    torch.manual_seed(seed)
+    if name.startswith(OPEN_CLIP_PREFIX):
+        import open_clip  # noqa: PLC0415
+        from open_clip.model import _build_vision_tower  # noqa: PLC0415  (image tower alone, as stage 2 does)
+
+        arch = name[len(OPEN_CLIP_PREFIX):]
+        cfg = open_clip.get_model_config(arch)
+        if cfg is None:
+            raise SystemExit(f"open_clip does not know the architecture '{arch}' (open_clip.list_models()).")
+        if need_text:
+            model = open_clip.create_model(arch, pretrained=None).float().eval()
+            visual = model.visual
+        else:
+            model, visual = None, _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], cfg.get("quick_gelu", False))
+        scale = torch.tensor(math.log(1 / 0.07))
+        return {"visual": visual.float().eval(), "clip": model, "logit_scale": scale,
+                "preprocess": Preprocess.of(cfg["vision_cfg"].get("image_size", 224))}
+    arch = tiny_arch or ARCHITECTURES[name]
+    if need_text:
+        model = clip.model.CLIP(**arch).float().eval()
+        visual, scale = model.visual, model.logit_scale.detach().clone()
     else:
-        t_arch, s_arch = ARCHITECTURES[args.teacher], ARCHITECTURES[args.student]
-        names = {"teacher": args.teacher, "student": args.student}
-    torch.manual_seed(args.seed)
-    # The teacher's whole CLIP: its image tower scores images, its text tower re-encodes classes.
-    teacher_clip = clip.model.CLIP(**t_arch).float().eval()
-    s_width = s_arch["vision_width"]
-    student_visual = clip.model.VisionTransformer(
-        input_resolution=s_arch["image_resolution"], patch_size=s_arch["vision_patch_size"],
-        width=s_width, layers=s_arch["vision_layers"], heads=s_width // 64,
-        output_dim=s_arch["embed_dim"]).float().eval()
-    if t_arch["image_resolution"] != s_arch["image_resolution"]:
-        raise ValueError("Teacher and student must take the same input resolution.")
+        width = arch["vision_width"]
+        model = None
+        visual = clip.model.VisionTransformer(
+            input_resolution=arch["image_resolution"], patch_size=arch["vision_patch_size"], width=width,
+            layers=arch["vision_layers"], heads=width // 64, output_dim=arch["embed_dim"]).float().eval()
+        scale = torch.tensor(math.log(1 / 0.07))
+    return {"visual": visual, "clip": model, "logit_scale": scale, "preprocess": Preprocess.of(arch["image_resolution"])}
+
+
+def build_models(args, device: torch.device) -> Models:
+    tiny = {"teacher": tiny_architecture(TINY_TEACHER), "student": tiny_architecture(TINY_STUDENT)} if args.tiny else {}
+    names = {"teacher": "tiny teacher", "student": "tiny student"} if args.tiny else \
+        {"teacher": args.teacher, "student": args.student}
+    # The teacher's text tower is built only where a setting re-encodes classes with it.
+    need_text = any(s in args.settings for s in TEXT_SETTINGS)
+    t = _random_backbone(names["teacher"], tiny.get("teacher"), need_text, args.seed)
+    s = _random_backbone(names["student"], tiny.get("student"), False, args.seed + 1)
+    # The student's batch, re-fitted to the teacher's input size if they differ (as in stage 2).
+    fit = TowerInput(s["preprocess"], t["preprocess"])
 
     # Depths are clamped to the number of layers (tiny models have 2-3).
-    depths = {"teacher_vision": min(args.depth, t_arch["vision_layers"]),
-              "teacher_text": min(args.depth, t_arch["transformer_layers"]),
-              "student_vision": min(args.depth, s_arch["vision_layers"])}
-    t_visual_width = teacher_clip.visual.class_embedding.shape[0]
+    def layers(visual):
+        return len(visual.transformer.resblocks)
+    text_layers = len(text_tower(t["clip"]).transformer.resblocks) if t["clip"] is not None else 0
+    depths = {"teacher_vision": min(args.depth, layers(t["visual"])),
+              "teacher_text": min(args.depth, text_layers),
+              "student_vision": min(args.depth, layers(s["visual"]))}
+    t_visual_width = t["visual"].class_embedding.shape[0]
     teacher_prompts = [torch.randn(args.n_ctx, t_visual_width) * 0.02 for _ in range(depths["teacher_vision"])]
-    teacher = TeacherImageScorer(teacher_clip.visual, teacher_clip.logit_scale, teacher_prompts)
-    text_encoder = PromptedTextEncoder(teacher_clip, args.n_ctx, depths["teacher_text"], "a photo of a")
-    for p in text_encoder.parameters():
-        p.requires_grad_(False)
-    text_encoder.eval()
-    class_dim = teacher_clip.text_projection.shape[1]
-    student = PromptKDStudent(student_visual, torch.tensor(teacher_clip.logit_scale.item()),
+    teacher = TeacherImageScorer(t["visual"], t["logit_scale"], teacher_prompts,
+                                 input_adapter=None if fit.identity else fit)
+    text_encoder = None
+    if t["clip"] is not None:
+        text_encoder = PromptedTextEncoder(t["clip"], args.n_ctx, depths["teacher_text"], "a photo of a")
+        for p in text_encoder.parameters():
+            p.requires_grad_(False)
+        text_encoder.eval()
+    class_dim = teacher.image_encoder.output_dim
+    student = PromptKDStudent(s["visual"], torch.tensor(t["logit_scale"].item()),
                               class_dim=class_dim, n_ctx=args.n_ctx, depth=depths["student_vision"])
     if args.precision == "fp16":  # GPU only: frozen backbones in half precision, as CLIP ships
-        clip.model.convert_weights(teacher_clip)
-        clip.model.convert_weights(student_visual)
+        to_half(t["clip"] if t["clip"] is not None else t["visual"])
+        to_half(s["visual"])
     teacher.to(device)
-    text_encoder.to(device)
+    if text_encoder is not None:
+        text_encoder.to(device)
     student.to(device)
-    return Models(teacher, text_encoder, student, class_dim, t_arch["image_resolution"], depths, names)
+    return Models(teacher, text_encoder, student, class_dim, s["preprocess"].size[0], depths, names)
 
 
 class Bench:
@@ -271,7 +325,7 @@ class Bench:
         # "Stored" class vectors: a fixed, L2-normalised [C, D] tensor (values do not matter).
         self.vectors = F.normalize(torch.randn(n_classes, models.class_dim, generator=g), dim=-1).to(device)
         classnames = [f"class number {i}" for i in range(n_classes)]
-        self.tokens = models.text_encoder.tokenize(classnames).to(device)
+        self.tokens = models.text_encoder.tokenize(classnames).to(device) if models.text_encoder else None
         trainable = [p for p in models.student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=0.9, weight_decay=5e-4)
         self.temperature, self.kd_weight = 1.0, args.kd_weight
@@ -565,8 +619,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--teacher", choices=sorted(ARCHITECTURES), default="ViT-L/14")
-    p.add_argument("--student", choices=sorted(ARCHITECTURES), default="ViT-B/16")
+    p.add_argument("--teacher", default="ViT-L/14",
+                   help=f"{' or '.join(sorted(ARCHITECTURES))}, or open_clip:<architecture> (e.g. "
+                        "open_clip:ViT-H-14-quickgelu; random weights)")
+    p.add_argument("--student", default="ViT-B/16", help="as --teacher")
     p.add_argument("--depth", type=int, default=9, help="prompt depth (vision and text; clamped to layers)")
     p.add_argument("--n-ctx", type=int, default=4, help="prompt tokens per layer")
     p.add_argument("--text-chunk", type=int, default=256, help="class prompts per text-encoder call")
@@ -580,6 +636,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.batch < 2:
         p.error("--batch must be >= 2 (the projector's BatchNorm needs more than one sample).")
+    for role in ("teacher", "student"):
+        name = getattr(args, role)
+        if name not in ARCHITECTURES and not name.startswith(OPEN_CLIP_PREFIX):
+            p.error(f"--{role} {name}: use one of {sorted(ARCHITECTURES)} or open_clip:<architecture>.")
     if args.repeats < 1 or args.warmup < 0 or args.text_chunk < 1:
         p.error("--repeats and --text-chunk must be >= 1, --warmup >= 0.")
     return args

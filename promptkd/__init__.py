@@ -1,7 +1,10 @@
 """PromptKD core: plain-PyTorch building blocks that need no Dassl.
 
-    backbones      load an un-forked OpenAI CLIP by name or file; weight fingerprints
+    backbones      the one backbone factory (OpenAI CLIP names / files, open_clip:...), its
+                   preprocessing, weight fingerprints
+    openclip_backbones  the OpenCLIP family behind it: local weights, image-tower-only builds
     encoders       prompted image / text encoders that walk stock CLIP blocks (IVLP prompts)
+    image_inputs   re-fit a batch to another tower's input size and normalisation
     student        the distilled student: prompted image encoder + projector
     class_vectors  the teacher's pre-stored class vectors and image side (files + checks)
     losses         KD and PromptSRC losses, Gaussian prompt aggregation

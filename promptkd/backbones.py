@@ -1,18 +1,28 @@
-"""Load stock OpenAI CLIP models by name or file, and fingerprint their weights.
+"""Build a stock CLIP backbone from its name: the one factory for every CLIP family.
 
-`load_clip("ViT-B/16", weights_dir)` goes through the `clip` package's own `clip.load`, so a
-user's `ViT-B-16.pt` (JIT archive) and a plain state-dict file take the same path. The model
-comes back in fp32 on the CPU in eval mode; callers move and cast it.
+    load_backbone(name, weights_dir)     -> (CLIP model, Preprocess)        stage 1, baselines
+    load_image_tower(name, weights_dir)  -> (image tower, logit scale, Preprocess)   stage 2
+
+`name` is an OpenAI name (`ViT-B/16`) or checkpoint path, loaded through the `clip` package's
+own `clip.load` (a user's `ViT-B-16.pt` JIT archive and a plain state-dict file take the same
+path), or `open_clip:<architecture>/<pretrained tag or file>` for OpenCLIP models
+(`promptkd/openclip_backbones.py`: local files and the Hugging Face cache only). `Preprocess`
+is the model's own input size, mean / std and interpolation. Models come back in fp32 on the
+CPU in eval mode; callers move and cast them (`to_half`). Also: weight fingerprints, the
+backbone reference an export records, and the tokenizer of a model.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import urllib.error
 import warnings
+from dataclasses import dataclass
 
 import torch
 
+from . import openclip_backbones
 from .errors import CheckpointError, ConfigError, MissingFileError
 
 with warnings.catch_warnings():
@@ -22,6 +32,91 @@ with warnings.catch_warnings():
     from clip import clip as _clip_impl
 
 DEFAULT_WEIGHTS_DIR = os.path.expanduser("~/.cache/clip")
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a model wants its images: (height, width), per-channel mean / std, interpolation."""
+
+    size: tuple
+    mean: tuple
+    std: tuple
+    interpolation: str = "bicubic"
+
+    @classmethod
+    def of(cls, size, mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bicubic") -> "Preprocess":
+        size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+        return cls(size, tuple(float(m) for m in mean), tuple(float(s) for s in std), str(interpolation))
+
+
+def openai_preprocess(visual: torch.nn.Module) -> Preprocess:
+    """OpenAI CLIP: square input of the tower's resolution, CLIP mean / std, bicubic."""
+    return Preprocess.of(visual.input_resolution)
+
+
+def load_backbone(name: str, weights_dir: str | None = None) -> tuple[torch.nn.Module, Preprocess]:
+    """The whole CLIP model `name` (OpenAI name / path, or `open_clip:...`) and its preprocessing."""
+    if openclip_backbones.is_open_clip_name(name):
+        model, pp = openclip_backbones.load_model(name, weights_dir)
+        return model, Preprocess.of(pp["size"], pp["mean"], pp["std"], pp["interpolation"])
+    model = load_clip(name, weights_dir)
+    return model, openai_preprocess(model.visual)
+
+
+def load_image_tower(name: str, weights_dir: str | None = None) -> tuple[torch.nn.Module, torch.Tensor, Preprocess]:
+    """Only the image tower of `name` (no text transformer is built), its logit scale and
+    preprocessing. Stage 2 runs the teacher's and the student's image towers only."""
+    if openclip_backbones.is_open_clip_name(name):
+        visual, scale, pp = openclip_backbones.load_image_tower(name, weights_dir)
+        return visual, scale, Preprocess.of(pp["size"], pp["mean"], pp["std"], pp["interpolation"])
+    visual, scale = visual_from_state_dict(read_clip_state(name, weights_dir))
+    return visual, scale, openai_preprocess(visual)
+
+
+def backbone_reference(name: str) -> dict:
+    """What an export records to rebuild this backbone: its name, a file path made absolute."""
+    if openclip_backbones.is_open_clip_name(name):
+        return {"kind": "open_clip", "name": openclip_backbones.normalise_name(name)}
+    if name in clip.available_models():
+        return {"kind": "clip", "name": name}
+    return {"kind": "clip", "name": os.path.abspath(os.path.expanduser(name))}
+
+
+def is_open_clip(module: torch.nn.Module) -> bool:
+    return type(module).__module__.startswith("open_clip")
+
+
+def to_half(module: torch.nn.Module) -> torch.nn.Module:
+    """Frozen backbone weights in fp16 (the published pure-fp16 mode), as each library does it."""
+    if is_open_clip(module):
+        from open_clip.model import convert_weights_to_lp  # noqa: PLC0415
+        from open_clip.transformer import LayerScale  # noqa: PLC0415
+        convert_weights_to_lp(module, torch.float16)  # linears, convs, attention, projections
+        for m in module.modules():  # which leaves LayerScale (it would promote blocks to fp32) and timm trunks
+            if isinstance(m, LayerScale):
+                m.gamma.data = m.gamma.data.half()
+            elif type(m).__name__ == "TimmModel":
+                m.half()
+    else:
+        clip.model.convert_weights(module)
+    return module
+
+
+def text_tower(model: torch.nn.Module) -> torch.nn.Module:
+    """The module holding the text transformer: the model (OpenAI, open_clip CLIP) or `model.text`."""
+    text = getattr(model, "text", None)
+    return text if text is not None and hasattr(text, "token_embedding") else model
+
+
+def tokenizer(model: torch.nn.Module):
+    """`texts -> LongTensor [N, context]` for this model: CLIP's BPE with its context length.
+
+    The open_clip architectures whose text we encode use the same BPE tokenizer as OpenAI's
+    (`openclip_backbones.text_support`), so only the context length differs."""
+    context = text_tower(model).positional_embedding.shape[0]
+    return clip.tokenize if context == 77 else functools.partial(clip.tokenize, context_length=context)
 
 
 def clip_file_name(name: str) -> str:
@@ -127,10 +222,11 @@ def fingerprint(module: torch.nn.Module) -> str:
 
 
 def is_vit(model: torch.nn.Module) -> bool:
-    """True for a ViT CLIP (or a ViT image tower)."""
+    """True for a ViT CLIP (or a ViT image tower) whose blocks our prompted encoders walk."""
     return hasattr(getattr(model, "visual", model), "transformer")
 
 
 def embed_dim(clip_model: torch.nn.Module) -> int:
     """Width of the joint image-text space (e.g. 512 for ViT-B/16, 768 for ViT-L/14)."""
-    return clip_model.text_projection.shape[1]
+    proj = text_tower(clip_model).text_projection
+    return proj.out_features if isinstance(proj, torch.nn.Linear) else proj.shape[1]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import clip
+from .backbones import clip, text_tower, tokenizer
 from .encoders import PROMPT_INIT_STD, PromptedImageEncoder, PromptedTextEncoder
 from .prompt_method import PromptMethod
 from .teacher import IVLPTeacher, ensemble_text_features
@@ -53,13 +53,14 @@ class _ContextPrompts(PromptMethod):
         if position not in CLASS_TOKEN_POSITIONS:
             raise ConfigError(f"CLASS_TOKEN_POSITION '{position}' is not one of {CLASS_TOKEN_POSITIONS}.")
         self.text_encoder = PromptedTextEncoder(clip_model, 0, 0)
-        width = clip_model.ln_final.weight.shape[0]
+        width = text_tower(clip_model).ln_final.weight.shape[0]
         init = " ".join(ctx_init.replace("_", " ").split())
         if init:  # CoOp: the phrase sets n_ctx and initialises the context
-            ids = clip.tokenize(init)[0]
+            ids = self.text_encoder.tokenizer(init)[0]
             n_ctx = int(ids.argmax()) - 1
+            embedding = self.text_encoder.token_embedding
             with torch.no_grad():
-                vectors = clip_model.token_embedding(ids.to(clip_model.token_embedding.weight.device))[1:1 + n_ctx]
+                vectors = embedding(ids.to(embedding.weight.device))[1:1 + n_ctx]
         elif n_ctx < 1:
             raise ConfigError(f"N_CTX must be >= 1 without CTX_INIT, got {n_ctx}.")
         else:
@@ -72,12 +73,12 @@ class _ContextPrompts(PromptMethod):
         self.settings = {"n_ctx": n_ctx, "ctx_init": init, "class_specific": class_specific, "position": position}
 
     def _tokenize(self, classnames):
-        return clip.tokenize([f"{self.placeholder} {n}." for n in _names(classnames)])
+        return self.text_encoder.tokenizer([f"{self.placeholder} {n}." for n in _names(classnames)])
 
     def prompt_embeddings(self, classnames, ctx):
         """Token embeddings [C, L, D] with `ctx` ([n_ctx, D] or [C, n_ctx, D]) in place."""
         tokens = self.tokens(classnames, self._tokenize)
-        emb = self.clip.token_embedding(tokens).type(self.text_encoder.dtype)
+        emb = self.text_encoder.token_embedding(tokens).type(self.text_encoder.dtype)
         c, n = len(classnames), self.n_ctx
         ctx = ctx.to(emb.dtype)
         ctx = ctx.unsqueeze(0).expand(c, -1, -1) if ctx.dim() == 2 else ctx
@@ -121,7 +122,7 @@ class CoCoOp(_ContextPrompts):
 
     def __init__(self, clip_model, classnames, n_ctx: int = 4, ctx_init: str = "a photo of a"):
         super().__init__(clip_model, classnames, n_ctx, ctx_init)
-        vis_dim, ctx_dim = clip_model.visual.output_dim, self.ctx.shape[-1]
+        vis_dim, ctx_dim = PromptedImageEncoder(clip_model).output_dim, self.ctx.shape[-1]
         self.meta_net = nn.Sequential(nn.Linear(vis_dim, max(1, vis_dim // 16)), nn.ReLU(inplace=True),
                                       nn.Linear(max(1, vis_dim // 16), ctx_dim))
 
@@ -150,7 +151,7 @@ class MaPLe(PromptMethod):
             raise ConfigError(f"MaPLe needs PROMPT_DEPTH >= 1, got {depth}.")
         self.text_encoder = PromptedTextEncoder(clip_model, n_ctx, depth, ctx_init, phrase_may_exceed=True)
         self.image_encoder = PromptedImageEncoder(clip_model, n_ctx, depth, learnable=False)
-        text_width = clip_model.ln_final.weight.shape[0]
+        text_width = self.text_encoder.ln_final.weight.shape[0]
         self.projections = nn.ModuleList(nn.Linear(text_width, self.image_encoder.width) for _ in range(depth))
         self.settings = {"n_ctx": n_ctx, "depth": depth, "ctx_init": ctx_init}
 

@@ -7,7 +7,7 @@ A teacher is encoded once, when it is final. Two files (plain tensors, strings a
   classes in label order, with the class names, dataset, teacher backbone and weight
   fingerprint, prompt settings, logit scale and a format version.
 * `image_side.pt`: the teacher's visual prompts and logit scale; the backbone is referenced
-  (a CLIP name/path, or a published checkpoint), not copied.
+  (a CLIP name/path, an `open_clip:` name, or a published checkpoint), not copied.
 
 Stage 2 checks both against the dataset and against each other before it trains.
 """
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .backbones import fingerprint, read_clip_state, visual_from_state_dict
+from .backbones import Preprocess, fingerprint, load_image_tower, openai_preprocess, visual_from_state_dict
 from .checkpoints import atomic_save, load_file, split_published_teacher
 from .errors import ConfigError, MissingFileError
 
@@ -87,7 +87,7 @@ class ClassVectors:
 class ImageSide:
     """What stage 2 needs of the teacher's image tower."""
 
-    backbone: dict  # {"kind": "clip", "name": ...} | {"kind": "published", "path": ...}
+    backbone: dict  # {"kind": "clip" | "open_clip", "name": ...} | {"kind": "published", "path": ...}
     fingerprint: str  # of the teacher's image tower weights (see `visual_fingerprint`)
     prompts: list  # [depth] tensors [n_ctx, width]
     logit_scale: float
@@ -108,22 +108,27 @@ class ImageSide:
 
     def load_visual(self, weights_dir: str | None = None, trusted: bool = False):
         """Build the referenced teacher image tower; refuse weights with another fingerprint."""
-        if self.backbone["kind"] == "clip":
-            state = read_clip_state(self.backbone["name"], weights_dir)
+        return self.load_tower(weights_dir, trusted)[0]
+
+    def load_tower(self, weights_dir: str | None = None, trusted: bool = False) -> tuple[torch.nn.Module, Preprocess]:
+        """(teacher image tower, its preprocessing); weights with another fingerprint are refused."""
+        if self.backbone["kind"] in ("clip", "open_clip"):
+            visual, _, preprocess = load_image_tower(self.backbone["name"], weights_dir)
             where = self.backbone["name"]
         elif self.backbone["kind"] == "published":
             state = split_published_teacher(self.backbone["path"], trusted)["clip_state"]
+            visual, _ = visual_from_state_dict(state)
+            preprocess = openai_preprocess(visual)
             where = self.backbone["path"]
         else:
             raise ConfigError(f"Unknown teacher backbone reference {self.backbone}.")
-        visual, _ = visual_from_state_dict(state)
         found = visual_fingerprint(visual)
         if found != self.fingerprint:
             raise ConfigError(
                 f"The teacher weights at {where} have fingerprint {found}, but the teacher was "
                 f"exported with {self.fingerprint}: these are not the weights it was trained on."
             )
-        return visual
+        return visual, preprocess
 
 
 def visual_fingerprint(visual: torch.nn.Module) -> str:

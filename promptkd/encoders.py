@@ -1,16 +1,23 @@
 """Prompted CLIP encoders: independent deep vision-language prompts (IVLP) on stock CLIP.
 
-Both wrappers hold references to a stock OpenAI CLIP model's modules and walk its transformer
-blocks themselves, injecting learnable prompt tokens; CLIP's own code is never copied or
-patched. `prompts[i]` are the tokens block i sees (i = 0 is the input layer):
+Both wrappers hold references to a stock CLIP model's modules (OpenAI `clip` or `open_clip`)
+and walk its transformer blocks themselves, injecting learnable prompt tokens; the libraries'
+code is never copied or patched. `prompts[i]` are the tokens block i sees (i = 0 is the input
+layer):
 
 * image: `n_ctx` tokens appended after the positional embedding (no position of their own),
-  before `ln_pre`; before block i in 1..depth-1 the last `n_ctx` tokens are replaced.
+  before `ln_pre`; before block i in 1..depth-1 the last `n_ctx` tokens are replaced; they
+  are dropped again before pooling.
 * text: `n_ctx` context tokens right after SOS, initialised from the embedding of a phrase
   (`CTX_INIT`, "a photo of a"); before block i in 1..depth-1 they are replaced.
 
-With depth 0 both reproduce `CLIP.encode_image` / `CLIP.encode_text` exactly. The frozen CLIP
-weights are shared, not copied: freezing them is the owner's job (`freeze_clip`).
+What differs between the families (token layout inside the blocks, the embedding step, the
+block call, pooling) sits in small per-family tower adapters (`_OpenAIViT`, `_OpenClipViT`,
+`_OpenAIText`, `_OpenClipText`); the block loops are shared. Towers whose blocks cannot take
+appended tokens (ResNets, timm trunks such as EVA02, SigLIP, ConvNeXt, MobileCLIP) run whole,
+at prompt depth 0 only. With depth 0 both wrappers reproduce `encode_image` / `encode_text`
+exactly. The frozen CLIP weights are shared, not copied: freezing them is the owner's job
+(`freeze_clip`).
 
 `grad_checkpoint = True` on an encoder runs each transformer block under activation
 checkpointing (`torch.utils.checkpoint`) while autograd records: only block inputs are kept
@@ -22,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .backbones import clip, is_vit
+from .backbones import is_open_clip, is_vit, text_tower, tokenizer
 from .errors import ConfigError
 
 PROMPT_INIT_STD = 0.02
@@ -59,6 +66,78 @@ def _new_prompts(depth: int, n_ctx: int, width: int) -> nn.ParameterList:
     )
 
 
+def _replace(x: torch.Tensor, prompt: torch.Tensor, start: int, seq_dim: int) -> torch.Tensor:
+    """`x` with tokens [start, start + n) along `seq_dim` replaced by `prompt` [n, D]
+    (start < 0: the last n tokens), the same prompt for every sample."""
+    n = prompt.shape[0]
+    shape = list(x.shape)
+    shape[seq_dim] = n
+    deep = prompt.to(x.dtype).unsqueeze(1 - seq_dim).expand(*shape)
+    length = x.shape[seq_dim]
+    start = start % length if start < 0 else start
+    return torch.cat([x.narrow(seq_dim, 0, start), deep, x.narrow(seq_dim, start + n, length - start - n)], seq_dim)
+
+
+# --- image towers --------------------------------------------------------------------------
+class _OpenAIViT:
+    """`clip.model.VisionTransformer`: blocks run sequence-first (LND); pool = ln_post(CLS) @ proj."""
+
+    seq_dim = 0
+
+    @staticmethod
+    def embed(v, images):
+        x = v.conv1(images)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        return torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+
+    @staticmethod
+    def enter(v, x):
+        return v.ln_pre(x).permute(1, 0, 2)  # NLD -> LND
+
+    @staticmethod
+    def pool(v, x):
+        x = v.ln_post(x[0])
+        return x @ v.proj if v.proj is not None else x
+
+
+class _OpenClipViT:
+    """`open_clip.transformer.VisionTransformer` (LayerScale lives inside its blocks): batch-first
+    blocks, patch dropout after the positions, pooling by the tower's own `_pool` (CLS or
+    average, ln_post before or after)."""
+
+    seq_dim = 1
+
+    @staticmethod
+    def embed(v, images):
+        return v.patch_dropout(_OpenAIViT.embed(v, images))
+
+    @staticmethod
+    def enter(v, x):
+        return v.ln_pre(x)
+
+    @staticmethod
+    def pool(v, x):
+        pooled, _ = v._pool(x)
+        return pooled @ v.proj if v.proj is not None else pooled
+
+
+def _image_adapter(visual: nn.Module):
+    """The adapter of a tower whose blocks take appended prompt tokens, else None."""
+    if not is_vit(visual):
+        return None
+    if not is_open_clip(visual):
+        return _OpenAIViT
+    ok = (type(visual).__name__ == "VisionTransformer" and getattr(visual, "attn_pool", None) is None
+          and getattr(visual.transformer, "batch_first", False) and hasattr(visual, "_pool"))
+    return _OpenClipViT if ok else None
+
+
+def _tower_name(visual: nn.Module) -> str:
+    trunk = getattr(visual, "trunk", None)
+    return f"{type(visual).__name__}" + (f" ({type(trunk).__name__} trunk)" if trunk is not None else "")
+
+
 class PromptedImageEncoder(nn.Module):
     """CLIP image encoder with deep visual prompts. Output: unnormalised image features."""
 
@@ -68,11 +147,14 @@ class PromptedImageEncoder(nn.Module):
         (e.g. MaPLe's projections of its text prompts)."""
         super().__init__()
         visual = getattr(clip_model, "visual", clip_model)
-        if not is_vit(clip_model):
+        self.tower = _image_adapter(visual)
+        if self.tower is None:
             if depth > 0:
+                what = ("this CLIP has a ResNet image encoder" if not is_vit(visual) and not is_open_clip(visual)
+                        else f"this image tower ({_tower_name(visual)}) has no blocks that take appended tokens")
                 raise ConfigError(
-                    "Deep visual prompts need a ViT backbone; this CLIP has a ResNet image "
-                    "encoder. Use a ViT (e.g. ViT-B/16) or set PROMPT_DEPTH_VISION 0."
+                    f"Deep visual prompts need a ViT backbone; {what}. Use a native ViT (e.g. ViT-B/16 or an "
+                    "open_clip ViT-*) or set PROMPT_DEPTH_VISION 0 (zero-shot use of this tower)."
                 )
             n_layers = 0
         else:
@@ -87,32 +169,79 @@ class PromptedImageEncoder(nn.Module):
 
     @property
     def output_dim(self) -> int:
-        return self.visual.output_dim
+        out = getattr(self.visual, "output_dim", None)
+        if out is None:  # an open_clip timm tower: its head projects, or the trunk's features are the output
+            head = [m for m in self.visual.head.modules() if isinstance(m, nn.Linear)]
+            out = head[-1].out_features if head else self.visual.trunk.num_features
+        return out
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.visual.conv1.weight.dtype
+        conv = getattr(self.visual, "conv1", None)
+        return conv.weight.dtype if conv is not None else next(self.visual.parameters()).dtype
 
     def forward(self, images: torch.Tensor, prompts=None) -> torch.Tensor:
         """`prompts`: per-block prompt tensors to use instead of this encoder's own."""
         prompts = self.prompts if prompts is None else prompts
-        v = self.visual
-        if not hasattr(v, "transformer"):
+        v, t = self.visual, self.tower
+        if t is None:
             return v(images.type(self.dtype))
-        x = v.conv1(images.type(self.dtype))
-        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        x = t.embed(v, images.type(self.dtype))  # [N, L, D] with class token and positions
         if self.depth:
             x = torch.cat([x, prompts[0].to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
-        x = v.ln_pre(x).permute(1, 0, 2)  # NLD -> LND
+        x = t.enter(v, x)  # ln_pre, then the blocks' token layout
         for i, block in enumerate(v.transformer.resblocks):
             if 0 < i < self.depth:
-                deep = prompts[i].to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)
-                x = torch.cat([x[: -self.n_ctx], deep], dim=0)
+                x = _replace(x, prompts[i], -self.n_ctx, t.seq_dim)
             x = run_block(block, x, self.grad_checkpoint)
-        x = v.ln_post(x[0])
-        return x @ v.proj if v.proj is not None else x
+        if self.n_ctx:
+            x = x.narrow(t.seq_dim, 0, x.shape[t.seq_dim] - self.n_ctx)
+        return t.pool(v, x)
+
+
+# --- text towers ---------------------------------------------------------------------------
+class _OpenAIText:
+    """OpenAI CLIP: sequence-first blocks with the causal mask built in."""
+
+    seq_dim = 0
+
+    @staticmethod
+    def blocks(enc):
+        return enc.transformer.resblocks
+
+    @staticmethod
+    def project(enc, x):
+        return x @ enc.text_projection
+
+
+class _OpenClipText:
+    """open_clip CLIP / TextTransformer: batch-first blocks that take the model's causal mask."""
+
+    seq_dim = 1
+
+    @staticmethod
+    def blocks(enc):
+        mask = enc.attn_mask
+        return [lambda y, b=b: b(y, attn_mask=mask) for b in enc.transformer.resblocks]
+
+    @staticmethod
+    def project(enc, x):
+        proj = enc.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+
+def _text_adapter(tower: nn.Module):
+    if not is_open_clip(tower):
+        return _OpenAIText
+    pool = getattr(tower, "text_pool_type", getattr(tower, "pool_type", None))
+    if (pool != "argmax" or getattr(tower, "attn_mask", None) is None or getattr(tower, "cls_emb", None) is not None
+            or getattr(tower, "use_pad_mask", False) or not getattr(tower.transformer, "batch_first", False)):
+        raise ConfigError(f"This open_clip text tower ({type(tower).__name__}, pooling '{pool}') is not a causal "
+                          "CLIP text transformer pooled at the end-of-text token; it cannot be prompted or encoded "
+                          "here. Use this model as a PromptKD student (image tower only).")
+    return _OpenClipText
 
 
 class PromptedTextEncoder(nn.Module):
@@ -129,13 +258,17 @@ class PromptedTextEncoder(nn.Module):
         `phrase_may_exceed`: a CTX_INIT longer than n_ctx keeps its first n_ctx tokens as the
         learnable context and the rest as fixed text (MaPLe's behaviour); otherwise an error."""
         super().__init__()
-        n_layers = len(clip_model.transformer.resblocks)
+        text = text_tower(clip_model)
+        self.tower = _text_adapter(text)
+        self.tokenizer = tokenizer(clip_model)
+        n_layers = len(text.transformer.resblocks)
         _check_depth("text", n_ctx, depth, n_layers)
-        self.token_embedding = clip_model.token_embedding
-        self.positional_embedding = clip_model.positional_embedding
-        self.transformer = clip_model.transformer
-        self.ln_final = clip_model.ln_final
-        self.text_projection = clip_model.text_projection
+        self.token_embedding = text.token_embedding
+        self.positional_embedding = text.positional_embedding
+        self.transformer = text.transformer
+        self.ln_final = text.ln_final
+        self.text_projection = text.text_projection
+        self.register_buffer("attn_mask", getattr(text, "attn_mask", None), persistent=False)
         self.depth = depth
         self.n_ctx = n_ctx if depth > 0 else 0
         self.ctx_init = " ".join(ctx_init.replace("_", " ").split())
@@ -153,7 +286,7 @@ class PromptedTextEncoder(nn.Module):
         """Initialise prompts[0] from CTX_INIT; return the text that holds the context's place."""
         if not self.ctx_init:
             return " ".join(["X"] * n_ctx)
-        ids = clip.tokenize(self.ctx_init)[0]
+        ids = self.tokenizer(self.ctx_init)[0]
         n_phrase = int(ids.argmax()) - 1  # tokens between SOS and EOT
         if n_phrase > n_ctx and self.phrase_may_exceed:
             with torch.no_grad():
@@ -173,12 +306,15 @@ class PromptedTextEncoder(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.text_projection.dtype
+        proj = self.text_projection
+        if isinstance(proj, nn.Linear):
+            return proj.weight.dtype
+        return proj.dtype if proj is not None else self.transformer.resblocks[0].mlp.c_fc.weight.dtype
 
     def tokenize(self, classnames: list[str]) -> torch.Tensor:
         lead = self.prefix if self.depth else self.ctx_init
         texts = [" ".join(f"{lead} {name.replace('_', ' ')}.".split()) for name in classnames]
-        return clip.tokenize(texts)
+        return self.tokenizer(texts)
 
     def forward(self, tokens: torch.Tensor, prompts=None) -> torch.Tensor:
         """`prompts`: per-block prompt tensors to use instead of this encoder's own."""
@@ -192,14 +328,16 @@ class PromptedTextEncoder(nn.Module):
     def encode_embeddings(self, x: torch.Tensor, tokens: torch.Tensor, prompts=()) -> torch.Tensor:
         """The text tower from input embeddings [N, L, D] on (deep prompts after block 0, if
         any, replace the n_ctx tokens after SOS). `tokens` locate EOT (argmax)."""
-        x = (x + self.positional_embedding.type(self.dtype)).permute(1, 0, 2)  # NLD -> LND
-        for i, block in enumerate(self.transformer.resblocks):
+        t = self.tower
+        x = x + self.positional_embedding.type(self.dtype)
+        x = x.permute(1, 0, 2) if t.seq_dim == 0 else x  # NLD -> the blocks' token layout
+        for i, block in enumerate(t.blocks(self)):
             if 0 < i < self.depth and len(prompts) > i:
-                deep = prompts[i].to(x.dtype).unsqueeze(1).expand(-1, x.shape[1], -1)
-                x = torch.cat([x[:1], deep, x[1 + self.n_ctx :]], dim=0)
+                x = _replace(x, prompts[i], 1, t.seq_dim)
             x = run_block(block, x, self.grad_checkpoint)
-        x = self.ln_final(x.permute(1, 0, 2)).type(self.dtype)
-        return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ self.text_projection
+        x = x.permute(1, 0, 2) if t.seq_dim == 0 else x
+        x = self.ln_final(x).type(self.dtype)
+        return t.project(self, x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)])
 
     def encode(self, classnames: list[str]) -> torch.Tensor:
         return self(self.tokenize(classnames).to(self.token_embedding.weight.device))

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import read_clip_state, visual_from_state_dict
+from . import backbones
+from .backbones import visual_from_state_dict
 from .checkpoints import atomic_save, load_file, split_published_student, split_published_teacher
 from .class_vectors import ClassVectors, ImageSide, visual_fingerprint
 from .encoders import PromptedImageEncoder, freeze_clip
@@ -107,11 +108,12 @@ class PredictorRecord:
 
     @classmethod
     def for_student(cls, student, vectors: ClassVectors, backbone: dict, preprocess: dict,
-                    method: str = "PromptKD", weights_dir: str = "") -> "PredictorRecord":
-        """A PromptKD student (`student.PromptKDStudent`) with the class vectors it was distilled on."""
+                    method: str = "PromptKD", weights_dir: str = "", fingerprint: str = "") -> "PredictorRecord":
+        """A PromptKD student (`student.PromptKDStudent`) with the class vectors it was distilled on.
+        `fingerprint`: of the backbone's fp32 weights, when the live tower is in half precision."""
         enc = student.image_encoder
         return cls(method=method, dataset=vectors.dataset, backbone=dict(backbone),
-                   fingerprint=visual_fingerprint(enc.visual),
+                   fingerprint=fingerprint or visual_fingerprint(enc.visual),
                    weights={"prompts": list(enc.prompts), "projector": student.projector.state_dict()},
                    classnames=list(vectors.classnames), class_vectors=vectors.vectors,
                    logit_scale=float(student.logit_scale.float().item()), preprocess=preprocess,
@@ -128,25 +130,29 @@ class PredictorRecord:
                    teacher=dict(vectors.teacher), weights_dir=weights_dir or "")
 
 
-def load_image_tower(backbone: dict, fingerprint: str, weights_dir: str | None = None,
-                     trusted: bool = False) -> nn.Module:
-    """Build the referenced image tower (fp32, eval) and check its weights' fingerprint."""
+def reference_tower(backbone: dict, weights_dir: str | None = None, trusted: bool = False) -> tuple[nn.Module, str]:
+    """(the image tower a backbone reference names, fp32 eval; where its weights are)."""
     kind = backbone.get("kind")
     if kind in ("published", "published_student") and not trusted:
         raise UserError(f"The model's backbone weights are in the published checkpoint {backbone['path']}, a torch "
                         "1.x file that pickles Python objects: read it only if you trust it, with --trust-pickled "
                         "(Predictor.from_run(..., trusted=True)).")
-    if kind == "clip":
-        state, where = read_clip_state(backbone["name"], weights_dir), backbone["name"]
-    elif kind == "published":
-        state, where = split_published_teacher(backbone["path"], trusted)["clip_state"], backbone["path"]
+    if kind in ("clip", "open_clip"):
+        return backbones.load_image_tower(backbone["name"], weights_dir)[0], backbone["name"]
+    if kind == "published":
+        state = split_published_teacher(backbone["path"], trusted)["clip_state"]
     elif kind == "published_student":
         pub = split_published_student(backbone["path"], trusted)
         state = {**pub["visual_state"], "logit_scale": pub["logit_scale"]}
-        where = backbone["path"]
     else:
         raise UserError(f"Unknown backbone reference {backbone} in the predictor file.")
-    visual, _ = visual_from_state_dict(state)
+    return visual_from_state_dict(state)[0], backbone["path"]
+
+
+def build_image_tower(backbone: dict, fingerprint: str, weights_dir: str | None = None,
+                      trusted: bool = False) -> nn.Module:
+    """Build the referenced image tower (fp32, eval) and check its weights' fingerprint."""
+    visual, where = reference_tower(backbone, weights_dir, trusted)
     found = visual_fingerprint(visual)
     if found != fingerprint:
         raise UserError(f"The backbone weights at {where} have fingerprint {found}, but the model was trained "
@@ -214,7 +220,7 @@ class Predictor:
     def from_run(cls, run_dir: str, weights_dir: str | None = None, trusted: bool = False) -> "Predictor":
         path = find_record(run_dir)
         record = PredictorRecord.load(path)
-        visual = load_image_tower(record.backbone, record.fingerprint, weights_dir or record.weights_dir or None,
+        visual = build_image_tower(record.backbone, record.fingerprint, weights_dir or record.weights_dir or None,
                                   trusted)
         model = ImageClassifier(visual, record.weights["prompts"], record.weights.get("projector"),
                                 record.class_vectors, record.logit_scale)

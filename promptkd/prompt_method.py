@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import clip
+from .backbones import tokenizer
 from .class_vectors import ClassVectors, ImageSide, visual_fingerprint
 from .encoders import PromptedImageEncoder, PromptedTextEncoder, freeze_clip
 from .errors import ConfigError
@@ -80,7 +80,7 @@ class PromptMethod(nn.Module):
         """`tokenize(classnames)` (default: the plain names), cached for the last class list."""
         key = tuple(classnames)
         if getattr(self, "_token_cache", (None,))[0] != key:
-            tokens = (tokenize or clip.tokenize)(list(classnames))
+            tokens = (tokenize or tokenizer(self.clip))(list(classnames))
             self._token_cache = (key, tokens.to(self.clip.logit_scale.device))
         return self._token_cache[1]
 

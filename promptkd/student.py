@@ -47,11 +47,16 @@ class TeacherImageScorer(nn.Module):
     """The frozen teacher's image side in stage 2: prompted image tower + logit scale.
 
     logits = exp(logit_scale) · normalise(f_teacher) · Vᵀ. Always in eval mode, no gradients.
+    The batch is re-fitted to the teacher's input size and normalisation first if they differ.
     """
 
-    def __init__(self, visual: nn.Module, logit_scale: torch.Tensor, prompts: list[torch.Tensor]):
+    def __init__(self, visual: nn.Module, logit_scale: torch.Tensor, prompts: list[torch.Tensor],
+                 input_adapter: nn.Module | None = None):
+        """`input_adapter`: fits the student's batch to this tower's input size and normalisation
+        (`promptkd.image_inputs.TowerInput`); None when they agree."""
         super().__init__()
         freeze_clip(visual)
+        self.input_adapter = input_adapter if input_adapter is not None else nn.Identity()
         n_ctx = prompts[0].shape[0] if prompts else 0
         self.image_encoder = PromptedImageEncoder(visual, n_ctx=n_ctx, depth=len(prompts))
         with torch.no_grad():
@@ -66,7 +71,7 @@ class TeacherImageScorer(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
-        f = F.normalize(self.image_encoder(images).float(), dim=-1)
+        f = F.normalize(self.image_encoder(self.input_adapter(images)).float(), dim=-1)
         return self.logit_scale.exp() * f @ class_vectors.t().to(torch.float32)
 
 

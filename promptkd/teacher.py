@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import clip
+from .backbones import tokenizer
 from .encoders import PromptedImageEncoder, PromptedTextEncoder
 from .errors import CheckpointError, ConfigError
 from .losses import promptsrc_regularisers
@@ -32,14 +32,17 @@ def ensemble_text_features(clip_model: nn.Module, classnames: list[str], templat
     templates = list(templates)
     if chunk < 1 or not templates:
         raise ValueError(f"Need chunk >= 1 and at least one template, got chunk {chunk}, {len(templates)} templates.")
-    device = clip_model.text_projection.device
+    device = clip_model.logit_scale.device
+    tokenize = tokenizer(clip_model)
     n_templates, total = len(templates), len(classnames) * len(templates)
-    sums = torch.zeros(len(classnames), clip_model.text_projection.shape[1], device=device)
+    sums = None
     for start in range(0, total, chunk):
         rows = range(start, min(start + chunk, total))  # row r: class r // T, template r % T
         texts = [templates[r % n_templates].format(classnames[r // n_templates].replace("_", " ")) for r in rows]
-        feats = clip_model.encode_text(clip.tokenize(texts).to(device)).float()
+        feats = clip_model.encode_text(tokenize(texts).to(device)).float()
         feats = F.normalize(feats, dim=-1) if normalise_each else feats
+        if sums is None:
+            sums = feats.new_zeros(len(classnames), feats.shape[1])
         sums.index_add_(0, torch.tensor([r // n_templates for r in rows], device=device), feats)
     return F.normalize(sums / n_templates, dim=-1)
 

@@ -61,3 +61,45 @@ def write_tiny_clip(path: str, spec: TinySpec = TinySpec(), seed: int = 0) -> st
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         atomic_save(tiny_clip_state_dict(spec, seed), path)
     return path
+
+
+# Tiny open_clip architectures (open_clip model configs): a teacher with LayerScale, GELU, a
+# 48 px input and mean / std 0.5, so that size and normalisation differ from the OpenAI students.
+TINY_OPEN_CLIP = {
+    "tiny-oc-teacher": {
+        "embed_dim": 96, "quick_gelu": False,
+        "vision_cfg": {"image_size": 48, "layers": 3, "width": 128, "patch_size": 16, "ls_init_value": 0.5},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 3},
+        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear"},
+    },
+    "tiny-oc-student": {
+        "embed_dim": 64, "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+    },
+}
+
+
+def write_tiny_open_clip(folder: str, arch: str = "tiny-oc-teacher", seed: int = 0, config: dict | None = None) -> str:
+    """Write `<folder>/<arch>.json` (an open_clip model config) and `<folder>/<arch>.pt` (random
+    weights of that open_clip CLIP); return the backbone name `open_clip:<arch>/<weights>`.
+    Loads through open_clip's own builder and checkpoint reader, offline."""
+    import json
+
+    import open_clip
+
+    config = config or TINY_OPEN_CLIP[arch]
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{arch}.pt")
+    if not os.path.isfile(path):
+        with open(os.path.join(folder, f"{arch}.json"), "w") as f:
+            json.dump(config, f)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            kwargs = {k: v for k, v in config.items() if k != "preprocess_cfg"}
+            model = open_clip.model.CLIP(**kwargs)
+        finally:
+            torch.random.set_rng_state(generator_state)
+        atomic_save({k: v.detach().clone() for k, v in model.state_dict().items()}, path)
+    return f"open_clip:{arch}/{path}"

@@ -4,6 +4,8 @@ import json
 import os
 import sys
 
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "distill_step.py")
 
@@ -62,3 +64,18 @@ def test_tiny_teacher_memory_benchmark(tmp_path, capsys):
     assert set(report["summary"]["slopes"]) == {"off", "both"}
     assert report["summary"]["goal"]["classes"] == 6
     assert "peak above model" in printed and "per class" in printed and "goal at 6 classes" in printed
+def test_open_clip_teacher_of_another_input_size(tmp_path, monkeypatch):
+    """An open_clip architecture as teacher (256 px) for a 224 px student: image tower only."""
+    import open_clip
+
+    bench = load_benchmark()
+    monkeypatch.setattr(open_clip.model, "_build_text_tower", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("the benchmark built a text tower that no setting needs")))
+    args = bench.parse_args(["--teacher", "open_clip:ViT-B-32-256", "--student", "ViT-B/16", "--classes", "5",
+                             "--batch", "2", "--depth", "1", "--settings", "part/teacher-image", "--device", "cpu"])
+    models = bench.build_models(args, torch.device("cpu"))
+    assert models.text_encoder is None and models.class_dim == 512
+    assert models.teacher.input_adapter.size == (256, 256) and models.resolution == 224
+    r = bench.measure(bench.Bench(models, args, 5, torch.device("cpu")), ["part/teacher-image"],
+                      torch.device("cpu"), warmup=0, repeats=1)["part/teacher-image"]
+    assert r["flops"] > 2 * 2 * 88e6 * 64  # 2 images x 64 patches x ~88M weights x 2 FLOPs at least

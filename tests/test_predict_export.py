@@ -163,3 +163,15 @@ def test_published_student_eval_only_gives_a_predictor(runs, clip_files, tmp_pat
     predictor = Predictor.from_run(out, trusted=True)
     assert predictor.record.backbone["kind"] == "published_student"
     assert (predictor_logits(predictor, paths) - expected).abs().max() <= 1e-5
+
+
+def test_fp16_student_predictor_reads_the_fp32_backbone(runs, clip_files, tmp_path):
+    """Under PREC fp16 the live tower is half; the predictor names the fp32 file's weights."""
+    out = str(tmp_path / "half")
+    trainer = make_trainer(student_args(runs["data"], clip_files, out, str(runs["out"] / "teacher" / "export"),
+                                        "TRAINER.PROMPTKD.PREC", "fp16", epochs=1))
+    trainer.train()
+    assert trainer.model.image_encoder.visual.conv1.weight.dtype == torch.float16
+    paths, expected = eval_logits(trainer)
+    predictor = Predictor.from_run(out)  # refuses weights whose fingerprint differs
+    assert (predictor_logits(predictor, paths) - expected).abs().max() <= 5e-2 * expected.abs().max()

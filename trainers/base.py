@@ -135,6 +135,24 @@ class PromptTrainer(TrainerX):
         if size != (want, want):
             raise ConfigError(f"INPUT.SIZE is {list(size)} but the {what} expects {want}x{want} images; "
                               f"set INPUT.SIZE ({want}, {want}).")
+    def check_input(self, preprocess, what: str):
+        """INPUT.* must be what the backbone's model wants (`promptkd.backbones.Preprocess`):
+        Dassl builds the image transforms from them before the model is loaded."""
+        i, want = self.cfg.INPUT, preprocess
+        h, w = want.size
+        fixes, problems = [], []
+        if tuple(i.SIZE) != (h, w):
+            problems.append(f"INPUT.SIZE is {list(i.SIZE)} but the {what} expects {h}x{w} images")
+            fixes.append(f'INPUT.SIZE "({h}, {w})"')
+        for key, have, model in (("PIXEL_MEAN", i.PIXEL_MEAN, want.mean), ("PIXEL_STD", i.PIXEL_STD, want.std)):
+            if len(have) != len(model) or any(abs(a - b) > 1e-6 for a, b in zip(have, model)):
+                problems.append(f"INPUT.{key} is {list(have)} but the {what} was trained with {list(model)}")
+                fixes.append(f'INPUT.{key} "{list(model)}"')
+        if i.INTERPOLATION != want.interpolation:
+            problems.append(f"INPUT.INTERPOLATION is {i.INTERPOLATION} but the {what} uses {want.interpolation}")
+            fixes.append(f"INPUT.INTERPOLATION {want.interpolation}")
+        if problems:
+            raise ConfigError("; ".join(problems) + f". Set {' '.join(fixes)} (the {what}'s own preprocessing).")
 
     # --- precision --------------------------------------------------------------------------
     def setup_precision(self) -> str:

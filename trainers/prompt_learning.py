@@ -15,7 +15,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from promptkd.backbones import clip, load_clip
+from promptkd.backbones import backbone_reference, load_backbone, to_half
 from promptkd.class_vectors import IMAGE_SIDE_FILE, class_vectors_file
 from promptkd.errors import ConfigError
 from promptkd.losses import GaussianPromptAggregator
@@ -41,12 +41,12 @@ class PromptLearningTrainer(PromptTrainer):
     def build_model(self):
         cfg, node = self.cfg, self.tcfg
         backbone_mode = self.backbone_mode = self.setup_precision()
-        clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
-        self.check_input_size(clip_model.visual, "backbone")
-        self.backbone_ref = _backbone_ref(cfg.MODEL.BACKBONE.NAME)
+        clip_model, preprocess = load_backbone(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
+        self.check_input(preprocess, f"backbone {cfg.MODEL.BACKBONE.NAME}")
+        self.backbone_ref = backbone_reference(cfg.MODEL.BACKBONE.NAME)
         self.model = self.build_method(clip_model, self.dm.dataset.classnames)
         if backbone_mode == "fp16":
-            clip.model.convert_weights(self.model.clip)
+            to_half(self.model.clip)
         self.model.to(self.device)
         self.gpa, self.gpa_applied = None, False
         trainable = any(p.requires_grad for p in self.model.parameters())
@@ -141,13 +141,13 @@ class PromptLearningTrainer(PromptTrainer):
             yield
             return
         model = self.model.clip.float()
-        model.load_state_dict(load_clip(self.cfg.MODEL.BACKBONE.NAME, self.cfg.MODEL.WEIGHTS_DIR).state_dict())
+        model.load_state_dict(load_backbone(self.cfg.MODEL.BACKBONE.NAME, self.cfg.MODEL.WEIGHTS_DIR)[0].state_dict())
         if self.backbone_ref["kind"] == "published":  # its backbone weights on top of the stock ones
             self.load_published(self.backbone_ref["path"])
         try:
             yield
         finally:
-            clip.model.convert_weights(model)
+            to_half(model)
 
     @torch.no_grad()
     def test(self, split=None):
@@ -158,8 +158,3 @@ class PromptLearningTrainer(PromptTrainer):
     def model_inference(self, images):
         return self.model.eval_logits(images)
 
-
-def _backbone_ref(name: str) -> dict:
-    if name in clip.available_models():
-        return {"kind": "clip", "name": name}
-    return {"kind": "clip", "name": os.path.abspath(os.path.expanduser(name))}

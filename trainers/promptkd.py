@@ -14,16 +14,16 @@ import os
 import torch
 from dassl.engine import TRAINER_REGISTRY
 
-from promptkd.backbones import clip, read_clip_state, visual_from_state_dict
-from promptkd.class_vectors import IMAGE_SIDE_FILE, ClassVectors, ImageSide, check_pair, class_vectors_file
+from promptkd.backbones import backbone_reference, load_image_tower, to_half
+from promptkd.class_vectors import IMAGE_SIDE_FILE, ClassVectors, ImageSide, check_pair, class_vectors_file, visual_fingerprint
 from promptkd.errors import ConfigError
+from promptkd.image_inputs import TowerInput
 from promptkd.losses import kd_loss
-from promptkd.predictor import PredictorRecord
+from promptkd.predictor import PredictorRecord, reference_tower
 from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student
 from trainers.base import PromptTrainer
 from trainers.config import grad_checkpoint_towers
 from trainers.predictor_export import preprocess_from_cfg, save_predictor
-from trainers.prompt_learning import _backbone_ref
 
 logger = logging.getLogger("promptkd")
 
@@ -53,7 +53,7 @@ class PromptKD(PromptTrainer):
 
     def build_model(self):
         kd, cfg = self.tcfg, self.cfg
-        backbone_mode = self.setup_precision()
+        backbone_mode = self.backbone_mode = self.setup_precision()
         vectors_path = kd.CLASS_VECTORS or class_vectors_file(kd.TEACHER_DIR, cfg.DATASET.NAME)
         side_path = os.path.join(kd.TEACHER_DIR or os.path.dirname(vectors_path), IMAGE_SIDE_FILE)
         vectors = ClassVectors.load(vectors_path, TEACHER_HINT)
@@ -66,21 +66,22 @@ class PromptKD(PromptTrainer):
                            "distilling from the export.", kd.TEACHER_NAME, exported)
         self.class_vectors = vectors.vectors.to(self.device, torch.float32)
         self.teacher_vectors = vectors
-        self.backbone_ref = _backbone_ref(cfg.MODEL.BACKBONE.NAME)
+        self.backbone_ref = backbone_reference(cfg.MODEL.BACKBONE.NAME)
         logger.info("Class vectors: %s (%d classes x %d, teacher %s %s)", vectors_path, *vectors.vectors.shape,
                     vectors.teacher.get("backbone"), vectors.teacher.get("fingerprint"))
 
-        teacher_visual = side.load_visual(cfg.MODEL.WEIGHTS_DIR, cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
-        self.check_input_size(teacher_visual, "teacher")
-        self.teacher = TeacherImageScorer(teacher_visual, torch.tensor(side.logit_scale), side.prompts)
-
-        visual, logit_scale = visual_from_state_dict(read_clip_state(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR))
-        self.check_input_size(visual, "student")
+        visual, logit_scale, preprocess = load_image_tower(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
+        self.check_input(preprocess, f"student {cfg.MODEL.BACKBONE.NAME}")
+        teacher_visual, teacher_preprocess = side.load_tower(cfg.MODEL.WEIGHTS_DIR, cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
+        # The teacher sees the student's augmented view, resized / re-normalised for it if needed.
+        fit = TowerInput(preprocess, teacher_preprocess)
+        self.teacher = TeacherImageScorer(teacher_visual, torch.tensor(side.logit_scale), side.prompts,
+                                          input_adapter=None if fit.identity else fit)
         self.model = PromptKDStudent(visual, logit_scale, class_dim=vectors.width,
                                      n_ctx=kd.N_CTX_VISION, depth=kd.PROMPT_DEPTH_VISION)
         if backbone_mode == "fp16":
             for tower in (self.teacher.image_encoder.visual, self.model.image_encoder.visual):
-                clip.model.convert_weights(tower)  # the published pure-fp16 backbone
+                to_half(tower)  # the published pure-fp16 backbone
         self.teacher.to(self.device)
         self.model.to(self.device)
         self.register_trainable(self.model)
@@ -88,9 +89,9 @@ class PromptKD(PromptTrainer):
         self.model.image_encoder.grad_checkpoint = image_checkpoint and self.model.image_encoder.depth > 0
         logger.info("Activation checkpointing (TRAINER.PROMPTKD.GRAD_CHECKPOINT %s): student image tower %s",
                     kd.GRAD_CHECKPOINT, "on" if self.model.image_encoder.grad_checkpoint else "off")
-        logger.info("Student %s -> projector %d -> %d; teacher image side %s (depth %d)",
+        logger.info("Student %s -> projector %d -> %d; teacher image side %s (depth %d, input %s)",
                     cfg.MODEL.BACKBONE.NAME, self.model.image_encoder.output_dim, vectors.width,
-                    side.backbone, len(side.prompts))
+                    side.backbone, len(side.prompts), fit)
 
     def forward_backward(self, batch):
         images = batch["img"].to(self.device)  # labels are never read
@@ -106,9 +107,13 @@ class PromptKD(PromptTrainer):
 
     def finalize_model(self, eval_only: bool = False):
         """The student is final: write its predictor.pt (promptkd.predict / export_model)."""
+        fingerprint = ""
+        if self.backbone_mode == "fp16":  # the fp32 weights' fingerprint, which predict checks
+            trusted = self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS
+            fingerprint = visual_fingerprint(reference_tower(self.backbone_ref, self.cfg.MODEL.WEIGHTS_DIR, trusted)[0])
         record = PredictorRecord.for_student(self.model, self.teacher_vectors, self.backbone_ref,
                                              preprocess_from_cfg(self.cfg), self.cfg.TRAINER.NAME,
-                                             self.cfg.MODEL.WEIGHTS_DIR)
+                                             self.cfg.MODEL.WEIGHTS_DIR, fingerprint)
         save_predictor(self.cfg, record)
 
     def load_published(self, path: str):

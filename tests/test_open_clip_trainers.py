@@ -1,0 +1,90 @@
+"""OpenCLIP backbones through the user-facing scripts and trainers, on a fake DTD: an open_clip
+teacher (48 px, mean / std 0.5, bilinear) distilled into an OpenAI student (32 px) in one run,
+and an OpenAI teacher distilled into an open_clip student; INPUT.* checked against the model."""
+import os
+import sys
+
+import pytest
+
+pytest.importorskip("open_clip")
+pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the script tests)")
+
+from promptkd.checkpoints import load_file  # noqa: E402
+from promptkd.errors import ConfigError  # noqa: E402
+from promptkd.tiny import write_tiny_open_clip  # noqa: E402
+from tests.fake_data import make_dtd  # noqa: E402
+from tests.test_scripts import results, run  # noqa: E402
+
+TINY = ["DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "16",
+        "OPTIM.MAX_EPOCH", "1"]
+OC_TEACHER_INPUT = ["INPUT.SIZE", "(48, 48)", "INPUT.PIXEL_MEAN", "[0.5, 0.5, 0.5]", "INPUT.PIXEL_STD",
+                    "[0.5, 0.5, 0.5]", "INPUT.INTERPOLATION", "bilinear"]
+TEACHER_CONFIG = "openclip_vit_h14_dfn5b_c2_ep20_batch8_4+4ctx"
+
+
+@pytest.fixture(scope="module")
+def oc_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("open_clip_scripts")
+    make_dtd(str(root / "data"), n_classes=4, per_class=6)
+    names = {"teacher": write_tiny_open_clip(str(root / "weights"), "tiny-oc-teacher", seed=5),
+             "student": write_tiny_open_clip(str(root / "weights"), "tiny-oc-student", seed=6)}
+    env = {**os.environ, "DATA": str(root / "data"), "PYTHON": sys.executable, "TEACHER_CONFIG": TEACHER_CONFIG}
+    return root, env, names
+
+
+def teacher_opts(backbone, *extra):
+    return [*TINY, "MODEL.BACKBONE.NAME", backbone, "DATASET.NUM_SHOTS", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT",
+            "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2", "TRAINER.PROMPTSRC.PREC", "fp32", *extra]
+
+
+def student_opts(backbone, prec, *extra):
+    return [*TINY, "INPUT.SIZE", "(32, 32)", "MODEL.BACKBONE.NAME", backbone, "TRAINER.PROMPTKD.PROMPT_DEPTH_VISION",
+            "2", "TRAINER.PROMPTKD.PREC", prec, "TRAINER.PROMPTKD.TEACHER_NAME", "", *extra]
+
+
+def test_open_clip_teacher_into_openai_student_with_other_input_size(oc_env, clip_files):
+    root, env, names = oc_env
+    env = {**env, "OUTPUT": str(root / "oc_to_openai")}
+    out = run("teacher_train.sh", "dtd", "1", *teacher_opts(names["teacher"], *OC_TEACHER_INPUT), env=env)
+    assert results(out)[-1]["backbone"] == names["teacher"]
+    export = root / "oc_to_openai/base2new/promptkd_teacher/dtd/seed1/export"
+    side = load_file(str(export / "image_side.pt"))
+    assert side["backbone"] == {"kind": "open_clip", "name": names["teacher"]}  # stage 2 rebuilds this tower
+    assert load_file(str(export / "class_vectors_DescribableTextures.pt"))["vectors"].shape == (4, 96)
+    out = run("base2new_train.sh", "dtd", "1", *student_opts(clip_files["student"], "fp32"), env=env)
+    r = results(out)[-1]
+    assert r["trainer"] == "PromptKD" and {"base", "novel", "hm"} <= set(r)
+    log = open(root / "oc_to_openai/base2new/promptkd/dtd/seed1/log.txt").read()
+    assert "TowerInput(size=(48, 48), mode=bilinear, renormalise=True)" in log  # the teacher's own view
+
+
+def test_openai_teacher_into_open_clip_student(oc_env, clip_files):
+    root, env, names = oc_env
+    env = {**env, "OUTPUT": str(root / "openai_to_oc")}
+    env.pop("TEACHER_CONFIG")
+    run("teacher_train.sh", "dtd", "1", *teacher_opts(clip_files["teacher"], "INPUT.SIZE", "(32, 32)"), env=env)
+    out = run("base2new_train.sh", "dtd", "1", *student_opts(names["student"], "fp16"), env=env)
+    r = results(out)[-1]
+    assert r["backbone"] == names["student"] and {"base", "novel", "hm"} <= set(r)
+    log = open(root / "openai_to_oc/base2new/promptkd/dtd/seed1/log.txt").read()
+    assert "input TowerInput(identity)" in log  # same size and normalisation: the batch as it is
+
+
+def test_input_settings_must_match_the_open_clip_model(oc_env, tmp_path):
+    import train
+    from dassl.engine import build_trainer
+
+    root, env, names = oc_env
+    args = ["--root", env["DATA"], "--trainer", "PromptKDTeacher", "--dataset-config-file",
+            "configs/datasets/dtd.yaml", "--config-file", f"configs/trainers/PromptKDTeacher/{TEACHER_CONFIG}.yaml",
+            "--output-dir", str(tmp_path), *teacher_opts(names["teacher"], "INPUT.SIZE", "(48, 48)")]
+    cwd = os.getcwd()
+    os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        cfg = train.setup_cfg(train.parse_args(args))
+        with pytest.raises(ConfigError, match=r"INPUT.PIXEL_MEAN is \[0.481.*trained with \[0.5, 0.5, 0.5\].*"
+                                              r"INPUT.INTERPOLATION is bicubic but .* uses bilinear\. Set .*"
+                                              r"INPUT.PIXEL_MEAN \"\[0.5, 0.5, 0.5\]\""):
+            build_trainer(cfg)
+    finally:
+        os.chdir(cwd)
