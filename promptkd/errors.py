@@ -53,6 +53,9 @@ def run_cli(main: Callable[[], int | None], argv: Sequence[str] | None = None) -
     """Run `main()` and exit with its return code; report a `UserError` as `error: ...`."""
     try:
         code = main()
+    except BrokenPipeError:  # `... | head` closed the pipe: stop quietly (Python's documented recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except UserError as err:
         if debug_requested(argv):
             raise
