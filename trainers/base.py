@@ -119,7 +119,7 @@ class PromptTrainer(TrainerX):
             raise unreadable_error(*bad[0], split, self.cfg)
         for path, reason in bad:
             self.unreadable[path] = reason
-        if "img" not in batch or len(batch["img"]) < min_size:
+        if "img" not in batch or (bad and len(batch["img"]) < min_size):  # only a batch skipping shrank
             return None
         return batch
 
@@ -214,7 +214,8 @@ class PromptTrainer(TrainerX):
         bar = tqdm(self.train_loader_x, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", leave=False,
                    dynamic_ncols=True, disable=None)
         for self.batch_idx, batch in enumerate(bar):
-            # BatchNorm in training needs two images: a batch that skipping left smaller is dropped.
+            # BatchNorm in training needs two images: a batch that skipping shrank below that is dropped
+            # (a configured batch of 1, e.g. CoCoOp's, is kept).
             batch = self.screen_batch(batch, "train", min_size=2)
             if batch is None:
                 continue
