@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from promptkd.backbones import clip, load_clip
 from promptkd.class_vectors import IMAGE_SIDE_FILE, class_vectors_file
 from promptkd.losses import GaussianPromptAggregator
+from promptkd import distributed as dist_
 from trainers.base import MODEL_NAME, PromptTrainer
 
 logger = logging.getLogger("promptkd")
@@ -62,7 +63,7 @@ class PromptLearningTrainer(PromptTrainer):
     def forward_backward(self, batch):
         images, labels = batch["img"].to(self.device), batch["label"].to(self.device)
         with self.autocast():
-            out = self.model(images)
+            out = self.train_model(images)  # the DDP wrapper under torchrun
         terms = {"ce": F.cross_entropy(out["logits"].float(), labels), **self.model.extra_losses(out, labels)}
         loss = sum(terms.values())
         self.backward_and_step(loss)
@@ -94,7 +95,9 @@ class PromptLearningTrainer(PromptTrainer):
             self.save_model(self.max_epoch - 1, self.output_dir)  # the final checkpoint holds the aggregate
             logger.info("Gaussian prompt aggregation applied (mean %.1f, std %.1f over %d epochs)",
                         self.tcfg.GPA_MEAN, self.tcfg.GPA_STD, self.max_epoch)
-        self.export()
+        if dist_.is_main():  # one export; the others wait until it is written
+            self.export()
+        dist_.barrier()
 
     def export(self):
         if self.model.image_conditioned:

@@ -81,7 +81,7 @@ class PromptKD(PromptTrainer):
         images = batch["img"].to(self.device)  # labels are never read
         with self.autocast():
             teacher_logits = self.teacher(images, self.class_vectors)
-            student_logits = self.model(images, self.class_vectors)
+            student_logits = self.train_model(images, self.class_vectors)  # DDP wrapper under torchrun
         loss = kd_loss(student_logits, teacher_logits, self.tcfg.TEMPERATURE, self.tcfg.KD_WEIGHT)
         self.backward_and_step(loss)
         return {"kd_loss": loss.item()}

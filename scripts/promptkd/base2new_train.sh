@@ -10,7 +10,7 @@ SEED=${2:?usage: base2new_train.sh DATASET SEED [KEY VALUE ...]}
 need_dataset_config "$DATASET"
 TEACHER_DIR=${TEACHER_DIR:-$OUTPUT/base2new/promptkd_teacher/$DATASET/seed${TEACHER_SEED:-1}/export}
 RUN="$OUTPUT/base2new/promptkd/$DATASET/seed$SEED"
-"$PYTHON" train.py --root "$DATA" --seed "$SEED" --trainer PromptKD \
+"${LAUNCH[@]}" --root "$DATA" --seed "$SEED" --trainer PromptKD \
   --dataset-config-file "configs/datasets/$DATASET.yaml" \
   --config-file "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml" \
   --output-dir "$RUN" \
