@@ -14,7 +14,7 @@ GPU the current device, so `torch.device("cuda")` means that GPU.
 Helpers: `rank()`, `world_size()`, `is_main()`, `barrier()`, `main_first()` (rank 0 runs a
 block, e.g. writing dataset caches, before the others), `all_gather_objects()` (evaluation),
 `shard_indices()` / `ShardSampler` (each example on exactly one rank, no padding),
-`wrap(model)` (DistributedDataParallel; optional SyncBatchNorm), `shared_seed()` and
+`wrap(model)` (DistributedDataParallel; optional SyncBatchNorm), `sync_buffers()`, `shared_seed()` and
 `teardown()`.
 """
 from __future__ import annotations
@@ -161,6 +161,15 @@ class ShardSampler(Sampler):
 
     def __len__(self):
         return len(self.indices)
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP broadcasts them
+    before each forward, so after the last step each rank still holds its own update: call
+    this before checkpointing or evaluating."""
+    if is_distributed():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
 
 
 def wrap(model: nn.Module, sync_bn: bool = False) -> nn.Module:

@@ -33,7 +33,7 @@ from promptkd.losses import check_finite
 from promptkd.schedule import build_lr_scheduler
 from trainers.config import MODALS, MODEL_SELECTIONS, PRECISIONS
 from trainers.data import UNREADABLE, CheckedDatasetWrapper, check_loader, unreadable_error
-from trainers.distributed import distribute_loaders
+from trainers.distributed import check_sampler, distribute_loaders
 
 logger = logging.getLogger("promptkd")
 
@@ -94,6 +94,8 @@ class PromptTrainer(TrainerX):
 
     # --- data -----------------------------------------------------------------------------
     def build_data_loader(self):
+        if dist_.is_distributed():
+            check_sampler(self.cfg)
         with dist_.main_first():  # rank 0 writes the dataset caches (split JSON, few-shot pickles)
             self.build_loaders()
         if dist_.is_distributed():
@@ -255,6 +257,7 @@ class PromptTrainer(TrainerX):
             n_iter = self.epoch * self.num_batches + self.batch_idx
             for k, v in summary.items():
                 self.write_scalar(f"train/{k}", v, n_iter)
+        dist_.sync_buffers(self.model)  # rank 0's BatchNorm statistics on every rank, as DDP would use next
         self.update_lr()  # the schedule is per epoch
         self.report_unreadable(f"epoch {self.epoch + 1}")
         means = {k: v / max(steps, 1) for k, v in totals.items()}

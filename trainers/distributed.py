@@ -22,18 +22,22 @@ from promptkd.errors import ConfigError
 TRAIN_SAMPLERS = ("RandomSampler", "SequentialSampler")
 
 
-def distribute_loaders(trainer) -> None:
-    cfg = trainer.cfg
+def check_sampler(cfg) -> None:
+    """Before Dassl builds its loaders: its class / domain samplers are not rank-aware."""
     sampler = cfg.DATALOADER.TRAIN_X.SAMPLER
     if sampler not in TRAIN_SAMPLERS:
         raise ConfigError(
             f"DATALOADER.TRAIN_X.SAMPLER {sampler} cannot be split across processes (torchrun): use "
             f"{' or '.join(TRAIN_SAMPLERS)}, or train in one process (python train.py ...).")
+
+
+def distribute_loaders(trainer) -> None:
+    """Replace the trainer's training and evaluation loaders by their per-rank versions."""
     loader = trainer.train_loader_x
     source, batch, world = loader.dataset.data_source, loader.batch_size, dist_.world_size()
     if len(source) // world < batch:
         raise ConfigError(
-            f"{len(source)} training images over {world} processes leave each fewer than one batch of "
+            f"{len(source)} training images over {world} process(es) leave each fewer than one batch of "
             f"DATALOADER.TRAIN_X.BATCH_SIZE {batch} (the batch is per process): use at most "
             f"{max(len(source) // batch, 1)} processes or a smaller batch size.")
     trainer.train_loader_x = reload(loader, trainer.build_train_sampler(source), drop_last=True)
