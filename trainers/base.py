@@ -238,8 +238,9 @@ class PromptTrainer(TrainerX):
     def run_epoch(self):
         self.set_model_mode("train")
         self.num_batches = len(self.train_loader_x)
-        if hasattr(self.train_loader_x.sampler, "set_epoch"):  # a new shuffle each epoch under torchrun
-            self.train_loader_x.sampler.set_epoch(self.epoch)
+        sampler = getattr(self.train_loader_x, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # a new shuffle each epoch under torchrun
+            sampler.set_epoch(self.epoch)
         agree = dist_.is_distributed() and self.cfg.DATALOADER.SKIP_UNREADABLE
         totals, steps, start, lr = {}, 0, time.time(), self.get_current_lr()
         bar = tqdm(self.train_loader_x, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", leave=False,
