@@ -7,6 +7,7 @@
     losses         KD and PromptSRC losses, Gaussian prompt aggregation
     checkpoints    atomic save, learnable-only state, readers for the published checkpoints
     schedule       warm-up + cosine LR schedule from torch's own schedulers
+    distributed    torchrun process group, rank-0 helpers, sharded evaluation, DDP wrapper
     tiny           random-weight tiny CLIP checkpoints (tests and the demo)
     results        the results-table command (python -m promptkd.results)
 

@@ -4,6 +4,7 @@
     base.py              shared plumbing: precision, optimiser/LR, checkpoints, base/novel eval
     promptkd_teacher.py  PromptKDTeacher, stage 1: PromptSRC-style teacher + class-vector export
     promptkd.py          PromptKD, stage 2: label-free distillation from stored class vectors
+    distributed.py       the per-rank training / evaluation loaders under torchrun
 
 Importing a trainer module registers it in Dassl's TRAINER_REGISTRY (train.py does this).
 """
