@@ -36,6 +36,7 @@ import trainers.baselines  # noqa: E402,F401  (registers the baselines)
 import trainers.promptkd_teacher  # noqa: E402,F401  (registers PromptKDTeacher)
 from promptkd.errors import ConfigError, MissingFileError, run_cli  # noqa: E402
 from trainers.config import extend_cfg  # noqa: E402
+from promptkd import distributed  # noqa: E402
 
 logger = logging.getLogger("promptkd")
 
@@ -60,6 +61,17 @@ def setup_logging(output_dir: str) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+
+
+def quiet_logging() -> None:
+    """Ranks other than 0 under torchrun: no log file, warnings and errors only (on stderr,
+    prefixed with the rank); Dassl's prints are dropped."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"[rank {distributed.rank()}] %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)
+    sys.stdout = open(os.devnull, "w")
 
 
 def reset_cfg(cfg, args):
@@ -126,9 +138,13 @@ def setup_cfg(args):
 
 def main(args):
     cfg = setup_cfg(args)
+    distributed.init(cfg.USE_CUDA)  # under torchrun: process group + this process's GPU; else nothing
     if cfg.SEED >= 0:
         set_random_seed(cfg.SEED)
-    setup_logging(cfg.OUTPUT_DIR)
+    if distributed.is_main():
+        setup_logging(cfg.OUTPUT_DIR)
+    else:
+        quiet_logging()
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
     logger.info("Arguments: %s", " ".join(sys.argv[1:]))

@@ -10,6 +10,7 @@
     losses         KD and PromptSRC losses, Gaussian prompt aggregation
     checkpoints    atomic save, learnable-only state, readers for the published checkpoints
     schedule       warm-up + cosine LR schedule from torch's own schedulers
+    distributed    torchrun process group, rank-0 helpers, sharded evaluation, DDP wrapper
     tiny           random-weight tiny CLIP checkpoints (tests and the demo)
     results        the results-table command (python -m promptkd.results)
     predictor      a run's predictor.pt record -> a stand-alone image classifier

@@ -15,7 +15,7 @@ NAME=$(echo "$TRAINER" | tr '[:upper:]' '[:lower:]')
 ARGS=(--root "$DATA" --seed "$SEED" --trainer "$TRAINER" --dataset-config-file "configs/datasets/$DATASET.yaml")
 if [ "$PROTOCOL" = base2new ]; then
   RUN="$OUTPUT/base2new/$NAME/$DATASET/seed$SEED"
-  "$PYTHON" train.py "${ARGS[@]}" --config-file "configs/trainers/$TRAINER/$CONFIG.yaml" --output-dir "$RUN" \
+  "${LAUNCH[@]}" "${ARGS[@]}" --config-file "configs/trainers/$TRAINER/$CONFIG.yaml" --output-dir "$RUN" \
     DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base TRAINER.MODAL base2novel \
     ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:6}"
 else
@@ -24,11 +24,11 @@ else
   RUN="$OUTPUT/cross/$NAME/$DATASET/seed$SEED"
   SOURCE="$OUTPUT/cross/$NAME/imagenet/seed$SEED"
   if [ "$DATASET" = imagenet ] || [ "$TRAINER" = ZeroshotCLIP ]; then
-    "$PYTHON" train.py "${ARGS[@]}" --config-file "$XD_CONFIG" --output-dir "$RUN" \
+    "${LAUNCH[@]}" "${ARGS[@]}" --config-file "$XD_CONFIG" --output-dir "$RUN" \
       DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL cross \
       ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:6}"
   else
-    "$PYTHON" train.py "${ARGS[@]}" --config-file "$XD_CONFIG" --output-dir "$RUN" --eval-only --model-dir "$SOURCE" \
+    "${LAUNCH[@]}" "${ARGS[@]}" --config-file "$XD_CONFIG" --output-dir "$RUN" --eval-only --model-dir "$SOURCE" \
       DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL cross \
       ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:6}"
   fi

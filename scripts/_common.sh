@@ -7,6 +7,8 @@
 #   TRUST=1       allow torch-1.x pickled checkpoints (published files you trust)
 #   TEACHER_OPTS  KEY VALUE ... for a teacher that a stage-2 script trains first (no spaces
 #                 inside a value: "INPUT.SIZE (32,32)")
+#   GPUS=N        train / evaluate with N processes on this node (torchrun, one per GPU)
+#   NNODES=M NODE_RANK=R RDZV_ENDPOINT=HOST:PORT   with GPUS: M nodes (run the script on each)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DATA=${DATA:-data}
@@ -15,6 +17,26 @@ PYTHON=${PYTHON:-python}
 COMMON_OPTS=()
 if [ -n "${CLIP_WEIGHTS:-}" ]; then COMMON_OPTS+=(MODEL.WEIGHTS_DIR "$CLIP_WEIGHTS"); fi
 if [ "${TRUST:-0}" = 1 ]; then COMMON_OPTS+=(MODEL.TRUST_PICKLED_CHECKPOINTS True); fi
+# How the scripts start train.py: "${LAUNCH[@]}" --root ... (plain python, or torchrun).
+LAUNCH=("$PYTHON" train.py)
+if [ -n "${GPUS:-}" ] || [ -n "${NNODES:-}" ]; then
+  GPUS=${GPUS:-1}; NNODES=${NNODES:-1}
+  if ! [[ "$GPUS" =~ ^[1-9][0-9]*$ && "$NNODES" =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: GPUS ($GPUS) and NNODES ($NNODES) must be positive integers (processes per node, nodes)." >&2
+    exit 2
+  fi
+  if [ "$NNODES" -gt 1 ]; then
+    if [ -z "${NODE_RANK:-}" ] || [ -z "${RDZV_ENDPOINT:-}" ]; then
+      echo "error: NNODES=$NNODES needs NODE_RANK (0..$((NNODES - 1)), this node) and RDZV_ENDPOINT" \
+        "(HOST:PORT reachable from every node, e.g. node 0's address and a free port)." >&2
+      exit 2
+    fi
+    LAUNCH=("$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS"
+            --rdzv_backend c10d --rdzv_endpoint "$RDZV_ENDPOINT" --rdzv_id "${RDZV_ID:-promptkd}" train.py)
+  elif [ "$GPUS" -gt 1 ]; then
+    LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$GPUS" train.py)
+  fi
+fi
 DG_DATASETS=" imagenetv2 imagenet_sketch imagenet_a imagenet_r "
 
 kd_weight() {  # the published KD_WEIGHT per dataset

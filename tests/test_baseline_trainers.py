@@ -89,3 +89,15 @@ def test_grad_checkpoint_key_reaches_the_method(name, mode, text, image, data_ro
     assert f"Activation checkpointing (TRAINER.{node}.GRAD_CHECKPOINT {mode}): {states}" in caplog.text
     # CoOp runs CLIP's stock image tower (no prompts): asking for it there says so.
     assert ("does not backpropagate through a prompted image tower" in caplog.text) == (name == "CoOp")
+
+
+def test_cocoop_trains_at_its_published_batch_of_one(data_root, clip_files, tmp_path):
+    trainer = make_trainer(baseline_args("CoCoOp", data_root, clip_files, str(tmp_path), "DATALOADER.TRAIN_X.BATCH_SIZE",
+                                         "1", "OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0"))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    steps = []
+    forward_backward = trainer.forward_backward
+    trainer.forward_backward = lambda batch: steps.append(len(batch["img"])) or forward_backward(batch)
+    trainer.train()
+    assert steps and set(steps) == {1} and len(steps) == len(trainer.dm.dataset.train_x)
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if p.requires_grad)

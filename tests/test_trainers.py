@@ -393,7 +393,7 @@ def test_killed_run_resumes_to_the_same_weights(clip_files, teacher_run, tmp_pat
     whole, cut = str(tmp_path_factory.mktemp("whole")), str(tmp_path_factory.mktemp("cut"))
     assert subprocess.run(command(whole), cwd=ROOT, capture_output=True, timeout=600).returncode == 0
     proc = subprocess.Popen(command(cut), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = os.path.join(cut, "VLPromptLearner", "model.pth.tar-1")
+    first = os.path.join(cut, "VLPromptLearner", "checkpoint")  # written once model.pth.tar-1 is complete
     deadline = time.time() + 300
     while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

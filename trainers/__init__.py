@@ -5,6 +5,7 @@
     promptkd_teacher.py  PromptKDTeacher, stage 1: PromptSRC-style teacher + class-vector export
     promptkd.py          PromptKD, stage 2: label-free distillation from stored class vectors
     predictor_export.py  writes a finished run's predictor.pt (for promptkd.predict / export_model)
+    distributed.py       the per-rank training / evaluation loaders under torchrun
 
 Importing a trainer module registers it in Dassl's TRAINER_REGISTRY (train.py does this).
 """

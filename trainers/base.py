@@ -21,9 +21,11 @@ from dassl.data.data_manager import DataManager, build_data_loader
 from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
 from dassl.engine import TrainerX
+from dassl.utils import set_random_seed
 from tabulate import tabulate
 from tqdm import tqdm
 
+from promptkd import distributed as dist_
 from promptkd.checkpoints import atomic_save, learnable_state_dict, load_file, load_learnable_state_dict
 from promptkd.errors import ConfigError, MissingFileError
 from promptkd.evaluation import accuracy_report, num_base_classes
@@ -31,6 +33,7 @@ from promptkd.losses import check_finite
 from promptkd.schedule import build_lr_scheduler
 from trainers.config import GRAD_CHECKPOINTS, MODALS, MODEL_SELECTIONS, PRECISIONS
 from trainers.data import UNREADABLE, CheckedDatasetWrapper, check_loader, unreadable_error
+from trainers.distributed import check_sampler, distribute_loaders
 
 logger = logging.getLogger("promptkd")
 
@@ -60,6 +63,11 @@ def set_rng_state(state: dict) -> None:
 class PromptTrainer(TrainerX):
     CFG_NODE = ""  # e.g. "PROMPTKD": the trainer's own TRAINER.<node> settings
 
+    def __init__(self, cfg):
+        super().__init__(cfg)  # Dassl builds the data and the model here
+        if dist_.is_distributed() and cfg.SEED >= 0:  # each process draws its own augmentations
+            set_random_seed(cfg.SEED + dist_.rank())
+
     @property
     def tcfg(self):
         return self.cfg.TRAINER[self.CFG_NODE]
@@ -87,6 +95,23 @@ class PromptTrainer(TrainerX):
 
     # --- data -----------------------------------------------------------------------------
     def build_data_loader(self):
+        if dist_.is_distributed():
+            check_sampler(self.cfg)
+        with dist_.main_first():  # rank 0 writes the dataset caches (split JSON, few-shot pickles)
+            self.build_loaders()
+        if dist_.is_distributed():
+            distribute_loaders(self)
+
+    def build_train_sampler(self, data_source):
+        """The training sampler under torchrun: this rank's share of a permutation that depends
+        on (seed, epoch) only (`set_epoch` is called every epoch), the tail dropped so that every
+        rank runs the same number of steps."""
+        return torch.utils.data.DistributedSampler(
+            data_source, num_replicas=dist_.world_size(), rank=dist_.rank(),
+            shuffle=self.cfg.DATALOADER.TRAIN_X.SAMPLER == "RandomSampler",
+            seed=dist_.shared_seed(self.cfg.SEED), drop_last=True)
+
+    def build_loaders(self):
         # Dassl's SimpleTrainer.build_data_loader, with loaders that name unreadable images.
         dm = DataManager(self.cfg, dataset_wrapper=CheckedDatasetWrapper)
         self.dm = dm
@@ -178,12 +203,13 @@ class PromptTrainer(TrainerX):
         """Build optimiser + LR schedule for `model`'s trainable parameters and register it."""
         params = [p for p in model.parameters() if p.requires_grad]
         o = self.cfg.OPTIM
+        lr = self.scaled_lr()
         if o.NAME == "sgd":
-            optim = torch.optim.SGD(params, lr=o.LR, momentum=o.MOMENTUM, weight_decay=o.WEIGHT_DECAY,
+            optim = torch.optim.SGD(params, lr=lr, momentum=o.MOMENTUM, weight_decay=o.WEIGHT_DECAY,
                                     dampening=o.SGD_DAMPNING, nesterov=o.SGD_NESTEROV)
         elif o.NAME in ("adam", "adamw"):
             cls = torch.optim.Adam if o.NAME == "adam" else torch.optim.AdamW
-            optim = cls(params, lr=o.LR, weight_decay=o.WEIGHT_DECAY, betas=(o.ADAM_BETA1, o.ADAM_BETA2))
+            optim = cls(params, lr=lr, weight_decay=o.WEIGHT_DECAY, betas=(o.ADAM_BETA1, o.ADAM_BETA2))
         else:
             raise ConfigError(f"OPTIM.NAME '{o.NAME}' is not supported; use sgd, adam or adamw.")
         sched = build_lr_scheduler(optim, o.LR_SCHEDULER, o.MAX_EPOCH, max(o.WARMUP_EPOCH, 0),
@@ -192,6 +218,27 @@ class PromptTrainer(TrainerX):
         self.register_model(MODEL_NAME, model, optim, sched)
         n_train = sum(p.numel() for p in params)
         logger.info("Trainable parameters: %s (%s tensors)", f"{n_train:,}", len(params))
+        if self.cfg.DISTRIBUTED.SYNC_BN and self.device.type != "cuda":
+            raise ConfigError("DISTRIBUTED.SYNC_BN True needs GPUs (SyncBatchNorm only works on GPU "
+                              f"modules) but this run is on {self.device.type}: set DISTRIBUTED.SYNC_BN False.")
+        # The training forward goes through the DDP wrapper under torchrun; self.model (what
+        # Dassl saves, evaluates and loads into) stays unwrapped: checkpoint keys carry no "module.".
+        self.train_model = dist_.wrap(model, sync_bn=self.cfg.DISTRIBUTED.SYNC_BN)
+
+    def scaled_lr(self) -> float:
+        """OPTIM.LR, times the number of processes with DISTRIBUTED.SCALE_LR (linear scaling:
+        the batch is per process, so the global batch grows with the processes)."""
+        lr, world = self.cfg.OPTIM.LR, dist_.world_size()
+        if world == 1:
+            return lr
+        batch = self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+        if self.cfg.DISTRIBUTED.SCALE_LR:
+            logger.info("LR %g = OPTIM.LR %g x %d processes (DISTRIBUTED.SCALE_LR True: linear scaling to the "
+                        "global batch %d = %d per process x %d)", lr * world, lr, world, batch * world, batch, world)
+            return lr * world
+        logger.info("LR %g = OPTIM.LR, not scaled (global batch %d = %d per process x %d processes; "
+                    "DISTRIBUTED.SCALE_LR True would use %g)", lr, batch * world, batch, world, lr * world)
+        return lr
 
     def backward_and_step(self, loss: torch.Tensor):
         check_finite(loss, f"epoch {self.epoch + 1}, batch {self.batch_idx + 1}",
@@ -210,15 +257,19 @@ class PromptTrainer(TrainerX):
     def run_epoch(self):
         self.set_model_mode("train")
         self.num_batches = len(self.train_loader_x)
+        sampler = getattr(self.train_loader_x, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # a new shuffle each epoch under torchrun
+            sampler.set_epoch(self.epoch)
+        agree = dist_.is_distributed() and self.cfg.DATALOADER.SKIP_UNREADABLE
         totals, steps, start, lr = {}, 0, time.time(), self.get_current_lr()
         bar = tqdm(self.train_loader_x, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", leave=False,
-                   dynamic_ncols=True, disable=None)
+                   dynamic_ncols=True, disable=None if dist_.is_main() else True)
         for self.batch_idx, batch in enumerate(bar):
             # BatchNorm in training needs two images: a batch that skipping shrank below that is dropped
             # (a configured batch of 1, e.g. CoCoOp's, is kept).
             batch = self.screen_batch(batch, "train", min_size=2)
-            if batch is None:
-                continue
+            if dist_.any_rank(batch is None) if agree else batch is None:
+                continue  # under torchrun every rank skips the step together (DDP steps in lockstep)
             summary = self.forward_backward(batch)
             steps += 1
             for k, v in summary.items():
@@ -227,6 +278,7 @@ class PromptTrainer(TrainerX):
             n_iter = self.epoch * self.num_batches + self.batch_idx
             for k, v in summary.items():
                 self.write_scalar(f"train/{k}", v, n_iter)
+        dist_.sync_buffers(self.model)  # rank 0's BatchNorm statistics on every rank, as DDP would use next
         self.update_lr()  # the schedule is per epoch
         self.report_unreadable(f"epoch {self.epoch + 1}")
         means = {k: v / max(steps, 1) for k, v in totals.items()}
@@ -239,7 +291,8 @@ class PromptTrainer(TrainerX):
         self.best_result = -math.inf
         directory = self.cfg.RESUME or self.output_dir
         self.start_epoch = self.resume_model_if_exist(directory)
-        self.init_writer(os.path.join(self.output_dir, "tensorboard"))
+        if dist_.is_main():  # one TensorBoard writer (write_scalar is a no-op without one)
+            self.init_writer(os.path.join(self.output_dir, "tensorboard"))
         logger.info("Model selection: %s", self.selection_description())
 
     def selection_description(self) -> str:
@@ -296,6 +349,13 @@ class PromptTrainer(TrainerX):
             "val_result": val_result, "best_result": self.best_result if math.isfinite(self.best_result) else None,
             "extra": self.extra_state(), "rng": rng_state(),
         }
+        if dist_.is_distributed():  # each rank's RNG, so a resumed run draws what it would have
+            state["rng_per_rank"] = dist_.all_gather_objects(state["rng"])
+        if dist_.is_main():  # one writer; the others wait below until the file is there
+            self.write_checkpoint(state, folder, name, model_name)
+        dist_.barrier()
+
+    def write_checkpoint(self, state, folder, name, model_name):
         atomic_save(state, os.path.join(folder, name))
         if not model_name:
             previous = _read_pointer(folder)
@@ -309,7 +369,7 @@ class PromptTrainer(TrainerX):
 
     def resume_model_if_exist(self, directory):
         folder = os.path.join(directory, MODEL_NAME)
-        if os.path.isdir(folder):  # a run killed while saving leaves its temp file behind
+        if os.path.isdir(folder) and dist_.is_main():  # a run killed while saving leaves its temp file behind
             for stale in (f for f in os.listdir(folder) if f.startswith(".tmp-")):
                 _remove(os.path.join(folder, stale))
         name = _read_pointer(folder)
@@ -325,7 +385,12 @@ class PromptTrainer(TrainerX):
         self.load_extra_state(ckpt.get("extra") or {})
         if ckpt.get("best_result") is not None:
             self.best_result = ckpt["best_result"]
-        set_rng_state(ckpt["rng"])
+        per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
+        if len(per_rank) != dist_.world_size():
+            logger.warning("%s was written by %d process(es), this run has %d: training continues from its "
+                           "weights, but data order and augmentation differ from an uninterrupted run.",
+                           os.path.join(folder, name), len(per_rank), dist_.world_size())
+        set_rng_state(per_rank[dist_.rank()] if len(per_rank) == dist_.world_size() else ckpt["rng"])
         logger.info("Resumed from %s (epoch %d done)", os.path.join(folder, name), ckpt["epoch"])
         return ckpt["epoch"]
 
@@ -380,23 +445,27 @@ class PromptTrainer(TrainerX):
         self.set_model_mode("eval")
         protocol = self.cfg.TRAINER.MODAL
         selection_only = split == "base-selection"
-        logits, labels = [], []
-        for batch in tqdm(self.eval_loader, desc="evaluate", leave=False, dynamic_ncols=True, disable=None):
+        logits, labels, indices = [], [], []
+        for batch in tqdm(self.eval_loader, desc="evaluate", leave=False, dynamic_ncols=True,
+                          disable=None if dist_.is_main() else True):
             batch = self.screen_batch(batch, "test")
             if batch is None:
                 continue
-            label = batch["label"]
+            label, index = batch["label"], batch["index"]
             if selection_only:
                 keep = label < self.num_base
                 if not keep.any():
                     continue
                 batch = {"img": batch["img"][keep]}
-                label = label[keep]
+                label, index = label[keep], index[keep]
             with self.autocast():
                 logits.append(self.model_inference(batch["img"].to(self.device)).float().cpu())
             labels.append(label)
+            indices.append(index)
         self.report_unreadable("evaluation")
-        report = accuracy_report(torch.cat(logits), torch.cat(labels), protocol, self.num_base)
+        # Under torchrun each rank scored its own shard: every rank gets all of them, in order.
+        logits, labels = dist_.gather_in_order(indices, logits, labels)
+        report = accuracy_report(logits, labels, protocol, self.num_base)
         if selection_only:
             logger.info("base-class test accuracy (for model selection): %.2f", report["base"])
             return report["base"]

@@ -55,6 +55,17 @@ def extend_cfg(cfg):
     cfg.DATASET.FOLDER.VAL_RATIO = 0.2  # with train/ and test/ but no val/: this share of train is val
     cfg.DATASET.FOLDER.SPLIT_SEED = 1  # seed of the split (independent of the run's --seed)
 
+    # --- several processes (torchrun; see promptkd/distributed.py) ------------------------
+    # DATALOADER.TRAIN_X.BATCH_SIZE stays per process (each GPU keeps its memory use), so the
+    # global batch is BATCH_SIZE x processes. SCALE_LR True multiplies OPTIM.LR by the number
+    # of processes (linear scaling rule); off by default, the log says which LR is used.
+    cfg.DISTRIBUTED = CN()
+    cfg.DISTRIBUTED.SCALE_LR = False
+    # BatchNorm layers of the trained model (PromptKD's projector) as SyncBatchNorm: statistics
+    # over the global batch. False: each process normalises over its own batch (running stats
+    # of rank 0 are broadcast). GPU only (DDP cannot run SyncBatchNorm on CPU).
+    cfg.DISTRIBUTED.SYNC_BN = False
+
     # --- CLIP weights ------------------------------------------------------------------
     # Directory holding OpenAI's CLIP files (ViT-B-16.pt, ...); "" = the clip package's cache
     # (~/.cache/clip). MODEL.BACKBONE.NAME is a CLIP name (ViT-B/16) or a path to a file.

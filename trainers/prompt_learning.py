@@ -15,6 +15,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from promptkd import distributed as dist_
 from promptkd.backbones import backbone_reference, load_backbone, to_half
 from promptkd.class_vectors import IMAGE_SIDE_FILE, class_vectors_file
 from promptkd.errors import ConfigError
@@ -81,7 +82,7 @@ class PromptLearningTrainer(PromptTrainer):
     def forward_backward(self, batch):
         images, labels = batch["img"].to(self.device), batch["label"].to(self.device)
         with self.autocast():
-            out = self.model(images)
+            out = self.train_model(images)  # the DDP wrapper under torchrun
         terms = {"ce": F.cross_entropy(out["logits"].float(), labels), **self.model.extra_losses(out, labels)}
         loss = sum(terms.values())
         self.backward_and_step(loss)
@@ -113,7 +114,9 @@ class PromptLearningTrainer(PromptTrainer):
             self.save_model(self.max_epoch - 1, self.output_dir)  # the final checkpoint holds the aggregate
             logger.info("Gaussian prompt aggregation applied (mean %.1f, std %.1f over %d epochs)",
                         self.tcfg.GPA_MEAN, self.tcfg.GPA_STD, self.max_epoch)
-        self.export()
+        if dist_.is_main():  # one export; the others wait until it is written
+            self.export()
+        dist_.barrier()
 
     def export(self):
         if self.model.image_conditioned:

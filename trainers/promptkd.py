@@ -14,6 +14,7 @@ import os
 import torch
 from dassl.engine import TRAINER_REGISTRY
 
+from promptkd import distributed as dist_
 from promptkd.backbones import backbone_reference, load_image_tower, to_half
 from promptkd.class_vectors import IMAGE_SIDE_FILE, ClassVectors, ImageSide, check_pair, class_vectors_file, visual_fingerprint
 from promptkd.errors import ConfigError
@@ -97,7 +98,7 @@ class PromptKD(PromptTrainer):
         images = batch["img"].to(self.device)  # labels are never read
         with self.autocast():
             teacher_logits = self.teacher(images, self.class_vectors)
-            student_logits = self.model(images, self.class_vectors)
+            student_logits = self.train_model(images, self.class_vectors)  # DDP wrapper under torchrun
         loss = kd_loss(student_logits, teacher_logits, self.tcfg.TEMPERATURE, self.tcfg.KD_WEIGHT)
         self.backward_and_step(loss)
         return {"kd_loss": loss.item()}
@@ -106,7 +107,12 @@ class PromptKD(PromptTrainer):
         return self.model(images, self.class_vectors)
 
     def finalize_model(self, eval_only: bool = False):
-        """The student is final: write its predictor.pt (promptkd.predict / export_model)."""
+        """The student is final: write its predictor.pt (promptkd.predict / export_model), once."""
+        if dist_.is_main():
+            self.save_student_predictor()
+        dist_.barrier()
+
+    def save_student_predictor(self):
         fingerprint = ""
         if self.backbone_mode == "fp16":  # the fp32 weights' fingerprint, which predict checks
             trusted = self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS

@@ -18,7 +18,7 @@ if [ -z "${TEACHER_DIR:-}" ]; then
   fi
 fi
 RUN="$OUTPUT/base2new/promptkd/$DATASET/seed$SEED"
-"$PYTHON" train.py --root "$DATA" --seed "$SEED" --trainer PromptKD \
+"${LAUNCH[@]}" --root "$DATA" --seed "$SEED" --trainer PromptKD \
   --dataset-config-file "configs/datasets/$DATASET.yaml" \
   --config-file "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml" \
   --output-dir "$RUN" \

@@ -17,7 +17,7 @@ TRAINER=${TRAINER:-PromptKDTeacher}
 TEACHER_CONFIG=${TEACHER_CONFIG:-vit_l14_c2_ep20_batch8_4+4ctx}
 MODAL=${MODAL:-base2novel}
 EXPORT_DIR=${EXPORT_DIR:-$TEACHER_RUN/export}
-"$PYTHON" train.py --root "$DATA" --seed 1 --trainer "$TRAINER" \
+"${LAUNCH[@]}" --root "$DATA" --seed 1 --trainer "$TRAINER" \
   --dataset-config-file "configs/datasets/$DATASET.yaml" \
   --config-file "configs/trainers/$TRAINER/$TEACHER_CONFIG.yaml" \
   --output-dir "$EXPORT_DIR/logs/$DATASET" --eval-only --model-dir "$TEACHER_RUN" \

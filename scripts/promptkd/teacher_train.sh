@@ -10,7 +10,7 @@ SEED=${2:?usage: teacher_train.sh DATASET SEED [KEY VALUE ...]}
 need_dataset_config "$DATASET"
 TEACHER_CONFIG=${TEACHER_CONFIG:-vit_l14_c2_ep20_batch8_4+4ctx}
 RUN="$OUTPUT/base2new/promptkd_teacher/$DATASET/seed$SEED"
-"$PYTHON" train.py --root "$DATA" --seed "$SEED" --trainer PromptKDTeacher \
+"${LAUNCH[@]}" --root "$DATA" --seed "$SEED" --trainer PromptKDTeacher \
   --dataset-config-file "configs/datasets/$DATASET.yaml" \
   --config-file "configs/trainers/PromptKDTeacher/$TEACHER_CONFIG.yaml" \
   --output-dir "$RUN" \

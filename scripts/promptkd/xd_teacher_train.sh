@@ -6,7 +6,7 @@
 source "$(dirname "$0")/../_common.sh"
 SEED=${1:?usage: xd_teacher_train.sh SEED [KEY VALUE ...]}
 RUN="$OUTPUT/cross/promptkd_teacher/imagenet/seed$SEED"
-"$PYTHON" train.py --root "$DATA" --seed "$SEED" --trainer PromptKDTeacher \
+"${LAUNCH[@]}" --root "$DATA" --seed "$SEED" --trainer PromptKDTeacher \
   --dataset-config-file configs/datasets/imagenet.yaml \
   --config-file "configs/trainers/PromptKDTeacher/vit_l14_c2_ep20_batch8_4+4ctx_cross_datasets.yaml" \
   --output-dir "$RUN" \

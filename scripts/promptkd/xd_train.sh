@@ -35,12 +35,12 @@ OPTS=(DATASET.NUM_SHOTS 0 DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL cross
       TRAINER.PROMPTKD.TEACHER_DIR "$TEACHER_RUN/export" TRAINER.PROMPTKD.KD_WEIGHT "$(kd_weight "$DATASET")")
 if [[ "$DG_DATASETS" == *" $DATASET "* ]]; then
   RUN="$OUTPUT/cross/promptkd/$DATASET/seed$SEED"
-  "$PYTHON" train.py "${COMMON[@]}" --output-dir "$RUN" --eval-only \
+  "${LAUNCH[@]}" "${COMMON[@]}" --output-dir "$RUN" --eval-only \
     --model-dir "$OUTPUT/cross/promptkd/imagenet/seed$SEED" "${OPTS[@]}" \
     ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:3}"
 else
   RUN="$OUTPUT/cross/promptkd/$DATASET/seed$SEED"
-  "$PYTHON" train.py "${COMMON[@]}" --output-dir "$RUN" "${OPTS[@]}" \
+  "${LAUNCH[@]}" "${COMMON[@]}" --output-dir "$RUN" "${OPTS[@]}" \
     ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:3}"
 fi
 echo "Run: $RUN (tables: python -m promptkd.results $OUTPUT/cross)"

@@ -1,0 +1,275 @@
+"""Training under torchrun (DistributedDataParallel), on CPU with gloo and 2 processes.
+
+Each launch (`python -m torch.distributed.run --standalone --nproc_per_node 2`) costs a few
+seconds of start-up, so the runs are module fixtures shared by the assertions:
+
+* IVLP (no BatchNorm), 2 processes at batch 2 = one process at batch 4 over the same order;
+  its export is the teacher of the PromptKD runs; a single-process IVLP run evaluated under DDP;
+* PromptKD under DDP: ranks identical, one set of files, evaluation = single-process;
+* killed after epoch 1 and re-run (through `GPUS=2 bash scripts/promptkd/base2new_train.sh`):
+  the same weights as the uninterrupted run;
+* two nodes on 127.0.0.1 (two launches, c10d rendezvous, NNODES=2 through the same script):
+  the same weights too.
+
+`tests/ddp_probe.py` runs train.py's main() and saves each rank's state and evaluation scores.
+In-process, a 1-process gloo group runs the other trainers through the DDP wrapper (DDP
+refuses a trainable parameter that does not reach the loss) and checks the refused launches.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+
+pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
+
+from dassl.data.datasets import build_dataset  # noqa: E402
+
+import train  # noqa: E402
+import trainers.base  # noqa: E402
+from promptkd import distributed  # noqa: E402
+from promptkd.checkpoints import load_file  # noqa: E402
+from promptkd.class_vectors import ClassVectors, class_vectors_file  # noqa: E402
+from promptkd.errors import ConfigError  # noqa: E402
+from tests.fake_data import make_dtd  # noqa: E402
+from tests.test_baseline_trainers import baseline_args  # noqa: E402
+from tests.test_trainers import ROOT, learnable, make_trainer, student_args, teacher_args  # noqa: E402
+
+PROBE = os.path.join(ROOT, "tests", "ddp_probe.py")
+CPU = ["USE_CUDA", "False"]
+DTD = "DescribableTextures"
+# Deterministic inputs (resize + normalise, in order) so that 2 x b and 1 x 2b see the same batches.
+SAME_ORDER = ["DATALOADER.TRAIN_X.SAMPLER", "SequentialSampler", "INPUT.TRANSFORMS", "('normalize',)",
+              "OPTIM.WARMUP_EPOCH", "0"]
+
+
+def env(**extra):
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, **extra}
+
+
+def torchrun(probe_dir, args, extra_env=None, timeout=600):
+    os.makedirs(probe_dir, exist_ok=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               PROBE, probe_dir, *args, *CPU]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=env(**(extra_env or {})))
+
+
+def ranks(probe_dir):
+    return [torch.load(os.path.join(probe_dir, f"rank{r}.pt"), weights_only=False) for r in (0, 1)]
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def final_state(out, epoch):
+    return load_file(os.path.join(out, "VLPromptLearner", f"model.pth.tar-{epoch}"))["state_dict"]
+
+
+def assert_same(a, b, atol=0.0, rtol=0.0):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), rtol=rtol, atol=atol), (k, (a[k] - b[k]).abs().max())
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, clip_files):
+    """A fake DTD whose split and few-shot caches exist before any run (building them draws
+    random numbers, which would make the first run's initial prompts differ from the rest)."""
+    root = str(tmp_path_factory.mktemp("ddp_data"))
+    make_dtd(root, n_classes=5, per_class=10)
+    cfg = train.setup_cfg(train.parse_args(ivlp_args(root, clip_files, str(tmp_path_factory.mktemp("x")), 4)))
+    build_dataset(cfg)
+    return root
+
+
+def ivlp_args(root, clip_files, out, batch, *extra):
+    return baseline_args("IVLP", root, clip_files, out, "DATALOADER.TRAIN_X.BATCH_SIZE", str(batch), *SAME_ORDER, *extra)
+
+
+@pytest.fixture(scope="module")
+def ivlp(data, clip_files, tmp_path_factory):
+    single_out, ddp_out = (str(tmp_path_factory.mktemp(n)) for n in ("ivlp_single", "ivlp_ddp"))
+    single = make_trainer(ivlp_args(data, clip_files, single_out, 4))
+    initial = learnable(single)
+    single.train()
+    probe = str(tmp_path_factory.mktemp("ivlp_probe"))
+    ok(torchrun(probe, ivlp_args(data, clip_files, ddp_out, 2)))
+    return {"single": single, "initial": initial, "ddp_out": ddp_out, "single_out": single_out,
+            "ranks": ranks(probe), "export": os.path.join(ddp_out, "export")}
+
+
+def test_ddp_at_batch_b_equals_one_process_at_batch_2b(ivlp):
+    r0, r1 = ivlp["ranks"]
+    assert r0["world"] == 2 and r0["sampler"] == "DistributedSampler" and r0["sampler_epoch"] == 1
+    assert_same(r0["state"], r1["state"])  # DDP keeps the ranks identical
+    single = learnable(ivlp["single"])
+    assert max((single[k] - ivlp["initial"][k]).abs().max() for k in single) > 1e-3  # it did train
+    assert_same(r0["state"], single, atol=1e-6, rtol=1e-6)  # fp32 rounding of 2 x b vs 2b sums
+    # One export, from rank 0, equal to the single-process one.
+    ddp = ClassVectors.load(class_vectors_file(ivlp["export"], DTD))
+    one = ClassVectors.load(class_vectors_file(os.path.join(ivlp["single_out"], "export"), DTD))
+    assert torch.allclose(ddp.vectors, one.vectors, atol=1e-5)
+
+
+def test_single_process_checkpoint_evaluates_under_ddp(ivlp, data, clip_files, tmp_path):
+    """A single-process run's checkpoint, --eval-only under torchrun: every test image scored
+    once, the same scores and report as the single-process evaluation."""
+    out = str(tmp_path / "eval")
+    ok(torchrun(str(tmp_path / "probe"), ["--eval-only", "--model-dir", ivlp["single_out"],
+                                           *ivlp_args(data, clip_files, out, 2)]))
+    r0, r1 = ranks(str(tmp_path / "probe"))
+    single = ivlp["single"]
+    assert r0["report"] == r1["report"] == pytest.approx(single.last_report)
+    assert r0["report"]["n"] == len(single.eval_loader.dataset) == 15
+    assert torch.equal(r0["evals"][-1]["labels"], torch.tensor([x.label for x in single.eval_loader.dataset.data_source]))
+
+
+@pytest.fixture(scope="module")
+def kd(ivlp, data, clip_files, tmp_path_factory):
+    """PromptKD under DDP, distilling from the IVLP export, 3 epochs."""
+    out, probe = (str(tmp_path_factory.mktemp(n)) for n in ("kd_ddp", "kd_probe"))
+    proc = ok(torchrun(probe, student_args(data, clip_files, out, ivlp["export"])))
+    return {"out": out, "ranks": ranks(probe), "proc": proc}
+
+
+def test_promptkd_ranks_agree_and_write_one_set_of_files(kd):
+    r0, r1 = kd["ranks"]
+    assert_same(r0["state"], r1["state"])  # prompts, projector and its BatchNorm statistics
+    assert any("projector.1.running_mean" in k for k in r0["state"])
+    out = kd["out"]
+    assert sorted(os.listdir(os.path.join(out, "VLPromptLearner"))) == ["checkpoint", "model.pth.tar-3"]
+    assert sorted(os.listdir(out)) == ["VLPromptLearner", "export", "log.txt", "tensorboard"]
+    assert os.listdir(os.path.join(out, "export")) == ["predictor.pt"]
+    assert len(os.listdir(os.path.join(out, "tensorboard"))) == 1
+    log = open(os.path.join(out, "log.txt")).read()
+    assert log.count("RESULT ") == 1 and log.count("Checkpoint saved") == 3
+    assert kd["proc"].stdout.count("RESULT ") == 1  # rank 1 prints nothing
+    assert_same(final_state(out, 3), r0["state"])  # no "module." prefixes
+
+
+def test_promptkd_ddp_checkpoint_evaluates_in_one_process(kd, ivlp, data, clip_files, tmp_path, monkeypatch):
+    seen = []
+    report = trainers.base.accuracy_report
+    monkeypatch.setattr(trainers.base, "accuracy_report", lambda lg, lb, *a: seen.append((lg, lb)) or report(lg, lb, *a))
+    single = make_trainer(student_args(data, clip_files, str(tmp_path), ivlp["export"]))
+    single.run_eval_only(kd["out"])
+    r0, r1 = kd["ranks"]
+    (logits, labels), = seen
+    for rank in (r0, r1):  # every rank holds the scores of all test images, in order
+        assert torch.equal(rank["evals"][-1]["labels"], labels)
+        assert torch.allclose(rank["evals"][-1]["logits"], logits, atol=1e-5)
+        assert rank["report"] == pytest.approx(single.last_report)
+    assert single.last_report["n"] == len(labels) == 15
+
+
+def script(name, output, data, export, extra, **environ):
+    extra = extra[extra.index("--output-dir") + 2:]  # the KEY VALUE options of student_args
+    command = ["bash", os.path.join(ROOT, "scripts", "promptkd", name), "dtd", "1", *extra, *CPU]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env(PYTHON=sys.executable, DATA=data, OUTPUT=output, TEACHER_DIR=export, **environ))
+
+
+def test_killed_ddp_run_resumes_to_the_same_weights(kd, ivlp, data, clip_files, tmp_path):
+    output = str(tmp_path)
+    run = os.path.join(output, "base2new", "promptkd", "dtd", "seed1")  # where the script writes
+    args = student_args(data, clip_files, run, ivlp["export"])
+    killed = torchrun(str(tmp_path / "probe"), args, extra_env={"PROBE_KILL_AFTER_EPOCH": "1"})
+    assert killed.returncode != 0
+    assert sorted(os.listdir(os.path.join(run, "VLPromptLearner"))) == ["checkpoint", "model.pth.tar-1"]
+    proc = script("base2new_train.sh", output, data, ivlp["export"], args, GPUS="2")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    log = open(os.path.join(run, "log.txt")).read()
+    assert "Resumed from" in log and "(epoch 1 done)" in log and "4 per process x 2 processes" in log
+    assert_same(final_state(run, 3), final_state(kd["out"], 3))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_train_and_evaluate(kd, ivlp, data, clip_files, tmp_path):
+    """Two launches on one machine, one process each, c10d rendezvous: the same run as kd."""
+    output = str(tmp_path)
+    run = os.path.join(output, "base2new", "promptkd", "dtd", "seed1")
+    args = student_args(data, clip_files, run, ivlp["export"])
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [script("base2new_train.sh", output, data, ivlp["export"], args, GPUS="1", NNODES="2",
+                    NODE_RANK=str(r), RDZV_ENDPOINT=endpoint, RDZV_ID=f"test{os.getpid()}") for r in (0, 1)]
+    try:
+        outs = [node.communicate(timeout=600) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.send_signal(signal.SIGTERM)
+    for node, (stdout, stderr) in zip(nodes, outs):
+        assert node.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert sum(stdout.count("RESULT ") for stdout, _ in outs) == 1
+    assert_same(final_state(run, 3), final_state(kd["out"], 3))
+
+
+# --- in-process: a 1-process gloo group -----------------------------------------------------
+
+@pytest.fixture
+def process_group():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+# IVLP and PromptKD run under torchrun above; PromptSRC is PromptKDTeacher with other configs.
+@pytest.mark.parametrize("name", ["ZeroshotCLIP", "CoOp", "CoCoOp", "MaPLe", "PromptKDTeacher"])
+def test_every_trainer_trains_and_evaluates_through_ddp(name, process_group, data, clip_files, tmp_path):
+    """DDP refuses (at the second step) any trainable parameter that does not reach the loss."""
+    out = str(tmp_path)
+    if name == "PromptKDTeacher":
+        args = teacher_args(data, clip_files, out, epochs=1)
+    else:
+        args = baseline_args(name, data, clip_files, out, "OPTIM.MAX_EPOCH", "1")
+    trainer = make_trainer(args)
+    if name != "ZeroshotCLIP":
+        assert isinstance(trainer.train_model, torch.nn.parallel.DistributedDataParallel)
+        assert trainer.train_model.module is trainer.model and len(trainer.train_loader_x) >= 2
+    trainer.train()
+    assert {"base", "novel", "hm"} <= set(trainer.last_report)
+
+
+def test_wrong_launches_are_refused(process_group, ivlp, data, clip_files, tmp_path, monkeypatch):
+    out = str(tmp_path)
+    with pytest.raises(ConfigError, match="RandomClassSampler cannot be split across processes"):
+        make_trainer(ivlp_args(data, clip_files, out, 2, "DATALOADER.TRAIN_X.SAMPLER", "RandomClassSampler"))
+    with pytest.raises(ConfigError, match=r"12 training images over 1 process\(es\) leave each fewer than one batch"):
+        make_trainer(ivlp_args(data, clip_files, out, 16))
+    with pytest.raises(ConfigError, match="SYNC_BN True needs GPUs"):
+        make_trainer(student_args(data, clip_files, out, ivlp["export"], "DISTRIBUTED.SYNC_BN", "True"))
+
+
+def test_more_processes_than_gpus_are_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match="4 processes per node .* only 2 GPU"):
+        distributed.init(use_cuda=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no GPU is visible.*USE_CUDA False"):
+        distributed.init(use_cuda=True)
+    assert not distributed.is_distributed()
+
+
+def test_shards_cover_every_example_once():
+    for n in (0, 1, 7, 15):
+        for world in (1, 2, 3, 8):
+            shards = [list(distributed.shard_indices(n, r, world)) for r in range(world)]
+            assert sorted(i for s in shards for i in s) == list(range(n))
