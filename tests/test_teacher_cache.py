@@ -252,13 +252,13 @@ def test_cache_write_refuses_a_full_disk(setup, tmp_path, monkeypatch):
 
 def test_a_killed_writer_resumes_to_the_same_cache(setup, tmp_path):
     root = str(tmp_path / "bigger")
-    make_dtd(root, n_classes=5, per_class=40)
+    make_dtd(root, n_classes=5, per_class=24)
 
     def command(cache):
         return [sys.executable, "-m", "trainers.teacher_cache", "write",
                 *args(setup, str(tmp_path / "out"), "TRAINER.PROMPTKD.TEACHER_CACHE", str(cache),
                       "TRAINER.PROMPTKD.TEACHER_CACHE_SHARD_SIZE", "4",
-                      "TRAINER.PROMPTKD.TEACHER_CACHE_BATCH_SIZE", "3", epochs=3, root=root)]
+                      "TRAINER.PROMPTKD.TEACHER_CACHE_BATCH_SIZE", "3", epochs=2, root=root)]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     proc = subprocess.run(command(whole), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -292,3 +292,15 @@ def test_cli_reports_errors_with_exit_2(setup, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "trainers.teacher_cache", "write",
                            *args(setup, str(tmp_path / "o"))], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "error: Set TRAINER.PROMPTKD.TEACHER_CACHE" in proc.stderr
+
+
+def test_benchmark_smoke(tmp_path, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("teacher_cache_benchmark", os.path.join(ROOT, "benchmarks", "teacher_cache.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(["--tiny", "--repeats", "1", "--warmup", "0", "--write-batch", "4", "--cache-images", "64",
+                         "--json", str(tmp_path / "b.json")])
+    assert set(report["seconds"]) == set(bench.SETTINGS) and all(v > 0 for v in report["seconds"].values())
+    assert report["flops"]["step/online"] > report["flops"]["step/cached"] > 0
+    assert report["write_views_per_s"] > 0 and "speed-up" in capsys.readouterr().out
