@@ -190,7 +190,13 @@ class TeacherCache:
         if diff:
             raise ConfigError(f"The teacher cache in {directory} does not match this run: " + "; ".join(diff)
                               + f". Use a cache written with this run's settings. {WRITE_HINT}")
-        done = cache.n_shards(epochs) - len(cache.missing_shards(range(epochs)))
+        missing = cache.missing_shards(range(epochs))
+        if missing:  # fail now, not hours into the run
+            e, s = missing[0]
+            raise DataError(f"The teacher cache in {directory} is incomplete: {len(missing)} of {cache.n_shards(epochs)} "
+                            f"shards for {epochs} epochs are missing (the first: {cache.shard_name(e, s)}, epoch {e + 1}). "
+                            + WRITE_HINT)
+        done = cache.n_shards(epochs)
         logger.info("Teacher cache %s: %s embeddings, %d of %d shards for %d epochs present%s.", directory,
                     cache.dtype, done, cache.n_shards(epochs), epochs,
                     "" if epochs == cache.epochs else f" (the cache holds {cache.epochs} epochs)")

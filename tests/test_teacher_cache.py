@@ -237,6 +237,8 @@ def test_fewer_epochs_than_cached_are_read_and_a_missing_view_is_an_error(setup,
     assert empty.lookup([0], [2]).shape == (1, empty.width)
     with pytest.raises(DataError, match=r"no shard e000-00000004.npy .*1 of \d+ shards are written.*teacher_cache write"):
         empty.lookup([0, 0], [0, 5])
+    with pytest.raises(DataError, match=r"is incomplete: \d+ of \d+ shards for 1 epochs are missing \(the first: e000-00000004"):
+        TeacherCache.open(empty.directory, empty.manifest["identity"], 1)
 
 
 def test_cache_write_refuses_a_full_disk(setup, tmp_path, monkeypatch):
