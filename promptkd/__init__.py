@@ -4,6 +4,8 @@
     encoders       prompted image / text encoders that walk stock CLIP blocks (IVLP prompts)
     student        the distilled student: prompted image encoder + projector
     class_vectors  the teacher's pre-stored class vectors and image side (files + checks)
+    views          training views as a pure function of (view seed, epoch, image); the sampler
+    teacher_cache  stored teacher image embeddings per view (sharded, resumable, checked)
     losses         KD and PromptSRC losses, Gaussian prompt aggregation
     checkpoints    atomic save, learnable-only state, readers for the published checkpoints
     schedule       warm-up + cosine LR schedule from torch's own schedulers
