@@ -7,6 +7,8 @@
     image_inputs   re-fit a batch to another tower's input size and normalisation
     student        the distilled student: prompted image encoder + projector
     class_vectors  the teacher's pre-stored class vectors and image side (files + checks)
+    views          training views as a pure function of (view seed, epoch, image); the sampler
+    teacher_cache  stored teacher image embeddings per view (sharded, resumable, checked)
     losses         KD and PromptSRC losses, Gaussian prompt aggregation
     checkpoints    atomic save, learnable-only state, readers for the published checkpoints
     schedule       warm-up + cosine LR schedule from torch's own schedulers

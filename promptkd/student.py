@@ -43,11 +43,18 @@ class PromptKDStudent(nn.Module):
         return self.logit_scale.exp() * self.features(images) @ class_vectors.t().to(torch.float32)
 
 
+def teacher_logits(embeddings: torch.Tensor, logit_scale: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
+    """exp(logit_scale) · e · Vᵀ for normalised teacher embeddings e: the online teacher and
+    the teacher cache (`teacher_cache.py`, which stores e) both score through this."""
+    return logit_scale.exp() * embeddings.to(torch.float32) @ class_vectors.t().to(torch.float32)
+
+
 class TeacherImageScorer(nn.Module):
     """The frozen teacher's image side in stage 2: prompted image tower + logit scale.
 
-    logits = exp(logit_scale) · normalise(f_teacher) · Vᵀ. Always in eval mode, no gradients.
-    The batch is re-fitted to the teacher's input size and normalisation first if they differ.
+    logits = exp(logit_scale) · normalise(f_teacher) · Vᵀ (`embed`, then `teacher_logits`).
+    Always in eval mode, no gradients. The batch is re-fitted to the teacher's input size and
+    normalisation first if they differ.
     """
 
     def __init__(self, visual: nn.Module, logit_scale: torch.Tensor, prompts: list[torch.Tensor],
@@ -70,9 +77,13 @@ class TeacherImageScorer(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised teacher image embeddings [B, D] (float32): what the teacher cache stores."""
+        return F.normalize(self.image_encoder(self.input_adapter(images)).float(), dim=-1)
+
+    @torch.no_grad()
     def forward(self, images: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
-        f = F.normalize(self.image_encoder(self.input_adapter(images)).float(), dim=-1)
-        return self.logit_scale.exp() * f @ class_vectors.t().to(torch.float32)
+        return teacher_logits(self.embed(images), self.logit_scale, class_vectors)
 
 
 def load_published_student(student: PromptKDStudent, path: str, trusted: bool = False) -> None:

@@ -139,4 +139,19 @@ def extend_cfg(cfg):
     cfg.TRAINER.PROMPTKD.TEACHER_DIR = ""
     # Explicit class-vector file; "" = TEACHER_DIR/class_vectors_<DATASET.NAME>.pt
     cfg.TRAINER.PROMPTKD.CLASS_VECTORS = ""
+    # Training views (crop box, flip) are a pure function of (VIEW_SEED, epoch, image index),
+    # and so is each epoch's image order; -1 = the run's --seed. Runs with different student
+    # seeds can share one view stream (and one teacher cache) by setting it.
+    cfg.TRAINER.PROMPTKD.VIEW_SEED = -1
+    # A teacher-cache folder (python -m trainers.teacher_cache write ...): the run reads the
+    # teacher's stored image embeddings and never builds the teacher tower. "" = online teacher.
+    cfg.TRAINER.PROMPTKD.TEACHER_CACHE = ""
+    # True: run the teacher online and fill TEACHER_CACHE as the run goes (resumable).
+    cfg.TRAINER.PROMPTKD.TEACHER_CACHE_WRITE = False
+    # Storage of the cached embeddings when writing: fp16 (half the size) | fp32 (exact).
+    cfg.TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE = "fp16"
+    # Views per cache shard file (one epoch, consecutive images).
+    cfg.TRAINER.PROMPTKD.TEACHER_CACHE_SHARD_SIZE = 4096
+    # Teacher batch size of the cache writer; 0 = 4 x DATALOADER.TRAIN_X.BATCH_SIZE.
+    cfg.TRAINER.PROMPTKD.TEACHER_CACHE_BATCH_SIZE = 0
     return cfg

@@ -5,6 +5,10 @@ TRAINER.PROMPTKD.TEACHER_DIR). Each step runs the frozen teacher image tower (ev
 autograd) and the student on the same augmented batch, scores both against the stored class
 vectors, and minimises KD_WEIGHT · T² · KL(teacher ‖ student) / (B·C). Labels are never read.
 Evaluation and inference run the student and the class vectors only.
+
+Views are reproducible (`trainers/view_data.py`): with TRAINER.PROMPTKD.TEACHER_CACHE the
+teacher's embeddings of each view are read from a cache (`trainers/teacher_cache.py` writes
+it) and the teacher tower is never built; TEACHER_CACHE_WRITE fills the cache online.
 """
 from __future__ import annotations
 
@@ -16,15 +20,19 @@ from dassl.engine import TRAINER_REGISTRY
 
 from promptkd import distributed as dist_
 from promptkd.backbones import backbone_reference, load_image_tower, to_half
-from promptkd.class_vectors import IMAGE_SIDE_FILE, ClassVectors, ImageSide, check_pair, class_vectors_file, visual_fingerprint
+from promptkd.class_vectors import (IMAGE_SIDE_FILE, ClassVectors, ImageSide, check_pair, class_vectors_file,
+                                    visual_fingerprint)
 from promptkd.errors import ConfigError
 from promptkd.image_inputs import TowerInput
 from promptkd.losses import kd_loss
 from promptkd.predictor import PredictorRecord, reference_tower
-from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student
-from trainers.base import PromptTrainer
+from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student, teacher_logits
+from promptkd.teacher_cache import DTYPES, TeacherCache
+from trainers.base import PromptTrainer, _allowed
 from trainers.config import grad_checkpoint_towers
 from trainers.predictor_export import preprocess_from_cfg, save_predictor
+from trainers.teacher_cache import cache_identity, fill_views
+from trainers.view_data import build_view_loader, resolve_view_seed
 
 logger = logging.getLogger("promptkd")
 
@@ -51,6 +59,20 @@ class PromptKD(PromptTrainer):
                               "the student's image tower trains): use off or image.")
         if not kd.TEACHER_DIR and not kd.CLASS_VECTORS:
             raise ConfigError("TRAINER.PROMPTKD.TEACHER_DIR is not set. " + TEACHER_HINT)
+        _allowed("TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", kd.TEACHER_CACHE_DTYPE, tuple(DTYPES))
+        if kd.TEACHER_CACHE_WRITE and not kd.TEACHER_CACHE:
+            raise ConfigError("TRAINER.PROMPTKD.TEACHER_CACHE_WRITE needs TRAINER.PROMPTKD.TEACHER_CACHE (the folder).")
+
+    def build_data_loader(self):
+        """Dassl's loaders; the train loader's views are a pure function of (view seed, epoch,
+        image) and its `ViewSampler` shards itself under torchrun (run_epoch sets its epoch)."""
+        super().build_data_loader()
+        seed = resolve_view_seed(self.cfg, required=bool(self.tcfg.TEACHER_CACHE))
+        transform = self.dm.train_loader_x.dataset.transform  # Dassl's train transform (INPUT.*)
+        self.view_dataset, self.view_sampler, self.train_loader_x = build_view_loader(
+            self.cfg, self.dm.dataset.train_x, transform, seed)
+        logger.info("Training views: a pure function of (view seed %d, epoch, image); %d images.",
+                    seed, len(self.view_dataset))
 
     def build_model(self):
         kd, cfg = self.tcfg, self.cfg
@@ -73,18 +95,33 @@ class PromptKD(PromptTrainer):
 
         visual, logit_scale, preprocess = load_image_tower(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
         self.check_input(preprocess, f"student {cfg.MODEL.BACKBONE.NAME}")
-        teacher_visual, teacher_preprocess = side.load_tower(cfg.MODEL.WEIGHTS_DIR, cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
-        # The teacher sees the student's augmented view, resized / re-normalised for it if needed.
-        fit = TowerInput(preprocess, teacher_preprocess)
-        self.teacher = TeacherImageScorer(teacher_visual, torch.tensor(side.logit_scale), side.prompts,
-                                          input_adapter=None if fit.identity else fit)
+        self.teacher, self.cache, fit = None, None, "from the cache"
+        self.teacher_logit_scale = torch.tensor(side.logit_scale, dtype=torch.float32, device=self.device)
+        if kd.TEACHER_CACHE:
+            identity = cache_identity(cfg, side, self.dm.dataset.train_x, self.view_dataset, self.prec)
+        if kd.TEACHER_CACHE and not kd.TEACHER_CACHE_WRITE:
+            self.cache = TeacherCache.open(kd.TEACHER_CACHE, identity, cfg.OPTIM.MAX_EPOCH)
+            logger.info("Teacher: embeddings read from the cache %s; the teacher image tower is not built "
+                        "(no teacher weights are loaded).", kd.TEACHER_CACHE)
+        else:
+            # Built aside from the global RNG: the student starts the same with or without it.
+            with torch.random.fork_rng(devices=[]):
+                teacher_visual, teacher_preprocess = side.load_tower(cfg.MODEL.WEIGHTS_DIR,
+                                                                     cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
+                # The teacher sees the student's augmented view, resized / re-normalised for it if needed.
+                fit = TowerInput(preprocess, teacher_preprocess)
+                self.teacher = TeacherImageScorer(teacher_visual, torch.tensor(side.logit_scale), side.prompts,
+                                                  input_adapter=None if fit.identity else fit)
+            if kd.TEACHER_CACHE:
+                self.cache = TeacherCache.create(kd.TEACHER_CACHE, identity, len(self.view_dataset),
+                                                 cfg.OPTIM.MAX_EPOCH, side.width, kd.TEACHER_CACHE_DTYPE,
+                                                 kd.TEACHER_CACHE_SHARD_SIZE)
         self.model = PromptKDStudent(visual, logit_scale, class_dim=vectors.width,
                                      n_ctx=kd.N_CTX_VISION, depth=kd.PROMPT_DEPTH_VISION)
-        if backbone_mode == "fp16":
-            for tower in (self.teacher.image_encoder.visual, self.model.image_encoder.visual):
-                to_half(tower)  # the published pure-fp16 backbone
-        self.teacher.to(self.device)
-        self.model.to(self.device)
+        for tower in [self.model] + ([self.teacher] if self.teacher is not None else []):
+            if backbone_mode == "fp16":
+                to_half(tower.image_encoder.visual)  # the published pure-fp16 backbone
+            tower.to(self.device)
         self.register_trainable(self.model)
         image_checkpoint = grad_checkpoint_towers(kd.GRAD_CHECKPOINT)[1]
         self.model.image_encoder.grad_checkpoint = image_checkpoint and self.model.image_encoder.depth > 0
@@ -97,11 +134,22 @@ class PromptKD(PromptTrainer):
     def forward_backward(self, batch):
         images = batch["img"].to(self.device)  # labels are never read
         with self.autocast():
-            teacher_logits = self.teacher(images, self.class_vectors)
+            if self.teacher is None:  # from the cache: the views of (epoch, index)
+                embeddings = self.cache.lookup(batch["epoch"], batch["index"]).to(self.device)
+            else:
+                embeddings = self.teacher.embed(images)
+                if self.cache is not None:
+                    self.cache.add(batch["epoch"], batch["index"], embeddings)
+            t_logits = teacher_logits(embeddings, self.teacher_logit_scale, self.class_vectors)
             student_logits = self.train_model(images, self.class_vectors)  # DDP wrapper under torchrun
-        loss = kd_loss(student_logits, teacher_logits, self.tcfg.TEMPERATURE, self.tcfg.KD_WEIGHT)
+        loss = kd_loss(student_logits, t_logits, self.tcfg.TEMPERATURE, self.tcfg.KD_WEIGHT)
         self.backward_and_step(loss)
         return {"kd_loss": loss.item()}
+
+    def after_epoch(self):
+        if self.cache is not None and self.teacher is not None:  # TEACHER_CACHE_WRITE: views the epoch dropped
+            fill_views(self, [self.epoch])
+        super().after_epoch()
 
     def model_inference(self, images):
         return self.model(images, self.class_vectors)

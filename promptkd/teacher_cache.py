@@ -1,0 +1,311 @@
+"""Teacher-embedding cache: stage 2 without running the teacher.
+
+The teacher's logits are exp(teacher logit scale) · e · Vᵀ with e its L2-normalised image
+embedding of the view (`student.teacher_logits`). Storing e for every view (image, epoch) —
+the views are a pure function of (view seed, epoch, image), `views.py` — keeps the teacher's
+whole distribution: a student run reads e instead of building the teacher tower.
+
+On disk, one folder:
+
+    manifest.json           identity (what the cache was made from), sizes, finished shards
+    e000-00000000.npy ...   shard = epoch e, images [start, start + shard_size): [rows, width]
+                            float16 (default) or float32, written to a temp file, fsynced and
+                            renamed, then listed in the manifest (a half-written shard is never
+                            listed, so never read)
+
+`TeacherCache.create` starts or resumes a cache (refusing other settings, or a disk that cannot
+hold what is left); `add` takes embeddings of views in any order and writes each shard as soon
+as it is complete; `plan` lists the views still missing, in shard-aligned batches (so a resumed
+writer computes the same batches as an uninterrupted one). `TeacherCache.open` reads a finished
+or partial cache; `lookup` of a view that is not there is an error, never a silent fallback.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DataError, MissingFileError
+
+logger = logging.getLogger("promptkd")
+
+FORMAT = "promptkd-teacher-cache/1"
+MANIFEST = "manifest.json"
+DTYPES = {"fp16": np.float16, "fp32": np.float32}
+# identity key -> how to name it to the user
+IDENTITY_NAMES = {
+    "teacher_fingerprint": "teacher weights (fingerprint)",
+    "teacher_export": "teacher export (visual prompts, logit scale)",
+    "width": "embedding width",
+    "dataset": "dataset (DATASET.NAME)",
+    "n_images": "number of train images",
+    "image_list": "train image list (hash of the paths; DATASET.NUM_SHOTS / SUBSAMPLE_CLASSES / split)",
+    "view_seed": "view seed (TRAINER.PROMPTKD.VIEW_SEED, default: --seed)",
+    "transform": "train transform (INPUT.SIZE / TRANSFORMS / INTERPOLATION / RRCROP_SCALE / PIXEL_MEAN / PIXEL_STD)",
+    "precision": "teacher precision (TRAINER.PROMPTKD.PREC)",
+}
+WRITE_HINT = ("Write it with `python -m trainers.teacher_cache write <the student run's train.py arguments>` "
+              "(it resumes where it stopped), or fill it from an online run with "
+              "TRAINER.PROMPTKD.TEACHER_CACHE_WRITE True.")
+
+
+def estimate_bytes(n_images: int, epochs: int, width: int, dtype: str) -> int:
+    return int(n_images) * int(epochs) * int(width) * np.dtype(DTYPES[dtype]).itemsize
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+
+
+def _differences(stored: dict, wanted: dict) -> list[str]:
+    out = []
+    for key in sorted(set(stored) | set(wanted), key=lambda k: list(IDENTITY_NAMES).index(k) if k in IDENTITY_NAMES else 99):
+        a, b = stored.get(key), wanted.get(key)
+        if a != b:
+            name = IDENTITY_NAMES.get(key, key)
+            if isinstance(a, list) or isinstance(b, list):
+                out.append(f"{name}: cache {a}, this run {b}")
+            else:
+                out.append(f"{name}: cache {a!r}, this run {b!r}")
+    return out
+
+
+def _atomic_write(folder: str, name: str, write) -> int:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+        os.replace(tmp, os.path.join(folder, name))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return size
+
+
+class TeacherCache:
+    """A cache folder: its manifest, shard layout, buffered writing and reading."""
+
+    def __init__(self, directory: str, manifest: dict):
+        self.directory = directory
+        self.manifest = manifest
+        self.n_images = int(manifest["n_images"])
+        self.epochs = int(manifest["epochs"])
+        self.width = int(manifest["width"])
+        self.dtype = manifest["dtype"]
+        self.shard_size = int(manifest["shard_size"])
+        self._buffers: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._maps: dict[str, np.ndarray] = {}
+
+    # --- layout ------------------------------------------------------------------------------
+    def shard_starts(self) -> range:
+        return range(0, self.n_images, self.shard_size)
+
+    def shard_name(self, epoch: int, start: int) -> str:
+        return f"e{epoch:03d}-{start:08d}.npy"
+
+    def shard_rows(self, start: int) -> int:
+        return min(self.shard_size, self.n_images - start)
+
+    @property
+    def done(self) -> dict:
+        return self.manifest["shards"]
+
+    def n_shards(self, epochs: int | None = None) -> int:
+        return len(self.shard_starts()) * (self.epochs if epochs is None else epochs)
+
+    def missing_shards(self, epochs) -> list[tuple[int, int]]:
+        return [(e, s) for e in epochs for s in self.shard_starts() if self.shard_name(e, s) not in self.done]
+
+    def is_complete(self, epochs=None) -> bool:
+        return not self.missing_shards(range(self.epochs) if epochs is None else epochs)
+
+    # --- creating / opening ------------------------------------------------------------------
+    @classmethod
+    def create(cls, directory: str, identity: dict, n_images: int, epochs: int, width: int,
+               dtype: str = "fp16", shard_size: int = 4096) -> "TeacherCache":
+        """Start a cache in `directory`, or resume the one there (same settings only)."""
+        if dtype not in DTYPES:
+            raise ConfigError(f"teacher cache dtype '{dtype}': use one of {', '.join(DTYPES)}.")
+        if shard_size < 1:
+            raise ConfigError(f"teacher cache shard size must be >= 1, got {shard_size}.")
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, MANIFEST)
+        with _locked(directory):
+            if os.path.isfile(path):
+                cache = cls(directory, _read_manifest(path))
+                diff = _differences(cache.manifest["identity"], identity)
+                for key, want in (("epochs", epochs), ("dtype", dtype), ("shard_size", shard_size)):
+                    if cache.manifest[key] != want:
+                        diff.append(f"{key}: cache {cache.manifest[key]!r}, this run {want!r}")
+                if diff:
+                    raise ConfigError(f"The teacher cache in {directory} was made with other settings: "
+                                      + "; ".join(diff) + ". Use another TRAINER.PROMPTKD.TEACHER_CACHE folder "
+                                      "for these settings (or delete this one).")
+                for stale in (f for f in os.listdir(directory) if f.startswith(".tmp-")):
+                    os.remove(os.path.join(directory, stale))  # a writer killed mid-shard
+            else:
+                manifest = {"format": FORMAT, "identity": identity, "n_images": int(n_images),
+                            "epochs": int(epochs), "width": int(width), "dtype": dtype,
+                            "shard_size": int(shard_size), "shards": {}}
+                _write_manifest(directory, manifest)
+                cache = cls(directory, manifest)
+        left = len(cache.missing_shards(range(cache.epochs)))
+        need = sum(cache.shard_rows(s) for _, s in cache.missing_shards(range(cache.epochs))) * width \
+            * np.dtype(DTYPES[dtype]).itemsize
+        total = estimate_bytes(n_images, epochs, width, dtype)
+        free = shutil.disk_usage(directory).free
+        logger.info("Teacher cache %s: %d views (%d images x %d epochs) x %d x %s = %s in all; %d of %d shards "
+                    "to write (%s), %s free on the disk.", directory, n_images * epochs, n_images, epochs, width,
+                    dtype, _human(total), left, cache.n_shards(), _human(need), _human(free))
+        if need > free:
+            raise DataError(f"The teacher cache needs {_human(need)} more in {directory} but the disk has only "
+                            f"{_human(free)} free. Free space, choose another TRAINER.PROMPTKD.TEACHER_CACHE folder, "
+                            "or store fp16 (TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE fp16).")
+        return cache
+
+    @classmethod
+    def open(cls, directory: str, identity: dict, epochs: int) -> "TeacherCache":
+        """Open a cache for reading; refuse one made with other settings or too few epochs."""
+        path = os.path.join(directory, MANIFEST)
+        if not os.path.isfile(path):
+            raise MissingFileError(f"No teacher cache at {directory} (no {MANIFEST}). {WRITE_HINT}")
+        cache = cls(directory, _read_manifest(path))
+        diff = _differences(cache.manifest["identity"], identity)
+        if epochs > cache.epochs:
+            diff.append(f"epochs: cache {cache.epochs}, this run {epochs} (OPTIM.MAX_EPOCH)")
+        if diff:
+            raise ConfigError(f"The teacher cache in {directory} does not match this run: " + "; ".join(diff)
+                              + f". Use a cache written with this run's settings. {WRITE_HINT}")
+        missing = cache.missing_shards(range(epochs))
+        if missing:  # fail now, not hours into the run
+            e, s = missing[0]
+            raise DataError(f"The teacher cache in {directory} is incomplete: {len(missing)} of {cache.n_shards(epochs)} "
+                            f"shards for {epochs} epochs are missing (the first: {cache.shard_name(e, s)}, epoch {e + 1}). "
+                            + WRITE_HINT)
+        done = cache.n_shards(epochs)
+        logger.info("Teacher cache %s: %s embeddings, %d of %d shards for %d epochs present%s.", directory,
+                    cache.dtype, done, cache.n_shards(epochs), epochs,
+                    "" if epochs == cache.epochs else f" (the cache holds {cache.epochs} epochs)")
+        return cache
+
+    # --- writing -----------------------------------------------------------------------------
+    def plan(self, epochs, batch_size: int) -> list[list[tuple[int, int]]]:
+        """The views still missing in `epochs`, as (epoch, index) batches that never cross a shard."""
+        batches = []
+        for e, s in self.missing_shards(epochs):
+            rows = range(s, s + self.shard_rows(s))
+            buf = self._buffers.get((e, s))
+            todo = [i for i in rows if buf is None or not buf[1][i - s]]
+            batches += [[(e, i) for i in todo[k:k + batch_size]] for k in range(0, len(todo), batch_size)]
+        return batches
+
+    def add(self, epochs, indices, embeddings: torch.Tensor) -> None:
+        """Store embeddings [B, width] of views (epochs[b], indices[b]); write finished shards."""
+        values = embeddings.detach().to("cpu", torch.float32).numpy().astype(DTYPES[self.dtype])
+        if values.shape[1:] != (self.width,):
+            raise ValueError(f"embeddings of width {values.shape[1:]} for a cache of width {self.width}.")
+        touched = set()
+        for e, i, v in zip(_ints(epochs), _ints(indices), values):
+            start = i - i % self.shard_size
+            if self.shard_name(e, start) in self.done:
+                continue
+            if (e, start) not in self._buffers:
+                rows = self.shard_rows(start)
+                self._buffers[(e, start)] = (np.zeros((rows, self.width), DTYPES[self.dtype]), np.zeros(rows, bool))
+            buf, filled = self._buffers[(e, start)]
+            buf[i - start], filled[i - start] = v, True
+            touched.add((e, start))
+        for key in sorted(touched):
+            buf, filled = self._buffers[key]
+            if filled.all():
+                self._write_shard(*key, buf)
+                del self._buffers[key]
+
+    def _write_shard(self, epoch: int, start: int, values: np.ndarray) -> None:
+        name = self.shard_name(epoch, start)
+        size = _atomic_write(self.directory, name, lambda f: np.save(f, values, allow_pickle=False))
+        with _locked(self.directory):  # another writer may have listed shards meanwhile
+            manifest = _read_manifest(os.path.join(self.directory, MANIFEST))
+            manifest["shards"][name] = size
+            _write_manifest(self.directory, manifest)
+        self.manifest = manifest
+
+    # --- reading -----------------------------------------------------------------------------
+    def lookup(self, epochs, indices) -> torch.Tensor:
+        """Embeddings [B, width] (float32) of views (epochs[b], indices[b])."""
+        out = np.empty((len(indices), self.width), np.float32)
+        for b, (e, i) in enumerate(zip(_ints(epochs), _ints(indices))):
+            if not (0 <= e < self.epochs and 0 <= i < self.n_images):
+                raise DataError(f"The teacher cache in {self.directory} has no view for epoch {e + 1}, image {i}: "
+                                f"it holds {self.epochs} epochs of {self.n_images} images.")
+            start = i - i % self.shard_size
+            out[b] = self._shard(e, start)[i - start]
+        return torch.from_numpy(out)
+
+    def _shard(self, epoch: int, start: int) -> np.ndarray:
+        name = self.shard_name(epoch, start)
+        if name not in self._maps:
+            if name not in self.done:  # it may have been written since we opened the manifest
+                self.manifest = _read_manifest(os.path.join(self.directory, MANIFEST))
+            if name not in self.done:
+                raise DataError(
+                    f"The teacher cache in {self.directory} has no shard {name} (epoch {epoch + 1}, images "
+                    f"{start}..{start + self.shard_rows(start) - 1}): {len(self.done)} of {self.n_shards()} "
+                    f"shards are written. {WRITE_HINT}")
+            path = os.path.join(self.directory, name)
+            try:
+                values = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise DataError(f"Cannot read teacher cache shard {path}: {err}. The folder is damaged: "
+                                "delete it and write the cache again.") from None
+            if values.shape != (self.shard_rows(start), self.width) or values.dtype != DTYPES[self.dtype]:
+                raise DataError(f"Teacher cache shard {path} holds {values.dtype} {values.shape}, expected "
+                                f"{np.dtype(DTYPES[self.dtype])} {(self.shard_rows(start), self.width)}: "
+                                "the folder is damaged; rewrite the cache.")
+            self._maps[name] = values
+        return self._maps[name]
+
+
+def _ints(values) -> list[int]:
+    return [int(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+
+
+@contextlib.contextmanager
+def _locked(directory: str):
+    with open(os.path.join(directory, ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read_manifest(path: str) -> dict:
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as err:
+        raise DataError(f"Cannot read the teacher cache manifest {path}: {err}.") from None
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{path} is not a teacher cache manifest of format {FORMAT} "
+                        f"(found {manifest.get('format')!r}); rewrite the cache with this version.")
+    return manifest
+
+
+def _write_manifest(directory: str, manifest: dict) -> None:
+    text = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    _atomic_write(directory, MANIFEST, lambda f: f.write(text))
