@@ -5,7 +5,7 @@
 #
 # 1. OUT/weights: two tiny CLIPs pretrained contrastively from scratch on captioned images of
 #    the toy world (6 colours x 6 shapes, promptkd/toyworld.py): a teacher (4+4 layers, width
-#    128, 400 steps) and a student (2+2 layers, width 64, 150 steps), written as OpenAI CLIP
+#    128, 400 steps) and a student (2+2 layers, width 64, 20 steps), written as OpenAI CLIP
 #    state dicts (python -m promptkd.demo pretrain; fixed seeds; reused while the world, model
 #    and recipe are unchanged);
 # 2. OUT/data/toy_shapes: the ToyShapes dataset, the same world's images in the CoOp layout,
@@ -19,10 +19,11 @@
 #    (OUT/results.png) with all of them.
 # Runs go to OUT/runs, which is cleared first, so a re-run gives the same numbers (seed 1).
 #
+# What the table shows and does not show, and timings: README.md, "The demo".
 # Environment: PYTHON (default python); DEMO_PRESET=fast (the test suite's shorter
 # pretraining); DEMO_EPOCHS overrides the epochs of every training run; DEMO_THREADS (default 1)
 # CPU threads of the trainer runs (the models are so small that one thread is fastest, and more
-# threads slow down badly on a busy machine); DEMO_PRETRAIN_THREADS is fixed by the recipe.
+# threads slow down badly on a busy machine). Pretraining uses the thread count of its recipe.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
