@@ -3,13 +3,14 @@ ToyShapes dataset, and scripts/promptkd/demo.sh end to end.
 
 Which claims run where (the full demo takes minutes, too long for the default suite):
 * default suite: the world and dataset, pretraining (exact text prefix, determinism, cache
-  keyed on the recipe, OpenAI format through load_clip), and the demo script with the `fast`
-  preset and fewer epochs: every stage runs, a re-run reuses the weights and prints the same
-  numbers, and the transfer shows (teacher backbone zero-shot above the student's, the PromptKD
-  student's novel accuracy above the student backbone's own zero-shot);
-* ``PROMPTKD_FULL_DEMO=1``: the full demo (minutes) and the issue's thresholds that it meets:
-  teacher backbone zero-shot HM >= the student's + 10, PromptKD novel >= the student
-  backbone's zero-shot novel + 10.
+  keyed on the recipe, OpenAI format through load_clip), and one run of the demo script with
+  the `fast` preset and 3 epochs: every stage runs, and the transfer shows (teacher backbone
+  zero-shot HM > the student's + 5, the PromptKD student's novel accuracy > the student
+  backbone's own zero-shot novel + 5);
+* ``PROMPTKD_FULL_DEMO=1`` (minutes): the full demo twice, the issue's thresholds that it
+  meets (teacher backbone zero-shot HM >= the student's + 10, PromptKD novel >= the student
+  backbone's zero-shot novel + 10), and that a re-run reuses the weights and prints the same
+  table.
 """
 import csv
 import hashlib
@@ -201,9 +202,9 @@ def result_records(log):
             if "RESULT {" in line]
 
 
-def test_demo_fast_end_to_end_shows_transfer_and_repeats(tmp_path):
+def test_demo_fast_end_to_end_shows_transfer(tmp_path):
     """The fast preset (shorter pretraining, 3 epochs per run): every stage runs, the table has
-    all five methods, the transfer shows, a re-run reuses the weights and gives the same table."""
+    all five methods, the transfer shows, and the pretraining command then reuses the weights."""
     out = tmp_path / "demo out"  # a space in the path, on purpose
     stdout = run_demo(out, cwd=tmp_path, preset="fast", epochs=3)
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -218,23 +219,15 @@ def test_demo_fast_end_to_end_shows_transfer_and_repeats(tmp_path):
     info = json.loads((out / "weights" / "teacher.json").read_text())
     assert info["preset"] == "fast" and info["key"]
 
-    # a re-run from another directory reuses the weights and data and gives the same numbers
-    weights_mtime = os.stat(out / "weights" / "teacher.pt").st_mtime_ns
-    student_log = runs / "promptkd" / "toy_shapes" / "seed1" / "log.txt"
-    first = result_records(student_log)[-1]
-    run_demo(out, cwd="/", preset="fast", epochs=3)
-    assert demo_table(out) == table
-    assert result_records(student_log)[-1] == first
-    assert os.stat(out / "weights" / "teacher.pt").st_mtime_ns == weights_mtime
-    assert not list(runs.rglob("log.txt-*"))  # the runs were redone, not resumed
-
     # the pretraining command needs no Dassl; with the weights cached it only prints the paths
+    weights_mtime = os.stat(out / "weights" / "teacher.pt").st_mtime_ns
     code = ("import sys, promptkd.demo as d; d.main(sys.argv[1:]); "
             "assert not [m for m in sys.modules if m.split('.')[0] == 'dassl'], 'dassl imported'")
     proc = subprocess.run([sys.executable, "-c", code, "pretrain", str(out / "weights"), "--preset", "fast"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == [str(out / "weights" / "teacher.pt"), str(out / "weights" / "student.pt")]
+    assert os.stat(out / "weights" / "teacher.pt").st_mtime_ns == weights_mtime
 
 
 @pytest.mark.skipif(os.environ.get("PROMPTKD_FULL_DEMO", "") in ("", "0"),
@@ -244,6 +237,12 @@ def test_full_demo_shows_what_the_readme_claims(tmp_path):
     out = tmp_path / "demo"
     run_demo(out, cwd=tmp_path, preset="full", timeout=3600)
     table = demo_table(out)
+    # a re-run from another directory reuses the weights, redoes the runs, prints the same table
+    weights_mtime = os.stat(out / "weights" / "teacher.pt").st_mtime_ns
+    run_demo(out, cwd="/", preset="full", timeout=3600)
+    assert demo_table(out) == table
+    assert os.stat(out / "weights" / "teacher.pt").st_mtime_ns == weights_mtime
+    assert not list((out / "runs").rglob("log.txt-*"))  # the runs were redone, not resumed
     assert set(table) == METHODS, table
     zs_teacher, zs_student, kd = table["ZeroshotCLIP (teacher)"], table["ZeroshotCLIP (student)"], table["PromptKD"]
     assert zs_teacher[2] >= zs_student[2] + 10, table
