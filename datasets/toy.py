@@ -1,16 +1,14 @@
-"""ToyShapes: a small generated dataset for the demo (no download, 32x32 images).
+"""ToyShapes: the demo's generated dataset (no download, 32x32 images), in the CoOp layout.
 
-On first use the loader *draws* its images with PIL into ``<DATASET.ROOT>/toy_shapes/images/
-<class_folder>/<split>_<nnn>.png`` (70 per class: 40 train, 10 val, 20 test). From then on it
-behaves like every other loader of this package: the split is built from that raw layout and
-written to ``split_zhou_ToyShapes.json``, few-shot subsets are cached in ``split_fewshot/``,
-and ``DATASET.SUBSAMPLE_CLASSES`` selects all / base / new classes.
+The images come from the toy world of `promptkd.toyworld` (6 colours x 6 shapes = 36 classes,
+labels 0-17 base and 18-35 novel, every colour and shape in both halves), the world the demo's
+tiny CLIPs are pretrained on (`promptkd.pretrain`), drawn from a random stream of their own.
 
-The 10 classes are light shapes (circle, square, triangle, stripes, cross) on a background
-of the class colour, at a random position, size and angle, with colour jitter and pixel noise.
-Every class has a background colour of its own, so that even a random-weight tiny ViT gives
-features that separate them; the base classes (labels 0-4) and the novel classes (5-9) use the
-same five shapes with different colours ("red circle" is base, "brown circle" novel).
+On first use the loader writes them as ``<DATASET.ROOT>/toy_shapes/images/<class_folder>/
+<split>_<nnn>.png`` (per class: 32 train, 4 val, 25 test). From then on it behaves like every
+other loader of this package: the split is built from that raw layout and written to
+``split_zhou_ToyShapes.json``, few-shot subsets are cached in ``split_fewshot/``, and
+``DATASET.SUBSAMPLE_CLASSES`` selects all / base / new classes.
 
 Images depend only on a fixed internal seed (`GENERATOR_SEED`), never on ``cfg.SEED``: every
 run and every seed sees the same files. Generation writes into a temporary folder next to
@@ -21,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import os.path as osp
 import shutil
@@ -29,46 +26,21 @@ import tempfile
 
 import numpy as np
 from dassl.data.datasets import DATASET_REGISTRY
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from promptkd import toyworld
 
 from .common import CoOpDataset, list_images
 
 logger = logging.getLogger(__name__)
 
 GENERATOR_SEED = 20240607
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 1: the 10-class ToyShapes of random-weight demos
 MANIFEST = "toy_shapes.json"
-IMAGE_SIZE = 32
-SUPERSAMPLE = 4  # shapes are drawn at 4x and reduced, for anti-aliased edges
-SPLIT_SIZES = (("train", 40), ("val", 10), ("test", 20))
-
-COLOURS = {  # RGB of the background
-    "red": (220, 40, 40),
-    "green": (40, 190, 60),
-    "blue": (50, 90, 230),
-    "yellow": (235, 215, 40),
-    "purple": (160, 60, 200),
-    "orange": (245, 140, 20),
-    "cyan": (40, 210, 220),
-    "pink": (250, 130, 190),
-    "gray": (128, 128, 128),
-    "brown": (120, 70, 30),
-}
-# (colour, shape) in label order: the first five are the base classes, the last five the
-# novel ones; every colour occurs once, every shape once in each half.
-CLASSES = (
-    ("red", "circle"),
-    ("green", "square"),
-    ("blue", "triangle"),
-    ("yellow", "stripes"),
-    ("purple", "cross"),
-    ("orange", "square"),
-    ("cyan", "triangle"),
-    ("pink", "stripes"),
-    ("gray", "cross"),
-    ("brown", "circle"),
-)
-CLASSNAMES = tuple(f"{colour} {shape}" for colour, shape in CLASSES)
+IMAGE_SIZE = toyworld.IMAGE_SIZE
+SPLIT_SIZES = (("train", 32), ("val", 4), ("test", 25))
+CLASSES = toyworld.CLASSES
+CLASSNAMES = toyworld.CLASSNAMES
 
 
 def class_folder(label: int) -> str:
@@ -76,65 +48,10 @@ def class_folder(label: int) -> str:
     return f"{label:02d}_{CLASSNAMES[label].replace(' ', '_')}"
 
 
-# ----------------------------------------------------------------------------------------
-# drawing
-# ----------------------------------------------------------------------------------------
-def _rotate(points, centre, angle):
-    cx, cy = centre
-    c, s = math.cos(angle), math.sin(angle)
-    return [(cx + c * x - s * y, cy + s * x + c * y) for x, y in points]
-
-
-def _jitter_colour(rgb, rng):
-    """`rgb` with a random brightness and a little per-channel noise."""
-    scale = rng.uniform(0.75, 1.15)
-    return tuple(int(np.clip(v * scale + rng.normal(0, 12), 0, 255)) for v in rgb)
-
-
-def _draw_shape(draw, shape, colour, rng, size):
-    """Draw one shape at a random position / size / angle on a `size` x `size` canvas."""
-    radius = rng.uniform(0.22, 0.36) * size
-    margin = radius * 0.9
-    centre = (rng.uniform(margin, size - margin), rng.uniform(margin, size - margin))
-    angle = rng.uniform(0, 2 * math.pi)
-    if shape == "circle":
-        rx, ry = radius * rng.uniform(0.9, 1.1), radius * rng.uniform(0.9, 1.1)
-        draw.ellipse([centre[0] - rx, centre[1] - ry, centre[0] + rx, centre[1] + ry], fill=colour)
-    elif shape == "square":
-        h = radius * 0.85
-        draw.polygon(_rotate([(-h, -h), (h, -h), (h, h), (-h, h)], centre, angle), fill=colour)
-    elif shape == "triangle":
-        corners = [(radius * math.cos(a), radius * math.sin(a))
-                   for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
-        draw.polygon(_rotate(corners, centre, angle), fill=colour)
-    elif shape == "cross":
-        w, h = radius * 0.32, radius
-        for bar in ([(-h, -w), (h, -w), (h, w), (-h, w)], [(-w, -h), (w, -h), (w, h), (-w, h)]):
-            draw.polygon(_rotate(bar, centre, angle), fill=colour)
-    elif shape == "stripes":  # parallel bars across the whole image
-        period = size * rng.uniform(0.22, 0.3)
-        offset = rng.uniform(0, period)
-        half = size * 1.5
-        centre = (size / 2, size / 2)
-        for k in range(-6, 7):
-            x0 = k * period + offset
-            bar = [(x0, -half), (x0 + period * 0.45, -half), (x0 + period * 0.45, half), (x0, half)]
-            draw.polygon(_rotate(bar, centre, angle), fill=colour)
-    else:
-        raise ValueError(f"unknown shape {shape!r}")
-
-
-def draw_image(label: int, split_index: int, index: int) -> Image.Image:
-    """The image `index` of split `split_index` of class `label` (fully determined by them)."""
-    rng = np.random.default_rng([GENERATOR_SEED, label, split_index, index])
-    colour, shape = CLASSES[label]
-    big = IMAGE_SIZE * SUPERSAMPLE
-    canvas = Image.new("RGB", (big, big), _jitter_colour(COLOURS[colour], rng))
-    foreground = tuple(int(v) for v in rng.integers(200, 256, size=3))  # light, any tint
-    _draw_shape(ImageDraw.Draw(canvas), shape, foreground, rng, big)
-    small = canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX)
-    pixels = np.asarray(small, dtype=np.float32) + rng.normal(0, 8, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
-    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+def draw_split(label: int, split_index: int, n: int) -> np.ndarray:
+    """The `n` images of split `split_index` of class `label` (fully determined by them)."""
+    rng = np.random.default_rng([GENERATOR_SEED, toyworld.VERSION, split_index, label])
+    return toyworld.draw(rng, [label] * n)
 
 
 # ----------------------------------------------------------------------------------------
@@ -142,7 +59,7 @@ def draw_image(label: int, split_index: int, index: int) -> Image.Image:
 # ----------------------------------------------------------------------------------------
 def _manifest():
     return {"name": "ToyShapes", "version": GENERATOR_VERSION, "seed": GENERATOR_SEED,
-            "image_size": IMAGE_SIZE, "classnames": list(CLASSNAMES),
+            "world_version": toyworld.VERSION, "image_size": IMAGE_SIZE, "classnames": list(CLASSNAMES),
             "splits": dict(SPLIT_SIZES)}
 
 
@@ -152,9 +69,8 @@ def _write_images(folder: str) -> int:
         class_dir = osp.join(folder, "images", class_folder(label))
         os.makedirs(class_dir)
         for split_index, (split, n) in enumerate(SPLIT_SIZES):
-            for i in range(n):
-                draw_image(label, split_index, i).save(osp.join(class_dir, f"{split}_{i:03d}.png"),
-                                                       optimize=False)
+            for i, pixels in enumerate(draw_split(label, split_index, n)):
+                Image.fromarray(pixels, "RGB").save(osp.join(class_dir, f"{split}_{i:03d}.png"), optimize=False)
                 count += 1
     with open(osp.join(folder, MANIFEST), "w", encoding="utf-8") as f:
         json.dump(_manifest(), f, indent=2)
@@ -165,28 +81,34 @@ def ensure_toy_shapes(dataset_dir: str) -> str:
     """Generate the ToyShapes images in `dataset_dir` unless they are already there.
 
     The images are written to a temporary sibling folder which is renamed to `dataset_dir`
-    once complete. A folder at `dataset_dir` without the generator's manifest is not touched
-    (an error says so).
+    once complete. A folder written by another version of this generator (its manifest says
+    so) is replaced, split and few-shot files included; a folder at `dataset_dir` without the
+    generator's manifest is not touched (an error says so).
     """
     dataset_dir = osp.abspath(dataset_dir)
     manifest = osp.join(dataset_dir, MANIFEST)
+    outdated = None
     if osp.isfile(manifest):
         with open(manifest, encoding="utf-8") as f:
             found = json.load(f)
-        if found.get("version") != GENERATOR_VERSION or found.get("seed") != GENERATOR_SEED:
-            raise RuntimeError(f"ToyShapes: {dataset_dir} was generated by another version of the "
-                               f"generator ({found.get('version')}, seed {found.get('seed')}); "
-                               "delete it to regenerate.")
-        return dataset_dir
-    if osp.exists(dataset_dir):
+        if (found.get("version"), found.get("seed"), found.get("world_version")) == \
+                (GENERATOR_VERSION, GENERATOR_SEED, toyworld.VERSION):
+            return dataset_dir
+        outdated = found.get("version")
+    elif osp.exists(dataset_dir):
         raise FileExistsError(f"ToyShapes: {dataset_dir} exists but has no {MANIFEST}: it was not "
                               "generated by this loader (or a copy was damaged). Delete it and the "
                               "images are generated again.")
     parent = osp.dirname(dataset_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{osp.basename(dataset_dir)}.tmp-", dir=parent)
+    old = None
     try:
         n = _write_images(tmp)
+        if outdated is not None:  # move the old version aside, then put the new one in place
+            old = tempfile.mkdtemp(prefix=f".{osp.basename(dataset_dir)}.old-", dir=parent)
+            os.rename(dataset_dir, osp.join(old, "data"))
+            logger.info("ToyShapes: replacing %s (generator version %s)", dataset_dir, outdated)
         try:
             os.rename(tmp, dataset_dir)
         except OSError:
@@ -197,8 +119,9 @@ def ensure_toy_shapes(dataset_dir: str) -> str:
             logger.info("ToyShapes: generated %d images of %d classes in %s", n, len(CLASSES),
                         dataset_dir)
     finally:
-        if osp.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        for folder in (tmp, old):
+            if folder and osp.exists(folder):
+                shutil.rmtree(folder, ignore_errors=True)
     return dataset_dir
 
 
@@ -207,7 +130,7 @@ def ensure_toy_shapes(dataset_dir: str) -> str:
 # ----------------------------------------------------------------------------------------
 @DATASET_REGISTRY.register()
 class ToyShapes(CoOpDataset):
-    """10 coloured-shape classes at 32x32 (5 base + 5 novel), generated on first use."""
+    """36 colour x shape classes at 32x32 (18 base + 18 novel), generated on first use."""
 
     dataset_dir = "toy_shapes"
     image_subdir = "images"

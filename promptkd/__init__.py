@@ -13,7 +13,10 @@
     checkpoints    atomic save, learnable-only state, readers for the published checkpoints
     schedule       warm-up + cosine LR schedule from torch's own schedulers
     distributed    torchrun process group, rank-0 helpers, sharded evaluation, DDP wrapper
-    tiny           random-weight tiny CLIP checkpoints (tests and the demo)
+    tiny           random-weight tiny CLIP checkpoints (tests)
+    toyworld       the demo's generated colour x shape world (images and captions)
+    pretrain       contrastive pretraining of tiny CLIPs on it, cached (the demo's backbones)
+    demo           python -m promptkd.demo pretrain (used by scripts/promptkd/demo.sh)
     results        the results-table command (python -m promptkd.results)
     predictor      a run's predictor.pt record -> a stand-alone image classifier
     predict        classify images with a run (python -m promptkd.predict)

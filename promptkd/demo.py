@@ -1,50 +1,47 @@
 """Helpers of the offline demo (``scripts/promptkd/demo.sh``): no Dassl, no downloads.
 
-    python -m promptkd.demo make-weights OUT_DIR
+    python -m promptkd.demo pretrain OUT_DIR [--preset full|fast]
 
-writes ``OUT_DIR/teacher.pt`` and ``OUT_DIR/student.pt``: random-weight tiny CLIPs (32 px
-input, patch 8; teacher 3 vision / 3 text layers, width 128, embed 96; student 2 / 2, width
-64, embed 64) that load through the real `clip` loading path like OpenAI's files. The seeds
-are fixed, so the files are the same on every machine and every run; existing files are kept.
-It prints the two paths, one per line.
+pretrains (once) the demo's two tiny CLIPs contrastively on the toy world
+(`promptkd.toyworld`, `promptkd.pretrain`) and writes ``OUT_DIR/teacher.pt`` and
+``OUT_DIR/student.pt`` (OpenAI-format state dicts that load like ``ViT-B-16.pt``), each with a
+``.json`` sidecar (cache key, sizes, recipe, loss, wall and CPU seconds, a zero-shot probe).
+A second call with the same preset reuses them; a changed world, model or recipe retrains.
+It prints the two paths, one per line. ``fast`` is the test suite's shorter recipe.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import warnings
 from typing import Sequence
 
+from .errors import run_cli
 
 logger = logging.getLogger(__name__)
 
-TEACHER_FILE, STUDENT_FILE = "teacher.pt", "student.pt"
-TEACHER_SEED, STUDENT_SEED = 1, 2
+ROLES = ("teacher", "student")
 
 
-def make_weights(out_dir: str) -> dict[str, str]:
-    """Write (once) the demo's tiny teacher and student CLIP files; returns their paths."""
-    from .tiny import TINY_STUDENT, TINY_TEACHER, write_tiny_clip
+def pretrained_weights(out_dir: str, preset: str = "full") -> dict[str, str]:
+    """Paths of the demo's pretrained teacher and student CLIPs (trained if not cached)."""
+    from .pretrain import ensure_pretrained
 
-    out_dir = os.path.abspath(os.path.expanduser(out_dir))
-    paths = {"teacher": os.path.join(out_dir, TEACHER_FILE),
-             "student": os.path.join(out_dir, STUDENT_FILE)}
-    for role, spec, seed in (("teacher", TINY_TEACHER, TEACHER_SEED),
-                             ("student", TINY_STUDENT, STUDENT_SEED)):
-        existed = os.path.isfile(paths[role])
-        write_tiny_clip(paths[role], spec, seed=seed)
-        logger.info("%s %s tiny CLIP %s", "kept" if existed else "wrote", role, paths[role])
-    return paths
+    return {role: ensure_pretrained(out_dir, role, preset)[0] for role in ROLES}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .pretrain import PRESETS
+
     parser = argparse.ArgumentParser(prog="python -m promptkd.demo",
                                      description="Helpers of scripts/promptkd/demo.sh.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    weights = sub.add_parser("make-weights", help="write the tiny teacher / student CLIP files")
+    weights = sub.add_parser("pretrain", help="pretrain (or reuse) the tiny teacher / student CLIPs")
     weights.add_argument("out_dir", metavar="OUT_DIR")
+    weights.add_argument("--preset", choices=sorted(PRESETS), default="full",
+                         help="model sizes and pretraining steps (default: full; fast: for tests)")
     return parser
 
 
@@ -52,11 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # from `import clip`
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if args.command == "make-weights":
-        paths = make_weights(args.out_dir)
-        sys.stdout.write(f"{paths['teacher']}\n{paths['student']}\n")
+    if args.command == "pretrain":
+        paths = pretrained_weights(args.out_dir, args.preset)
+        sys.stdout.write("".join(f"{paths[role]}\n" for role in ROLES))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -466,6 +466,18 @@ class Report:
         return sorted({g.method for g in self.groups if g.protocol == protocol})
 
 
+def _short_backbone(backbone: str | None, among: set) -> str:
+    """A checkpoint path as its file name stem ("/w/teacher.pt" -> "teacher") when that tells
+    it apart from the others; a CLIP name ("ViT-B/16") or an ambiguous path as it is."""
+    if not backbone:
+        return "?"
+
+    def stem(b):
+        return Path(b).stem if b and b.endswith((".pt", ".pth", ".bin", ".ckpt", ".tar")) else b
+    stems = [stem(b) for b in among]
+    return stem(backbone) if len(set(stems)) == len(stems) else backbone
+
+
 def _method_labels(runs: Sequence[Run]) -> dict[int, str]:
     """Method label per run: the trainer name, plus backbone / model selection when a trainer
     was run with several of them (so that they are never averaged together)."""
@@ -479,8 +491,9 @@ def _method_labels(runs: Sequence[Run]) -> dict[int, str]:
             continue
         kinds = variants.get(run.trainer, set())
         extra = []
-        if len({b for b, _ in kinds}) > 1:
-            extra.append(run.backbone or "?")
+        backbones = {b for b, _ in kinds}
+        if len(backbones) > 1:
+            extra.append(_short_backbone(run.backbone, backbones))
         if len({s for _, s in kinds}) > 1:
             extra.append(run.selection or "?")
         labels[i] = f"{run.trainer} ({', '.join(extra)})" if extra else run.trainer
@@ -820,26 +833,42 @@ def write_csv(report: Report, path: str | os.PathLike) -> None:
 
 def plot(report: Report, path: str | os.PathLike) -> bool:
     """Grouped bars (base / novel / HM, or accuracy for cross) per dataset, one panel per
-    protocol and method, with std error bars. Returns False when there is nothing to plot."""
+    protocol and method, with std error bars; a protocol with a single dataset gets one panel
+    with a bar group per method. Returns False when there is nothing to plot."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     finished = [g for g in report.groups if g.n]
-    panels = sorted({(g.protocol, g.method) for g in finished},
-                    key=lambda pm: (PROTOCOLS.index(pm[0]) if pm[0] in PROTOCOLS else 9, pm))
-    if not panels:
-        return False
     # the same dataset positions in every panel of a protocol, so panels line up
     columns = {p: sorted({g.dataset for g in finished if g.protocol == p}, key=_dataset_sort_key)
-               for p, _ in panels}
-    width = max(8.0, 0.9 * max(len(c) for c in columns.values()) + 3)
+               for p in {g.protocol for g in finished}}
+    # one panel per protocol and method; a protocol with a single dataset (the demo): one
+    # panel with the methods side by side
+    panels = sorted({(g.protocol, None if len(columns[g.protocol]) == 1 else g.method)
+                     for g in finished},
+                    key=lambda pm: (PROTOCOLS.index(pm[0]) if pm[0] in PROTOCOLS else 9,
+                                    pm[1] or ""))
+    if not panels:
+        return False
+    n_columns = [len(columns[p]) if m else len({g.method for g in finished if g.protocol == p})
+                 for p, m in panels]
+    width = max(8.0, 0.9 * max(n_columns) + 3)
     fig = Figure(figsize=(width, 3.2 * len(panels)))
     FigureCanvasAgg(fig)
     for index, (protocol, method) in enumerate(panels):
         ax = fig.add_subplot(len(panels), 1, index + 1)
-        datasets = columns[protocol]
-        groups = [g for g in finished if (g.protocol, g.method) == (protocol, method)]
-        xs_of = {g.dataset: datasets.index(g.dataset) for g in groups}
+        if method is None:
+            groups = sorted((g for g in finished if g.protocol == protocol), key=lambda g: g.method)
+            datasets = [g.method for g in groups]
+            xs_of = {g.method: i for i, g in enumerate(groups)}
+            title = f"{display_name(columns[protocol][0])}, {protocol} (mean ± std over seeds)"
+            key_of = (lambda g: g.method)
+        else:
+            datasets = columns[protocol]
+            groups = [g for g in finished if (g.protocol, g.method) == (protocol, method)]
+            xs_of = {g.dataset: datasets.index(g.dataset) for g in groups}
+            title = f"{method}, {protocol} (mean ± std over seeds)"
+            key_of = (lambda g: g.dataset)
         series = (("base", "Base"), ("novel", "Novel"), ("hm", "HM")) \
             if protocol == BASE2NOVEL else (("accuracy", "Accuracy"),)
         bar = 0.8 / len(series)
@@ -847,7 +876,7 @@ def plot(report: Report, path: str | os.PathLike) -> bool:
             heights = [(g.hm_of_means if metric == "hm" else g.stats[metric].mean) or 0.0
                        for g in groups]
             errors = [g.stats[metric].std or 0.0 for g in groups]
-            xs = [xs_of[g.dataset] + (k - (len(series) - 1) / 2) * bar for g in groups]
+            xs = [xs_of[key_of(g)] + (k - (len(series) - 1) / 2) * bar for g in groups]
             ax.bar(xs, heights, bar, yerr=errors, capsize=2, label=label)
         ax.set_xticks(range(len(datasets)))
         ax.set_xticklabels([display_name(d) for d in datasets], rotation=30, ha="right",
@@ -855,7 +884,7 @@ def plot(report: Report, path: str | os.PathLike) -> bool:
         ax.set_xlim(-0.6, len(datasets) - 0.4)
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
-        ax.set_title(f"{method}, {protocol} (mean ± std over seeds)", fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,5 +1,18 @@
-"""The offline demo: the generated ToyShapes dataset, the tiny-weights helper and
-scripts/promptkd/demo.sh end to end (with fewer epochs)."""
+"""The offline demo: the toy world, contrastive pretraining of tiny CLIPs on it, the generated
+ToyShapes dataset, and scripts/promptkd/demo.sh end to end.
+
+Which claims run where (the full demo takes minutes, too long for the default suite):
+* default suite: the world and dataset, pretraining (exact text prefix, determinism, cache
+  keyed on the recipe, OpenAI format through load_clip), and one run of the demo script with
+  the `fast` preset and 3 epochs: every stage runs, and the transfer shows (teacher backbone
+  zero-shot HM > the student's + 5, the PromptKD student's novel accuracy > the student
+  backbone's own zero-shot novel + 5);
+* ``PROMPTKD_FULL_DEMO=1`` (minutes): the full demo twice, the issue's thresholds that it
+  meets (teacher backbone zero-shot HM >= the student's + 10, PromptKD novel >= the student
+  backbone's zero-shot novel + 10), and that a re-run reuses the weights and prints the same
+  table.
+"""
+import csv
 import hashlib
 import json
 import os
@@ -62,14 +75,14 @@ def test_generation_writes_real_images_per_class(toy_root):
 
     image_dir = toy_root / "toy_shapes" / "images"
     folders = sorted(os.listdir(image_dir))
-    assert folders == [toy.class_folder(i) for i in range(10)]
-    assert len(set(toy.CLASSNAMES)) == 10 and toy.CLASSNAMES[0] == "red circle"
+    assert folders == [toy.class_folder(i) for i in range(36)]
+    assert len(set(toy.CLASSNAMES)) == 36 and toy.CLASSNAMES[0] == "red circle"
+    sizes = dict(toy.SPLIT_SIZES)
     for folder in folders:
         names = sorted(os.listdir(image_dir / folder))
         assert len(names) == N_PER_CLASS
-        assert sum(n.startswith("train_") for n in names) == 40
-        assert sum(n.startswith("val_") for n in names) == 10
-        assert sum(n.startswith("test_") for n in names) == 20
+        for split in ("train", "val", "test"):
+            assert sum(n.startswith(split + "_") for n in names) == sizes[split]
     with Image.open(image_dir / folders[3] / "test_007.png") as img:
         assert img.format == "PNG" and img.size == (32, 32) and img.mode == "RGB"
     manifest = json.loads((toy_root / "toy_shapes" / toy.MANIFEST).read_text())
@@ -81,13 +94,25 @@ def test_generation_writes_real_images_per_class(toy_root):
 def test_generation_is_deterministic(toy_root, tmp_path):
     other = tmp_path / "elsewhere" / "toy_shapes"
     toy.ensure_toy_shapes(str(other))
-    one = "images/" + toy.class_folder(7) + "/train_013.png"
+    one = "images/" + toy.class_folder(27) + "/train_013.png"
     assert (toy_root / "toy_shapes" / one).read_bytes() == (other / one).read_bytes()
     assert tree_digest(toy_root / "toy_shapes" / "images") == tree_digest(other / "images")
     # a second call reuses what is there
     before = os.stat(other / one).st_mtime_ns
     toy.ensure_toy_shapes(str(other))
     assert os.stat(other / one).st_mtime_ns == before
+
+
+def test_outdated_generation_is_replaced(tmp_path):
+    folder = tmp_path / "toy_shapes"
+    (folder / "images" / "00_red_circle").mkdir(parents=True)
+    (folder / "split_zhou_ToyShapes.json").write_text("{}")
+    (folder / toy.MANIFEST).write_text(json.dumps({"name": "ToyShapes", "version": 1, "seed": toy.GENERATOR_SEED}))
+    toy.ensure_toy_shapes(str(folder))
+    assert json.loads((folder / toy.MANIFEST).read_text())["version"] == toy.GENERATOR_VERSION
+    assert not (folder / "split_zhou_ToyShapes.json").exists()  # the old split went with it
+    assert len(os.listdir(folder / "images")) == 36
+    assert os.listdir(tmp_path) == ["toy_shapes"]
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
@@ -114,8 +139,9 @@ def test_dataset_all_classes_and_split_json(toy_root):
     ds = build_dataset(make_cfg(toy_root))
     assert type(ds).__name__ == "ToyShapes"
     assert ds.classnames == list(toy.CLASSNAMES)
-    assert (len(ds.train_x), len(ds.val), len(ds.test)) == (400, 100, 200)
-    assert sorted({d.label for d in ds.test}) == list(range(10))
+    sizes = dict(toy.SPLIT_SIZES)
+    assert (len(ds.train_x), len(ds.val), len(ds.test)) == tuple(36 * sizes[k] for k in ("train", "val", "test"))
+    assert sorted({d.label for d in ds.test}) == list(range(36))
     split_path = toy_root / "toy_shapes" / "split_zhou_ToyShapes.json"
     split = json.loads(split_path.read_text())
     assert split["test"][0] == [toy.class_folder(0) + "/test_000.png", 0, "red circle"]
@@ -125,49 +151,50 @@ def test_dataset_all_classes_and_split_json(toy_root):
         [(d.impath, d.label, d.classname) for d in ds.test]
 
 
-@pytest.mark.parametrize("subsample, names", [("base", toy.CLASSNAMES[:5]), ("new", toy.CLASSNAMES[5:])])
+@pytest.mark.parametrize("subsample, names", [("base", toy.CLASSNAMES[:18]), ("new", toy.CLASSNAMES[18:])])
 def test_dataset_base_and_new_classes(toy_root, subsample, names):
     ds = build_dataset(make_cfg(toy_root, subsample=subsample))
     assert ds.classnames == list(names)
-    assert sorted({d.label for d in ds.train_x}) == list(range(5))
-    assert len(ds.train_x) == 200 and len(ds.test) == 100
+    assert sorted({d.label for d in ds.train_x}) == list(range(18))
+    sizes = dict(toy.SPLIT_SIZES)
+    assert len(ds.train_x) == 18 * sizes["train"] and len(ds.test) == 18 * sizes["test"]
     assert all(d.classname == names[d.label] for d in ds.test)
 
 
 def test_dataset_few_shot_is_cached(toy_root):
     ds = build_dataset(make_cfg(toy_root, subsample="base", shots=16, seed=3))
-    assert len(ds.train_x) == 5 * 16 and len(ds.val) == 5 * 4
+    assert len(ds.train_x) == 18 * 16 and len(ds.val) == 18 * 4
     cache = toy_root / "toy_shapes" / "split_fewshot" / "shot_16-seed_3.pkl"
     with open(cache, "rb") as f:
         cached = pickle.load(f)
-    assert len(cached["train"]) == 10 * 16
+    assert len(cached["train"]) == 36 * 16
     again = build_dataset(make_cfg(toy_root, subsample="base", shots=16, seed=3))
     assert [d.impath for d in again.train_x] == [d.impath for d in ds.train_x]
 
 
 # ----------------------------------------------------------------------------------------
-# the weights helper and the script
+# the script
 # ----------------------------------------------------------------------------------------
-def test_make_weights_is_reproducible_and_needs_no_dassl(tmp_path):
-    from promptkd import demo
-
-    code = ("import sys, promptkd.demo as d; d.main(sys.argv[1:]); "
-            "assert not [m for m in sys.modules if m.split('.')[0] == 'dassl'], 'dassl imported'")
-    proc = subprocess.run([sys.executable, "-c", code, "make-weights", str(tmp_path / "a")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [str(tmp_path / "a" / "teacher.pt"), str(tmp_path / "a" / "student.pt")]
-    paths = demo.make_weights(str(tmp_path / "b"))
-    for role, name in (("teacher", "teacher.pt"), ("student", "student.pt")):
-        assert (tmp_path / "a" / name).read_bytes() == open(paths[role], "rb").read()
-
-
-def run_demo(out, cwd):
-    env = {**os.environ, "PYTHON": sys.executable, "DEMO_EPOCHS": "2"}
+def run_demo(out, cwd, preset, epochs=None, timeout=900):
+    env = {**os.environ, "PYTHON": sys.executable, "DEMO_PRESET": preset}
+    env.pop("DEMO_EPOCHS", None)
+    if epochs:
+        env["DEMO_EPOCHS"] = str(epochs)
     proc = subprocess.run(["bash", osp.join(REPO, "scripts", "promptkd", "demo.sh"), str(out)],
-                          cwd=str(cwd), env=env, capture_output=True, text=True, timeout=300)
+                          cwd=str(cwd), env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
+
+
+def demo_table(out):
+    """{method label: (base, novel, HM)} from the demo's results.csv."""
+    with open(out / "results.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return {r["method"]: tuple(float(r[k]) for k in ("base_mean", "novel_mean", "hm_of_means"))
+            for r in rows if r["dataset"] == "ToyShapes"}
+
+
+METHODS = {"ZeroshotCLIP (teacher)", "ZeroshotCLIP (student)", "CoOp", "PromptKDTeacher", "PromptKD"}
 
 
 def result_records(log):
@@ -175,30 +202,50 @@ def result_records(log):
             if "RESULT {" in line]
 
 
-def test_demo_script_end_to_end_and_repeatable(tmp_path):
+def test_demo_fast_end_to_end_shows_transfer(tmp_path):
+    """The fast preset (shorter pretraining, 3 epochs per run): every stage runs, the table has
+    all five methods, the transfer shows, and the pretraining command then reuses the weights."""
     out = tmp_path / "demo out"  # a space in the path, on purpose
-    stdout = run_demo(out, cwd=tmp_path)
-    for name in ("results.md", "results.csv"):
-        assert (out / name).is_file()
+    stdout = run_demo(out, cwd=tmp_path, preset="fast", epochs=3)
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = (out / "results.md").read_text()
-    assert "ToyShapes" in table and "PromptKDTeacher" in table
-    assert f"Results table: {out}/results.md" in stdout
-    assert f"Plot:          {out}/results.png" in stdout
-    assert "epoch [2/2]" in stdout
-
+    assert f"Results table: {out}/results.md" in stdout and "epoch [3/3]" in stdout
+    table = demo_table(out)
+    assert set(table) == METHODS, table
+    zs_teacher, zs_student, kd = table["ZeroshotCLIP (teacher)"], table["ZeroshotCLIP (student)"], table["PromptKD"]
+    assert zs_teacher[2] > zs_student[2] + 5, table  # the teacher backbone knows more
+    assert kd[1] > zs_student[1] + 5, table  # novel classes the student had no labels for
     runs = out / "runs" / "base2new"
-    student_log = runs / "promptkd" / "toy_shapes" / "seed1" / "log.txt"
-    teacher_log = runs / "promptkd_teacher" / "toy_shapes" / "seed1" / "log.txt"
-    student = result_records(student_log)
-    assert student and student[-1]["trainer"] == "PromptKD" and student[-1]["dataset"] == "ToyShapes"
-    assert {"base", "novel", "hm"} <= set(student[-1])
-    assert (teacher_log.parent / "export" / "class_vectors_ToyShapes.pt").is_file()
-    assert (out / "weights" / "teacher.pt").is_file() and (out / "data" / "toy_shapes").is_dir()
+    assert (runs / "promptkd_teacher" / "toy_shapes" / "seed1" / "export" / "class_vectors_ToyShapes.pt").is_file()
+    info = json.loads((out / "weights" / "teacher.json").read_text())
+    assert info["preset"] == "fast" and info["key"]
 
-    # a second run (from another directory) reuses weights and data, redoes the runs, and
-    # gives the same numbers
-    first = (result_records(teacher_log)[-1], student[-1])
-    run_demo(out, cwd="/")
-    assert (result_records(teacher_log)[-1], result_records(student_log)[-1]) == first
-    assert not list(runs.rglob("log.txt-*"))  # the runs were redone, not resumed
+    # the pretraining command needs no Dassl; with the weights cached it only prints the paths
+    weights_mtime = os.stat(out / "weights" / "teacher.pt").st_mtime_ns
+    code = ("import sys, promptkd.demo as d; d.main(sys.argv[1:]); "
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'dassl'], 'dassl imported'")
+    proc = subprocess.run([sys.executable, "-c", code, "pretrain", str(out / "weights"), "--preset", "fast"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == [str(out / "weights" / "teacher.pt"), str(out / "weights" / "student.pt")]
+    assert os.stat(out / "weights" / "teacher.pt").st_mtime_ns == weights_mtime
+
+
+@pytest.mark.skipif(os.environ.get("PROMPTKD_FULL_DEMO", "") in ("", "0"),
+                    reason="the full demo takes minutes: set PROMPTKD_FULL_DEMO=1 to run it")
+def test_full_demo_shows_what_the_readme_claims(tmp_path):
+    """`bash scripts/promptkd/demo.sh` as the README runs it (seed 1)."""
+    out = tmp_path / "demo"
+    run_demo(out, cwd=tmp_path, preset="full", timeout=3600)
+    table = demo_table(out)
+    # a re-run from another directory reuses the weights, redoes the runs, prints the same table
+    weights_mtime = os.stat(out / "weights" / "teacher.pt").st_mtime_ns
+    run_demo(out, cwd="/", preset="full", timeout=3600)
+    assert demo_table(out) == table
+    assert os.stat(out / "weights" / "teacher.pt").st_mtime_ns == weights_mtime
+    assert not list((out / "runs").rglob("log.txt-*"))  # the runs were redone, not resumed
+    assert set(table) == METHODS, table
+    zs_teacher, zs_student, kd = table["ZeroshotCLIP (teacher)"], table["ZeroshotCLIP (student)"], table["PromptKD"]
+    assert zs_teacher[2] >= zs_student[2] + 10, table
+    assert kd[1] >= zs_student[1] + 10, table
+    # Not asserted, because it does not hold here (README, "The demo"): the student's HM within
+    # 5 points of the teacher's (41 vs 55), and the paper's CoOp / PromptSRC ordering.

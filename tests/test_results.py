@@ -435,3 +435,26 @@ def test_no_benchmark_average_for_methods_off_the_benchmark(tmp_path, capsys):
     avg_rows = [line for line in out.splitlines() if line.startswith("| ") and "| Average (11) |" in line]
     assert len(avg_rows) == 1 and avg_rows[0].startswith("| CoOp ")
     assert "CoOp: Average (11) not computed" in out and "PromptKD: Average (11)" not in out
+
+
+def test_backbone_files_label_methods_by_file_stem():
+    runs = [R.Run(Path(f"/r/{i}/log.txt"), "ok", trainer="ZeroshotCLIP", backbone=b)
+            for i, b in enumerate(["/w/teacher.pt", "/w/student.pt"])]
+    assert sorted(R._method_labels(runs).values()) == ["ZeroshotCLIP (student)", "ZeroshotCLIP (teacher)"]
+    named = [R.Run(Path(f"/r/{i}/log.txt"), "ok", trainer="CoOp", backbone=b)
+             for i, b in enumerate(["ViT-B/16", "ViT-L/14"])]
+    assert sorted(R._method_labels(named).values()) == ["CoOp (ViT-B/16)", "CoOp (ViT-L/14)"]
+    same_stem = [R.Run(Path(f"/r/{i}/log.txt"), "ok", trainer="CoOp", backbone=b)
+                 for i, b in enumerate(["/a/model.pt", "/b/model.pt"])]
+    assert sorted(R._method_labels(same_stem).values()) == ["CoOp (/a/model.pt)", "CoOp (/b/model.pt)"]
+
+
+def test_plot_of_one_dataset_puts_methods_side_by_side(tmp_path):
+    for trainer in ("PromptKD", "CoOp", "ZeroshotCLIP"):
+        write_run(tmp_path, trainer, "ToyShapes", 1, metrics=b2n_metrics(60.0, 50.0))
+    report = R.aggregate([R.parse_log(p) for p in R.find_runs([tmp_path])], seeds=(1,))
+    png = tmp_path / "plot.png"
+    assert R.plot(report, png)
+    from PIL import Image
+    with Image.open(png) as image:  # one panel, not one per method
+        assert image.size[1] < 3.2 * 120 * 1.5

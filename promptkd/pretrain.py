@@ -1,0 +1,306 @@
+"""Contrastive (CLIP) pretraining of tiny CLIPs from scratch on the toy world, on a CPU.
+
+    path = ensure_pretrained(folder, "teacher")      # trains once, then reuses the file
+
+builds a stock `clip.model.CLIP` (the real BPE vocabulary, context 77, patch 8 on 32 px),
+trains it on image / caption pairs drawn from `promptkd.toyworld` (captions of all 36
+classes in several templates, and with `Recipe.partial` captions that name one attribute only,
+"a red object." / "a photo of a circle.", as many web captions do) and writes it as an OpenAI-format state dict (fp16, like the
+released files), so it loads through `promptkd.backbones.load_clip` exactly like real weights.
+
+Training: a batch of images with random labels, one caption each; the distinct captions of
+the batch are encoded once; the loss is CLIP's symmetric contrastive loss in which every
+caption that describes an image is its positive (image -> captions and caption -> images,
+soft targets); AdamW without weight decay,
+linear warm-up then cosine decay, learnable temperature clamped at 100. The probe in
+`notes/demo_world.md` found that image -> caption alone, or weight decay 0.1, stalls with one
+attribute learnt. Text is encoded on the shortest prefix that holds every caption's end token:
+with CLIP's causal mask the end-token feature does not depend on later positions, so this is
+exactly `encode_text` at a fraction of the cost (tested).
+
+Deterministic: fixed seeds, a fixed number of CPU threads while training, and
+`torch.use_deterministic_algorithms`. A file is reused only when the sidecar JSON next to it
+holds the same key, a hash of the world (version, classes, templates), the model sizes, the
+recipe and the torch version; otherwise it is trained again. Both files are written atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import toyworld
+from .backbones import clip
+from .checkpoints import atomic_save
+from .errors import ConfigError
+from .tiny import TinySpec
+
+logger = logging.getLogger(__name__)
+
+# CLIP's preprocessing constants (the demo configs use the same)
+PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
+PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
+PRETRAIN_STREAM = 7  # numpy seed prefix of pretraining images (the dataset on disk uses another)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    steps: int
+    batch_size: int = 128
+    lr: float = 5e-4
+    warmup_steps: int = 30
+    seed: int = 0
+    threads: int = 2
+    templates: int = len(toyworld.CAPTION_TEMPLATES)  # captions use the first `templates`
+    partial: float = 0.0  # share of captions that name one attribute only ("a red object.")
+
+
+@dataclass(frozen=True)
+class Model:
+    """A demo backbone: its sizes and how it is pretrained."""
+    spec: TinySpec
+    recipe: Recipe
+
+
+TEACHER_SPEC = TinySpec(embed_dim=64, vision_layers=4, vision_width=128, text_width=128, text_layers=4)
+STUDENT_SPEC = TinySpec(embed_dim=32, vision_layers=2, vision_width=64, text_width=64, text_layers=2)
+
+# full (the demo): the teacher has 4 + 4 layers of width 128 (8.0M parameters, 6.3M of them the
+# token embedding) and 400 steps; the student 2 + 2 layers of width 64 (3.4M) and 20 steps,
+# so its text tower is barely trained (its image tower has learnt colour, not yet shape).
+# fast (the test suite): the teacher of the student's size and 150 steps, the same student.
+# One thread each: on a busy 2-core machine a second thread costs more than it gains.
+_STUDENT = Model(STUDENT_SPEC, Recipe(steps=20, lr=5e-4, seed=2, threads=1))
+PRESETS: dict[str, dict[str, Model]] = {
+    "full": {"teacher": Model(TEACHER_SPEC, Recipe(steps=400, lr=1e-3, seed=1, threads=1)), "student": _STUDENT},
+    "fast": {"teacher": Model(STUDENT_SPEC, Recipe(steps=150, lr=1e-3, seed=1, threads=1)), "student": _STUDENT},
+}
+
+
+def build_clip(spec: TinySpec, seed: int) -> clip.model.CLIP:
+    """A freshly initialised stock CLIP of these sizes (fp32)."""
+    torch.manual_seed(seed)
+    return clip.model.CLIP(
+        embed_dim=spec.embed_dim, image_resolution=spec.image_resolution, vision_layers=spec.vision_layers,
+        vision_width=spec.vision_width, vision_patch_size=spec.vision_patch_size,
+        context_length=spec.context_length, vocab_size=spec.vocab_size,
+        transformer_width=spec.text_width, transformer_heads=max(1, spec.text_width // 64),
+        transformer_layers=spec.text_layers)
+
+
+def encode_text_prefix(model: clip.model.CLIP, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text(tokens)`, computed on the first L positions only (L = last end
+    token + 1). Equal to the full computation because the text transformer is causal."""
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    x = model.token_embedding(tokens[:, :length]) + model.positional_embedding[:length]
+    mask = model.build_attention_mask()[:length, :length]
+    x = x.permute(1, 0, 2)
+    for block in model.transformer.resblocks:
+        y = block.ln_1(x)
+        x = x + block.attn(y, y, y, need_weights=False, attn_mask=mask)[0]
+        x = x + block.mlp(block.ln_2(x))
+    x = model.ln_final(x.permute(1, 0, 2))
+    return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ model.text_projection
+
+
+def contrastive_loss(image_features, text_features, positive, logit_scale):
+    """Symmetric CLIP loss; `positive[i, j]` says caption j describes image i (several may):
+    image -> captions and caption -> images, each with uniform soft targets on its positives."""
+    image_features = F.normalize(image_features, dim=-1)
+    text_features = F.normalize(text_features, dim=-1)
+    logits = logit_scale.exp() * image_features @ text_features.t()
+    positive = positive.float()
+    to_text = -(positive / positive.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    to_image = -(positive / positive.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
+    return (to_text + to_image) / 2
+
+
+@contextmanager
+def _deterministic(threads: int):
+    threads_before = torch.get_num_threads()
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    torch.set_flush_denormal(True)  # denormal numbers slow CPU maths down a lot
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)  # torch's default
+        torch.set_num_threads(threads_before)
+        torch.use_deterministic_algorithms(deterministic_before)
+
+
+def caption_table() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every pretraining caption: tokens [K, 77] and the colour and shape index it names (-1:
+    none). Rows: class-major full captions (class x template), then colour-only, shape-only."""
+    texts, colours, shapes = [], [], []
+    for label in range(toyworld.NUM_CLASSES):
+        for t in range(len(toyworld.CAPTION_TEMPLATES)):
+            texts.append(toyworld.caption(label, t))
+            colours.append(int(toyworld.colour_index(label)[0]))
+            shapes.append(int(toyworld.shape_index(label)[0]))
+    for c, name in enumerate(toyworld.COLOURS):
+        texts.append(toyworld.COLOUR_CAPTION.format(name))
+        colours.append(c)
+        shapes.append(-1)
+    for k, name in enumerate(toyworld.SHAPES):
+        texts.append(toyworld.SHAPE_CAPTION.format(name))
+        colours.append(-1)
+        shapes.append(k)
+    return clip.tokenize(texts), torch.tensor(colours), torch.tensor(shapes)
+
+
+def _positives(colour, shape, caption_colour, caption_shape):
+    """[images, captions]: the caption names no attribute the image does not have."""
+    ok_colour = (caption_colour[None, :] == -1) | (caption_colour[None, :] == colour[:, None])
+    ok_shape = (caption_shape[None, :] == -1) | (caption_shape[None, :] == shape[:, None])
+    return ok_colour & ok_shape
+
+
+def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50) -> tuple[dict, dict]:
+    """Train a tiny CLIP from scratch; returns (OpenAI-format fp16 state dict, stats)."""
+    if recipe.steps < 1 or recipe.batch_size < 2:
+        raise ConfigError(f"Pretraining needs steps >= 1 and batch_size >= 2, got {recipe}.")
+    if spec.image_resolution != toyworld.IMAGE_SIZE:
+        raise ConfigError(f"The toy world's images are {toyworld.IMAGE_SIZE} px; the model expects "
+                          f"{spec.image_resolution} px.")
+    with _deterministic(recipe.threads):
+        model = build_clip(spec, recipe.seed).float().train()
+        rng = np.random.default_rng([PRETRAIN_STREAM, recipe.seed])
+        tokens, caption_colour, caption_shape = caption_table()
+        n_templates = len(toyworld.CAPTION_TEMPLATES)
+        n_full = toyworld.NUM_CLASSES * n_templates
+        if not 1 <= recipe.templates <= n_templates:
+            raise ConfigError(f"Recipe.templates must be 1-{n_templates}, got {recipe.templates}.")
+        optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6,
+                                      weight_decay=0.0)
+
+        def factor(step):  # linear warm-up, then cosine to 0
+            if step < recipe.warmup_steps:
+                return (step + 1) / recipe.warmup_steps
+            progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * progress))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+        start, losses = time.perf_counter(), []
+        for step in range(recipe.steps):
+            labels = rng.integers(0, toyworld.NUM_CLASSES, recipe.batch_size)
+            colour, shape = toyworld.colour_index(labels), toyworld.shape_index(labels)
+            rows = labels * n_templates + rng.integers(0, recipe.templates, recipe.batch_size)
+            if recipe.partial > 0:
+                partial = rng.random(recipe.batch_size) < recipe.partial
+                by_colour = rng.random(recipe.batch_size) < 0.5
+                one = np.where(by_colour, n_full + colour, n_full + len(toyworld.COLOURS) + shape)
+                rows = np.where(partial, one, rows)
+            images = toyworld.to_tensor(toyworld.draw(rng, labels), PIXEL_MEAN, PIXEL_STD)
+            rows = torch.from_numpy(np.unique(rows))
+            image_features = model.encode_image(images)
+            text_features = encode_text_prefix(model, tokens[rows])
+            positive = _positives(torch.from_numpy(colour), torch.from_numpy(shape), caption_colour[rows],
+                                  caption_shape[rows])
+            loss = contrastive_loss(image_features, text_features, positive, model.logit_scale)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            losses.append(loss.item())
+            if log_every and ((step + 1) % log_every == 0 or step + 1 == recipe.steps):
+                logger.info("pretrain step %d/%d loss %.3f (%.0f s)", step + 1, recipe.steps,
+                            np.mean(losses[-log_every:]), time.perf_counter() - start)
+        stats = {"final_loss": float(np.mean(losses[-20:])), "seconds": round(time.perf_counter() - start, 1)}
+    clip.model.convert_weights(model)  # fp16, like OpenAI's released files
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state, stats
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model, n_per_class: int = 20, seed: int = 99) -> tuple[float, float, float]:
+    """(base, novel, HM) zero-shot accuracy of `model` ("a photo of a {c}.") on fresh images,
+    each half against its own classes as in base-to-novel evaluation. For logs and probes."""
+    model = model.float().eval()
+    rng = np.random.default_rng([PRETRAIN_STREAM + 1, seed])
+    half = toyworld.NUM_CLASSES // 2
+    text = F.normalize(model.encode_text(clip.tokenize([toyworld.caption(c) for c in range(toyworld.NUM_CLASSES)])),
+                       dim=-1)
+    accs = []
+    for classes in (range(half), range(half, toyworld.NUM_CLASSES)):
+        labels = np.repeat(np.array(list(classes)), n_per_class)
+        images = toyworld.to_tensor(toyworld.draw(rng, labels), PIXEL_MEAN, PIXEL_STD)
+        feats = F.normalize(model.encode_image(images), dim=-1)
+        pred = (feats @ text[list(classes)].t()).argmax(1).numpy() + classes[0]
+        accs.append(100.0 * float((pred == labels).mean()))
+    base, novel = accs
+    return base, novel, 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
+
+
+def cache_key(model: Model) -> str:
+    world = {"version": toyworld.VERSION, "classes": toyworld.CLASSNAMES,
+             "templates": toyworld.CAPTION_TEMPLATES, "size": toyworld.IMAGE_SIZE}
+    text = json.dumps({"world": world, "spec": dataclasses.asdict(model.spec),
+                       "recipe": dataclasses.asdict(model.recipe), "torch": torch.__version__},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _write_json_atomic(obj, path: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def ensure_pretrained(folder: str, role: str, preset: str = "full") -> tuple[str, dict]:
+    """`folder/<role>.pt` pretrained with the preset's model and recipe (trained unless a
+    file with the same key is there). Returns (path, info from the sidecar JSON)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"Unknown demo preset {preset!r}; use one of {sorted(PRESETS)}.")
+    if role not in PRESETS[preset]:
+        raise ConfigError(f"Unknown demo backbone {role!r}; use one of {sorted(PRESETS[preset])}.")
+    model = PRESETS[preset][role]
+    folder = os.path.abspath(os.path.expanduser(folder))
+    os.makedirs(folder, exist_ok=True)
+    path, sidecar = os.path.join(folder, f"{role}.pt"), os.path.join(folder, f"{role}.json")
+    key = cache_key(model)
+    if os.path.isfile(path) and os.path.isfile(sidecar):
+        try:
+            with open(sidecar, encoding="utf-8") as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            info = {}
+        if info.get("key") == key:
+            logger.info("%s: reusing %s (key %s)", role, path, key)
+            return path, info
+        logger.info("%s: %s was pretrained with other settings; training again", role, path)
+    logger.info("%s: pretraining %s", role, model)
+    cpu_start = time.process_time()
+    state, stats = pretrain(model.spec, model.recipe)
+    stats["cpu_seconds"] = round(time.process_time() - cpu_start, 1)
+    base, novel, hm = zero_shot_accuracy(clip.model.build_model(state))
+    info = {"key": key, "role": role, "preset": preset, "spec": dataclasses.asdict(model.spec),
+            "recipe": dataclasses.asdict(model.recipe), "parameters": sum(v.numel() for v in state.values()),
+            "zero_shot_probe": {"base": round(base, 2), "novel": round(novel, 2), "hm": round(hm, 2)}, **stats}
+    if os.path.exists(sidecar):
+        os.remove(sidecar)  # the old key must not survive next to a new file
+    atomic_save(state, path)
+    _write_json_atomic(info, sidecar)
+    logger.info("%s: wrote %s (%.0f s, zero-shot probe base %.1f novel %.1f HM %.1f)", role, path,
+                stats["seconds"], base, novel, hm)
+    return path, info

@@ -1,0 +1,107 @@
+"""The demo's toy world and the contrastive pretraining of tiny CLIPs on it (core, no Dassl)."""
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from promptkd import pretrain, toyworld
+from promptkd.backbones import load_clip
+from promptkd.tiny import TinySpec
+
+MICRO = pretrain.Model(TinySpec(embed_dim=16, vision_layers=1, vision_width=64, text_width=64, text_layers=1),
+                       pretrain.Recipe(steps=6, batch_size=24, lr=1e-3, warmup_steps=2, seed=3, threads=1))
+
+
+def test_world_classes_split_into_base_and_novel_combinations():
+    assert toyworld.NUM_CLASSES == len(toyworld.COLOURS) * len(toyworld.SHAPES) == 36
+    assert len(set(toyworld.CLASSES)) == 36
+    base, novel = toyworld.CLASSES[:18], toyworld.CLASSES[18:]
+    # every colour and every shape occurs in both halves, three times each: a novel class is
+    # a new combination of attributes that base classes show
+    for half in (base, novel):
+        assert sorted({c for c, _ in half}) == sorted(toyworld.COLOURS)
+        assert all(sum(c == colour for c, _ in half) == 3 for colour in toyworld.COLOURS)
+        assert all(sum(s == shape for _, s in half) == 3 for shape in toyworld.SHAPES)
+    assert toyworld.caption(0) == "a photo of a red circle."
+
+
+def test_world_images_are_deterministic_and_show_the_object():
+    one = toyworld.draw(np.random.default_rng(5), [0, 20, 35])
+    two = toyworld.draw(np.random.default_rng(5), [0, 20, 35])
+    assert one.dtype == np.uint8 and one.shape == (3, 32, 32, 3)
+    assert np.array_equal(one, two)
+    # a red object: some pixels are far redder than the grey background
+    red = one[0].astype(int)
+    assert ((red[..., 0] - red[..., 1]) > 80).sum() > 20
+
+
+def test_text_prefix_encoding_equals_encode_text():
+    model = pretrain.build_clip(MICRO.spec, seed=0).eval()
+    tokens, colours, shapes = pretrain.caption_table()
+    assert len(tokens) == 36 * len(toyworld.CAPTION_TEMPLATES) + 6 + 6
+    assert (colours[-12:-6] >= 0).all() and (shapes[-12:-6] == -1).all()  # "a red object."
+    with torch.no_grad():
+        full = model.encode_text(tokens[::7])
+        prefix = pretrain.encode_text_prefix(model, tokens[::7])
+    torch.testing.assert_close(prefix, full, rtol=1e-5, atol=1e-5)
+
+
+def test_contrastive_loss_prefers_matching_pairs():
+    feats = torch.eye(4)
+    positive = torch.eye(4, dtype=torch.bool)
+    scale = torch.tensor(np.log(10.0))
+    good = pretrain.contrastive_loss(feats, feats, positive, scale)
+    bad = pretrain.contrastive_loss(feats, feats.roll(1, 0), positive, scale)
+    assert good < bad
+
+
+def test_partial_captions_are_positives_of_every_image_they_describe():
+    # images: red circle, red square, green circle; captions: "a red circle", "a red object",
+    # "a circle"
+    colour, shape = torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0])
+    positive = pretrain._positives(colour, shape, torch.tensor([0, 0, -1]), torch.tensor([0, -1, 0]))
+    assert positive.tolist() == [[True, True, True], [False, True, False], [False, False, True]]
+
+
+def test_pretraining_is_deterministic_and_learns():
+    state_a, stats_a = pretrain.pretrain(MICRO.spec, MICRO.recipe, log_every=0)
+    state_b, _ = pretrain.pretrain(MICRO.spec, MICRO.recipe, log_every=0)
+    assert state_a.keys() == state_b.keys()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert state_a["visual.conv1.weight"].dtype == torch.float16  # as OpenAI's files
+    fresh = pretrain.build_clip(MICRO.spec, MICRO.recipe.seed).state_dict()
+    assert not torch.equal(fresh["visual.proj"].half(), state_a["visual.proj"])
+    assert np.isfinite(stats_a["final_loss"])
+
+
+def test_bad_recipe_is_a_config_error():
+    from promptkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="steps"):
+        pretrain.pretrain(MICRO.spec, dataclasses.replace(MICRO.recipe, steps=0))
+    with pytest.raises(ConfigError, match="preset"):
+        pretrain.ensure_pretrained("/nonexistent", "teacher", preset="huge")
+
+
+def test_ensure_pretrained_caches_on_the_recipe_and_loads_like_clip(tmp_path, monkeypatch):
+    monkeypatch.setitem(pretrain.PRESETS, "micro", {"teacher": MICRO})
+    path, info = pretrain.ensure_pretrained(str(tmp_path), "teacher", "micro")
+    assert path == str(tmp_path / "teacher.pt")
+    assert sorted(os.listdir(tmp_path)) == ["teacher.json", "teacher.pt"]  # no temp files
+    assert info["key"] == pretrain.cache_key(MICRO) and info["recipe"]["steps"] == 6
+    assert {"base", "novel", "hm"} <= set(info["zero_shot_probe"])
+    model = load_clip(path)  # the loading path of real CLIP weights
+    assert model.visual.input_resolution == 32 and model.text_projection.shape == (64, 16)
+
+    mtime = os.stat(path).st_mtime_ns
+    assert pretrain.ensure_pretrained(str(tmp_path), "teacher", "micro")[1] == info  # reused
+    assert os.stat(path).st_mtime_ns == mtime
+
+    changed = dataclasses.replace(MICRO, recipe=dataclasses.replace(MICRO.recipe, steps=4))
+    monkeypatch.setitem(pretrain.PRESETS, "micro", {"teacher": changed})
+    _, info2 = pretrain.ensure_pretrained(str(tmp_path), "teacher", "micro")
+    assert info2["key"] != info["key"] and info2["recipe"]["steps"] == 4
+    assert json.loads((tmp_path / "teacher.json").read_text())["key"] == info2["key"]
