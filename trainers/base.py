@@ -154,12 +154,6 @@ class PromptTrainer(TrainerX):
                            len(self.unreadable), "\n".join(f"  {p}: {r}" for p, r in sorted(self.unreadable.items())))
             self.unreadable = {}
 
-    def check_input_size(self, visual, what: str):
-        size = tuple(self.cfg.INPUT.SIZE)
-        want = visual.input_resolution
-        if size != (want, want):
-            raise ConfigError(f"INPUT.SIZE is {list(size)} but the {what} expects {want}x{want} images; "
-                              f"set INPUT.SIZE ({want}, {want}).")
     def check_input(self, preprocess, what: str):
         """INPUT.* must be what the backbone's model wants (`promptkd.backbones.Preprocess`):
         Dassl builds the image transforms from them before the model is loaded."""
