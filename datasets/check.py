@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "configs", "datasets")
 SPLITS = ("train", "val", "test")
+report_log = logging.getLogger("promptkd.datasets.check")  # the command's report (stdout)
 
 logger = logging.getLogger("promptkd")
 
@@ -137,30 +138,41 @@ def main(argv=None) -> int:
         raise MissingFileError(f"--root {root} is not a folder.")
     overrides = [v for pair in args.set for v in pair]
     cfgs = [make_cfg(root, name, overrides, args.seed) for name in args.datasets]  # usage errors first
-    all_ok = True
-    for name, cfg in zip(args.datasets, cfgs):
-        try:
-            report = check_dataset(cfg, args.workers)
-        except Exception as err:  # a loader's own error: missing folder or annotation file, ...
-            if args.debug:
-                raise
-            print(f"\n{name}: cannot be loaded: {err}")
-            all_ok = False
-            continue
-        ok = not report["missing"] and not report["unreadable"]
-        all_ok &= ok
-        print(f"\n{report['name']} ({report['folder']}): {report['classes']} classes, "
-              f"{'all images read' if ok else 'PROBLEMS'}")
-        print(tabulate(report["rows"], headers=["split", "classes", "images", "missing", "unreadable"],
-                       tablefmt="github"))
-        for path in report["missing"]:
-            print(f"missing: {path}")
-        for path, reason in sorted(report["unreadable"].items()):
-            print(f"unreadable: {path} ({reason})")
-    print("\nall datasets read" if all_ok else "\nsome images are missing or unreadable (see above)")
-    sys.stdout.flush()
+    # The report goes to stdout through a logger of its own (message only), for this call.
+    out = logging.StreamHandler(sys.stdout)
+    out.setFormatter(logging.Formatter("%(message)s"))
+    report_log.addHandler(out)
+    report_log.setLevel(logging.INFO)
+    report_log.propagate = False
+    try:
+        all_ok = True
+        for name, cfg in zip(args.datasets, cfgs):
+            try:
+                report = check_dataset(cfg, args.workers)
+            except Exception as err:  # a loader's own error: missing folder or annotation file, ...
+                if args.debug:
+                    raise
+                report_log.info("\n%s: cannot be loaded: %s", name, err)
+                all_ok = False
+                continue
+            ok = not report["missing"] and not report["unreadable"]
+            all_ok &= ok
+            report_log.info("%s", render(report, ok))
+        report_log.info("\nall datasets read" if all_ok else "\nsome images are missing or unreadable (see above)")
+    finally:
+        report_log.removeHandler(out)
     return 0 if all_ok else 1
 
+
+def render(report: dict, ok: bool) -> str:
+    """One dataset's report: header, per-split table, then the bad files."""
+    lines = [f"\n{report['name']} ({report['folder']}): {report['classes']} classes, "
+             f"{'all images read' if ok else 'PROBLEMS'}",
+             tabulate(report["rows"], headers=["split", "classes", "images", "missing", "unreadable"],
+                      tablefmt="github")]
+    lines += [f"missing: {path}" for path in report["missing"]]
+    lines += [f"unreadable: {path} ({reason})" for path, reason in sorted(report["unreadable"].items())]
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     from promptkd.errors import run_cli

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, UserError, run_cli
-from .predictor import Predictor
+from .predictor import Predictor, add_run_arguments
 
 logger = logging.getLogger("promptkd")
 
@@ -131,13 +131,9 @@ def export(predictor: Predictor, out: str, fmt: str) -> float:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m promptkd.export_model", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", help="run output folder, its export folder, or a predictor.pt")
+    add_run_arguments(parser)  # run_dir first, then this command's own
     parser.add_argument("out", help="file to write (e.g. student.onnx, student.pt)")
     parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--weights-dir", default="", help="folder holding named CLIP files; default: the run's")
-    parser.add_argument("--trust-pickled", action="store_true",
-                        help="allow reading a published torch 1.x checkpoint the run refers to (trusted files only)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser.parse_args(argv)
 
 

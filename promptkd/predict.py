@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .errors import MissingFileError, UserError, run_cli
-from .predictor import Predictor
+from .predictor import Predictor, add_run_arguments
 
 logger = logging.getLogger("promptkd")
 
@@ -89,17 +89,12 @@ def top_k(logits: torch.Tensor, classnames: list[str], k: int) -> list[tuple[str
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m promptkd.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", help="run output folder, its export folder, or a predictor.pt")
+    add_run_arguments(parser)  # run_dir first, then this command's own
     parser.add_argument("images", nargs="+", help="image files and / or folders (searched recursively)")
     parser.add_argument("--topk", type=int, default=5, help="classes to report per image (default 5)")
     parser.add_argument("--out", default="", help="write the predictions to this CSV file")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument("--weights-dir", default="", help="folder holding named CLIP files (ViT-B-16.pt, ...); "
-                        "default: the one the run used")
-    parser.add_argument("--trust-pickled", action="store_true",
-                        help="allow reading a published torch 1.x checkpoint the run refers to (trusted files only)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser.parse_args(argv)
 
 

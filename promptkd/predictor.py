@@ -238,3 +238,14 @@ class Predictor:
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         device = self.model.class_vectors.device
         return self.model(images.to(device, torch.float32)).float()
+
+
+def add_run_arguments(parser) -> None:
+    """The command-line arguments that name a run and how to read it (predict, export_model);
+    `Predictor.from_run(args.run_dir, args.weights_dir or None, args.trust_pickled)` reads them."""
+    parser.add_argument("run_dir", help="run output folder, its export folder, or a predictor.pt")
+    parser.add_argument("--weights-dir", default="", help="folder holding named CLIP files (ViT-B-16.pt, ...); "
+                        "default: the one the run used")
+    parser.add_argument("--trust-pickled", action="store_true",
+                        help="allow reading a published torch 1.x checkpoint the run refers to (trusted files only)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
