@@ -117,9 +117,9 @@ def main(argv=None) -> int:
         missing = len(cache.missing_shards(range(cache.epochs)))
         raise DataError(f"The teacher cache {cache.directory} is incomplete ({missing} shards missing): some "
                         "images could not be read (see the list above). Fix them and run the command again.")
-    print(f"Teacher cache {cache.directory}: complete, {cache.n_images} images x {cache.epochs} epochs, "
-          f"{cache.dtype}; this run embedded {n} views in {seconds:.1f} s"
-          + (f" ({n / seconds:.1f} views/s)." if n and seconds > 0 else "."))
+    logger.info("Teacher cache %s: complete, %d images x %d epochs, %s; this run embedded %d views in %.1f s%s",
+                cache.directory, cache.n_images, cache.epochs, cache.dtype, n, seconds,
+                f" ({n / seconds:.1f} views/s)." if n and seconds > 0 else ".")
     return 0
 
 
