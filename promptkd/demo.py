@@ -1,13 +1,15 @@
 """Helpers of the offline demo (``scripts/promptkd/demo.sh``): no Dassl, no downloads.
 
-    python -m promptkd.demo pretrain OUT_DIR [--preset full|fast]
+    python -m promptkd.demo pretrain OUT_DIR [--preset full|fast] [--role teacher|student]
 
 pretrains (once) the demo's two tiny CLIPs contrastively on the toy world
 (`promptkd.toyworld`, `promptkd.pretrain`) and writes ``OUT_DIR/teacher.pt`` and
 ``OUT_DIR/student.pt`` (OpenAI-format state dicts that load like ``ViT-B-16.pt``), each with a
-``.json`` sidecar (cache key, sizes, recipe, loss, wall and CPU seconds, a zero-shot probe).
+``.json`` sidecar (cache key, sizes, recipe, loss, wall and CPU seconds, zero-shot probes).
 A second call with the same preset reuses them; a changed world, model or recipe retrains.
-It prints the two paths, one per line. ``fast`` is the test suite's shorter recipe.
+It prints the paths, one per line. ``fast`` is the test suite's shorter recipe. ``--role``
+makes one of the two, so that the demo script can pretrain both side by side (each run is
+deterministic and single-threaded, so the files do not depend on it).
 """
 from __future__ import annotations
 
@@ -24,11 +26,11 @@ logger = logging.getLogger(__name__)
 ROLES = ("teacher", "student")
 
 
-def pretrained_weights(out_dir: str, preset: str = "full") -> dict[str, str]:
-    """Paths of the demo's pretrained teacher and student CLIPs (trained if not cached)."""
+def pretrained_weights(out_dir: str, preset: str = "full", roles: Sequence[str] = ROLES) -> dict[str, str]:
+    """Paths of the demo's pretrained CLIPs of `roles` (trained if not cached)."""
     from .pretrain import ensure_pretrained
 
-    return {role: ensure_pretrained(out_dir, role, preset)[0] for role in ROLES}
+    return {role: ensure_pretrained(out_dir, role, preset)[0] for role in roles}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("out_dir", metavar="OUT_DIR")
     weights.add_argument("--preset", choices=sorted(PRESETS), default="full",
                          help="model sizes and pretraining steps (default: full; fast: for tests)")
+    weights.add_argument("--role", choices=ROLES, help="pretrain (or reuse) this one only (default: both)")
     return parser
 
 
@@ -50,8 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # from `import clip`
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if args.command == "pretrain":
-        paths = pretrained_weights(args.out_dir, args.preset)
-        sys.stdout.write("".join(f"{paths[role]}\n" for role in ROLES))
+        paths = pretrained_weights(args.out_dir, args.preset, [args.role] if args.role else ROLES)
+        sys.stdout.write("".join(f"{path}\n" for path in paths.values()))
     return 0
 
 

@@ -3,10 +3,11 @@
     path = ensure_pretrained(folder, "teacher")      # trains once, then reuses the file
 
 builds a stock `clip.model.CLIP` (the real BPE vocabulary, context 77, patch 8 on 32 px),
-trains it on image / caption pairs drawn from `promptkd.toyworld` (captions of all 36
-classes in several templates, and with `Recipe.partial` captions that name one attribute only,
-"a red object." / "a photo of a circle.", as many web captions do) and writes it as an OpenAI-format state dict (fp16, like the
-released files), so it loads through `promptkd.backbones.load_clip` exactly like real weights.
+trains it on image / caption pairs drawn from `promptkd.toyworld` (captions of all 36 classes
+in the caption forms of its `Recipe`, "a photo of a red circle."; optionally, `Recipe.partial`,
+captions that name one attribute only, "a red object.", as many web captions do) and writes it
+as an OpenAI-format state dict (fp16, like the released files), so it loads through
+`promptkd.backbones.load_clip` exactly like real weights.
 
 Training: a batch of images with random labels, one caption each; the distinct captions of
 the batch are encoded once; the loss is CLIP's symmetric contrastive loss in which every
@@ -20,8 +21,9 @@ exactly `encode_text` at a fraction of the cost (tested).
 
 Deterministic: fixed seeds, a fixed number of CPU threads while training, and
 `torch.use_deterministic_algorithms`. A file is reused only when the sidecar JSON next to it
-holds the same key, a hash of the world (version, classes, templates), the model sizes, the
-recipe and the torch version; otherwise it is trained again. Both files are written atomically.
+holds the same key, a hash of the world (version, classes, image size), the model sizes,
+the recipe (caption forms included) and the torch version; otherwise it is trained again.
+Both files are written atomically.
 """
 from __future__ import annotations
 
@@ -62,7 +64,9 @@ class Recipe:
     warmup_steps: int = 30
     seed: int = 0
     threads: int = 2
-    templates: int = len(toyworld.CAPTION_TEMPLATES)  # captions use the first `templates`
+    #: the caption forms this model sees ("{}" = "red circle"); a model pretrained on fewer
+    #: forms than zero-shot prompts use reads those prompts less well (see PRESETS)
+    captions: tuple[str, ...] = toyworld.CAPTION_TEMPLATES
     partial: float = 0.0  # share of captions that name one attribute only ("a red object.")
 
 
@@ -73,18 +77,29 @@ class Model:
     recipe: Recipe
 
 
-TEACHER_SPEC = TinySpec(embed_dim=64, vision_layers=4, vision_width=128, text_width=128, text_layers=4)
+TEACHER_SPEC = TinySpec(embed_dim=64, vision_layers=4, vision_width=64, text_width=64, text_layers=2)
 STUDENT_SPEC = TinySpec(embed_dim=32, vision_layers=2, vision_width=64, text_width=64, text_layers=2)
 
-# full (the demo): the teacher has 4 + 4 layers of width 128 (8.0M parameters, 6.3M of them the
-# token embedding) and 400 steps; the student 2 + 2 layers of width 64 (3.4M) and 20 steps,
-# so its text tower is barely trained (its image tower has learnt colour, not yet shape).
-# fast (the test suite): the teacher of the student's size and 150 steps, the same student.
+#: The student's one caption form. Zero-shot prompts ("a photo of a red circle.") are not
+#: among its captions, so its zero-shot accuracy is far below what its image features allow.
+STUDENT_CAPTIONS = ("a {}.",)
+
+# full (the demo), both 800 steps of 128 images:
+# * teacher: image tower 4 layers of width 64, embedding 64, text tower 2 layers; captions in
+#   all four forms, so it reads "a photo of a {}." as well as its features allow;
+# * student: image tower 2 layers, embedding 32 (half the teacher's depth and width of
+#   output), the same text tower; captions in one form only ("a red circle."). Its image
+#   features learn colour and shape (pretraining on one form is, if anything, easier), but its
+#   text tower has never seen "a photo of a ...": zero-shot with that prompt it is little better
+#   than colour alone. PromptKD never runs the student's text tower.
+# fast (the test suite): the same sizes with the teacher's image tower at the student's depth,
+# 150 and 100 steps (both have learnt colour, not yet shape).
 # One thread each: on a busy 2-core machine a second thread costs more than it gains.
-_STUDENT = Model(STUDENT_SPEC, Recipe(steps=20, lr=5e-4, seed=2, threads=1))
 PRESETS: dict[str, dict[str, Model]] = {
-    "full": {"teacher": Model(TEACHER_SPEC, Recipe(steps=400, lr=1e-3, seed=1, threads=1)), "student": _STUDENT},
-    "fast": {"teacher": Model(STUDENT_SPEC, Recipe(steps=150, lr=1e-3, seed=1, threads=1)), "student": _STUDENT},
+    "full": {"teacher": Model(TEACHER_SPEC, Recipe(steps=800, lr=1e-3, seed=1, threads=1)),
+             "student": Model(STUDENT_SPEC, Recipe(steps=800, lr=1e-3, seed=2, threads=1, captions=STUDENT_CAPTIONS))},
+    "fast": {"teacher": Model(dataclasses.replace(TEACHER_SPEC, vision_layers=2), Recipe(steps=150, lr=1e-3, seed=1, threads=1)),
+             "student": Model(STUDENT_SPEC, Recipe(steps=100, lr=1e-3, seed=2, threads=1, captions=STUDENT_CAPTIONS))},
 }
 
 
@@ -141,13 +156,13 @@ def _deterministic(threads: int):
         torch.use_deterministic_algorithms(deterministic_before)
 
 
-def caption_table() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def caption_table(captions: tuple[str, ...] = toyworld.CAPTION_TEMPLATES) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every pretraining caption: tokens [K, 77] and the colour and shape index it names (-1:
-    none). Rows: class-major full captions (class x template), then colour-only, shape-only."""
+    none). Rows: class-major full captions (class x caption form), then colour-only, shape-only."""
     texts, colours, shapes = [], [], []
     for label in range(toyworld.NUM_CLASSES):
-        for t in range(len(toyworld.CAPTION_TEMPLATES)):
-            texts.append(toyworld.caption(label, t))
+        for form in captions:
+            texts.append(form.format(toyworld.CLASSNAMES[label]))
             colours.append(int(toyworld.colour_index(label)[0]))
             shapes.append(int(toyworld.shape_index(label)[0]))
     for c, name in enumerate(toyworld.COLOURS):
@@ -168,21 +183,24 @@ def _positives(colour, shape, caption_colour, caption_shape):
     return ok_colour & ok_shape
 
 
-def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50) -> tuple[dict, dict]:
-    """Train a tiny CLIP from scratch; returns (OpenAI-format fp16 state dict, stats)."""
+def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50, name: str = "pretrain") -> tuple[dict, dict]:
+    """Train a tiny CLIP from scratch; returns (OpenAI-format fp16 state dict, stats). `name`
+    prefixes the progress lines (two models may be pretrained side by side)."""
     if recipe.steps < 1 or recipe.batch_size < 2:
         raise ConfigError(f"Pretraining needs steps >= 1 and batch_size >= 2, got {recipe}.")
     if spec.image_resolution != toyworld.IMAGE_SIZE:
         raise ConfigError(f"The toy world's images are {toyworld.IMAGE_SIZE} px; the model expects "
                           f"{spec.image_resolution} px.")
+    bad = [form for form in recipe.captions if not isinstance(form, str) or form.count("{}") != 1]
+    if not recipe.captions or bad:
+        raise ConfigError(f"Recipe.captions needs at least one caption form, each with one '{{}}' for the "
+                          f"class name (\"a photo of a {{}}.\"); got {recipe.captions!r}.")
     with _deterministic(recipe.threads):
         model = build_clip(spec, recipe.seed).float().train()
         rng = np.random.default_rng([PRETRAIN_STREAM, recipe.seed])
-        tokens, caption_colour, caption_shape = caption_table()
-        n_templates = len(toyworld.CAPTION_TEMPLATES)
+        tokens, caption_colour, caption_shape = caption_table(recipe.captions)
+        n_templates = len(recipe.captions)
         n_full = toyworld.NUM_CLASSES * n_templates
-        if not 1 <= recipe.templates <= n_templates:
-            raise ConfigError(f"Recipe.templates must be 1-{n_templates}, got {recipe.templates}.")
         optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6,
                                       weight_decay=0.0)
 
@@ -197,7 +215,7 @@ def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50) -> tuple[dict,
         for step in range(recipe.steps):
             labels = rng.integers(0, toyworld.NUM_CLASSES, recipe.batch_size)
             colour, shape = toyworld.colour_index(labels), toyworld.shape_index(labels)
-            rows = labels * n_templates + rng.integers(0, recipe.templates, recipe.batch_size)
+            rows = labels * n_templates + rng.integers(0, n_templates, recipe.batch_size)
             if recipe.partial > 0:
                 partial = rng.random(recipe.batch_size) < recipe.partial
                 by_colour = rng.random(recipe.batch_size) < 0.5
@@ -218,7 +236,7 @@ def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50) -> tuple[dict,
                 model.logit_scale.clamp_(0, math.log(100))
             losses.append(loss.item())
             if log_every and ((step + 1) % log_every == 0 or step + 1 == recipe.steps):
-                logger.info("pretrain step %d/%d loss %.3f (%.0f s)", step + 1, recipe.steps,
+                logger.info("%s: step %d/%d loss %.3f (%.0f s)", name, step + 1, recipe.steps,
                             np.mean(losses[-log_every:]), time.perf_counter() - start)
         stats = {"final_loss": float(np.mean(losses[-20:])), "seconds": round(time.perf_counter() - start, 1)}
     clip.model.convert_weights(model)  # fp16, like OpenAI's released files
@@ -227,14 +245,15 @@ def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50) -> tuple[dict,
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model, n_per_class: int = 20, seed: int = 99) -> tuple[float, float, float]:
-    """(base, novel, HM) zero-shot accuracy of `model` ("a photo of a {c}.") on fresh images,
-    each half against its own classes as in base-to-novel evaluation. For logs and probes."""
+def zero_shot_accuracy(model, n_per_class: int = 20, seed: int = 99,
+                       prompt: str = toyworld.CAPTION_TEMPLATES[0]) -> tuple[float, float, float]:
+    """(base, novel, HM) zero-shot accuracy of `model` with `prompt` ("a photo of a {}.") on
+    fresh images, each half against its own classes as in base-to-novel evaluation. For logs
+    and probes."""
     model = model.float().eval()
     rng = np.random.default_rng([PRETRAIN_STREAM + 1, seed])
     half = toyworld.NUM_CLASSES // 2
-    text = F.normalize(model.encode_text(clip.tokenize([toyworld.caption(c) for c in range(toyworld.NUM_CLASSES)])),
-                       dim=-1)
+    text = F.normalize(model.encode_text(clip.tokenize([prompt.format(c) for c in toyworld.CLASSNAMES])), dim=-1)
     accs = []
     for classes in (range(half), range(half, toyworld.NUM_CLASSES)):
         labels = np.repeat(np.array(list(classes)), n_per_class)
@@ -247,8 +266,8 @@ def zero_shot_accuracy(model, n_per_class: int = 20, seed: int = 99) -> tuple[fl
 
 
 def cache_key(model: Model) -> str:
-    world = {"version": toyworld.VERSION, "classes": toyworld.CLASSNAMES,
-             "templates": toyworld.CAPTION_TEMPLATES, "size": toyworld.IMAGE_SIZE}
+    world = {"version": toyworld.VERSION, "classes": toyworld.CLASSNAMES, "size": toyworld.IMAGE_SIZE,
+             "partial_captions": (toyworld.COLOUR_CAPTION, toyworld.SHAPE_CAPTION)}
     text = json.dumps({"world": world, "spec": dataclasses.asdict(model.spec),
                        "recipe": dataclasses.asdict(model.recipe), "torch": torch.__version__},
                       sort_keys=True)
@@ -291,16 +310,22 @@ def ensure_pretrained(folder: str, role: str, preset: str = "full") -> tuple[str
         logger.info("%s: %s was pretrained with other settings; training again", role, path)
     logger.info("%s: pretraining %s", role, model)
     cpu_start = time.process_time()
-    state, stats = pretrain(model.spec, model.recipe)
+    state, stats = pretrain(model.spec, model.recipe, name=role)
     stats["cpu_seconds"] = round(time.process_time() - cpu_start, 1)
-    base, novel, hm = zero_shot_accuracy(clip.model.build_model(state))
+    built = clip.model.build_model(state)
+    probes = {}  # zero-shot with the standard prompt, and with each caption form it was trained on
+    for prompt in dict.fromkeys((toyworld.CAPTION_TEMPLATES[0],) + tuple(model.recipe.captions)):
+        base, novel, hm = zero_shot_accuracy(built, prompt=prompt)
+        probes[prompt] = {"base": round(base, 2), "novel": round(novel, 2), "hm": round(hm, 2)}
     info = {"key": key, "role": role, "preset": preset, "spec": dataclasses.asdict(model.spec),
             "recipe": dataclasses.asdict(model.recipe), "parameters": sum(v.numel() for v in state.values()),
-            "zero_shot_probe": {"base": round(base, 2), "novel": round(novel, 2), "hm": round(hm, 2)}, **stats}
+            "zero_shot_probe": probes[toyworld.CAPTION_TEMPLATES[0]], "zero_shot_probe_by_prompt": probes,
+            **stats}
+    info = json.loads(json.dumps(info))  # as a later call reads it back (tuples become lists)
     if os.path.exists(sidecar):
         os.remove(sidecar)  # the old key must not survive next to a new file
     atomic_save(state, path)
     _write_json_atomic(info, sidecar)
-    logger.info("%s: wrote %s (%.0f s, zero-shot probe base %.1f novel %.1f HM %.1f)", role, path,
-                stats["seconds"], base, novel, hm)
+    logger.info("%s: wrote %s (%.0f s; zero-shot probe HM %s)", role, path, stats["seconds"],
+                ", ".join(f"{v['hm']:.1f} with {k!r}" for k, v in probes.items()))
     return path, info

@@ -52,7 +52,9 @@ CLASSES = _class_list()
 CLASSNAMES = tuple(f"{colour} {shape}" for colour, shape in CLASSES)
 NUM_CLASSES = len(CLASSES)
 
-#: Captions of pretraining; every one names colour and shape ({} = "red circle").
+#: Caption forms of pretraining; every one names colour and shape ({} = "red circle"). The first
+#: is the zero-shot prompt of the demo. A model's recipe picks which forms it is trained on
+#: (`promptkd.pretrain.Recipe.captions`).
 CAPTION_TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.", "an image of a {}.")
 
 

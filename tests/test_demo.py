@@ -4,13 +4,10 @@ ToyShapes dataset, and scripts/promptkd/demo.sh end to end.
 Which claims run where (the full demo takes minutes, too long for the default suite):
 * default suite: the world and dataset, pretraining (exact text prefix, determinism, cache
   keyed on the recipe, OpenAI format through load_clip), and one run of the demo script with
-  the `fast` preset and 3 epochs: every stage runs, and the transfer shows (teacher backbone
-  zero-shot HM > the student's + 5, the PromptKD student's novel accuracy > the student
-  backbone's own zero-shot novel + 5);
-* ``PROMPTKD_FULL_DEMO=1`` (minutes): the full demo twice, the issue's thresholds that it
-  meets (teacher backbone zero-shot HM >= the student's + 10, PromptKD novel >= the student
-  backbone's zero-shot novel + 10), and that a re-run reuses the weights and prints the same
-  table.
+  the `fast` preset and 3 epochs: every stage runs, and the table shows what the demo is for
+  (`assert_shows_distillation`);
+* ``PROMPTKD_FULL_DEMO=1`` (minutes): the full demo twice: the same claims on the table the
+  README shows, and that a re-run reuses the weights and prints the same table.
 """
 import csv
 import hashlib
@@ -202,18 +199,32 @@ def result_records(log):
             if "RESULT {" in line]
 
 
+def assert_shows_distillation(table):
+    """What the demo must show (fixed seeds): the teacher backbone's zero-shot HM at least 10
+    points above the student backbone's; the PromptKD student's novel accuracy at least 10
+    points above the student backbone's own zero-shot novel accuracy; its HM within 5 points
+    of its teacher's (the prompt-tuned teacher whose class vectors it learnt from, and the
+    teacher backbone's zero-shot CLIP).
+    Not asserted, because the toy world does not show it (README, "The demo"): the paper's
+    ordering of prompt tuning on base classes (CoOp up on base and down on novel, PromptSRC
+    keeping novel)."""
+    assert set(table) == METHODS, table
+    zs_teacher, zs_student = table["ZeroshotCLIP (teacher)"], table["ZeroshotCLIP (student)"]
+    teacher, kd = table["PromptKDTeacher"], table["PromptKD"]
+    assert zs_teacher[2] >= zs_student[2] + 10, table
+    assert kd[1] >= zs_student[1] + 10, table
+    assert kd[2] >= max(teacher[2], zs_teacher[2]) - 5, table
+
+
 def test_demo_fast_end_to_end_shows_transfer(tmp_path):
     """The fast preset (shorter pretraining, 3 epochs per run): every stage runs, the table has
-    all five methods, the transfer shows, and the pretraining command then reuses the weights."""
+    all five methods and shows what the demo is for, and the pretraining command then reuses
+    the weights."""
     out = tmp_path / "demo out"  # a space in the path, on purpose
     stdout = run_demo(out, cwd=tmp_path, preset="fast", epochs=3)
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"Results table: {out}/results.md" in stdout and "epoch [3/3]" in stdout
-    table = demo_table(out)
-    assert set(table) == METHODS, table
-    zs_teacher, zs_student, kd = table["ZeroshotCLIP (teacher)"], table["ZeroshotCLIP (student)"], table["PromptKD"]
-    assert zs_teacher[2] > zs_student[2] + 5, table  # the teacher backbone knows more
-    assert kd[1] > zs_student[1] + 5, table  # novel classes the student had no labels for
+    assert_shows_distillation(demo_table(out))
     runs = out / "runs" / "base2new"
     assert (runs / "promptkd_teacher" / "toy_shapes" / "seed1" / "export" / "class_vectors_ToyShapes.pt").is_file()
     info = json.loads((out / "weights" / "teacher.json").read_text())
@@ -243,9 +254,4 @@ def test_full_demo_shows_what_the_readme_claims(tmp_path):
     assert demo_table(out) == table
     assert os.stat(out / "weights" / "teacher.pt").st_mtime_ns == weights_mtime
     assert not list((out / "runs").rglob("log.txt-*"))  # the runs were redone, not resumed
-    assert set(table) == METHODS, table
-    zs_teacher, zs_student, kd = table["ZeroshotCLIP (teacher)"], table["ZeroshotCLIP (student)"], table["PromptKD"]
-    assert zs_teacher[2] >= zs_student[2] + 10, table
-    assert kd[1] >= zs_student[1] + 10, table
-    # Not asserted, because it does not hold here (README, "The demo"): the student's HM within
-    # 5 points of the teacher's (41 vs 55), and the paper's CoOp / PromptSRC ordering.
+    assert_shows_distillation(table)

@@ -49,6 +49,26 @@ def test_text_prefix_encoding_equals_encode_text():
     torch.testing.assert_close(prefix, full, rtol=1e-5, atol=1e-5)
 
 
+def test_caption_table_uses_the_recipe_caption_forms():
+    tokens, colours, shapes = pretrain.caption_table(("a {}.",))
+    assert len(tokens) == 36 + 6 + 6
+    assert torch.equal(tokens[0], pretrain.clip.tokenize(["a red circle."])[0])
+    assert torch.equal(tokens[35], pretrain.clip.tokenize([f"a {toyworld.CLASSNAMES[35]}."])[0])
+    assert colours[:36].tolist() == toyworld.colour_index(range(36)).tolist()
+    assert shapes[:36].tolist() == toyworld.shape_index(range(36)).tolist()
+
+
+def test_demo_student_never_sees_the_zero_shot_prompt():
+    # what the demo's table rests on (README, "The demo"): the teacher is pretrained on the
+    # zero-shot prompt's form among others, the student on another form only
+    full = pretrain.PRESETS["full"]
+    assert toyworld.CAPTION_TEMPLATES[0] == "a photo of a {}."
+    assert toyworld.CAPTION_TEMPLATES[0] in full["teacher"].recipe.captions
+    assert toyworld.CAPTION_TEMPLATES[0] not in full["student"].recipe.captions
+    assert full["student"].spec.vision_layers < full["teacher"].spec.vision_layers
+    assert full["student"].spec.embed_dim < full["teacher"].spec.embed_dim
+
+
 def test_contrastive_loss_prefers_matching_pairs():
     feats = torch.eye(4)
     positive = torch.eye(4, dtype=torch.bool)
@@ -82,6 +102,9 @@ def test_bad_recipe_is_a_config_error():
 
     with pytest.raises(ConfigError, match="steps"):
         pretrain.pretrain(MICRO.spec, dataclasses.replace(MICRO.recipe, steps=0))
+    for captions in ((), ("a photo of a red circle.",), ("a {} and a {}.",)):
+        with pytest.raises(ConfigError, match="Recipe.captions"):
+            pretrain.pretrain(MICRO.spec, dataclasses.replace(MICRO.recipe, captions=captions))
     with pytest.raises(ConfigError, match="preset"):
         pretrain.ensure_pretrained("/nonexistent", "teacher", preset="huge")
 
@@ -93,6 +116,9 @@ def test_ensure_pretrained_caches_on_the_recipe_and_loads_like_clip(tmp_path, mo
     assert sorted(os.listdir(tmp_path)) == ["teacher.json", "teacher.pt"]  # no temp files
     assert info["key"] == pretrain.cache_key(MICRO) and info["recipe"]["steps"] == 6
     assert {"base", "novel", "hm"} <= set(info["zero_shot_probe"])
+    # a zero-shot probe with the standard prompt and with every caption form it was trained on
+    assert list(info["zero_shot_probe_by_prompt"]) == list(toyworld.CAPTION_TEMPLATES)
+    assert info["zero_shot_probe_by_prompt"]["a photo of a {}."] == info["zero_shot_probe"]
     model = load_clip(path)  # the loading path of real CLIP weights
     assert model.visual.input_resolution == 32 and model.text_projection.shape == (64, 16)
 
@@ -105,3 +131,10 @@ def test_ensure_pretrained_caches_on_the_recipe_and_loads_like_clip(tmp_path, mo
     _, info2 = pretrain.ensure_pretrained(str(tmp_path), "teacher", "micro")
     assert info2["key"] != info["key"] and info2["recipe"]["steps"] == 4
     assert json.loads((tmp_path / "teacher.json").read_text())["key"] == info2["key"]
+
+    # other caption forms are another recipe: trained again
+    one_form = dataclasses.replace(changed, recipe=dataclasses.replace(changed.recipe, captions=("a {}.",)))
+    monkeypatch.setitem(pretrain.PRESETS, "micro", {"teacher": one_form})
+    _, info3 = pretrain.ensure_pretrained(str(tmp_path), "teacher", "micro")
+    assert info3["key"] != info2["key"] and info3["recipe"]["captions"] == ["a {}."]
+    assert list(info3["zero_shot_probe_by_prompt"]) == ["a photo of a {}.", "a {}."]

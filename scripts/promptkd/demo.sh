@@ -4,8 +4,10 @@
 #   bash scripts/promptkd/demo.sh [OUT]          (OUT defaults to output/demo in the repository)
 #
 # 1. OUT/weights: two tiny CLIPs pretrained contrastively from scratch on captioned images of
-#    the toy world (6 colours x 6 shapes, promptkd/toyworld.py): a teacher (4+4 layers, width
-#    128, 400 steps) and a student (2+2 layers, width 64, 20 steps), written as OpenAI CLIP
+#    the toy world (6 colours x 6 shapes, promptkd/toyworld.py), side by side, 800 steps each:
+#    a teacher (image tower 4 layers, embedding 64; captions in four forms) and a student
+#    (image tower 2 layers, embedding 32; captions in one form, "a red circle.", so the
+#    zero-shot prompt "a photo of a ..." is new to its text tower), written as OpenAI CLIP
 #    state dicts (python -m promptkd.demo pretrain; fixed seeds; reused while the world, model
 #    and recipe are unchanged);
 # 2. OUT/data/toy_shapes: the ToyShapes dataset, the same world's images in the CoOp layout,
@@ -23,7 +25,8 @@
 # Environment: PYTHON (default python); DEMO_PRESET=fast (the test suite's shorter
 # pretraining); DEMO_EPOCHS overrides the epochs of every training run; DEMO_THREADS (default 1)
 # CPU threads of the trainer runs (the models are so small that one thread is fastest, and more
-# threads slow down badly on a busy machine). Pretraining uses the thread count of its recipe.
+# threads slow down badly on a busy machine). Pretraining uses the thread count of its recipe
+# (one per model).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -66,7 +69,14 @@ run() {
 
 echo "== PromptKD demo: everything under $OUT"
 echo "-- tiny CLIPs pretrained on the toy world (preset $PRESET; cached in $WEIGHTS)"
-"$PYTHON" -m promptkd.demo pretrain "$WEIGHTS" --preset "$PRESET" >/dev/null
+pids=()
+for role in teacher student; do  # side by side, one thread each (the files do not depend on it)
+  "$PYTHON" -m promptkd.demo pretrain "$WEIGHTS" --preset "$PRESET" --role "$role" >/dev/null &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+if [ "$status" -ne 0 ]; then echo "error: pretraining failed (messages above)" >&2; exit "$status"; fi
 TEACHER="$WEIGHTS/teacher.pt"
 STUDENT="$WEIGHTS/student.pt"
 mkdir -p "$DATA"
