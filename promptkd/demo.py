@@ -10,6 +10,12 @@ A second call with the same preset reuses them; a changed world, model or recipe
 It prints the paths, one per line. ``fast`` is the test suite's shorter recipe. ``--role``
 makes one of the two, so that the demo script can pretrain both side by side (each run is
 deterministic and single-threaded, so the files do not depend on it).
+
+    python -m promptkd.demo probes OUT_DIR
+
+prints the zero-shot probes the sidecars hold, per backbone and prompt form: what each
+backbone's image features allow when it is prompted in the form it was pretrained on, beside
+the standard "a photo of a {}." of the results table (fresh images of the same world).
 """
 from __future__ import annotations
 
@@ -33,6 +39,30 @@ def pretrained_weights(out_dir: str, preset: str = "full", roles: Sequence[str] 
     return {role: ensure_pretrained(out_dir, role, preset)[0] for role in roles}
 
 
+def probe_table(out_dir: str) -> str:
+    """The zero-shot probes of `out_dir/<role>.json` as a Markdown table."""
+    import json
+    import os
+
+    from tabulate import tabulate
+
+    from .errors import MissingFileError
+
+    rows = []
+    for role in ROLES:
+        path = os.path.join(out_dir, f"{role}.json")
+        if not os.path.isfile(path):
+            raise MissingFileError(f"No {path}: pretrain first (python -m promptkd.demo pretrain {out_dir}).")
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+        trained_on = set(info["recipe"]["captions"])
+        for prompt, acc in info["zero_shot_probe_by_prompt"].items():
+            rows.append([role, f'"{prompt}"', "yes" if prompt in trained_on else "no",
+                         acc["base"], acc["novel"], acc["hm"]])
+    return tabulate(rows, headers=["Backbone", "Prompt", "Pretrained on it", "Base", "Novel", "HM"],
+                    tablefmt="github", floatfmt=".2f")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .pretrain import PRESETS
 
@@ -45,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--preset", choices=sorted(PRESETS), default="full",
                          help="model sizes and pretraining steps (default: full; fast: for tests)")
     weights.add_argument("--role", choices=ROLES, help="pretrain (or reuse) this one only (default: both)")
+    probes = sub.add_parser("probes", help="print the zero-shot probes of the pretrained backbones")
+    probes.add_argument("out_dir", metavar="OUT_DIR")
     return parser
 
 
@@ -55,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "pretrain":
         paths = pretrained_weights(args.out_dir, args.preset, [args.role] if args.role else ROLES)
         sys.stdout.write("".join(f"{path}\n" for path in paths.values()))
+    elif args.command == "probes":
+        sys.stdout.write(probe_table(args.out_dir) + "\n")
     return 0
 
 

@@ -225,6 +225,8 @@ def test_demo_fast_end_to_end_shows_transfer(tmp_path):
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"Results table: {out}/results.md" in stdout and "epoch [3/3]" in stdout
     assert_shows_distillation(demo_table(out))
+    # the probes per prompt form follow the table: the student's own form is among them
+    assert "Pretrained on it" in stdout and '| student    | "a {}."' in stdout, stdout[-2000:]
     runs = out / "runs" / "base2new"
     assert (runs / "promptkd_teacher" / "toy_shapes" / "seed1" / "export" / "class_vectors_ToyShapes.pt").is_file()
     info = json.loads((out / "weights" / "teacher.json").read_text())

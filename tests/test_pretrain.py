@@ -109,6 +109,14 @@ def test_bad_recipe_is_a_config_error():
         pretrain.ensure_pretrained("/nonexistent", "teacher", preset="huge")
 
 
+def test_probe_table_needs_the_pretrained_sidecars(tmp_path):
+    from promptkd import demo
+    from promptkd.errors import MissingFileError
+
+    with pytest.raises(MissingFileError, match="teacher.json: pretrain first"):
+        demo.probe_table(str(tmp_path))
+
+
 def test_ensure_pretrained_caches_on_the_recipe_and_loads_like_clip(tmp_path, monkeypatch):
     monkeypatch.setitem(pretrain.PRESETS, "micro", {"teacher": MICRO})
     path, info = pretrain.ensure_pretrained(str(tmp_path), "teacher", "micro")

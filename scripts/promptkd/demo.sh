@@ -18,7 +18,8 @@
 # 5. the PromptKD student distilled on the unlabelled train images of all classes from those
 #    stored vectors;
 # 6. python -m promptkd.results: one base / novel / HM table (OUT/results.md, .csv) and a plot
-#    (OUT/results.png) with all of them.
+#    (OUT/results.png) with all of them; then the backbones' zero-shot probes per prompt form
+#    (python -m promptkd.demo probes).
 # Runs go to OUT/runs, which is cleared first, so a re-run gives the same numbers (seed 1).
 #
 # What the table shows and does not show, and timings: README.md, "The demo".
@@ -93,6 +94,10 @@ run promptkd PromptKD "$STUDENT" 0 all \
 
 echo "-- results"
 "$PYTHON" -m promptkd.results "$RUNS" --out "$OUT/results" --plot --seeds "$SEED"
+echo
+echo "Zero-shot probes of the pretrained backbones (fresh images; from $WEIGHTS/*.json): what"
+echo "each backbone's features allow when prompted in a form it was pretrained on."
+"$PYTHON" -m promptkd.demo probes "$WEIGHTS"
 echo
 echo "Results table: $OUT/results.md (and $OUT/results.csv)"
 echo "Plot:          $OUT/results.png"
