@@ -71,12 +71,16 @@ run() {
 echo "== PromptKD demo: everything under $OUT"
 echo "-- tiny CLIPs pretrained on the toy world (preset $PRESET; cached in $WEIGHTS)"
 pids=()
+# Background jobs of a script ignore Ctrl-C: stop them with the script (files are written
+# atomically, so an interrupted pretraining leaves nothing behind).
+trap 'kill "${pids[@]}" 2>/dev/null; exit 130' INT TERM
 for role in teacher student; do  # side by side, one thread each (the files do not depend on it)
   "$PYTHON" -m promptkd.demo pretrain "$WEIGHTS" --preset "$PRESET" --role "$role" >/dev/null &
   pids+=($!)
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+trap - INT TERM
 if [ "$status" -ne 0 ]; then echo "error: pretraining failed (messages above)" >&2; exit "$status"; fi
 TEACHER="$WEIGHTS/teacher.pt"
 STUDENT="$WEIGHTS/student.pt"
