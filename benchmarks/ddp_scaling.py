@@ -72,7 +72,8 @@ def bench_args(args) -> argparse.Namespace:
     """The settings distill_step's model builder and step read."""
     return argparse.Namespace(tiny=args.tiny, teacher=args.teacher, student=args.student, seed=args.seed,
                               depth=args.depth, n_ctx=args.n_ctx, precision=args.precision, batch=args.batch,
-                              test_batch=None, text_chunk=256, lr=0.005, kd_weight=1000.0)
+                              test_batch=None, text_chunk=256, lr=0.005, kd_weight=1000.0,
+                              settings=("train/ours",))  # our step only: no teacher text tower
 
 
 def worker(args) -> None:
@@ -164,12 +165,8 @@ def main(argv=None) -> dict:
               "precision": args.precision, "threads": args.threads}
     machine["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     report = {"config": config, "machine": machine, "runs": runs}
-    text = render(report)
-    print(text)
+    distill_step.emit(report, render(report), args.json)
     print(f"load average after: {machine['load_after']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**report, "table": text}, f, indent=2)
     return report
 
 

@@ -606,6 +606,14 @@ def render(report: dict) -> str:
 
 # ----------------------------------------------------------------------------------------------
 
+def emit(report: dict, text: str, json_path: str | None) -> None:
+    """Print the rendered table; with --json, also write the report and the table there."""
+    print(text)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({**report, "table": text}, f, indent=2)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -671,11 +679,7 @@ def main(argv=None) -> dict:
         report["results"][str(c)] = measure(bench, names, device, args.warmup, args.repeats)
         del bench
     report["ratios"] = ratios(report["results"])
-    text = render(report)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**report, "table": text}, f, indent=2)
+    emit(report, render(report), args.json)
     return report
 
 

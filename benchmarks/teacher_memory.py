@@ -44,7 +44,7 @@ for path in (ROOT, HERE):
         sys.path.insert(0, path)
 
 from distill_step import (ARCHITECTURES, OtherLoad, _read_status_kib, _release_free_memory,  # noqa: E402
-                          _reset_peak_rss, machine_info, tiny_architecture)
+                          _reset_peak_rss, emit, machine_info, tiny_architecture)
 
 from promptkd.backbones import clip  # noqa: E402
 from promptkd.teacher import IVLPTeacher  # noqa: E402
@@ -298,11 +298,7 @@ def main(argv=None) -> dict:
                          "malloc_mmap_threshold": args.malloc_mmap_threshold,
                          "n_ctx": args.n_ctx, "steps": args.steps, "classes": args.classes, "modes": args.modes},
               "results": results, "summary": summarise(results, args.estimate_classes)}
-    text = render(report)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**report, "table": text}, f, indent=2)
+    emit(report, render(report), args.json)
     return report
 
 

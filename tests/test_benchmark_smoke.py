@@ -79,3 +79,21 @@ def test_open_clip_teacher_of_another_input_size(tmp_path, monkeypatch):
     r = bench.measure(bench.Bench(models, args, 5, torch.device("cpu")), ["part/teacher-image"],
                       torch.device("cpu"), warmup=0, repeats=1)["part/teacher-image"]
     assert r["flops"] > 2 * 2 * 88e6 * 64  # 2 images x 64 patches x ~88M weights x 2 FLOPs at least
+
+
+def test_tiny_ddp_scaling_benchmark(tmp_path):
+    """benchmarks/ddp_scaling.py end to end: torchrun launches of 1 and 2 CPU processes (gloo)
+    on tiny CLIPs, a table and JSON with one run per process count."""
+    import subprocess
+
+    out = tmp_path / "ddp.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ddp_scaling.py"), "--tiny",
+                           "--steps", "1", "--warmup", "0", "--procs", "1", "2", "--device", "cpu",
+                           "--json", str(out)],
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["procs"] for r in report["runs"]] == [1, 2]
+    for r in report["runs"]:
+        assert r["step_seconds"] > 0 and r["images_per_s"] > 0 and len(r["cpu_seconds_per_rank"]) == r["procs"]
+    assert "efficiency" in report["table"] and report["machine"]["torch"]
