@@ -16,6 +16,7 @@ In-process, a 1-process gloo group runs the other trainers through the DDP wrapp
 refuses a trainable parameter that does not reach the loss) and checks the refused launches.
 """
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -152,6 +153,38 @@ def test_promptkd_ranks_agree_and_write_one_set_of_files(kd):
     assert log.count("RESULT ") == 1 and log.count("Checkpoint saved") == 3
     assert kd["proc"].stdout.count("RESULT ") == 1  # rank 1 prints nothing
     assert_same(final_state(out, 3), r0["state"])  # no "module." prefixes
+
+
+def test_ddp_run_writes_the_same_teacher_cache_as_the_writer(ivlp, data, clip_files, tmp_path):
+    """TEACHER_CACHE_WRITE under DDP: every rank's views reach rank 0, which writes the cache,
+    so rank 0 embeds after each epoch only the views training dropped (not the other rank's
+    share again); the cache equals the one-process writer's."""
+    import json
+
+    import numpy as np
+
+    from trainers.teacher_cache import main as write_cache
+
+    fp32 = ["TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", "fp32", "TRAINER.PROMPTKD.TEACHER_CACHE_SHARD_SIZE", "7"]
+    written, online = tmp_path / "writer_cache", tmp_path / "ddp_cache"
+    assert write_cache(["write", *student_args(data, clip_files, str(tmp_path / "writer_out"), ivlp["export"],
+                                               "TRAINER.PROMPTKD.TEACHER_CACHE", str(written), *fp32)]) == 0
+    out = str(tmp_path / "ddp_out")
+    ok(torchrun(str(tmp_path / "probe"), student_args(data, clip_files, out, ivlp["export"], "TEST.NO_TEST", "True",
+                                                      "TRAINER.PROMPTKD.TEACHER_CACHE", str(online),
+                                                      "TRAINER.PROMPTKD.TEACHER_CACHE_WRITE", "True", *fp32)))
+    manifests = [json.loads((c / "manifest.json").read_text()) for c in (written, online)]
+    assert sorted(manifests[0]["shards"]) == sorted(manifests[1]["shards"]) and manifests[1]["shards"]
+    for name in manifests[0]["shards"]:
+        np.testing.assert_allclose(np.load(online / name), np.load(written / name), rtol=0, atol=1e-6)
+
+    n_images = manifests[1]["n_images"]
+    with open(os.path.join(out, "log.txt")) as f:
+        counts = re.findall(r"Teacher cache, epoch (\d+): (\d+) views embedded in training, (\d+) that it dropped",
+                            f.read())
+    assert [int(e) for e, _, _ in counts] == [1, 2, 3], counts  # once per epoch: rank 0 only
+    for _, trained, dropped in counts:
+        assert int(trained) + int(dropped) == n_images and int(dropped) < n_images / 4, (counts, n_images)
 
 
 def test_promptkd_ddp_checkpoint_evaluates_in_one_process(kd, ivlp, data, clip_files, tmp_path, monkeypatch):

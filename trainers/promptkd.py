@@ -96,6 +96,7 @@ class PromptKD(PromptTrainer):
         visual, logit_scale, preprocess = load_image_tower(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
         self.check_input(preprocess, f"student {cfg.MODEL.BACKBONE.NAME}")
         self.teacher, self.cache, fit = None, None, "from the cache"
+        self.cached_in_epoch = 0  # TEACHER_CACHE_WRITE: views this epoch's steps added to the cache
         self.teacher_logit_scale = torch.tensor(side.logit_scale, dtype=torch.float32, device=self.device)
         if kd.TEACHER_CACHE:
             identity = cache_identity(cfg, side, self.dm.dataset.train_x, self.view_dataset, self.prec)
@@ -139,16 +140,33 @@ class PromptKD(PromptTrainer):
             else:
                 embeddings = self.teacher.embed(images)
                 if self.cache is not None:
-                    self.cache.add(batch["epoch"], batch["index"], embeddings)
+                    self.cache_views(batch["epoch"], batch["index"], embeddings)
             t_logits = teacher_logits(embeddings, self.teacher_logit_scale, self.class_vectors)
             student_logits = self.train_model(images, self.class_vectors)  # DDP wrapper under torchrun
         loss = kd_loss(student_logits, t_logits, self.tcfg.TEMPERATURE, self.tcfg.KD_WEIGHT)
         self.backward_and_step(loss)
         return {"kd_loss": loss.item()}
 
+    def cache_views(self, epochs, indices, embeddings):
+        """TEACHER_CACHE_WRITE: keep the teacher's embeddings of this step's views. Under DDP
+        every rank's views go to rank 0, which alone writes the cache (each rank holds only
+        its share of a shard, so none could complete it)."""
+        if dist_.is_distributed():
+            parts = dist_.all_gather_objects((epochs.cpu(), indices.cpu(), embeddings.float().cpu()))
+            if not dist_.is_main():
+                return
+            epochs, indices, embeddings = (torch.cat(column) for column in zip(*parts))
+        self.cache.add(epochs, indices, embeddings)
+        self.cached_in_epoch += len(indices)
+
     def after_epoch(self):
-        if self.cache is not None and self.teacher is not None:  # TEACHER_CACHE_WRITE: views the epoch dropped
-            fill_views(self, [self.epoch])
+        if self.cache is not None and self.teacher is not None:  # TEACHER_CACHE_WRITE
+            if dist_.is_main():  # the views training did not reach (the tail it dropped)
+                dropped = fill_views(self, [self.epoch])
+                logger.info("Teacher cache, epoch %d: %d views embedded in training, %d that it dropped after it",
+                            self.epoch + 1, self.cached_in_epoch, dropped)
+                self.cached_in_epoch = 0
+            dist_.barrier()  # the other ranks wait while rank 0 embeds them
         super().after_epoch()
 
     def model_inference(self, images):
