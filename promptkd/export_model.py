@@ -30,7 +30,7 @@ logger = logging.getLogger("promptkd")
 FORMATS = ("onnx", "torchscript")
 METADATA_KEY = "promptkd"
 TORCHSCRIPT_EXTRA = "promptkd.json"
-ONNX_OPSET = 17
+ONNX_OPSET = 18  # the oldest opset torch's exporter writes
 TOLERANCE = 1e-5  # max |exported - eager| relative to max |eager| allowed by the built-in check
 
 
@@ -49,16 +49,22 @@ def export_torchscript(predictor: Predictor, path: str) -> None:
 
 
 def export_onnx(predictor: Predictor, path: str, opset: int = ONNX_OPSET) -> None:
-    """TorchScript-based ONNX exporter (`dynamo=False`) with a dynamic batch axis: it needs
-    only `onnx`, and gives one graph with a symbolic batch size."""
-    import onnx
+    """torch's `torch.export`-based ONNX exporter (`dynamo=True`, which needs `onnxscript`)
+    with a symbolic batch size, written as one file (no external data)."""
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (torch's exporter imports it)
+    except ImportError as err:
+        raise UserError(f"ONNX export needs the onnx and onnxscript packages ({err}): pip install onnx onnxscript, "
+                        "or use --format torchscript.") from err
 
     model = predictor.model.float().cpu().eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example_input(predictor, 2),), path, dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        batch = torch.export.Dim("batch", min=1)
+        torch.onnx.export(model, (example_input(predictor, 2),), path, dynamo=True, opset_version=opset,
+                          input_names=["images"], output_names=["logits"], dynamic_shapes=({0: batch},),
+                          external_data=False, verbose=False)
     proto = onnx.load(path)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(predictor.metadata())

@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("open_clip")
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the script tests)")
 
+from promptkd import export_model  # noqa: E402
 from promptkd.checkpoints import load_file  # noqa: E402
 from promptkd.errors import ConfigError  # noqa: E402
 from promptkd.tiny import write_tiny_open_clip  # noqa: E402
@@ -42,7 +43,15 @@ def student_opts(backbone, prec, *extra):
             "2", "TRAINER.PROMPTKD.PREC", prec, "TRAINER.PROMPTKD.TEACHER_NAME", "", *extra]
 
 
-def test_open_clip_teacher_into_openai_student_with_other_input_size(oc_env, clip_files):
+def exports(run_dir, tmp_path):
+    """The run's classifier exported in both formats; `export_model` itself refuses a file whose
+    logits differ from the eager predictor's (two batch sizes, 1e-5)."""
+    for fmt, name in (("onnx", "model.onnx"), ("torchscript", "model.pt")):
+        assert export_model.main([str(run_dir), str(tmp_path / name), "--format", fmt]) == 0
+        assert export_model.read_metadata(str(tmp_path / name))["classnames"]
+
+
+def test_open_clip_teacher_into_openai_student_with_other_input_size(oc_env, clip_files, tmp_path):
     root, env, names = oc_env
     env = {**env, "OUTPUT": str(root / "oc_to_openai")}
     out = run("teacher_train.sh", "dtd", "1", *teacher_opts(names["teacher"], *OC_TEACHER_INPUT), env=env)
@@ -51,6 +60,7 @@ def test_open_clip_teacher_into_openai_student_with_other_input_size(oc_env, cli
     side = load_file(str(export / "image_side.pt"))
     assert side["backbone"] == {"kind": "open_clip", "name": names["teacher"]}  # stage 2 rebuilds this tower
     assert load_file(str(export / "class_vectors_DescribableTextures.pt"))["vectors"].shape == (4, 96)
+    exports(export.parent, tmp_path)  # an open_clip teacher with LayerScale, 48 px
     out = run("base2new_train.sh", "dtd", "1", *student_opts(clip_files["student"], "fp32"), env=env)
     r = results(out)[-1]
     assert r["trainer"] == "PromptKD" and {"base", "novel", "hm"} <= set(r)
@@ -58,7 +68,7 @@ def test_open_clip_teacher_into_openai_student_with_other_input_size(oc_env, cli
     assert "TowerInput(size=(48, 48), mode=bilinear, renormalise=True)" in log  # the teacher's own view
 
 
-def test_openai_teacher_into_open_clip_student(oc_env, clip_files):
+def test_openai_teacher_into_open_clip_student(oc_env, clip_files, tmp_path):
     root, env, names = oc_env
     env = {**env, "OUTPUT": str(root / "openai_to_oc")}
     env.pop("TEACHER_CONFIG")
@@ -68,6 +78,7 @@ def test_openai_teacher_into_open_clip_student(oc_env, clip_files):
     assert r["backbone"] == names["student"] and {"base", "novel", "hm"} <= set(r)
     log = open(root / "openai_to_oc/base2new/promptkd/dtd/seed1/log.txt").read()
     assert "input TowerInput(identity)" in log  # same size and normalisation: the batch as it is
+    exports(root / "openai_to_oc/base2new/promptkd/dtd/seed1", tmp_path)  # an open_clip student
 
 
 def test_input_settings_must_match_the_open_clip_model(oc_env, tmp_path):

@@ -137,6 +137,13 @@ def test_export_matches_eager_with_dynamic_batch(runs, tmp_path, fmt, name):
     assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp")] == []
 
 
+def test_onnx_export_without_onnxscript_says_what_to_install(runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript -> ImportError
+    with pytest.raises(UserError, match="pip install onnx onnxscript, or use --format torchscript"):
+        export_model.main([str(runs["out"] / "student"), str(tmp_path / "s.onnx"), "--format", "onnx"])
+    assert os.listdir(tmp_path) == []
+
+
 def test_eval_only_writes_the_predictor(runs, clip_files, tmp_path):
     out = str(tmp_path / "eval")
     trainer = make_trainer(student_args(runs["data"], clip_files, out, str(runs["out"] / "teacher" / "export")))
