@@ -73,7 +73,7 @@ echo "-- tiny CLIPs pretrained on the toy world (preset $PRESET; cached in $WEIG
 pids=()
 # Background jobs of a script ignore Ctrl-C: stop them with the script (files are written
 # atomically, so an interrupted pretraining leaves nothing behind).
-trap 'kill "${pids[@]}" 2>/dev/null; exit 130' INT TERM
+trap 'kill ${pids[@]+"${pids[@]}"} 2>/dev/null; exit 130' INT TERM
 for role in teacher student; do  # side by side, one thread each (the files do not depend on it)
   "$PYTHON" -m promptkd.demo pretrain "$WEIGHTS" --preset "$PRESET" --role "$role" >/dev/null &
   pids+=($!)
