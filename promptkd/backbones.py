@@ -36,19 +36,29 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+#: How test images can be fitted to a model's input size (open_clip's `resize_mode` values we run).
+RESIZE_MODES = ("shortest", "squash")
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """How a model wants its images: (height, width), per-channel mean / std, interpolation."""
+    """How a model wants its images: (height, width), per-channel mean / std, interpolation,
+    and how a test image is fitted to the size (open_clip's `resize_mode`): "shortest" (resize
+    the shorter side, centre-crop; OpenAI CLIP) or "squash" (resize the whole image to the
+    size, e.g. DFN5B's ViT-H/14)."""
 
     size: tuple
     mean: tuple
     std: tuple
     interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
 
     @classmethod
-    def of(cls, size, mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bicubic") -> "Preprocess":
+    def of(cls, size, mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bicubic",
+           resize_mode="shortest") -> "Preprocess":
         size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
-        return cls(size, tuple(float(m) for m in mean), tuple(float(s) for s in std), str(interpolation))
+        return cls(size, tuple(float(m) for m in mean), tuple(float(s) for s in std), str(interpolation),
+                   str(resize_mode))
 
 
 def openai_preprocess(visual: torch.nn.Module) -> Preprocess:
@@ -60,7 +70,7 @@ def load_backbone(name: str, weights_dir: str | None = None) -> tuple[torch.nn.M
     """The whole CLIP model `name` (OpenAI name / path, or `open_clip:...`) and its preprocessing."""
     if openclip_backbones.is_open_clip_name(name):
         model, pp = openclip_backbones.load_model(name, weights_dir)
-        return model, Preprocess.of(pp["size"], pp["mean"], pp["std"], pp["interpolation"])
+        return model, Preprocess.of(pp["size"], pp["mean"], pp["std"], pp["interpolation"], pp["resize_mode"])
     model = load_clip(name, weights_dir)
     return model, openai_preprocess(model.visual)
 
@@ -70,7 +80,7 @@ def load_image_tower(name: str, weights_dir: str | None = None) -> tuple[torch.n
     preprocessing. Stage 2 runs the teacher's and the student's image towers only."""
     if openclip_backbones.is_open_clip_name(name):
         visual, scale, pp = openclip_backbones.load_image_tower(name, weights_dir)
-        return visual, scale, Preprocess.of(pp["size"], pp["mean"], pp["std"], pp["interpolation"])
+        return visual, scale, Preprocess.of(pp["size"], pp["mean"], pp["std"], pp["interpolation"], pp["resize_mode"])
     visual, scale = visual_from_state_dict(read_clip_state(name, weights_dir))
     return visual, scale, openai_preprocess(visual)
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import backbones
-from .backbones import visual_from_state_dict
+from .backbones import RESIZE_MODES, visual_from_state_dict
 from .checkpoints import atomic_save, load_file, split_published_student, split_published_teacher
 from .class_vectors import ClassVectors, ImageSide, visual_fingerprint
 from .encoders import PromptedImageEncoder, freeze_clip
@@ -46,14 +46,18 @@ HOW_TO_MAKE = ("Runs write it to their export folder when the model is final (af
                "or a published checkpoint).")
 
 
-def preprocess_settings(size, interpolation: str = "bicubic", mean=CLIP_MEAN, std=CLIP_STD) -> dict:
-    """The test transform: resize the shorter side to max(size), centre-crop `size` (H, W),
-    to [0, 1], then normalise with `mean` / `std` (None: no normalisation)."""
+def preprocess_settings(size, interpolation: str = "bicubic", mean=CLIP_MEAN, std=CLIP_STD,
+                        resize_mode: str = "shortest") -> dict:
+    """The test transform: resize the shorter side to max(size) ("shortest"; "squash": the
+    whole image to `size`), centre-crop `size` (H, W), to [0, 1], then normalise with `mean` /
+    `std` (None: no normalisation)."""
     size = [int(size), int(size)] if isinstance(size, int) else [int(s) for s in size]
     if interpolation not in INTERPOLATIONS:
         raise ConfigError(f"Interpolation '{interpolation}' is not one of {', '.join(INTERPOLATIONS)}.")
-    return {"resize": max(size), "crop": size, "interpolation": interpolation,
-            "mean": None if mean is None else [float(m) for m in mean],
+    if resize_mode not in RESIZE_MODES:
+        raise ConfigError(f"Resize mode '{resize_mode}' is not one of {', '.join(RESIZE_MODES)}.")
+    return {"resize": max(size) if resize_mode == "shortest" else size, "crop": size, "resize_mode": resize_mode,
+            "interpolation": interpolation, "mean": None if mean is None else [float(m) for m in mean],
             "std": None if std is None else [float(s) for s in std]}
 
 

@@ -64,13 +64,15 @@ def write_tiny_clip(path: str, spec: TinySpec = TinySpec(), seed: int = 0) -> st
 
 
 # Tiny open_clip architectures (open_clip model configs): a teacher with LayerScale, GELU, a
-# 48 px input and mean / std 0.5, so that size and normalisation differ from the OpenAI students.
+# 48 px input, mean / std 0.5 and squashed test images (as DFN5B's ViT-H/14), so that size,
+# normalisation and test-time resizing differ from the OpenAI students.
 TINY_OPEN_CLIP = {
     "tiny-oc-teacher": {
         "embed_dim": 96, "quick_gelu": False,
         "vision_cfg": {"image_size": 48, "layers": 3, "width": 128, "patch_size": 16, "ls_init_value": 0.5},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 3},
-        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear"},
+        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear",
+                           "resize_mode": "squash"},
     },
     "tiny-oc-student": {
         "embed_dim": 64, "quick_gelu": True,

@@ -45,7 +45,7 @@ def images(size, n=3, seed=0):
 @pytest.mark.parametrize("train_mode", [False, True])
 def test_depth0_reproduces_open_clip_encoders(oc_teacher, train_mode):
     model, pp = oc_teacher
-    assert pp == Preprocess((48, 48), (0.5,) * 3, (0.5,) * 3, "bilinear")
+    assert pp == Preprocess((48, 48), (0.5,) * 3, (0.5,) * 3, "bilinear", "squash")
     model.train(train_mode)
     x = images(48)
     tokens = open_clip.get_tokenizer("ViT-B-32")([f"a photo of a {n.replace('_', ' ')}." for n in NAMES])

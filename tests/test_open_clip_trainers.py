@@ -19,7 +19,7 @@ from tests.test_scripts import results, run  # noqa: E402
 TINY = ["DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "16",
         "OPTIM.MAX_EPOCH", "1"]
 OC_TEACHER_INPUT = ["INPUT.SIZE", "(48, 48)", "INPUT.PIXEL_MEAN", "[0.5, 0.5, 0.5]", "INPUT.PIXEL_STD",
-                    "[0.5, 0.5, 0.5]", "INPUT.INTERPOLATION", "bilinear"]
+                    "[0.5, 0.5, 0.5]", "INPUT.INTERPOLATION", "bilinear", "INPUT.RESIZE_MODE", "squash"]
 TEACHER_CONFIG = "openclip_vit_h14_dfn5b_c2_ep20_batch8_4+4ctx"
 
 
@@ -61,6 +61,11 @@ def test_open_clip_teacher_into_openai_student_with_other_input_size(oc_env, cli
     assert side["backbone"] == {"kind": "open_clip", "name": names["teacher"]}  # stage 2 rebuilds this tower
     assert load_file(str(export / "class_vectors_DescribableTextures.pt"))["vectors"].shape == (4, 96)
     exports(export.parent, tmp_path)  # an open_clip teacher with LayerScale, 48 px
+    # its test images are squashed to 48x48, in evaluation and in the exported file's preprocessing
+    log = open(export.parent / "log.txt").read()
+    assert "RESIZE_MODE: squash" in log
+    pre = export_model.read_metadata(str(tmp_path / "model.onnx"))["preprocess"]
+    assert pre["resize_mode"] == "squash" and pre["resize"] == [48, 48] and pre["crop"] == [48, 48]
     out = run("base2new_train.sh", "dtd", "1", *student_opts(clip_files["student"], "fp32"), env=env)
     r = results(out)[-1]
     assert r["trainer"] == "PromptKD" and {"base", "novel", "hm"} <= set(r)
@@ -96,6 +101,13 @@ def test_input_settings_must_match_the_open_clip_model(oc_env, tmp_path):
         with pytest.raises(ConfigError, match=r"INPUT.PIXEL_MEAN is \[0.481.*trained with \[0.5, 0.5, 0.5\].*"
                                               r"INPUT.INTERPOLATION is bicubic but .* uses bilinear\. Set .*"
                                               r"INPUT.PIXEL_MEAN \"\[0.5, 0.5, 0.5\]\""):
+            build_trainer(cfg)
+        # the right mean / std / interpolation, but centre-cropped test images
+        cfg = train.setup_cfg(train.parse_args(args + ["INPUT.PIXEL_MEAN", "[0.5, 0.5, 0.5]", "INPUT.PIXEL_STD",
+                                                       "[0.5, 0.5, 0.5]", "INPUT.INTERPOLATION", "bilinear",
+                                                       "INPUT.RESIZE_MODE", "shortest"]))
+        with pytest.raises(ConfigError, match=r"INPUT.RESIZE_MODE is shortest but .* by 'squash'\. "
+                                              r"Set INPUT.RESIZE_MODE squash"):
             build_trainer(cfg)
     finally:
         os.chdir(cwd)

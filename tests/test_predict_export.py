@@ -182,3 +182,66 @@ def test_fp16_student_predictor_reads_the_fp32_backbone(runs, clip_files, tmp_pa
     paths, expected = eval_logits(trainer)
     predictor = Predictor.from_run(out)  # refuses weights whose fingerprint differs
     assert (predictor_logits(predictor, paths) - expected).abs().max() <= 5e-2 * expected.abs().max()
+
+
+@pytest.mark.parametrize("mode", ["shortest", "squash"])
+def test_resize_mode_is_the_same_in_evaluation_and_in_the_predictor(mode):
+    """INPUT.RESIZE_MODE: the trainer's test transform and the predictor's (from the recorded
+    preprocessing) give the same tensor for a wide image; "squash" keeps the whole image."""
+    import numpy as np
+    from dassl.config import get_cfg_default
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from promptkd.predictor import image_transform
+    from trainers.config import extend_cfg
+    from trainers.data import test_transform
+    from trainers.predictor_export import preprocess_from_cfg
+
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    cfg.INPUT.SIZE, cfg.INPUT.RESIZE_MODE, cfg.INPUT.INTERPOLATION = (32, 32), mode, "bicubic"
+    cfg.INPUT.TRANSFORMS = ("random_flip", "normalize")
+    cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 80, 3), dtype=np.uint8))
+    ours = test_transform(cfg)(image)
+    assert ours.shape == (3, 32, 32)
+    torch.testing.assert_close(image_transform(preprocess_from_cfg(cfg))(image), ours, rtol=0, atol=0)
+    squashed = T.Compose([T.Resize((32, 32), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+                          T.Normalize(cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)])(image)
+    assert torch.equal(ours, squashed) == (mode == "squash")
+
+
+def test_unknown_resize_mode_is_a_config_error():
+    from dassl.config import get_cfg_default
+
+    from promptkd.errors import ConfigError
+    from trainers.config import extend_cfg
+    from trainers.data import test_transform
+
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    cfg.INPUT.RESIZE_MODE = "longest"
+    with pytest.raises(ConfigError, match="INPUT.RESIZE_MODE is 'longest'; use one of shortest, squash"):
+        test_transform(cfg)
+
+
+def test_a_model_that_letterboxes_test_images_is_refused():
+    """open_clip's resize_mode "longest" (pad to the square) has no Dassl transform here."""
+    from types import SimpleNamespace
+
+    from dassl.config import get_cfg_default
+
+    from promptkd.backbones import Preprocess
+    from promptkd.errors import ConfigError
+    from trainers.base import PromptTrainer
+    from trainers.config import extend_cfg
+
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    cfg.INPUT.SIZE, cfg.INPUT.INTERPOLATION = (224, 224), "bicubic"
+    cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    trainer = SimpleNamespace(cfg=cfg)
+    PromptTrainer.check_input(trainer, Preprocess.of(224), "backbone")  # agrees: nothing to say
+    with pytest.raises(ConfigError, match="resize mode 'longest', which is not supported"):
+        PromptTrainer.check_input(trainer, Preprocess.of(224, resize_mode="longest"), "backbone")

@@ -19,20 +19,20 @@ import numpy as np
 import torch
 from dassl.data.data_manager import DataManager, build_data_loader
 from dassl.data.datasets import build_dataset
-from dassl.data.transforms import build_transform
 from dassl.engine import TrainerX
 from dassl.utils import set_random_seed
 from tabulate import tabulate
 from tqdm import tqdm
 
 from promptkd import distributed as dist_
+from promptkd.backbones import RESIZE_MODES
 from promptkd.checkpoints import atomic_save, learnable_state_dict, load_file, load_learnable_state_dict
 from promptkd.errors import ConfigError, MissingFileError
 from promptkd.evaluation import accuracy_report, num_base_classes
 from promptkd.losses import check_finite
 from promptkd.schedule import build_lr_scheduler
 from trainers.config import GRAD_CHECKPOINTS, MODALS, MODEL_SELECTIONS, PRECISIONS
-from trainers.data import UNREADABLE, CheckedDatasetWrapper, check_loader, unreadable_error
+from trainers.data import UNREADABLE, CheckedDatasetWrapper, check_loader, test_transform, unreadable_error
 from trainers.distributed import check_sampler, distribute_loaders
 
 logger = logging.getLogger("promptkd")
@@ -113,7 +113,7 @@ class PromptTrainer(TrainerX):
 
     def build_loaders(self):
         # Dassl's SimpleTrainer.build_data_loader, with loaders that name unreadable images.
-        dm = DataManager(self.cfg, dataset_wrapper=CheckedDatasetWrapper)
+        dm = DataManager(self.cfg, custom_tfm_test=test_transform(self.cfg), dataset_wrapper=CheckedDatasetWrapper)
         self.dm = dm
         self.train_loader_x = check_loader(dm.train_loader_x, "train")
         self.train_loader_u = check_loader(dm.train_loader_u, "train")
@@ -131,7 +131,7 @@ class PromptTrainer(TrainerX):
             full = build_dataset(cfg)
             self.eval_loader = check_loader(build_data_loader(
                 cfg, sampler_type=cfg.DATALOADER.TEST.SAMPLER, data_source=full.test,
-                batch_size=cfg.DATALOADER.TEST.BATCH_SIZE, tfm=build_transform(cfg, is_train=False),
+                batch_size=cfg.DATALOADER.TEST.BATCH_SIZE, tfm=test_transform(cfg),
                 is_train=False, dataset_wrapper=CheckedDatasetWrapper), "test")
         self.all_classnames = list(full.classnames)
         self.num_base = num_base_classes(len(self.all_classnames))
@@ -170,6 +170,13 @@ class PromptTrainer(TrainerX):
         if i.INTERPOLATION != want.interpolation:
             problems.append(f"INPUT.INTERPOLATION is {i.INTERPOLATION} but the {what} uses {want.interpolation}")
             fixes.append(f"INPUT.INTERPOLATION {want.interpolation}")
+        if want.resize_mode not in RESIZE_MODES:
+            raise ConfigError(f"The {what} fits test images with resize mode '{want.resize_mode}', which is not "
+                              f"supported (only {', '.join(RESIZE_MODES)}).")
+        if i.RESIZE_MODE != want.resize_mode:
+            problems.append(f"INPUT.RESIZE_MODE is {i.RESIZE_MODE} but the {what} fits test images by "
+                            f"'{want.resize_mode}'")
+            fixes.append(f"INPUT.RESIZE_MODE {want.resize_mode}")
         if problems:
             raise ConfigError("; ".join(problems) + f". Set {' '.join(fixes)} (the {what}'s own preprocessing).")
 

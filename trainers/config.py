@@ -47,6 +47,10 @@ def extend_cfg(cfg):
     # and listed in the log at the end of the epoch / evaluation (True). Off by default so
     # results are never silently computed on fewer images.
     cfg.DATALOADER.SKIP_UNREADABLE = False
+    # How a test image is fitted to INPUT.SIZE: "shortest" (Dassl's and OpenAI CLIP's: resize the
+    # shorter side, centre-crop) or "squash" (resize the whole image to INPUT.SIZE, as open_clip
+    # does for e.g. DFN5B's ViT-H/14). Checked against the backbone's own preprocessing.
+    cfg.INPUT.RESIZE_MODE = "shortest"
     # ImageFolder (your own data, configs/datasets/folder.yaml, DATASETS.md#imagefolder).
     cfg.DATASET.FOLDER = CN()
     cfg.DATASET.FOLDER.DIR = ""  # the dataset's folder under DATASET.ROOT

@@ -14,9 +14,12 @@ Loaders built elsewhere (other samplers, other datasets) get the same behaviour 
 from __future__ import annotations
 
 from dassl.data.data_manager import DatasetWrapper
+from dassl.data.transforms import build_transform
 from torch.utils.data import default_collate
+from torchvision import transforms as T
 
-from promptkd.errors import DataError
+from promptkd.backbones import RESIZE_MODES
+from promptkd.errors import ConfigError, DataError
 
 UNREADABLE = "unreadable"  # batch key: [(image path, reason), ...]
 CHECK_HINT = "python -m datasets.check --root {root} {dataset}"
@@ -57,3 +60,20 @@ def unreadable_error(path: str, reason: str, split: str, cfg) -> DataError:
         f"cannot read image {path} ({split} split of {cfg.DATASET.NAME}): {reason}. Replace or remove "
         f"the file; to check every image of the dataset run `{hint}`; to skip unreadable images "
         "instead (they are counted and listed in the log), set DATALOADER.SKIP_UNREADABLE True.")
+
+
+
+def test_transform(cfg):
+    """The evaluation transform: Dassl's (resize the shorter side, centre-crop INPUT.SIZE, to
+    tensor, normalise) for INPUT.RESIZE_MODE "shortest"; for "squash" its resize and crop are
+    one resize of the whole image to INPUT.SIZE."""
+    mode = cfg.INPUT.RESIZE_MODE
+    if mode not in RESIZE_MODES:
+        raise ConfigError(f"INPUT.RESIZE_MODE is '{mode}'; use one of {', '.join(RESIZE_MODES)}.")
+    transform = build_transform(cfg, is_train=False)
+    if mode == "squash":
+        resize, crop = transform.transforms[:2]
+        if not (isinstance(resize, T.Resize) and isinstance(crop, T.CenterCrop)):
+            raise RuntimeError(f"Dassl's test transform no longer starts with Resize, CenterCrop: {transform}")
+        transform.transforms[:2] = [T.Resize(tuple(cfg.INPUT.SIZE), interpolation=resize.interpolation)]
+    return transform

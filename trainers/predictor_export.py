@@ -19,10 +19,12 @@ def export_folder(cfg) -> str:
 
 
 def preprocess_from_cfg(cfg) -> dict:
-    """Dassl's test transform: resize the shorter side, centre crop INPUT.SIZE, normalise."""
+    """The run's test transform (`trainers.data.test_transform`): resize (INPUT.RESIZE_MODE),
+    centre crop INPUT.SIZE, normalise."""
     normalise = "normalize" in cfg.INPUT.TRANSFORMS
     return preprocess_settings(tuple(cfg.INPUT.SIZE), cfg.INPUT.INTERPOLATION,
-                               cfg.INPUT.PIXEL_MEAN if normalise else None, cfg.INPUT.PIXEL_STD if normalise else None)
+                               cfg.INPUT.PIXEL_MEAN if normalise else None, cfg.INPUT.PIXEL_STD if normalise else None,
+                               cfg.INPUT.RESIZE_MODE)
 
 
 def save_predictor(cfg, record: PredictorRecord) -> str:
