@@ -4,9 +4,8 @@
 
 builds a stock `clip.model.CLIP` (the real BPE vocabulary, context 77, patch 8 on 32 px),
 trains it on image / caption pairs drawn from `promptkd.toyworld` (captions of all 36 classes
-in the caption forms of its `Recipe`, "a photo of a red circle."; optionally, `Recipe.partial`,
-captions that name one attribute only, "a red object.", as many web captions do) and writes it
-as an OpenAI-format state dict (fp16, like the released files), so it loads through
+in the caption forms of its `Recipe`, "a photo of a red circle.") and writes it as an
+OpenAI-format state dict (fp16, like the released files), so it loads through
 `promptkd.backbones.load_clip` exactly like real weights.
 
 Training: a batch of images with random labels, one caption each; the distinct captions of
@@ -67,7 +66,6 @@ class Recipe:
     #: the caption forms this model sees ("{}" = "red circle"); a model pretrained on fewer
     #: forms than zero-shot prompts use reads those prompts less well (see PRESETS)
     captions: tuple[str, ...] = toyworld.CAPTION_TEMPLATES
-    partial: float = 0.0  # share of captions that name one attribute only ("a red object.")
 
 
 @dataclass(frozen=True)
@@ -156,31 +154,12 @@ def _deterministic(threads: int):
         torch.use_deterministic_algorithms(deterministic_before)
 
 
-def caption_table(captions: tuple[str, ...] = toyworld.CAPTION_TEMPLATES) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every pretraining caption: tokens [K, 77] and the colour and shape index it names (-1:
-    none). Rows: class-major full captions (class x caption form), then colour-only, shape-only."""
-    texts, colours, shapes = [], [], []
-    for label in range(toyworld.NUM_CLASSES):
-        for form in captions:
-            texts.append(form.format(toyworld.CLASSNAMES[label]))
-            colours.append(int(toyworld.colour_index(label)[0]))
-            shapes.append(int(toyworld.shape_index(label)[0]))
-    for c, name in enumerate(toyworld.COLOURS):
-        texts.append(toyworld.COLOUR_CAPTION.format(name))
-        colours.append(c)
-        shapes.append(-1)
-    for k, name in enumerate(toyworld.SHAPES):
-        texts.append(toyworld.SHAPE_CAPTION.format(name))
-        colours.append(-1)
-        shapes.append(k)
-    return clip.tokenize(texts), torch.tensor(colours), torch.tensor(shapes)
-
-
-def _positives(colour, shape, caption_colour, caption_shape):
-    """[images, captions]: the caption names no attribute the image does not have."""
-    ok_colour = (caption_colour[None, :] == -1) | (caption_colour[None, :] == colour[:, None])
-    ok_shape = (caption_shape[None, :] == -1) | (caption_shape[None, :] == shape[:, None])
-    return ok_colour & ok_shape
+def caption_table(captions: tuple[str, ...] = toyworld.CAPTION_TEMPLATES) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pretraining caption, class-major (row = label x len(captions) + form): tokens
+    [K, 77] and the label each describes."""
+    texts = [form.format(name) for name in toyworld.CLASSNAMES for form in captions]
+    labels = torch.arange(toyworld.NUM_CLASSES).repeat_interleave(len(captions))
+    return clip.tokenize(texts), labels
 
 
 def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50, name: str = "pretrain") -> tuple[dict, dict]:
@@ -198,9 +177,8 @@ def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50, name: str = "p
     with _deterministic(recipe.threads):
         model = build_clip(spec, recipe.seed).float().train()
         rng = np.random.default_rng([PRETRAIN_STREAM, recipe.seed])
-        tokens, caption_colour, caption_shape = caption_table(recipe.captions)
-        n_templates = len(recipe.captions)
-        n_full = toyworld.NUM_CLASSES * n_templates
+        tokens, caption_labels = caption_table(recipe.captions)
+        n_forms = len(recipe.captions)
         optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6,
                                       weight_decay=0.0)
 
@@ -214,19 +192,12 @@ def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50, name: str = "p
         start, losses = time.perf_counter(), []
         for step in range(recipe.steps):
             labels = rng.integers(0, toyworld.NUM_CLASSES, recipe.batch_size)
-            colour, shape = toyworld.colour_index(labels), toyworld.shape_index(labels)
-            rows = labels * n_templates + rng.integers(0, n_templates, recipe.batch_size)
-            if recipe.partial > 0:
-                partial = rng.random(recipe.batch_size) < recipe.partial
-                by_colour = rng.random(recipe.batch_size) < 0.5
-                one = np.where(by_colour, n_full + colour, n_full + len(toyworld.COLOURS) + shape)
-                rows = np.where(partial, one, rows)
+            rows = labels * n_forms + rng.integers(0, n_forms, recipe.batch_size)
             images = toyworld.to_tensor(toyworld.draw(rng, labels), PIXEL_MEAN, PIXEL_STD)
             rows = torch.from_numpy(np.unique(rows))
             image_features = model.encode_image(images)
             text_features = encode_text_prefix(model, tokens[rows])
-            positive = _positives(torch.from_numpy(colour), torch.from_numpy(shape), caption_colour[rows],
-                                  caption_shape[rows])
+            positive = torch.from_numpy(labels)[:, None] == caption_labels[rows][None, :]  # same class
             loss = contrastive_loss(image_features, text_features, positive, model.logit_scale)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -266,8 +237,7 @@ def zero_shot_accuracy(model, n_per_class: int = 20, seed: int = 99,
 
 
 def cache_key(model: Model) -> str:
-    world = {"version": toyworld.VERSION, "classes": toyworld.CLASSNAMES, "size": toyworld.IMAGE_SIZE,
-             "partial_captions": (toyworld.COLOUR_CAPTION, toyworld.SHAPE_CAPTION)}
+    world = {"version": toyworld.VERSION, "classes": toyworld.CLASSNAMES, "size": toyworld.IMAGE_SIZE}
     text = json.dumps({"world": world, "spec": dataclasses.asdict(model.spec),
                        "recipe": dataclasses.asdict(model.recipe), "torch": torch.__version__},
                       sort_keys=True)

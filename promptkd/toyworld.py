@@ -58,21 +58,6 @@ NUM_CLASSES = len(CLASSES)
 CAPTION_TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.", "an image of a {}.")
 
 
-#: Captions that name one attribute only (as many real captions do): colour, then shape.
-COLOUR_CAPTION, SHAPE_CAPTION = "a {} object.", "a photo of a {}."
-
-
-def caption(label: int, template: int = 0) -> str:
-    return CAPTION_TEMPLATES[template].format(CLASSNAMES[label])
-
-
-def colour_index(label) -> np.ndarray:
-    return np.asarray([list(COLOURS).index(CLASSES[int(k)][0]) for k in np.atleast_1d(label)])
-
-
-def shape_index(label) -> np.ndarray:
-    return np.asarray([SHAPES.index(CLASSES[int(k)][1]) for k in np.atleast_1d(label)])
-
 
 def sample(rng: np.random.Generator, labels) -> dict[str, np.ndarray]:
     """Random appearance parameters of one image per label (all arrays of length N)."""

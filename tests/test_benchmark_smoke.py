@@ -1,7 +1,8 @@
-"""Smoke run of benchmarks/distill_step.py on tiny CLIPs: four settings, sane figures, JSON."""
+"""Smoke runs of benchmarks/distill_step.py, teacher_memory.py and ddp_scaling.py on tiny CLIPs: sane figures, JSON."""
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 import torch
@@ -84,8 +85,6 @@ def test_open_clip_teacher_of_another_input_size(tmp_path, monkeypatch):
 def test_tiny_ddp_scaling_benchmark(tmp_path):
     """benchmarks/ddp_scaling.py end to end: torchrun launches of 1 and 2 CPU processes (gloo)
     on tiny CLIPs, a table and JSON with one run per process count."""
-    import subprocess
-
     out = tmp_path / "ddp.json"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ddp_scaling.py"), "--tiny",
                            "--steps", "1", "--warmup", "0", "--procs", "1", "2", "--device", "cpu",
