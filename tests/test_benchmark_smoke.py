@@ -7,6 +7,8 @@ import sys
 
 import torch
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "distill_step.py")
 

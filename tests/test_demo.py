@@ -216,6 +216,7 @@ def assert_shows_distillation(table):
     assert kd[2] >= max(teacher[2], zs_teacher[2]) - 5, table
 
 
+@pytest.mark.slow
 def test_demo_fast_end_to_end_shows_transfer(tmp_path):
     """The fast preset (shorter pretraining, 3 epochs per run): every stage runs, the table has
     all five methods and shows what the demo is for, and the pretraining command then reuses
@@ -245,6 +246,7 @@ def test_demo_fast_end_to_end_shows_transfer(tmp_path):
 
 @pytest.mark.skipif(os.environ.get("PROMPTKD_FULL_DEMO", "") in ("", "0"),
                     reason="the full demo takes minutes: set PROMPTKD_FULL_DEMO=1 to run it")
+@pytest.mark.slow
 def test_full_demo_shows_what_the_readme_claims(tmp_path):
     """`bash scripts/promptkd/demo.sh` as the README runs it (seed 1)."""
     out = tmp_path / "demo"

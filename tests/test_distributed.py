@@ -40,6 +40,8 @@ from tests.fake_data import make_dtd  # noqa: E402
 from tests.test_baseline_trainers import baseline_args  # noqa: E402
 from tests.test_trainers import ROOT, learnable, make_trainer, student_args, teacher_args  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.exact]
+
 PROBE = os.path.join(ROOT, "tests", "ddp_probe.py")
 CPU = ["USE_CUDA", "False"]
 DTD = "DescribableTextures"

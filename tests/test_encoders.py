@@ -5,6 +5,8 @@ import torch
 from promptkd.backbones import clip, fingerprint, load_clip, read_clip_state, visual_from_state_dict
 from promptkd.encoders import PromptedImageEncoder, PromptedTextEncoder, freeze_clip
 
+pytestmark = pytest.mark.exact
+
 NAMES = ["a cat", "golden_retriever", "space shuttle"]
 
 

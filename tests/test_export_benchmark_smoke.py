@@ -4,6 +4,8 @@ import json
 import os
 import sys
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "export_speed.py")
 

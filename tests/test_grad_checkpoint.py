@@ -18,6 +18,8 @@ from promptkd.student import PromptKDStudent
 from promptkd.teacher import ensemble_text_features
 from tests.test_baselines import BASE, build, images
 
+pytestmark = pytest.mark.exact
+
 TOL = 1e-6
 TRAINABLE = sorted(n for n in METHODS if n != "ZeroshotCLIP")
 

@@ -16,6 +16,8 @@ from promptkd.errors import ConfigError, MissingFileError  # noqa: E402
 from promptkd.image_inputs import TowerInput  # noqa: E402
 from promptkd.tiny import TINY_OPEN_CLIP, write_tiny_open_clip  # noqa: E402
 
+pytestmark = pytest.mark.exact
+
 NAMES = ["a cat", "golden_retriever", "space shuttle"]
 # An open_clip CLIP whose image tower is a timm trunk (EVA02, RoPE over the patch tokens).
 TIMM_TOWER = {

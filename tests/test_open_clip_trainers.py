@@ -16,6 +16,8 @@ from promptkd.tiny import write_tiny_open_clip  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
 from tests.test_scripts import results, run  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.exact]
+
 TINY = ["DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "16",
         "OPTIM.MAX_EPOCH", "1"]
 OC_TEACHER_INPUT = ["INPUT.SIZE", "(48, 48)", "INPUT.PIXEL_MEAN", "[0.5, 0.5, 0.5]", "INPUT.PIXEL_STD",

@@ -22,6 +22,8 @@ from promptkd.predictor import PREDICTOR_FILE, Predictor, PredictorRecord  # noq
 from tests.fake_data import make_dtd  # noqa: E402
 from tests.test_trainers import make_trainer, student_args, teacher_args  # noqa: E402
 
+pytestmark = pytest.mark.exact
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -9,6 +9,8 @@ from promptkd.errors import CheckpointError
 from promptkd.student import PromptKDStudent, load_published_student
 from promptkd.teacher import IVLPTeacher, load_published_teacher
 
+pytestmark = pytest.mark.exact
+
 CLASSES = ["tench", "goldfish", "great_white_shark", "tiger shark", "hammerhead"]
 
 

@@ -11,6 +11,8 @@ pytest.importorskip("dassl", reason="Dassl not installed (see README: install Da
 
 from tests.fake_data import make_dtd, make_imagenet, make_imagenet_a  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
         "DATALOADER.TEST.BATCH_SIZE", "16", "OPTIM.MAX_EPOCH", "2"]

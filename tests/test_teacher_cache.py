@@ -25,6 +25,8 @@ from promptkd.views import ViewSampler, stream_seed  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
 from tests.test_trainers import learnable, make_trainer, student_args, teacher_args  # noqa: E402
 
+pytestmark = pytest.mark.exact
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 2
 
@@ -124,24 +126,51 @@ def run_from_cache(setup, out, cache, monkeypatch, *extra):
     return learnable(trainer)
 
 
+def relative_distance(weights, ref, init):
+    """|weights - ref| / |ref - init| over all learnable floating-point weights: how far apart two
+    students are, as a share of how far training moved them."""
+    keys = [k for k in ref if ref[k].is_floating_point()]
+    moved = torch.cat([(ref[k] - init[k]).flatten() for k in keys]).norm()
+    assert moved > 0
+    return (torch.cat([(weights[k] - ref[k]).flatten() for k in keys]).norm() / moved).item()
+
+
+# fp32 embeddings computed at another batch size differ by rounding only: a GEMM of another
+# shape may sum in another order (MKL and ATen pick kernels by shape and CPU), which moves a
+# result by a few ulps per operation. Through the tiny towers (<= 4 layers, inner sizes <= 256)
+# that stays far below 64 ulps of a unit component (2^-17 = 7.6e-6); a real difference (another
+# view, image or teacher) moves components by 1e-2 or more.
+FP32_ACROSS_BATCH_SIZES = 2.0**-17
+# A student trained on embeddings perturbed by rho ends a fraction ~ c * rho of its training
+# distance away (linear response: SGD for a few steps is smooth in its targets). The fp16 cache
+# (rho = 2^-11) stays within 1% (next test), so c <= 0.01 / 2^-11 ~ 20, and fp32 rounding across
+# batch sizes (rho <= 2^-17) gives <= 1.6e-4. We allow 1e-3 for curvature. Measured on an
+# Intel Xeon: 0 (same kernels); with MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2
+# the embeddings differ and the students stay well inside the bound.
+FP32_STUDENT_SHARE = 1e-3
+
+
 def test_fp32_cache_gives_the_online_student(setup, online, tmp_path, monkeypatch, caplog):
     cache = tmp_path / "cache32"
     write_cache(setup, cache, "TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", "fp32",
                 "TRAINER.PROMPTKD.TEACHER_CACHE_SHARD_SIZE", "7", "TRAINER.PROMPTKD.TEACHER_CACHE_BATCH_SIZE", "5")
-    with caplog.at_level("INFO", logger="promptkd"):
-        weights = run_from_cache(setup, str(tmp_path / "s"), cache, monkeypatch)
-    assert "the teacher image tower is not built (no teacher weights are loaded)" in caplog.text
-    ref = online["weights"]
-    assert max((weights[k] - ref[k]).abs().max().item() for k in ref) <= 1e-6
-    # The cache the online run filled holds the same embeddings (other batch sizes: fp32 rounding only).
+    # The writer's cache holds the embeddings the online run computed (at another batch size).
     n, ep = online["trainer"].cache.n_images, EPOCHS
     a, b = TeacherCache(str(cache), json.load(open(cache / MANIFEST))), online["trainer"].cache
     idx = torch.arange(n).repeat(ep)
     eps = torch.arange(ep).repeat_interleave(n)
-    assert (a.lookup(eps, idx) - b.lookup(eps, idx)).abs().max() <= 1e-6
-    # And a student reading the online-filled cache is the online student.
+    assert (a.lookup(eps, idx) - b.lookup(eps, idx)).abs().max() <= FP32_ACROSS_BATCH_SIZES
+    with caplog.at_level("INFO", logger="promptkd"):
+        weights = run_from_cache(setup, str(tmp_path / "s"), cache, monkeypatch)
+    assert "the teacher image tower is not built (no teacher weights are loaded)" in caplog.text
+    ref = online["weights"]
+    init = learnable(make_trainer(args(setup, str(tmp_path / "init"))))
+    assert relative_distance(weights, ref, init) <= FP32_STUDENT_SHARE
+    # A student reading the cache the online run filled reads exactly the embeddings the online
+    # teacher gave, through the same student computation at the same shapes: the online
+    # student, whatever the CPU.
     weights = run_from_cache(setup, str(tmp_path / "s2"), online["cache"], monkeypatch)
-    assert max((weights[k] - ref[k]).abs().max().item() for k in ref) <= 1e-6
+    assert all(torch.equal(weights[k], ref[k]) for k in ref)
 
 
 def test_fp16_cache_stays_within_the_rounding_bound(setup, online, tmp_path, monkeypatch):
@@ -164,12 +193,9 @@ def test_fp16_cache_stays_within_the_rounding_bound(setup, online, tmp_path, mon
     assert (e16 - e32).abs().max() > 0  # it really is rounded
     # The student then moves by a small fraction of what training moved it.
     weights = run_from_cache(setup, str(tmp_path / "s"), cache, monkeypatch)
-    ref = online["weights"]
     init = learnable(make_trainer(args(setup, str(tmp_path / "init"))))
-    keys = [k for k in ref if ref[k].is_floating_point()]
-    moved = torch.cat([(ref[k] - init[k]).flatten() for k in keys]).norm()
-    apart = torch.cat([(weights[k] - ref[k]).flatten() for k in keys]).norm()
-    assert 0 < apart <= 0.01 * moved  # over all learnable weights (a tensor training barely moves is noise)
+    # over all learnable weights (a tensor training barely moves is noise)
+    assert 0 < relative_distance(weights, online["weights"], init) <= 0.01
 
 
 # --- refusals -----------------------------------------------------------------------------
@@ -253,6 +279,7 @@ def test_cache_write_refuses_a_full_disk(setup, tmp_path, monkeypatch):
 
 # --- a killed writer ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_killed_writer_resumes_to_the_same_cache(setup, tmp_path):
     root = str(tmp_path / "bigger")
     make_dtd(root, n_classes=5, per_class=24)

@@ -123,13 +123,15 @@ def whole_and_resumed(args_for, crash_after_epoch):
     return whole, resumed
 
 
+@pytest.mark.exact
 def test_teacher_resume_is_exact(data_root, clip_files, tmp_path):
-    whole_and_resumed(lambda run: teacher_args(data_root, clip_files, str(tmp_path / run), epochs=3), 1)
+    whole_and_resumed(lambda run: teacher_args(data_root, clip_files, str(tmp_path / run), epochs=2), 1)
     va, vb = (ClassVectors.load(class_vectors_file(str(tmp_path / run / "export"), "DescribableTextures"))
               for run in ("whole", "cut"))
     assert torch.equal(va.vectors, vb.vectors)
 
 
+@pytest.mark.exact
 def test_teacher_with_grad_checkpoint_resumes_exactly_and_matches(data_root, clip_files, teacher_run, tmp_path):
     """GRAD_CHECKPOINT both: on in both towers, resume stays exact, and the weights equal a
     run without checkpointing (the session's teacher_run, same settings otherwise)."""
@@ -144,6 +146,7 @@ def test_teacher_with_grad_checkpoint_resumes_exactly_and_matches(data_root, cli
     assert all((plain[k] - checkpointed[k]).abs().max() <= 1e-6 for k in plain)
 
 
+@pytest.mark.exact
 def test_zero_shot_teacher_exports_stock_clip_vectors(data_root, clip_files, tmp_path):
     from promptkd.backbones import clip, load_clip
     zs_cfg = os.path.join(ROOT, "configs/trainers/PromptKDTeacher/zeroshot_vit_l14.yaml")
@@ -212,6 +215,7 @@ def test_stage2_builds_no_text_encoder(data_root, clip_files, teacher_run, tmp_p
     assert built == [False, False]  # the teacher's and the student's image towers
 
 
+@pytest.mark.exact
 def test_labels_are_never_read(data_root, clip_files, teacher_run, tmp_path):
     def run(out, relabel):
         trainer = make_trainer(student_args(data_root, clip_files, out, teacher_run["export"], epochs=2))
@@ -334,14 +338,20 @@ def test_missing_dataset_root_and_typo_in_config_file(data_root, clip_files, tea
 
 # --- the command line -----------------------------------------------------------------------
 
-def test_cli_seed_zero_and_fresh_log(data_root, clip_files, teacher_run, tmp_path):
+@pytest.mark.slow
+def test_cli_seed_zero_fresh_log_and_result_line(data_root, clip_files, teacher_run, tmp_path):
+    """Two runs of the same command line: the first prints the RESULT line, the second resumes
+    from the first one's checkpoint and moves the first log aside."""
     out = str(tmp_path)
     args = [sys.executable, os.path.join(ROOT, "train.py"), *student_args(
-        data_root, clip_files, out, teacher_run["export"], "TEST.NO_TEST", "True", epochs=1)]
+        data_root, clip_files, out, teacher_run["export"], epochs=1)]
     args[args.index("--seed") + 1] = "0"
-    for _ in range(2):
-        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    procs = [subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300) for _ in range(2)]
+    for proc in procs:
         assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(l for l in procs[0].stdout.splitlines() if l.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    assert result["trainer"] == "PromptKD" and result["protocol"] == "base2novel" and "hm" in result
     logs = sorted(f for f in os.listdir(out) if f.startswith("log.txt"))
     assert len(logs) == 2 and logs[0] == "log.txt"
     text = open(os.path.join(out, "log.txt")).read()
@@ -349,16 +359,7 @@ def test_cli_seed_zero_and_fresh_log(data_root, clip_files, teacher_run, tmp_pat
     assert "Resumed from" not in open(os.path.join(out, logs[1])).read()
 
 
-def test_cli_prints_result_line(data_root, clip_files, teacher_run, tmp_path):
-    args = [sys.executable, os.path.join(ROOT, "train.py"), *student_args(
-        data_root, clip_files, str(tmp_path), teacher_run["export"], epochs=1)]
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
-    result = json.loads(line[len("RESULT "):])
-    assert result["trainer"] == "PromptKD" and result["protocol"] == "base2novel" and "hm" in result
-
-
+@pytest.mark.exact
 def test_student_grad_checkpoint_image(data_root, clip_files, teacher_run, student_run, tmp_path, caplog):
     with caplog.at_level("INFO", logger="promptkd"):
         trainer = make_trainer(student_args(data_root, clip_files, str(tmp_path), teacher_run["export"],
@@ -371,12 +372,15 @@ def test_student_grad_checkpoint_image(data_root, clip_files, teacher_run, stude
     assert all((plain[k].float() - checkpointed[k].float()).abs().max() <= 1e-5 for k in plain)
 
 
+@pytest.mark.exact
 def test_student_resume_is_exact(data_root, clip_files, teacher_run, tmp_path):
     whole, resumed = whole_and_resumed(
         lambda run: student_args(data_root, clip_files, str(tmp_path / run), teacher_run["export"]), 2)
     assert resumed.last_report == whole.last_report
 
 
+@pytest.mark.exact
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(clip_files, teacher_run, tmp_path_factory):
     import signal
     import time
@@ -389,7 +393,7 @@ def test_killed_run_resumes_to_the_same_weights(clip_files, teacher_run, tmp_pat
 
     def command(out):
         return [sys.executable, os.path.join(ROOT, "train.py"),
-                *student_args(root, clip_files, out, export, "TEST.NO_TEST", "True", epochs=4)]
+                *student_args(root, clip_files, out, export, "TEST.NO_TEST", "True", epochs=2)]
     whole, cut = str(tmp_path_factory.mktemp("whole")), str(tmp_path_factory.mktemp("cut"))
     assert subprocess.run(command(whole), cwd=ROOT, capture_output=True, timeout=600).returncode == 0
     proc = subprocess.Popen(command(cut), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -404,13 +408,14 @@ def test_killed_run_resumes_to_the_same_weights(clip_files, teacher_run, tmp_pat
     assert again.returncode == 0, again.stderr[-2000:]
     assert "Resumed from" in open(os.path.join(cut, "log.txt")).read()
     assert not [f for f in os.listdir(os.path.join(cut, "VLPromptLearner")) if f.startswith(".tmp-")]
-    a = load_file(os.path.join(whole, "VLPromptLearner", "model.pth.tar-4"))["state_dict"]
-    b = load_file(os.path.join(cut, "VLPromptLearner", "model.pth.tar-4"))["state_dict"]
+    a = load_file(os.path.join(whole, "VLPromptLearner", "model.pth.tar-2"))["state_dict"]
+    b = load_file(os.path.join(cut, "VLPromptLearner", "model.pth.tar-2"))["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # --- fidelity and user errors ---------------------------------------------------------------
 
+@pytest.mark.exact
 def test_fp16_teacher_exports_the_fp32_class_vectors(data_root, clip_files, tmp_path):
     half = make_trainer(teacher_args(data_root, clip_files, str(tmp_path / "half"), "TRAINER.PROMPTSRC.PREC", "fp16",
                                      epochs=1))
@@ -427,6 +432,7 @@ def test_fp16_teacher_exports_the_fp32_class_vectors(data_root, clip_files, tmp_
     assert (a.teacher["precision"], a.teacher["train_precision"]) == ("fp32", "fp16")
 
 
+@pytest.mark.slow
 def test_cli_user_error_without_traceback(data_root, clip_files, tmp_path):
     args = [sys.executable, os.path.join(ROOT, "train.py"), *student_args(
         data_root, clip_files, str(tmp_path), str(tmp_path / "no_teacher"))]
