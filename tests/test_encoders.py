@@ -1,11 +1,10 @@
-"""Prompted encoders on stock CLIP: depth 0 is stock CLIP, prompts go where the spec says."""
+"""Prompted encoders on stock CLIP: depth 0 is stock CLIP, prompts are appended and replaced at the configured depths."""
 import pytest
 import torch
 
 from promptkd.backbones import clip, fingerprint, load_clip, read_clip_state, visual_from_state_dict
 from promptkd.encoders import PromptedImageEncoder, PromptedTextEncoder, freeze_clip
 
-pytestmark = pytest.mark.exact
 
 NAMES = ["a cat", "golden_retriever", "space shuttle"]
 
@@ -16,6 +15,7 @@ def images(model, n=3, seed=0):
     return torch.randn(n, 3, r, r, generator=g)
 
 
+@pytest.mark.exact
 @pytest.mark.parametrize("which", ["teacher", "student"])
 def test_depth0_reproduces_stock_clip(clip_files, which):
     model = load_clip(clip_files[which])
@@ -27,6 +27,7 @@ def test_depth0_reproduces_stock_clip(clip_files, which):
         assert (enc.encode(NAMES) - stock).abs().max() <= 1e-6
 
 
+@pytest.mark.exact
 def test_text_context_initialised_from_phrase_equals_stock_at_input_depth(teacher_clip):
     # Depth 1 replaces only the input embeddings, by the phrase's own embeddings: same output.
     enc = PromptedTextEncoder(teacher_clip, 4, 1, "a photo of a")
@@ -47,6 +48,7 @@ def test_deep_prompts_change_output_and_get_gradients(teacher_clip):
     assert all(p.grad is None for p in teacher_clip.parameters())
 
 
+@pytest.mark.exact
 def test_visual_prompts_are_appended_and_replaced(teacher_clip):
     """Block i (1..depth-1) sees prompts[i] as its last n_ctx tokens, block 0 sees prompts[0]."""
     enc = PromptedImageEncoder(teacher_clip, 2, 2)
@@ -85,6 +87,7 @@ def test_resnet_backbone_with_deep_prompts_is_refused(teacher_clip):
         PromptedImageEncoder(FakeResNet(), 4, 2)
 
 
+@pytest.mark.exact
 def test_visual_only_tower_matches_full_clip(clip_files, teacher_clip):
     visual, scale = visual_from_state_dict(read_clip_state(clip_files["teacher"]))
     x = images(teacher_clip)

@@ -4,6 +4,8 @@ import json
 import os
 import sys
 
+import pytest
+
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
