@@ -19,7 +19,6 @@ import sys
 import time
 import warnings
 
-import torch
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
@@ -36,7 +35,7 @@ import trainers.baselines  # noqa: E402,F401  (registers the baselines)
 import trainers.promptkd_teacher  # noqa: E402,F401  (registers PromptKDTeacher)
 from promptkd.errors import ConfigError, MissingFileError, run_cli  # noqa: E402
 from trainers.config import extend_cfg  # noqa: E402
-from promptkd import distributed  # noqa: E402
+from promptkd import determinism, distributed  # noqa: E402
 
 logger = logging.getLogger("promptkd")
 
@@ -145,8 +144,7 @@ def main(args):
         setup_logging(cfg.OUTPUT_DIR)
     else:
         quiet_logging()
-    if torch.cuda.is_available() and cfg.USE_CUDA:
-        torch.backends.cudnn.benchmark = True
+    determinism.configure(cfg.TRAIN.DETERMINISTIC, cfg.USE_CUDA)  # cuDNN benchmark only when not deterministic
     logger.info("Arguments: %s", " ".join(sys.argv[1:]))
     logger.info("Config:\n%s", cfg)
     logger.info("Environment:\n%s", collect_env_info())

@@ -13,11 +13,11 @@ Each is a `PromptMethod` (promptkd/prompt_method.py) over one frozen stock CLIP:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .backbones import clip, text_tower, tokenizer
 from .encoders import PROMPT_INIT_STD, PromptedImageEncoder, PromptedTextEncoder
+from .precision import class_logits, normalise
 from .prompt_method import PromptMethod
 from .teacher import IVLPTeacher, ensemble_text_features
 from .templates import IMAGENET_TEMPLATES
@@ -131,13 +131,13 @@ class CoCoOp(_ContextPrompts):
         return self.ctx.unsqueeze(0) + self.meta_net(image_feats.float()).unsqueeze(1)
 
     def per_image_logits(self, images, classnames, image_feats=None):
-        feats = image_feats if image_feats is not None else F.normalize(self.image_features(images).float(), dim=-1)
+        feats = image_feats if image_feats is not None else normalise(self.image_features(images))
         ctx = self.context(feats)
         logits = []
         for f, c in zip(feats, ctx):
             emb, tokens = self.prompt_embeddings(classnames, c)
-            text = F.normalize(self.text_encoder.encode_embeddings(emb, tokens).float(), dim=-1)
-            logits.append(self.logit_scale * f @ text.t())
+            text = normalise(self.text_encoder.encode_embeddings(emb, tokens))
+            logits.append(class_logits(f, text, self.logit_scale))
         return torch.stack(logits)
 
 

@@ -12,7 +12,8 @@ starts the process group ("nccl" on GPUs, "gloo" on CPU) and makes the process's
 GPU the current device, so `torch.device("cuda")` means that GPU.
 
 Helpers: `rank()`, `world_size()`, `is_main()`, `barrier()`, `main_first()` (rank 0 runs a
-block, e.g. writing dataset caches, before the others), `all_gather_objects()` (evaluation),
+block, e.g. writing dataset caches, before the others), `all_gather_objects()` (small metadata
+only), `gather_rows()` (tensors: evaluation's predictions, the teacher cache's embeddings),
 `shard_indices()` / `ShardSampler` (each example on exactly one rank, no padding),
 `wrap(model)` (DistributedDataParallel; optional SyncBatchNorm), `sync_buffers()`, `shared_seed()` and
 `teardown()`.
@@ -193,15 +194,63 @@ def wrap(model: nn.Module, sync_bn: bool = False) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def _collective_device() -> torch.device:
+    """Where the default group's tensors must live: this process's GPU for NCCL, else the CPU."""
+    if "nccl" in str(dist.get_backend()):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _all_gather_single():
+    # torch >= 2.10 names it all_gather_single (all_gather_into_tensor is its deprecated alias).
+    return getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def gather_rows(*tensors: torch.Tensor | None) -> tuple:
+    """Every rank's rows of each tensor, concatenated in rank order, on every rank.
+
+    Tensor collectives: each tensor is padded to the longest rank's row count and gathered with
+    one all-gather into a single tensor (NCCL on GPUs, gloo on CPU), then the padding is cut.
+    Only the row counts, trailing shapes and dtypes (a few numbers per tensor) travel as
+    objects. A rank with no rows passes None (it learns the shape from the others). Results
+    are on the device of this rank's input (the CPU for None). One process: returned as given."""
+    if not is_distributed():
+        return tensors
+    meta = all_gather_objects([None if t is None else (len(t), tuple(t.shape[1:]), t.dtype) for t in tensors])
+    device, gather, world = _collective_device(), _all_gather_single(), world_size()
+    out = []
+    for j, t in enumerate(tensors):
+        known = [m[j] for m in meta if m[j] is not None]
+        if not known:  # no rank has rows: an empty result
+            out.append(torch.empty(0))
+            continue
+        _, shape, dtype = known[0]
+        if any(k[1:] != (shape, dtype) for k in known):
+            raise RuntimeError(f"gather_rows: ranks disagree on the shape / dtype of tensor {j}: {known}")
+        lengths = [0 if m[j] is None else m[j][0] for m in meta]
+        rows = max(lengths)
+        padded = torch.zeros((rows, *shape), dtype=dtype, device=device)
+        if t is not None and len(t):
+            padded[:len(t)] = t.to(device)
+        full = torch.empty((world * rows, *shape), dtype=dtype, device=device)
+        gather(full, padded)
+        joined = torch.cat([full[r * rows:r * rows + n] for r, n in enumerate(lengths)])
+        out.append(joined.to(t.device if t is not None else "cpu"))
+    return tuple(out)
+
+
 def gather_in_order(indices: list, *columns: list) -> tuple:
     """Evaluation results of every rank, in dataset order, on every rank.
 
     `indices`: this rank's batches of dataset indices; each of `columns`: this rank's batches
-    of per-example tensors (logits, labels, ...). Returns one tensor per column holding the
-    examples of all ranks sorted by index, so the result equals a single-process pass."""
-    parts = all_gather_objects([indices, *columns])
-    index = torch.cat([t for part in parts for t in part[0]])
+    of per-example tensors (predictions, labels, ...). Returns one tensor per column holding the
+    examples of all ranks sorted by index, so the result equals a single-process pass. The
+    batches travel as tensors (`gather_rows`)."""
+    local = [torch.cat(batches) if batches else None for batches in (indices, *columns)]
+    if not is_distributed() and local[0] is None:
+        return tuple(torch.empty(0) for _ in columns)
+    index, *gathered = gather_rows(*local)
     order = index.argsort()
     if len(index.unique()) != len(index):
         raise RuntimeError("evaluation saw an example on two ranks: the test loader must use ShardSampler")
-    return tuple(torch.cat([t for part in parts for t in part[i + 1]])[order] for i in range(len(columns)))
+    return tuple(column[order] for column in gathered)

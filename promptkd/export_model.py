@@ -84,12 +84,12 @@ def read_metadata(path: str) -> dict:
     return json.loads(files[TORCHSCRIPT_EXTRA])
 
 
-def run_exported(path: str, images: torch.Tensor) -> np.ndarray:
-    """Logits of an exported file (onnxruntime for .onnx, torch.jit otherwise)."""
+def run_exported(path: str, images: torch.Tensor, providers=("CPUExecutionProvider",)) -> np.ndarray:
+    """Logits of an exported file (onnxruntime for .onnx with `providers`, torch.jit otherwise)."""
     if path.endswith(".onnx"):
         import onnxruntime as ort
 
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(path, providers=list(providers))
         return session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -10,13 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .precision import fp32_scoring
 
 
 def kl_per_logit(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Σ KL(softmax(t/T) ‖ softmax(s/T)) / (B·C), computed in fp32."""
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return F.kl_div(s, t, reduction="sum", log_target=True) / student_logits.numel()
+    """Σ KL(softmax(t/T) ‖ softmax(s/T)) / (B·C), computed in fp32 (outside autocast)."""
+    with fp32_scoring(student_logits):
+        s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+        t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+        return F.kl_div(s, t, reduction="sum", log_target=True) / student_logits.numel()
 
 
 def kd_loss(student_logits, teacher_logits, temperature: float, weight: float) -> torch.Tensor:
@@ -31,6 +33,13 @@ def promptsrc_regularisers(text_feats, zs_text_feats, image_feats, zs_image_feat
     text_weight × L1(prompted text, frozen template-ensemble text) + image_weight × L1(prompted
     image, frozen image) + kl_weight × KL(frozen logits ‖ prompted logits) / (B·C).
     """
+    with fp32_scoring(logits):
+        return _regularisers(text_feats, zs_text_feats, image_feats, zs_image_feats, logits, zs_logits,
+                             text_weight, image_weight, kl_weight)
+
+
+def _regularisers(text_feats, zs_text_feats, image_feats, zs_image_feats, logits, zs_logits,
+                  text_weight, image_weight, kl_weight) -> dict:
     terms = {}
     if text_weight:
         terms["l1_text"] = text_weight * F.l1_loss(text_feats.float(), zs_text_feats.float())
@@ -44,7 +53,8 @@ def promptsrc_regularisers(text_feats, zs_text_feats, image_feats, zs_image_feat
 def promptsrc_loss(logits, labels, text_feats, zs_text_feats, image_feats, zs_image_feats,
                    zs_logits, text_weight: float, image_weight: float, kl_weight: float) -> dict:
     """PromptSRC: CE + the regularisers above. Returns the terms and their sum under "loss"."""
-    terms = {"ce": F.cross_entropy(logits.float(), labels)}
+    with fp32_scoring(logits):
+        terms = {"ce": F.cross_entropy(logits.float(), labels)}
     terms.update(promptsrc_regularisers(text_feats, zs_text_feats, image_feats, zs_image_feats, logits,
                                         zs_logits, text_weight, image_weight, kl_weight))
     terms["loss"] = sum(terms.values())

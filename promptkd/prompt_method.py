@@ -16,13 +16,13 @@ and overrides `per_image_logits`; it trains and evaluates, but has no class vect
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .backbones import tokenizer
 from .class_vectors import ClassVectors, ImageSide, visual_fingerprint
 from .encoders import PromptedImageEncoder, PromptedTextEncoder, freeze_clip
 from .errors import ConfigError
+from .precision import class_logits, normalise
 
 # Prompts per encoder call when many are encoded at once without autograd (class vectors,
 # template ensembles): bounds the peak memory of that encoding whatever the number of classes.
@@ -86,11 +86,11 @@ class PromptMethod(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict:
         """Logits over the training classes, plus the features the losses need."""
-        image_feats = F.normalize(self.image_features(images).float(), dim=-1)
+        image_feats = normalise(self.image_features(images))
         if self.image_conditioned:
             return {"logits": self.per_image_logits(images, self.classnames, image_feats), "image_feats": image_feats}
-        text_feats = F.normalize(self.text_features(self.classnames).float(), dim=-1)
-        return {"logits": self.logit_scale * image_feats @ text_feats.t(),
+        text_feats = normalise(self.text_features(self.classnames))
+        return {"logits": class_logits(image_feats, text_feats, self.logit_scale),
                 "image_feats": image_feats, "text_feats": text_feats}
 
     def per_image_logits(self, images: torch.Tensor, classnames: list[str], image_feats=None) -> torch.Tensor:
@@ -105,7 +105,7 @@ class PromptMethod(nn.Module):
             raise ConfigError(f"{type(self).__name__}'s text features depend on the image: it has no class "
                               "vectors, so it cannot be exported or act as a PromptKD teacher.")
         feats = [self.text_features(classnames[i:i + batch]).float() for i in range(0, len(classnames), batch)]
-        return F.normalize(torch.cat(feats), dim=-1)
+        return normalise(torch.cat(feats))
 
     @torch.no_grad()
     def prepare_eval(self, classnames: list[str]) -> None:
@@ -116,8 +116,7 @@ class PromptMethod(nn.Module):
     def eval_logits(self, images: torch.Tensor) -> torch.Tensor:
         if self.image_conditioned:
             return self.per_image_logits(images, self._eval_classnames)
-        feats = F.normalize(self.image_features(images).float(), dim=-1)
-        return self.logit_scale * feats @ self._eval_vectors.t()
+        return class_logits(normalise(self.image_features(images)), self._eval_vectors, self.logit_scale)
 
     @torch.no_grad()
     def export(self, classnames: list[str], dataset: str, backbone: dict, method: str | None = None):

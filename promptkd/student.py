@@ -12,6 +12,7 @@ from torch import nn
 
 from .encoders import PromptedImageEncoder, freeze_clip
 from .errors import CheckpointError
+from .precision import class_logits, fp32_scoring, normalise
 
 
 class Projector(nn.Sequential):
@@ -37,16 +38,22 @@ class PromptKDStudent(nn.Module):
         self.register_buffer("logit_scale", logit_scale.detach().float().clone().reshape(()))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projector(self.image_encoder(images).float()), dim=-1)
+        """normalise(projector(f)) in fp32: the tower may run under autocast, the projector
+        and everything after it do not (`promptkd.precision`)."""
+        f = self.image_encoder(images)
+        with fp32_scoring(f):
+            return F.normalize(self.projector(f.float()), dim=-1)
 
     def forward(self, images: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale.exp() * self.features(images) @ class_vectors.t().to(torch.float32)
+        return class_logits(self.features(images), class_vectors, self.logit_scale.exp())
 
 
 def teacher_logits(embeddings: torch.Tensor, logit_scale: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
     """exp(logit_scale) · e · Vᵀ for normalised teacher embeddings e: the online teacher and
-    the teacher cache (`teacher_cache.py`, which stores e) both score through this."""
-    return logit_scale.exp() * embeddings.to(torch.float32) @ class_vectors.t().to(torch.float32)
+    the teacher cache (`teacher_cache.py`, which stores e) both score through this; fp32,
+    outside autocast (`promptkd.precision`)."""
+    with fp32_scoring(embeddings):
+        return class_logits(embeddings, class_vectors, logit_scale.exp())
 
 
 class TeacherImageScorer(nn.Module):
@@ -79,7 +86,7 @@ class TeacherImageScorer(nn.Module):
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised teacher image embeddings [B, D] (float32): what the teacher cache stores."""
-        return F.normalize(self.image_encoder(self.input_adapter(images)).float(), dim=-1)
+        return normalise(self.image_encoder(self.input_adapter(images)))
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from .backbones import tokenizer
 from .encoders import PromptedImageEncoder, PromptedTextEncoder
 from .errors import CheckpointError, ConfigError
 from .losses import promptsrc_regularisers
+from .precision import class_logits, normalise
 from .prompt_method import ENCODE_CHUNK, PromptMethod
 from .templates import PROMPTSRC_TEMPLATES
 
@@ -80,9 +81,9 @@ class IVLPTeacher(PromptMethod):
             if self.zs_text is None or self.zs_text.device != device:
                 self.zs_text = ensemble_text_features(self.clip, self.classnames).to(device)
             with torch.no_grad():
-                zs_image = F.normalize(self.clip.encode_image(images).float(), dim=-1)
+                zs_image = normalise(self.clip.encode_image(images))
             out.update(zs_image_feats=zs_image, zs_text_feats=self.zs_text,
-                       zs_logits=self.logit_scale * zs_image @ self.zs_text.t())
+                       zs_logits=class_logits(zs_image, self.zs_text, self.logit_scale))
         return out
 
     def extra_losses(self, out: dict, labels: torch.Tensor) -> dict:

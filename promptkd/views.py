@@ -4,11 +4,15 @@ Stage 2 feeds the teacher and the student the same augmented batch. For the teac
 to be stored and reused (`teacher_cache.py`), the view of image `index` in `epoch` must not
 depend on the worker count, batch order, process count or the global RNG. Two pieces:
 
-* `seeded_view(seed, epoch, index)`: a context in which torch's global RNG is seeded from a
-  hash of the three numbers (and restored afterwards). The stock torchvision transforms that
-  Dassl builds (`RandomResizedCrop` with INPUT.RRCROP_SCALE / interpolation, then
-  `RandomHorizontalFlip`) run unchanged inside it, so the crop box and flip are torchvision's
-  own draws, just from a stream named by the view. `check_view_transform` refuses transforms
+* `seeded_view(seed, epoch, index)`: a context in which the view's own generator, seeded from
+  a hash of the three numbers, is what torch's CPU draws come from. The stock torchvision
+  transforms that Dassl builds (`RandomResizedCrop` with INPUT.RRCROP_SCALE / interpolation,
+  then `RandomHorizontalFlip`) take no generator argument, so the view's generator state is
+  installed in the CPU default generator for the duration and the caller's state is put back
+  afterwards; nothing is reseeded (no `torch.manual_seed`, which would reseed every CUDA
+  generator too) and CUDA state is never read or written. The crop box and flip are
+  torchvision's own draws, from a stream named by the view (the same values as before this
+  was a generator of its own, so existing teacher caches stay valid). `check_view_transform` refuses transforms
   whose randomness would escape it (numpy / Python RNGs).
 * `ViewSampler`: the epoch's image order is a permutation that is a pure function of
   (seed, epoch); it yields `(epoch, index)` keys, so a dataset gets the epoch with every item
@@ -47,11 +51,18 @@ def view_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 
 @contextlib.contextmanager
 def seeded_view(seed: int, epoch: int, index: int):
-    """Run the transforms of one view with torch's CPU RNG seeded by (seed, epoch, index);
-    the caller's RNG state is restored afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(stream_seed(seed, epoch, index))
+    """Run the transforms of one view drawing from its own generator (`view_generator`).
+
+    The CPU default generator holds the view's state inside the block (the transforms read
+    it) and the caller's exact state again afterwards, even if the block raises; no CUDA
+    generator is touched."""
+    default = torch.default_generator
+    saved = default.get_state()
+    default.set_state(view_generator(seed, epoch, index).get_state())
+    try:
         yield
+    finally:
+        default.set_state(saved)
 
 
 def check_view_transform(transform, where: str = "INPUT.TRANSFORMS") -> list[str]:

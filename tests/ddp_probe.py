@@ -1,6 +1,6 @@
 """Test helper, run under torchrun: `python -m torch.distributed.run ... tests/ddp_probe.py
 PROBE_DIR <train.py arguments>`. Runs train.py's main() unchanged, then each rank writes
-PROBE_DIR/rank<R>.pt: its learnable state, the evaluation scores it computed (after the
+PROBE_DIR/rank<R>.pt: its learnable state, the evaluation predictions it computed (after the
 gather), its report and its training sampler's last epoch.
 
 PROBE_KILL_AFTER_EPOCH=N: rank 0 SIGKILLs itself once epoch N is done (its checkpoint written);
@@ -21,12 +21,12 @@ from promptkd import distributed  # noqa: E402
 from promptkd.checkpoints import learnable_state_dict  # noqa: E402
 
 record = {"evals": []}
-report = base.accuracy_report
+report = base.report_from_predictions
 
 
-def recording_report(logits, labels, *args, **kwargs):
-    record["evals"].append({"logits": logits.clone(), "labels": labels.clone()})
-    return report(logits, labels, *args, **kwargs)
+def recording_report(preds, labels, *args, **kwargs):
+    record["evals"].append({"predictions": preds.clone(), "labels": labels.clone()})
+    return report(preds, labels, *args, **kwargs)
 
 
 build = train.build_trainer
@@ -45,7 +45,7 @@ def recording_build(cfg):
     return trainer
 
 
-base.accuracy_report = recording_report
+base.report_from_predictions = recording_report
 train.build_trainer = recording_build
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from tests.test_trainers import ROOT, learnable, make_trainer, student_args, tea
 pytestmark = [pytest.mark.slow, pytest.mark.exact]
 
 PROBE = os.path.join(ROOT, "tests", "ddp_probe.py")
-CPU = ["USE_CUDA", "False"]
+CPU = ["USE_CUDA", "False", "TRAIN.DETERMINISTIC", "True"]  # exactness is checked: deterministic kernels
 DTD = "DescribableTextures"
 # Deterministic inputs (resize + normalise, in order) so that 2 x b and 1 x 2b see the same batches.
 SAME_ORDER = ["DATALOADER.TRAIN_X.SAMPLER", "SequentialSampler", "INPUT.TRANSFORMS", "('normalize',)",
@@ -191,15 +191,17 @@ def test_ddp_run_writes_the_same_teacher_cache_as_the_writer(ivlp, data, clip_fi
 
 def test_promptkd_ddp_checkpoint_evaluates_in_one_process(kd, ivlp, data, clip_files, tmp_path, monkeypatch):
     seen = []
-    report = trainers.base.accuracy_report
-    monkeypatch.setattr(trainers.base, "accuracy_report", lambda lg, lb, *a: seen.append((lg, lb)) or report(lg, lb, *a))
+    report = trainers.base.report_from_predictions
+    monkeypatch.setattr(trainers.base, "report_from_predictions",
+                        lambda pr, lb, *a: seen.append((pr, lb)) or report(pr, lb, *a))
     single = make_trainer(student_args(data, clip_files, str(tmp_path), ivlp["export"]))
     single.run_eval_only(kd["out"])
     r0, r1 = kd["ranks"]
-    (logits, labels), = seen
-    for rank in (r0, r1):  # every rank holds the scores of all test images, in order
+    (preds, labels), = seen
+    assert preds.shape == (len(labels), 3) and preds.dtype == torch.int64  # predictions, not [N, C] logits
+    for rank in (r0, r1):  # every rank holds the predictions of all test images, in order
         assert torch.equal(rank["evals"][-1]["labels"], labels)
-        assert torch.allclose(rank["evals"][-1]["logits"], logits, atol=1e-5)
+        assert torch.equal(rank["evals"][-1]["predictions"], preds)
         assert rank["report"] == pytest.approx(single.last_report)
     assert single.last_report["n"] == len(labels) == 15
 

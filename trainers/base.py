@@ -12,10 +12,8 @@ import json
 import logging
 import math
 import os
-import random
 import time
 
-import numpy as np
 import torch
 from dassl.data.data_manager import DataManager, build_data_loader
 from dassl.data.datasets import build_dataset
@@ -28,8 +26,9 @@ from promptkd import distributed as dist_
 from promptkd.backbones import RESIZE_MODES
 from promptkd.checkpoints import atomic_save, learnable_state_dict, load_file, load_learnable_state_dict
 from promptkd.errors import ConfigError, MissingFileError
-from promptkd.evaluation import accuracy_report, num_base_classes
+from promptkd.evaluation import num_base_classes, predictions, report_from_predictions
 from promptkd.losses import check_finite
+from promptkd.rng import rng_state, set_rng_state
 from promptkd.schedule import build_lr_scheduler
 from trainers.config import GRAD_CHECKPOINTS, MODALS, MODEL_SELECTIONS, PRECISIONS
 from trainers.data import UNREADABLE, CheckedDatasetWrapper, check_loader, test_transform, unreadable_error
@@ -39,25 +38,6 @@ logger = logging.getLogger("promptkd")
 
 MODEL_NAME = "VLPromptLearner"  # the folder name of the published checkpoints
 CHECKPOINT_FORMAT = "promptkd-dassl/1"
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    version, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((version, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class PromptTrainer(TrainerX):
@@ -446,7 +426,7 @@ class PromptTrainer(TrainerX):
         self.set_model_mode("eval")
         protocol = self.cfg.TRAINER.MODAL
         selection_only = split == "base-selection"
-        logits, labels, indices = [], [], []
+        preds, labels, indices = [], [], []
         for batch in tqdm(self.eval_loader, desc="evaluate", leave=False, dynamic_ncols=True,
                           disable=None if dist_.is_main() else True):
             batch = self.screen_batch(batch, "test")
@@ -459,14 +439,15 @@ class PromptTrainer(TrainerX):
                     continue
                 batch = {"img": batch["img"][keep]}
                 label, index = label[keep], index[keep]
-            with self.autocast():
-                logits.append(self.model_inference(batch["img"].to(self.device)).float().cpu())
+            with self.autocast():  # the towers; the logits are fp32 (promptkd.precision)
+                logits = self.model_inference(batch["img"].to(self.device))
+            preds.append(predictions(logits, self.num_base).cpu())  # what the report needs, not the logits
             labels.append(label)
             indices.append(index)
         self.report_unreadable("evaluation")
         # Under torchrun each rank scored its own shard: every rank gets all of them, in order.
-        logits, labels = dist_.gather_in_order(indices, logits, labels)
-        report = accuracy_report(logits, labels, protocol, self.num_base)
+        preds, labels = dist_.gather_in_order(indices, preds, labels)
+        report = report_from_predictions(preds, labels, protocol, self.num_base)
         if selection_only:
             logger.info("base-class test accuracy (for model selection): %.2f", report["base"])
             return report["base"]

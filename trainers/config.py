@@ -70,6 +70,12 @@ def extend_cfg(cfg):
     # of rank 0 are broadcast). GPU only (DDP cannot run SyncBatchNorm on CPU).
     cfg.DISTRIBUTED.SYNC_BN = False
 
+    # --- reproducibility ------------------------------------------------------------------
+    # True: deterministic GPU kernels (cuDNN benchmark off, torch.use_deterministic_algorithms,
+    # CUBLAS_WORKSPACE_CONFIG=:4096:8), needed for bit-exact resumes and "N processes equal 1"
+    # on a GPU; slower. False (default): cuDNN benchmark on a GPU. No effect on CPU results.
+    cfg.TRAIN.DETERMINISTIC = False
+
     # --- CLIP weights ------------------------------------------------------------------
     # Directory holding OpenAI's CLIP files (ViT-B-16.pt, ...); "" = the clip package's cache
     # (~/.cache/clip). MODEL.BACKBONE.NAME is a CLIP name (ViT-B/16) or a path to a file.

@@ -20,6 +20,7 @@ from promptkd.backbones import backbone_reference, load_backbone, to_half
 from promptkd.class_vectors import IMAGE_SIDE_FILE, class_vectors_file
 from promptkd.errors import ConfigError
 from promptkd.losses import GaussianPromptAggregator
+from promptkd.precision import fp32_scoring
 from promptkd.predictor import PredictorRecord
 from trainers.base import MODEL_NAME, PromptTrainer
 from trainers.config import grad_checkpoint_towers
@@ -83,7 +84,8 @@ class PromptLearningTrainer(PromptTrainer):
         images, labels = batch["img"].to(self.device), batch["label"].to(self.device)
         with self.autocast():
             out = self.train_model(images)  # the DDP wrapper under torchrun
-        terms = {"ce": F.cross_entropy(out["logits"].float(), labels), **self.model.extra_losses(out, labels)}
+        with fp32_scoring(self.device.type):  # the loss in fp32 (promptkd.precision)
+            terms = {"ce": F.cross_entropy(out["logits"].float(), labels), **self.model.extra_losses(out, labels)}
         loss = sum(terms.values())
         self.backward_and_step(loss)
         summary = {k: v.item() for k, v in terms.items()}

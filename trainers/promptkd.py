@@ -141,8 +141,9 @@ class PromptKD(PromptTrainer):
                 embeddings = self.teacher.embed(images)
                 if self.cache is not None:
                     self.cache_views(batch["epoch"], batch["index"], embeddings)
-            t_logits = teacher_logits(embeddings, self.teacher_logit_scale, self.class_vectors)
             student_logits = self.train_model(images, self.class_vectors)  # DDP wrapper under torchrun
+        # Both sides' logits and the loss are fp32, outside autocast (promptkd.precision).
+        t_logits = teacher_logits(embeddings, self.teacher_logit_scale, self.class_vectors)
         loss = kd_loss(student_logits, t_logits, self.tcfg.TEMPERATURE, self.tcfg.KD_WEIGHT)
         self.backward_and_step(loss)
         return {"kd_loss": loss.item()}
@@ -150,12 +151,12 @@ class PromptKD(PromptTrainer):
     def cache_views(self, epochs, indices, embeddings):
         """TEACHER_CACHE_WRITE: keep the teacher's embeddings of this step's views. Under DDP
         every rank's views go to rank 0, which alone writes the cache (each rank holds only
-        its share of a shard, so none could complete it)."""
+        its share of a shard, so none could complete it). They travel as tensors (`gather_rows`)."""
         if dist_.is_distributed():
-            parts = dist_.all_gather_objects((epochs.cpu(), indices.cpu(), embeddings.float().cpu()))
+            epochs, indices, embeddings = dist_.gather_rows(torch.as_tensor(epochs), torch.as_tensor(indices),
+                                                            embeddings.float())
             if not dist_.is_main():
                 return
-            epochs, indices, embeddings = (torch.cat(column) for column in zip(*parts))
         self.cache.add(epochs, indices, embeddings)
         self.cached_in_epoch += len(indices)
 

@@ -107,6 +107,8 @@ def main(argv=None) -> int:
         raise ConfigError("Set TRAINER.PROMPTKD.TEACHER_CACHE to the folder to write the cache to.")
     if cfg.SEED >= 0:
         set_random_seed(cfg.SEED)
+    from promptkd import determinism
+    determinism.configure(cfg.TRAIN.DETERMINISTIC, cfg.USE_CUDA)  # as train.py does
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     trainer = build_trainer(cfg)
     start = time.time()
