@@ -6,8 +6,15 @@ The teacher and the student have different widths so that every size the code de
 import os
 import sys
 
-import pytest
-import torch
+# One thread per test process, also in the train.py / torchrun processes tests start (they
+# inherit the environment). The models are tiny, so a second thread gains little and, on a
+# busy machine, OpenMP threads waiting for a taken core cost far more; pytest-xdist (`-n auto`
+# in pytest.ini) uses the cores instead, one test file per worker.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -15,7 +22,7 @@ if ROOT not in sys.path:
 
 from promptkd.tiny import TINY_STUDENT, TINY_TEACHER, write_tiny_clip  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 def pytest_configure(config):
