@@ -112,11 +112,15 @@ def build_clip(spec: TinySpec, seed: int) -> clip.model.CLIP:
         transformer_layers=spec.text_layers)
 
 
-def encode_text_prefix(model: clip.model.CLIP, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text_prefix(model: clip.model.CLIP, tokens: torch.Tensor,
+                       token_embedding: torch.Tensor | None = None) -> torch.Tensor:
     """`model.encode_text(tokens)`, computed on the first L positions only (L = last end
-    token + 1). Equal to the full computation because the text transformer is causal."""
+    token + 1). Equal to the full computation because the text transformer is causal.
+    `token_embedding` (rows of the model's table, in increasing token order) replaces the
+    model's table; `tokens` then index its rows (`restricted_vocabulary`)."""
     length = int(tokens.argmax(dim=-1).max()) + 1
-    x = model.token_embedding(tokens[:, :length]) + model.positional_embedding[:length]
+    weight = model.token_embedding.weight if token_embedding is None else token_embedding
+    x = F.embedding(tokens[:, :length], weight) + model.positional_embedding[:length]
     mask = model.build_attention_mask()[:length, :length]
     x = x.permute(1, 0, 2)
     for block in model.transformer.resblocks:
@@ -162,6 +166,13 @@ def caption_table(captions: tuple[str, ...] = toyworld.CAPTION_TEMPLATES) -> tup
     return clip.tokenize(texts), labels
 
 
+def restricted_vocabulary(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the sorted token ids that `tokens` use, `tokens` as indices into them). The end token
+    (the largest id) stays the largest, so `argmax` still finds it."""
+    vocabulary = torch.unique(tokens)
+    return vocabulary, torch.searchsorted(vocabulary, tokens)
+
+
 def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50, name: str = "pretrain") -> tuple[dict, dict]:
     """Train a tiny CLIP from scratch; returns (OpenAI-format fp16 state dict, stats). `name`
     prefixes the progress lines (two models may be pretrained side by side)."""
@@ -179,7 +190,16 @@ def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50, name: str = "p
         rng = np.random.default_rng([PRETRAIN_STREAM, recipe.seed])
         tokens, caption_labels = caption_table(recipe.captions)
         n_forms = len(recipe.captions)
-        optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6,
+        # Only the rows of the token embedding that the captions use get a gradient; the
+        # others' gradient is zero, and AdamW without weight decay leaves a parameter with an
+        # all-zero gradient history exactly where it is. So train just those rows (a gather of
+        # the table; the captions re-indexed into it) and put them back at the end: the same
+        # numbers, without a dense gradient and AdamW update of all 49,408 rows every step.
+        vocabulary, tokens = restricted_vocabulary(tokens)
+        table = model.token_embedding.weight
+        used_rows = torch.nn.Parameter(table.detach()[vocabulary].clone())
+        parameters = [used_rows if p is table else p for p in model.parameters()]
+        optimiser = torch.optim.AdamW(parameters, lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6,
                                       weight_decay=0.0)
 
         def factor(step):  # linear warm-up, then cosine to 0
@@ -196,7 +216,7 @@ def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50, name: str = "p
             images = toyworld.to_tensor(toyworld.draw(rng, labels), PIXEL_MEAN, PIXEL_STD)
             rows = torch.from_numpy(np.unique(rows))
             image_features = model.encode_image(images)
-            text_features = encode_text_prefix(model, tokens[rows])
+            text_features = encode_text_prefix(model, tokens[rows], used_rows)
             positive = torch.from_numpy(labels)[:, None] == caption_labels[rows][None, :]  # same class
             loss = contrastive_loss(image_features, text_features, positive, model.logit_scale)
             optimiser.zero_grad(set_to_none=True)
@@ -209,6 +229,8 @@ def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50, name: str = "p
             if log_every and ((step + 1) % log_every == 0 or step + 1 == recipe.steps):
                 logger.info("%s: step %d/%d loss %.3f (%.0f s)", name, step + 1, recipe.steps,
                             np.mean(losses[-log_every:]), time.perf_counter() - start)
+        with torch.no_grad():
+            table[vocabulary] = used_rows
         stats = {"final_loss": float(np.mean(losses[-20:])), "seconds": round(time.perf_counter() - start, 1)}
     clip.model.convert_weights(model)  # fp16, like OpenAI's released files
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -138,3 +138,21 @@ def test_ensure_pretrained_caches_on_the_recipe_and_loads_like_clip(tmp_path, mo
     _, info3 = pretrain.ensure_pretrained(str(tmp_path), "teacher", "micro")
     assert info3["key"] != info2["key"] and info3["recipe"]["captions"] == ["a {}."]
     assert list(info3["zero_shot_probe_by_prompt"]) == ["a photo of a {}.", "a {}."]
+
+
+def test_pretraining_moves_only_the_token_rows_the_captions_use():
+    # pretraining trains a gather of the used rows of the token embedding; the other rows
+    # have an all-zero gradient, which AdamW without weight decay never moves, so they must
+    # stay exactly at their initial values, and the state dict keeps the full table
+    state, _ = pretrain.pretrain(MICRO.spec, MICRO.recipe, log_every=0)
+    fresh = pretrain.build_clip(MICRO.spec, MICRO.recipe.seed).state_dict()["token_embedding.weight"]
+    table = state["token_embedding.weight"]
+    assert table.shape == (49408, MICRO.spec.text_width)
+    tokens, _ = pretrain.caption_table(MICRO.recipe.captions)
+    vocabulary, local = pretrain.restricted_vocabulary(tokens)
+    assert torch.equal(vocabulary[local], tokens) and torch.equal(local.argmax(-1), tokens.argmax(-1))
+    unused = torch.ones(len(table), dtype=torch.bool)
+    unused[vocabulary] = False
+    assert torch.equal(table[unused], fresh[unused])
+    used_with_gradient = vocabulary[vocabulary != 0]  # 0 pads the captions, after the end token
+    assert (table[used_with_gradient] != fresh[used_with_gradient]).any(dim=1).all()
