@@ -7,9 +7,17 @@ pretrains (once) the demo's two tiny CLIPs contrastively on the toy world
 ``OUT_DIR/student.pt`` (OpenAI-format state dicts that load like ``ViT-B-16.pt``), each with a
 ``.json`` sidecar (cache key, sizes, recipe, loss, wall and CPU seconds, zero-shot probes).
 A second call with the same preset reuses them; a changed world, model or recipe retrains.
+The full preset's two are shipped in the repository (``promptkd/demo_weights``, a small form:
+everything but the unused rows of the token embedding, which are the seeded initialisation)
+and unpacked instead of trained, unless ``--from-scratch``.
 It prints the paths, one per line. ``fast`` is the test suite's shorter recipe. ``--role``
 makes one of the two, so that the demo script can pretrain both side by side (each run is
 deterministic and single-threaded, so the files do not depend on it).
+
+    python -m promptkd.demo ship OUT_DIR
+
+regenerates the shipped weights: it writes the small forms of ``OUT_DIR``'s full-preset files,
+which must have been pretrained with ``--from-scratch`` (the whole command: README, "The demo").
 
     python -m promptkd.demo probes OUT_DIR
 
@@ -32,11 +40,13 @@ logger = logging.getLogger(__name__)
 ROLES = ("teacher", "student")
 
 
-def pretrained_weights(out_dir: str, preset: str = "full", roles: Sequence[str] = ROLES) -> dict[str, str]:
-    """Paths of the demo's pretrained CLIPs of `roles` (trained if not cached)."""
+def pretrained_weights(out_dir: str, preset: str = "full", roles: Sequence[str] = ROLES,
+                       from_scratch: bool = False) -> dict[str, str]:
+    """Paths of the demo's pretrained CLIPs of `roles` (from the shipped weights or trained, if
+    not cached)."""
     from .pretrain import ensure_pretrained
 
-    return {role: ensure_pretrained(out_dir, role, preset)[0] for role in roles}
+    return {role: ensure_pretrained(out_dir, role, preset, from_scratch)[0] for role in roles}
 
 
 def probe_table(out_dir: str) -> str:
@@ -75,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--preset", choices=sorted(PRESETS), default="full",
                          help="model sizes and pretraining steps (default: full; fast: for tests)")
     weights.add_argument("--role", choices=ROLES, help="pretrain (or reuse) this one only (default: both)")
+    weights.add_argument("--from-scratch", action="store_true",
+                         help="pretrain even where the repository ships the weights (full preset)")
+    ship = sub.add_parser("ship", help="write the small forms of OUT_DIR's full-preset weights (pretrained "
+                                       "--from-scratch) into the repository (promptkd/demo_weights)")
+    ship.add_argument("out_dir", metavar="OUT_DIR")
     probes = sub.add_parser("probes", help="print the zero-shot probes of the pretrained backbones")
     probes.add_argument("out_dir", metavar="OUT_DIR")
     return parser
@@ -85,8 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # from `import clip`
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if args.command == "pretrain":
-        paths = pretrained_weights(args.out_dir, args.preset, [args.role] if args.role else ROLES)
+        paths = pretrained_weights(args.out_dir, args.preset, [args.role] if args.role else ROLES,
+                                   args.from_scratch)
         sys.stdout.write("".join(f"{path}\n" for path in paths.values()))
+    elif args.command == "ship":
+        from .pretrain import ship
+
+        sys.stdout.write("".join(f"{path}\n" for path in ship(args.out_dir)))
     elif args.command == "probes":
         sys.stdout.write(probe_table(args.out_dir) + "\n")
     return 0

@@ -112,11 +112,15 @@ def build_clip(spec: TinySpec, seed: int) -> clip.model.CLIP:
         transformer_layers=spec.text_layers)
 
 
-def encode_text_prefix(model: clip.model.CLIP, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text_prefix(model: clip.model.CLIP, tokens: torch.Tensor,
+                       token_embedding: torch.Tensor | None = None) -> torch.Tensor:
     """`model.encode_text(tokens)`, computed on the first L positions only (L = last end
-    token + 1). Equal to the full computation because the text transformer is causal."""
+    token + 1). Equal to the full computation because the text transformer is causal.
+    `token_embedding` (rows of the model's table, in increasing token order) replaces the
+    model's table; `tokens` then index its rows (`restricted_vocabulary`)."""
     length = int(tokens.argmax(dim=-1).max()) + 1
-    x = model.token_embedding(tokens[:, :length]) + model.positional_embedding[:length]
+    weight = model.token_embedding.weight if token_embedding is None else token_embedding
+    x = F.embedding(tokens[:, :length], weight) + model.positional_embedding[:length]
     mask = model.build_attention_mask()[:length, :length]
     x = x.permute(1, 0, 2)
     for block in model.transformer.resblocks:
@@ -162,6 +166,13 @@ def caption_table(captions: tuple[str, ...] = toyworld.CAPTION_TEMPLATES) -> tup
     return clip.tokenize(texts), labels
 
 
+def restricted_vocabulary(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the sorted token ids that `tokens` use, `tokens` as indices into them). The end token
+    (the largest id) stays the largest, so `argmax` still finds it."""
+    vocabulary = torch.unique(tokens)
+    return vocabulary, torch.searchsorted(vocabulary, tokens)
+
+
 def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50, name: str = "pretrain") -> tuple[dict, dict]:
     """Train a tiny CLIP from scratch; returns (OpenAI-format fp16 state dict, stats). `name`
     prefixes the progress lines (two models may be pretrained side by side)."""
@@ -179,7 +190,16 @@ def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50, name: str = "p
         rng = np.random.default_rng([PRETRAIN_STREAM, recipe.seed])
         tokens, caption_labels = caption_table(recipe.captions)
         n_forms = len(recipe.captions)
-        optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6,
+        # Only the rows of the token embedding that the captions use get a gradient; the
+        # others' gradient is zero, and AdamW without weight decay leaves a parameter with an
+        # all-zero gradient history exactly where it is. So train just those rows (a gather of
+        # the table; the captions re-indexed into it) and put them back at the end: the same
+        # numbers, without a dense gradient and AdamW update of all 49,408 rows every step.
+        vocabulary, tokens = restricted_vocabulary(tokens)
+        table = model.token_embedding.weight
+        used_rows = torch.nn.Parameter(table.detach()[vocabulary].clone())
+        parameters = [used_rows if p is table else p for p in model.parameters()]
+        optimiser = torch.optim.AdamW(parameters, lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6,
                                       weight_decay=0.0)
 
         def factor(step):  # linear warm-up, then cosine to 0
@@ -196,7 +216,7 @@ def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50, name: str = "p
             images = toyworld.to_tensor(toyworld.draw(rng, labels), PIXEL_MEAN, PIXEL_STD)
             rows = torch.from_numpy(np.unique(rows))
             image_features = model.encode_image(images)
-            text_features = encode_text_prefix(model, tokens[rows])
+            text_features = encode_text_prefix(model, tokens[rows], used_rows)
             positive = torch.from_numpy(labels)[:, None] == caption_labels[rows][None, :]  # same class
             loss = contrastive_loss(image_features, text_features, positive, model.logit_scale)
             optimiser.zero_grad(set_to_none=True)
@@ -209,6 +229,8 @@ def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50, name: str = "p
             if log_every and ((step + 1) % log_every == 0 or step + 1 == recipe.steps):
                 logger.info("%s: step %d/%d loss %.3f (%.0f s)", name, step + 1, recipe.steps,
                             np.mean(losses[-log_every:]), time.perf_counter() - start)
+        with torch.no_grad():
+            table[vocabulary] = used_rows
         stats = {"final_loss": float(np.mean(losses[-20:])), "seconds": round(time.perf_counter() - start, 1)}
     clip.model.convert_weights(model)  # fp16, like OpenAI's released files
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -244,6 +266,105 @@ def cache_key(model: Model) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def shipped_key(model: Model) -> str:
+    """`cache_key` without the torch version: shipped weights are files, valid under any torch."""
+    world = {"version": toyworld.VERSION, "classes": toyworld.CLASSNAMES, "size": toyworld.IMAGE_SIZE}
+    text = json.dumps({"world": world, "spec": dataclasses.asdict(model.spec),
+                       "recipe": dataclasses.asdict(model.recipe)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------
+# Shipped weights: the full preset's two CLIPs in a small form, in the repository
+# ----------------------------------------------------------------------------------------
+#: where `python -m promptkd.demo ship` writes them
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_weights")
+SHIPPED_FORMAT = "promptkd-demo-weights/1"
+SHIPPED_PRESETS = ("full",)
+
+
+def kept_vocabulary(model: Model) -> torch.Tensor:
+    """The token rows a small form keeps: every token of the world's caption forms (the
+    zero-shot prompt and the prompt initialisations of the demo configs among them) and of the
+    model's own captions. The rest of the table is the model's initialisation."""
+    tokens = torch.cat([caption_table(toyworld.CAPTION_TEMPLATES)[0], caption_table(model.recipe.captions)[0]])
+    return torch.unique(tokens)
+
+
+def pack(state: dict, model: Model) -> dict:
+    """The small form of a pretrained state dict: every tensor but the token embedding (fp16, as
+    written), and the embedding's rows of `kept_vocabulary`. Pretraining changes no other row
+    (only the rows its captions use have a gradient), so `unpack` rebuilds the table from the
+    model's seeded initialisation."""
+    vocabulary = kept_vocabulary(model)
+    return {"format": SHIPPED_FORMAT, "key": shipped_key(model),
+            "vocabulary": vocabulary, "token_rows": state["token_embedding.weight"][vocabulary].clone(),
+            "state": {k: v for k, v in state.items() if k != "token_embedding.weight"}}
+
+
+def unpack(packed: dict, model: Model) -> dict:
+    """The OpenAI-format state dict of a small form (`pack`): the seeded initial token
+    embedding (as `pretrain` starts from it), with the kept rows put back."""
+    if packed.get("format") != SHIPPED_FORMAT or packed.get("key") != shipped_key(model):
+        raise ConfigError(f"These shipped weights are not of this model and recipe (format {packed.get('format')!r}, "
+                          f"key {packed.get('key')!r}, expected {shipped_key(model)!r}).")
+    with _deterministic(model.recipe.threads):
+        table = build_clip(model.spec, model.recipe.seed).token_embedding.weight.detach().clone()
+    table[packed["vocabulary"]] = packed["token_rows"]
+    state = dict(packed["state"])
+    state["token_embedding.weight"] = table
+    return {k: state[k] for k in _state_order(model)}
+
+
+def _state_order(model: Model) -> list[str]:
+    return list(clip.model.CLIP(
+        embed_dim=model.spec.embed_dim, image_resolution=model.spec.image_resolution,
+        vision_layers=model.spec.vision_layers, vision_width=model.spec.vision_width,
+        vision_patch_size=model.spec.vision_patch_size, context_length=model.spec.context_length,
+        vocab_size=1, transformer_width=model.spec.text_width,
+        transformer_heads=max(1, model.spec.text_width // 64),
+        transformer_layers=model.spec.text_layers).state_dict())
+
+
+def state_digest(state: dict) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a state dict's tensors."""
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        tensor = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def shipped_paths(role: str, folder: str | None = None) -> tuple[str, str]:
+    """(small form, sidecar) of `role` in `folder` (default `SHIPPED_DIR`)."""
+    folder = SHIPPED_DIR if folder is None else folder
+    return os.path.join(folder, f"{role}.pt"), os.path.join(folder, f"{role}.json")
+
+
+def ship(folder: str, preset: str = "full", out_dir: str | None = None) -> list[str]:
+    """Write the small forms of `folder`'s pretrained files of `preset` (which must hold that
+    preset's current recipe) to `out_dir`, each with its sidecar. Returns the paths written."""
+    written = []
+    for role, model in PRESETS[preset].items():
+        path, sidecar = os.path.join(folder, f"{role}.pt"), os.path.join(folder, f"{role}.json")
+        try:
+            with open(sidecar, encoding="utf-8") as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            info = {}
+        if not os.path.isfile(path) or info.get("key") != cache_key(model) or info.get("shipped"):
+            raise ConfigError(f"{path} is not the {preset} {role} pretrained from scratch with this recipe and "
+                              f"torch: run python -m promptkd.demo pretrain {folder} --preset {preset} --from-scratch first.")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        info = {**info, "key": shipped_key(model), "digest": state_digest(state)}
+        ship_path, ship_sidecar = shipped_paths(role, out_dir)
+        atomic_save(pack(state, model), ship_path)
+        _write_json_atomic(info, ship_sidecar)
+        written += [ship_path, ship_sidecar]
+    return written
+
+
 def _write_json_atomic(obj, path: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
     try:
@@ -256,9 +377,10 @@ def _write_json_atomic(obj, path: str) -> None:
         raise
 
 
-def ensure_pretrained(folder: str, role: str, preset: str = "full") -> tuple[str, dict]:
-    """`folder/<role>.pt` pretrained with the preset's model and recipe (trained unless a
-    file with the same key is there). Returns (path, info from the sidecar JSON)."""
+def ensure_pretrained(folder: str, role: str, preset: str = "full", from_scratch: bool = False) -> tuple[str, dict]:
+    """`folder/<role>.pt` pretrained with the preset's model and recipe: reused if a file with
+    the same key is there, else unpacked from the weights shipped in `SHIPPED_DIR` (the full
+    preset; unless `from_scratch`), else trained. Returns (path, info from the sidecar JSON)."""
     if preset not in PRESETS:
         raise ConfigError(f"Unknown demo preset {preset!r}; use one of {sorted(PRESETS)}.")
     if role not in PRESETS[preset]:
@@ -274,14 +396,27 @@ def ensure_pretrained(folder: str, role: str, preset: str = "full") -> tuple[str
                 info = json.load(f)
         except (OSError, ValueError):
             info = {}
-        if info.get("key") == key:
+        if info.get("key") == key and not (from_scratch and info.get("shipped")):
             logger.info("%s: reusing %s (key %s)", role, path, key)
             return path, info
-        logger.info("%s: %s was pretrained with other settings; training again", role, path)
+        logger.info("%s: %s was pretrained with other settings%s; replacing it", role, path,
+                    " or shipped" if from_scratch else "")
+    shipped = None if from_scratch else _shipped(role, model)
+    if shipped is not None:
+        state, info = shipped
+        info = {**info, "key": key, "shipped": True}
+        if os.path.exists(sidecar):
+            os.remove(sidecar)
+        atomic_save(state, path)
+        _write_json_atomic(info, sidecar)
+        logger.info("%s: wrote %s from the shipped weights (%s; python -m promptkd.demo pretrain "
+                    "--from-scratch pretrains instead)", role, path, shipped_paths(role)[0])
+        return path, info
     logger.info("%s: pretraining %s", role, model)
     cpu_start = time.process_time()
     state, stats = pretrain(model.spec, model.recipe, name=role)
     stats["cpu_seconds"] = round(time.process_time() - cpu_start, 1)
+    stats["made_on"] = made_on()
     built = clip.model.build_model(state)
     probes = {}  # zero-shot with the standard prompt, and with each caption form it was trained on
     for prompt in dict.fromkeys((toyworld.CAPTION_TEMPLATES[0],) + tuple(model.recipe.captions)):
@@ -299,3 +434,33 @@ def ensure_pretrained(folder: str, role: str, preset: str = "full") -> tuple[str
     logger.info("%s: wrote %s (%.0f s; zero-shot probe HM %s)", role, path, stats["seconds"],
                 ", ".join(f"{v['hm']:.1f} with {k!r}" for k, v in probes.items()))
     return path, info
+
+
+def made_on() -> dict:
+    """What pretraining's numbers depend on besides the recipe: torch and the CPU kernels."""
+    import platform
+
+    processor = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            processor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), processor)
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "cpu": processor, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "kernel_env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
+                           if k in os.environ}}
+
+
+def _shipped(role: str, model: Model) -> tuple[dict, dict] | None:
+    """(state dict, sidecar info) of the shipped weights of this model, or None if there are none
+    for it (another recipe, or not shipped)."""
+    path, sidecar = shipped_paths(role)
+    if not (os.path.isfile(path) and os.path.isfile(sidecar)):
+        return None
+    with open(sidecar, encoding="utf-8") as f:
+        info = json.load(f)
+    if info.get("key") != shipped_key(model):
+        return None
+    state = unpack(torch.load(path, map_location="cpu", weights_only=True), model)
+    return state, info
+

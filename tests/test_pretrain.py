@@ -138,3 +138,79 @@ def test_ensure_pretrained_caches_on_the_recipe_and_loads_like_clip(tmp_path, mo
     _, info3 = pretrain.ensure_pretrained(str(tmp_path), "teacher", "micro")
     assert info3["key"] != info2["key"] and info3["recipe"]["captions"] == ["a {}."]
     assert list(info3["zero_shot_probe_by_prompt"]) == ["a photo of a {}.", "a {}."]
+
+
+def test_pretraining_moves_only_the_token_rows_the_captions_use():
+    # pretraining trains a gather of the used rows of the token embedding; the other rows
+    # have an all-zero gradient, which AdamW without weight decay never moves, so they must
+    # stay exactly at their initial values, and the state dict keeps the full table
+    state, _ = pretrain.pretrain(MICRO.spec, MICRO.recipe, log_every=0)
+    fresh = pretrain.build_clip(MICRO.spec, MICRO.recipe.seed).state_dict()["token_embedding.weight"]
+    table = state["token_embedding.weight"]
+    assert table.shape == (49408, MICRO.spec.text_width)
+    tokens, _ = pretrain.caption_table(MICRO.recipe.captions)
+    vocabulary, local = pretrain.restricted_vocabulary(tokens)
+    assert torch.equal(vocabulary[local], tokens) and torch.equal(local.argmax(-1), tokens.argmax(-1))
+    unused = torch.ones(len(table), dtype=torch.bool)
+    unused[vocabulary] = False
+    assert torch.equal(table[unused], fresh[unused])
+    used_with_gradient = vocabulary[vocabulary != 0]  # 0 pads the captions, after the end token
+    assert (table[used_with_gradient] != fresh[used_with_gradient]).any(dim=1).all()
+
+
+# ----------------------------------------------------------------------------------------
+# shipped weights (the full preset's, in a small form)
+# ----------------------------------------------------------------------------------------
+def test_small_form_rebuilds_the_state_dict_exactly(tmp_path, monkeypatch):
+    # pack keeps every tensor but the unused token rows, which pretraining never moves (test
+    # above); unpack takes them from the seeded initialisation: the same state dict, in order
+    state, _ = pretrain.pretrain(MICRO.spec, MICRO.recipe, log_every=0)
+    packed = pretrain.pack(state, MICRO)
+    assert len(packed["vocabulary"]) < 100 and "token_embedding.weight" not in packed["state"]
+    again = pretrain.unpack(packed, MICRO)
+    assert list(again) == list(state)
+    assert all(again[k].dtype == state[k].dtype and torch.equal(again[k], state[k]) for k in state)
+    assert pretrain.state_digest(again) == pretrain.state_digest(state)
+    other = dataclasses.replace(MICRO, recipe=dataclasses.replace(MICRO.recipe, steps=5))
+    from promptkd.errors import ConfigError
+    with pytest.raises(ConfigError, match="not of this model and recipe"):
+        pretrain.unpack(packed, other)
+
+    # ensure_pretrained unpacks shipped weights of its recipe (a file that loads like CLIP's),
+    # and pretrains instead with from_scratch; `ship` writes what it unpacks
+    monkeypatch.setitem(pretrain.PRESETS, "micro", {"teacher": MICRO})
+    trained, info = pretrain.ensure_pretrained(str(tmp_path / "trained"), "teacher", "micro")
+    shipped_dir = tmp_path / "shipped"
+    written = pretrain.ship(str(tmp_path / "trained"), "micro", out_dir=str(shipped_dir))
+    assert sorted(os.path.basename(p) for p in written) == ["teacher.json", "teacher.pt"]
+    monkeypatch.setattr(pretrain, "SHIPPED_DIR", str(shipped_dir))
+    path, info2 = pretrain.ensure_pretrained(str(tmp_path / "user"), "teacher", "micro")
+    assert info2["shipped"] and info2["key"] == info["key"]
+    assert info2["zero_shot_probe_by_prompt"] == info["zero_shot_probe_by_prompt"]
+    assert torch.load(path).keys() == torch.load(trained).keys()
+    assert pretrain.state_digest(torch.load(path)) == pretrain.state_digest(torch.load(trained))
+    load_clip(path)
+    with pytest.raises(ConfigError, match="from-scratch"):  # shipped files are not re-shipped
+        pretrain.ship(str(tmp_path / "user"), "micro", out_dir=str(tmp_path / "again"))
+    _, info3 = pretrain.ensure_pretrained(str(tmp_path / "user"), "teacher", "micro", from_scratch=True)
+    assert not info3.get("shipped") and info3["made_on"]["torch"] == torch.__version__
+
+
+@pytest.mark.parametrize("role", ["teacher", "student"])
+def test_shipped_demo_weights_are_what_their_sidecars_say(role):
+    model = pretrain.PRESETS["full"][role]
+    path, sidecar = pretrain.shipped_paths(role)
+    info = json.loads(open(sidecar, encoding="utf-8").read())
+    assert info["key"] == pretrain.shipped_key(model), "recipe changed: regenerate (README, 'The demo')"
+    assert os.path.getsize(path) < 1_000_000  # the small form (the full file is ~13 MB)
+    state = pretrain.unpack(torch.load(path, weights_only=True), model)
+    # the unused token rows are the seeded initialisation, drawn by torch's CPU normal_ kernel:
+    # the vectorised one (AVX2 and AVX-512 give the same numbers) on the CPUs the file was made
+    # on; the scalar one (no AVX2) draws them differently. No demo prompt reads those rows.
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert pretrain.state_digest(state) == info["digest"]
+    built = pretrain.clip.model.build_model(state)
+    # the zero-shot probe of the sidecar, within one image per half (0.28 points of 360): a
+    # CPU whose kernels round differently may flip a near tie
+    base, novel, _ = pretrain.zero_shot_accuracy(built)
+    assert abs(base - info["zero_shot_probe"]["base"]) <= 0.3 and abs(novel - info["zero_shot_probe"]["novel"]) <= 0.3
