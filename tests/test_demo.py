@@ -282,6 +282,7 @@ def test_full_demo_shows_what_the_readme_claims(tmp_path):
 
 
 @full_demo
+@pytest.mark.slow
 def test_pretraining_from_scratch_regenerates_the_shipped_weights(tmp_path):
     """`python -m promptkd.demo pretrain DIR --from-scratch` then `ship`: the small forms it
     writes are the shipped ones, bit for bit, on the torch and CPU kernels that made them (the
