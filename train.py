@@ -152,9 +152,9 @@ def main(args):
     trainer = build_trainer(cfg)
     if args.eval_only:
         trainer.run_eval_only(args.model_dir, epoch=args.load_epoch)
-        return
-    if not args.no_train:
+    elif not args.no_train:
         trainer.train()
+    distributed.finish()  # every rank gets here before any tears the process group down
 
 
 def parse_args(argv=None):

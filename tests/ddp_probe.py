@@ -50,10 +50,11 @@ train.build_trainer = recording_build
 
 if __name__ == "__main__":
     probe_dir = sys.argv[1]
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])  # main() ends the group
     train.main(train.parse_args(sys.argv[2:]))
     trainer = record["trainer"]
     sampler = trainer.train_loader_x.sampler
     torch.save({"state": learnable_state_dict(trainer.model), "evals": record["evals"],
-                "report": getattr(trainer, "last_report", None), "world": distributed.world_size(),
+                "report": getattr(trainer, "last_report", None), "world": world,
                 "sampler": type(sampler).__name__, "sampler_epoch": getattr(sampler, "epoch", None)},
-               os.path.join(probe_dir, f"rank{distributed.rank()}.pt"))
+               os.path.join(probe_dir, f"rank{rank}.pt"))
