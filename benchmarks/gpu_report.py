@@ -1,4 +1,4 @@
-"""One command for a GPU: the CUDA test tier, then the figures the README needs.
+"""One command for a GPU: the CUDA test tier, then the figures docs/gpu.md needs.
 
     python benchmarks/gpu_report.py --json gpu_report.json      # on one GPU (about 8 min on an H100)
     python benchmarks/gpu_report.py --smoke --device cpu         # tiny shapes, seconds (the test suite)

@@ -17,7 +17,7 @@ deterministic and single-threaded, so the files do not depend on it).
     python -m promptkd.demo ship OUT_DIR
 
 regenerates the shipped weights: it writes the small forms of ``OUT_DIR``'s full-preset files,
-which must have been pretrained with ``--from-scratch`` (the whole command: README, "The demo").
+which must have been pretrained with ``--from-scratch`` (the whole command: docs/demo.md).
 
     python -m promptkd.demo probes OUT_DIR
 

@@ -206,7 +206,7 @@ def assert_shows_distillation(table):
     points above the student backbone's own zero-shot novel accuracy; its HM within 5 points
     of its teacher's (the prompt-tuned teacher whose class vectors it learnt from, and the
     teacher backbone's zero-shot CLIP).
-    Not asserted, because the toy world does not show it (README, "The demo"): the paper's
+    Not asserted, because the toy world does not show it (docs/demo.md, "What it does not show"): the paper's
     ordering of prompt tuning on base classes (CoOp up on base and down on novel, PromptSRC
     keeping novel)."""
     assert set(table) == METHODS, table

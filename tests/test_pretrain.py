@@ -59,7 +59,7 @@ def test_caption_table_uses_the_recipe_caption_forms():
 
 
 def test_demo_student_never_sees_the_zero_shot_prompt():
-    # what the demo's table rests on (README, "The demo"): the teacher is pretrained on the
+    # what the demo's table rests on (docs/demo.md, "What it runs"): the teacher is pretrained on the
     # zero-shot prompt's form among others, the student on another form only
     full = pretrain.PRESETS["full"]
     assert toyworld.CAPTION_TEMPLATES[0] == "a photo of a {}."
@@ -201,7 +201,7 @@ def test_shipped_demo_weights_are_what_their_sidecars_say(role):
     model = pretrain.PRESETS["full"][role]
     path, sidecar = pretrain.shipped_paths(role)
     info = json.loads(open(sidecar, encoding="utf-8").read())
-    assert info["key"] == pretrain.shipped_key(model), "recipe changed: regenerate (README, 'The demo')"
+    assert info["key"] == pretrain.shipped_key(model), "recipe changed: regenerate (docs/demo.md, 'What it runs')"
     assert os.path.getsize(path) < 1_000_000  # the small form (the full file is ~13 MB)
     state = pretrain.unpack(torch.load(path, weights_only=True), model)
     # the unused token rows are the seeded initialisation, drawn by torch's CPU normal_ kernel:

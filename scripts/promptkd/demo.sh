@@ -28,7 +28,7 @@
 # so the table does not depend on which finishes first. Progress lines carry the run's name.
 # Runs go to OUT/runs, which is cleared first, so a re-run gives the same numbers (seed 1).
 #
-# What the table shows and does not show, and timings: README.md, "The demo".
+# What the table shows and does not show, and timings: docs/demo.md.
 # Environment: PYTHON (default python); OUTPUT (default output, relative to the repository as
 # in the other scripts): OUT defaults to $OUTPUT/demo; DEMO_PRESET=fast (the test suite's
 # shorter pretraining, never shipped); DEMO_PRETRAIN=1 (pretrain rather than use the shipped
