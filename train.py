@@ -181,5 +181,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def cli(argv=None):
+    """`python train.py ARGV`: exits with 0, or 2 and `error: ...` for a user error. Also what a
+    forked child of a process that imported this module runs (promptkd.forked: the demo, tests)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    sys.argv = [sys.argv[0] if sys.argv else "train.py", *argv]  # main() logs them
+    run_cli(lambda: main(parse_args(argv)), argv)
+
+
 if __name__ == "__main__":
-    run_cli(lambda: main(parse_args()))
+    cli()
