@@ -12,9 +12,8 @@ Training: a batch of images with random labels, one caption each; the distinct c
 the batch are encoded once; the loss is CLIP's symmetric contrastive loss in which every
 caption that describes an image is its positive (image -> captions and caption -> images,
 soft targets); AdamW without weight decay,
-linear warm-up then cosine decay, learnable temperature clamped at 100. The probe in
-`notes/demo_world.md` found that image -> caption alone, or weight decay 0.1, stalls with one
-attribute learnt. Text is encoded on the shortest prefix that holds every caption's end token:
+linear warm-up then cosine decay, learnable temperature clamped at 100. In our trials
+the image -> caption loss alone, or AdamW weight decay 0.1, stalled with one attribute learnt. Text is encoded on the shortest prefix that holds every caption's end token:
 with CLIP's causal mask the end-token feature does not depend on later positions, so this is
 exactly `encode_text` at a fraction of the cost (tested).
 

@@ -94,7 +94,8 @@ class TeacherImageScorer(nn.Module):
 
 
 def load_published_student(student: PromptKDStudent, path: str, trusted: bool = False) -> None:
-    """Load a published PromptKD student (spec §3) into `student` in place: its backbone
+    """Load a published PromptKD student into `student` in place (key layout:
+    docs/running.md, "Published checkpoint layout"): its backbone
     weights, visual prompts, projector (1×1 convs -> linears) with BatchNorm stats, logit scale."""
     from .checkpoints import split_published_student
 
