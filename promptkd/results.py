@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
@@ -38,6 +39,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from tabulate import tabulate
+
+from .errors import run_cli
+from .io import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -825,10 +829,11 @@ def csv_rows(report: Report) -> list[dict]:
 
 
 def write_csv(report: Report, path: str | os.PathLike) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, restval="")
-        writer.writeheader()
-        writer.writerows(csv_rows(report))
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, restval="")
+    writer.writeheader()
+    writer.writerows(csv_rows(report))
+    atomic_write_text(path, handle.getvalue())
 
 
 def plot(report: Report, path: str | os.PathLike) -> bool:
@@ -887,7 +892,7 @@ def plot(report: Report, path: str | os.PathLike) -> bool:
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     return True
 
 
@@ -938,7 +943,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     outputs = [prefix.with_name(prefix.name + ".csv"), prefix.with_name(prefix.name + ".md")]
     write_csv(report, outputs[0])
-    outputs[1].write_text(text, encoding="utf-8")
+    atomic_write_text(outputs[1], text)
     if args.plot:
         png = prefix.with_name(prefix.name + ".png")
         if plot(report, png):
@@ -950,4 +955,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -94,8 +94,7 @@ class IVLPTeacher(PromptMethod):
 
 
 def load_published_teacher(model: IVLPTeacher, path: str, trusted: bool = False) -> None:
-    """Load a published PromptSRC/PromptKD teacher into `model` in place
-    (the key layout: docs/running.md, "Published checkpoint layout").
+    """Load a published PromptSRC/PromptKD teacher (key layout: docs/running.md) into `model` in place.
 
     The checkpoint's backbone weights replace the stock ones (its token-embedding table is
     not stored, so the stock table stays); prompt depths and n_ctx must match `model`.

@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 from promptkd import distributed as dist_
 from promptkd.backbones import RESIZE_MODES
-from promptkd.checkpoints import atomic_save, learnable_state_dict, load_file, load_learnable_state_dict
-from promptkd.errors import ConfigError, MissingFileError
+from promptkd.checkpoints import PUBLISHED_FIX, learnable_state_dict, load_learnable_state_dict
+from promptkd.errors import CheckpointError, ConfigError, MissingFileError
 from promptkd.evaluation import num_base_classes, predictions, report_from_predictions
+from promptkd.io import atomic_save, atomic_write_text, load_torch, read_text, remove_stale_tmp
 from promptkd.losses import check_finite
 from promptkd.rng import rng_state, set_rng_state
 from promptkd.schedule import build_lr_scheduler
@@ -38,6 +39,22 @@ logger = logging.getLogger("promptkd")
 
 MODEL_NAME = "VLPromptLearner"  # the folder name of the published checkpoints
 CHECKPOINT_FORMAT = "promptkd-dassl/1"
+POINTER_FILE = "checkpoint"  # Dassl's: the name of the latest checkpoint in the folder
+#: a full disk while checkpointing: the pointer still names the last complete checkpoint
+RESUME_FIX = "run the same train.py command again: it resumes from the last complete checkpoint."
+
+
+def checkpoint_fix(folder: str) -> str:
+    """What to do with a damaged checkpoint in `folder` (only training writes one)."""
+    return (f"Only training writes it again: delete it and write the name of an earlier complete checkpoint "
+            f"(model.pth.tar-N) into {os.path.join(folder, POINTER_FILE)}, or delete that file too to train from "
+            "scratch, then run the same train.py command again.")
+
+
+def pointer_fix(folder: str) -> str:
+    return (f"Write the name of the last complete checkpoint in {folder} into it (e.g. `echo model.pth.tar-N > "
+            f"{os.path.join(folder, POINTER_FILE)}`), or delete it to train from scratch; then run the same "
+            "train.py command again.")
 
 
 class PromptTrainer(TrainerX):
@@ -337,7 +354,7 @@ class PromptTrainer(TrainerX):
         dist_.barrier()
 
     def write_checkpoint(self, state, folder, name, model_name):
-        atomic_save(state, os.path.join(folder, name))
+        atomic_save(state, os.path.join(folder, name), fix=RESUME_FIX)
         if not model_name:
             previous = _read_pointer(folder)
             _write_pointer(folder, name)
@@ -350,9 +367,8 @@ class PromptTrainer(TrainerX):
 
     def resume_model_if_exist(self, directory):
         folder = os.path.join(directory, MODEL_NAME)
-        if os.path.isdir(folder) and dist_.is_main():  # a run killed while saving leaves its temp file behind
-            for stale in (f for f in os.listdir(folder) if f.startswith(".tmp-")):
-                _remove(os.path.join(folder, stale))
+        if dist_.is_main():  # a run killed while saving leaves its temp file behind
+            remove_stale_tmp(folder)
         name = _read_pointer(folder)
         if not name:
             logger.info("No checkpoint in %s: training from scratch", folder)
@@ -394,7 +410,8 @@ class PromptTrainer(TrainerX):
         self.load_checkpoint_file(path)
 
     def load_checkpoint_file(self, path: str):
-        ckpt = load_file(path, trusted=self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
+        fix = f"{checkpoint_fix(os.path.dirname(path))} A published checkpoint: {PUBLISHED_FIX}"
+        ckpt = load_torch(path, what="checkpoint", fix=fix, trusted=self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
         if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
             if ckpt.get("trainer") not in (None, self.cfg.TRAINER.NAME):
                 raise ConfigError(f"{path} was written by trainer {ckpt['trainer']}, not "
@@ -410,9 +427,10 @@ class PromptTrainer(TrainerX):
                           "cannot import it.")
 
     def _read_own(self, path: str) -> dict:
-        ckpt = load_file(path)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ConfigError(f"{path} is not a resumable checkpoint of this plugin.")
+        fix = checkpoint_fix(os.path.dirname(path))
+        ckpt = load_torch(path, what="checkpoint", fix=fix)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"{path} is not a resumable checkpoint of this plugin. {fix}")
         return ckpt
 
     # --- evaluation ---------------------------------------------------------------------------
@@ -475,21 +493,24 @@ def _allowed(key, value, allowed):
 
 
 def _read_pointer(folder: str) -> str | None:
-    path = os.path.join(folder, "checkpoint")
+    """The checkpoint the pointer file names (None without a pointer file). A pointer that is
+    empty, damaged or names a file that is not there is an error: resuming from scratch would
+    silently drop the epochs trained."""
+    path = os.path.join(folder, POINTER_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        name = f.readline().strip()
-    return name if name and os.path.isfile(os.path.join(folder, name)) else None
+    fix = pointer_fix(folder)
+    lines = read_text(path, what="checkpoint pointer file", fix=fix, error=CheckpointError).splitlines()
+    name = lines[0].strip() if lines else ""
+    if not name or os.path.basename(name) != name:
+        raise CheckpointError(f"{path} does not name a checkpoint file (it holds {name[:80]!r}). {fix}")
+    if not os.path.isfile(os.path.join(folder, name)):
+        raise CheckpointError(f"{path} names {name}, which is not in {folder}. {fix}")
+    return name
 
 
 def _write_pointer(folder: str, name: str) -> None:
-    tmp = os.path.join(folder, ".checkpoint.tmp")
-    with open(tmp, "w") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(folder, "checkpoint"))
+    atomic_write_text(os.path.join(folder, POINTER_FILE), name + "\n", fix=RESUME_FIX)
 
 
 def _remove(path: str) -> None:

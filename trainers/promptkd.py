@@ -190,7 +190,7 @@ class PromptKD(PromptTrainer):
         save_predictor(self.cfg, record)
 
     def load_published(self, path: str):
-        """A published PromptKD student (`VLPromptLearner/model*.pth.tar`; docs/running.md)."""
+        """A published PromptKD student (`VLPromptLearner/model*.pth.tar`; layout in docs/running.md)."""
         load_published_student(self.model, path, self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
         self.backbone_ref = {"kind": "published_student", "path": os.path.abspath(path)}
         logger.info("Loaded published PromptKD student %s (backbone weights from the checkpoint)", path)
