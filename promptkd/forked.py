@@ -168,7 +168,7 @@ def run(fn: Callable[[], object], timeout: float | None = None,
         while child in reader.open:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"the forked child ran past {timeout} s")
-            reader.step(0.2)
+            reader.step(0.01 if until is not None else 0.2)
             if until is not None and until(out["stdout"].decode("utf-8", "replace")):
                 child.kill()
                 break
