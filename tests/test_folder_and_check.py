@@ -141,7 +141,7 @@ def test_empty_dataset_folder_stops_training_with_a_user_error(tmp_path):
     """Without the check, Dassl fails on an empty train split with a bare "max() arg is an empty sequence"."""
     from datasets.common import NoImagesError
     (tmp_path / "dtd" / "images").mkdir(parents=True)
-    with pytest.raises(NoImagesError, match="DescribableTextures: no images found in .*DATASETS.md#describabletextures"):
+    with pytest.raises(NoImagesError, match="DescribableTextures: no images found in .*DATASETS.md#describable"):
         build_dataset(make_cfg(tmp_path, "dtd"))
 
 
