@@ -53,6 +53,10 @@ def require_path(path, dataset_name):
     return path
 
 
+class NoImagesError(MissingFileError):
+    """A dataset folder that holds no images at all (e.g. created but never filled)."""
+
+
 _MISSING = []  # stack of lists: inside `collect_missing_images()` missing images are recorded
 
 
@@ -426,6 +430,12 @@ class CoOpDataset(DatasetBase):
         require_path(self.dataset_dir, self.name)
         require_path(self.image_dir, self.name)
         train, val, test = self.load_split()
+        if not train:  # Dassl's DatasetBase would fail on it with a bare "max() arg is an empty sequence"
+            what = "no images found" if not (val or test) else "no training images found"
+            source = self.split_path if self.split_path and osp.isfile(self.split_path) else self.image_dir
+            fix = (f"list training images in it or delete it to rebuild the split from {self.image_dir}"
+                   if source == self.split_path else f"put the images there as described in {docs_anchor(self.name)}")
+            raise NoImagesError(f"{self.name}: {what} in {source}: {fix}.")
 
         num_shots = int(cfg.DATASET.NUM_SHOTS)
         if num_shots >= 1:
@@ -468,6 +478,8 @@ class CoOpDataset(DatasetBase):
         for rel in self.annotation_files:
             self.require(rel)
         train, val, test = self.build_split()
+        if not train:  # nothing to keep: no JSON, so the split is built once the images are there
+            return train, val, test
         if self.split_path and not write_split(train, val, test, self.split_path, self.image_dir):
             logger.info("%s was written by another run meanwhile: using it", self.split_path)
             return read_split(self.split_path, self.image_dir, self.name)
