@@ -2,8 +2,6 @@
 import json
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 
@@ -14,6 +12,7 @@ from dassl.data.datasets import build_dataset  # noqa: E402
 import datasets  # noqa: E402,F401
 from datasets import check  # noqa: E402
 from promptkd.errors import ConfigError  # noqa: E402
+from tests.cli import python_m  # noqa: E402
 from tests.fake_data import MAKERS, _folder_per_class, make_all  # noqa: E402
 from tests.test_datasets import EXPECTED_CLASSNAMES, make_cfg  # noqa: E402
 
@@ -109,8 +108,7 @@ def test_check_reports_truncated_and_missing_images(tmp_path, capsys):
     jpeg.write_bytes(jpeg.read_bytes()[:300])  # a truncated JPEG: opens, fails to decode
     gone = tmp_path / "mine" / "eel" / "eel_0002.jpg"
     gone.unlink()  # listed by the split JSON written above, now missing
-    proc = subprocess.run([sys.executable, "-m", "datasets.check", "--root", str(tmp_path), "DescribableTextures",
-                           "mine", "--workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = python_m("datasets.check", ["--root", tmp_path, "DescribableTextures", "mine", "--workers", "2"], cwd=REPO)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"unreadable: {jpeg}" in proc.stdout and f"missing: {gone}" in proc.stdout
     # each header and the closing line say which problem, missing and unreadable apart

@@ -21,6 +21,7 @@ from dassl.utils import set_random_seed  # noqa: E402
 from promptkd.checkpoints import load_file  # noqa: E402
 from promptkd.class_vectors import ClassVectors, class_vectors_file  # noqa: E402
 from promptkd.errors import CheckpointError, ConfigError  # noqa: E402
+from tests.cli import train_py  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -338,15 +339,13 @@ def test_missing_dataset_root_and_typo_in_config_file(data_root, clip_files, tea
 
 # --- the command line -----------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_cli_seed_zero_fresh_log_and_result_line(data_root, clip_files, teacher_run, tmp_path):
     """Two runs of the same command line: the first prints the RESULT line, the second resumes
     from the first one's checkpoint and moves the first log aside."""
     out = str(tmp_path)
-    args = [sys.executable, os.path.join(ROOT, "train.py"), *student_args(
-        data_root, clip_files, out, teacher_run["export"], epochs=1)]
+    args = student_args(data_root, clip_files, out, teacher_run["export"], epochs=1)
     args[args.index("--seed") + 1] = "0"
-    procs = [subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300) for _ in range(2)]
+    procs = [train_py(args) for _ in range(2)]
     for proc in procs:
         assert proc.returncode == 0, proc.stderr[-2000:]
     line = next(l for l in procs[0].stdout.splitlines() if l.startswith("RESULT "))
@@ -383,7 +382,6 @@ def test_student_resume_is_exact(data_root, clip_files, teacher_run, tmp_path):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(clip_files, teacher_run, tmp_path_factory):
     import signal
-    import time
     root = str(tmp_path_factory.mktemp("bigger"))
     make_dtd(root, n_classes=5, per_class=40)  # enough batches per epoch to kill mid-run
     export = str(tmp_path_factory.mktemp("export"))
@@ -392,19 +390,13 @@ def test_killed_run_resumes_to_the_same_weights(clip_files, teacher_run, tmp_pat
         shutil.copy(os.path.join(teacher_run["export"], f), export)
 
     def command(out):
-        return [sys.executable, os.path.join(ROOT, "train.py"),
-                *student_args(root, clip_files, out, export, "TEST.NO_TEST", "True", epochs=2)]
+        return student_args(root, clip_files, out, export, "TEST.NO_TEST", "True", epochs=2)
     whole, cut = str(tmp_path_factory.mktemp("whole")), str(tmp_path_factory.mktemp("cut"))
-    assert subprocess.run(command(whole), cwd=ROOT, capture_output=True, timeout=600).returncode == 0
-    proc = subprocess.Popen(command(cut), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert train_py(command(whole)).returncode == 0
     first = os.path.join(cut, "VLPromptLearner", "checkpoint")  # written once model.pth.tar-1 is complete
-    deadline = time.time() + 300
-    while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = train_py(command(cut), until=lambda _: os.path.exists(first))  # SIGKILL as soon as it is there
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    again = subprocess.run(command(cut), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = train_py(command(cut))
     assert again.returncode == 0, again.stderr[-2000:]
     assert "Resumed from" in open(os.path.join(cut, "log.txt")).read()
     assert not [f for f in os.listdir(os.path.join(cut, "VLPromptLearner")) if f.startswith(".tmp-")]
@@ -434,15 +426,18 @@ def test_fp16_teacher_exports_the_fp32_class_vectors(data_root, clip_files, tmp_
 
 @pytest.mark.slow
 def test_cli_user_error_without_traceback(data_root, clip_files, tmp_path):
+    """`python train.py` itself (a new interpreter, through the `__main__` shim): error: and
+    exit 2 without a traceback; --debug shows it; a misspelt key is named."""
     args = [sys.executable, os.path.join(ROOT, "train.py"), *student_args(
         data_root, clip_files, str(tmp_path), str(tmp_path / "no_teacher"))]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: No class-vector file at {tmp_path / 'no_teacher'}")
     assert "teacher_train.sh" in proc.stderr  # says how to make it
-    proc = subprocess.run(args[:2] + ["--debug"] + args[2:], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # the rest as forked children of this process (tests/cli.py): the same code after the shim
+    proc = train_py(["--debug", *args[2:]])
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "MissingFileError" in proc.stderr
-    typo = subprocess.run(args + ["TRAINER.PROMPTKD.KD_WEIGTH", "1"], cwd=ROOT, capture_output=True, text=True)
+    typo = train_py(args[2:] + ["TRAINER.PROMPTKD.KD_WEIGTH", "1"])
     assert typo.returncode == 2 and "KD_WEIGTH" in typo.stderr and "Traceback" not in typo.stderr
 
 
@@ -576,19 +571,17 @@ def test_eval_only_needs_a_checkpoint_unless_nothing_is_trained(data_root, clip_
     assert {"base", "novel", "hm"} <= set(zero_shot.last_report)
 
 
-@pytest.mark.slow
 def test_cli_unknown_trainer_and_eval_only_without_model_dir(data_root, clip_files, teacher_run, tmp_path):
     """The real command line: `error: ...`, exit 2, no traceback (not Dassl's list of its own trainers)."""
-    args = [sys.executable, os.path.join(ROOT, "train.py"), *student_args(
-        data_root, clip_files, str(tmp_path), teacher_run["export"])]
+    args = student_args(data_root, clip_files, str(tmp_path), teacher_run["export"])
     typo = list(args)
     typo[typo.index("--trainer") + 1] = "PromptDK"
-    proc = subprocess.run(typo, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = train_py(typo)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: Unknown trainer 'PromptDK' (--trainer / TRAINER.NAME). Did you mean "
                                   "'PromptKD'?")
     assert "Vanilla" not in proc.stderr  # Dassl's own trainers are not offered
-    proc = subprocess.run(args[:2] + ["--eval-only"] + args[2:], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = train_py(["--eval-only", *args])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: --eval-only needs --model-dir: PromptKD learns its weights")
 
