@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the script tests)")
 
 from tests.fake_data import make_dtd, make_imagenet, make_imagenet_a  # noqa: E402
+from tests.pyserver import python_server  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,8 @@ def env(tmp_path_factory, clip_files):
     make_dtd(str(data), n_classes=5, per_class=10)
     make_imagenet(str(data), n_classes=5, per_class=6)
     make_imagenet_a(str(data), n_classes=3, per_class=3)
-    return {**os.environ, "DATA": str(data), "OUTPUT": str(root / "output"), "PYTHON": sys.executable}
+    # PYTHON forks this process (tests/pyserver.py); one test below runs the real interpreter
+    return {**os.environ, "DATA": str(data), "OUTPUT": str(root / "output"), "PYTHON": python_server(str(root))}
 
 
 def teacher_opts(clip_files, *extra):
@@ -64,7 +66,8 @@ def test_base2new_one_command_trains_the_missing_teacher_first(env, clip_files):
                             "--seeds", "1"], cwd=ROOT, capture_output=True, text=True)
     assert table.returncode == 0 and "DTD" in table.stdout and "PromptKD" in table.stdout
     missing = subprocess.run(["bash", os.path.join(ROOT, "scripts/promptkd/base2new_train.sh"), "dtd", "1", *student],
-                             env={**env, "TEACHER_DIR": "/nonexistent/export"}, capture_output=True, text=True)
+                             env={**env, "TEACHER_DIR": "/nonexistent/export", "PYTHON": sys.executable},
+                             capture_output=True, text=True)  # the real interpreter, as a user runs it
     assert missing.returncode == 2 and "error: No class-vector file at /nonexistent/export" in missing.stderr
     assert "Traceback" not in missing.stderr
 
