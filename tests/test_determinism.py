@@ -59,7 +59,7 @@ def test_train_py_follows_the_key(backends, monkeypatch):
     monkeypatch.setattr(determinism, "configure", lambda flag, use_cuda=True: seen.append((flag, use_cuda)))
     monkeypatch.setattr(train, "build_trainer", lambda cfg: (_ for _ in ()).throw(SystemExit("stop")))
     monkeypatch.setattr(train, "setup_logging", lambda out: None)
-    args = train.parse_args(["--root", ".", "--trainer", "PromptKD", "DATASET.NAME", "DescribableTextures",
+    args = train.parse_args(["--root", ".", "--trainer", "PromptKD", "DATASET.NAME", "DescribableTextures", "MODEL.BACKBONE.NAME", "ViT-B/16",
                              "TRAIN.DETERMINISTIC", "True", "USE_CUDA", "False"])
     with pytest.raises(SystemExit, match="stop"):
         train.main(args)
