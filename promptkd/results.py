@@ -67,7 +67,9 @@ def display_name(dataset: str) -> str:
 
 def harmonic_mean(base: float, novel: float) -> float:
     """HM = 2·B·N / (B + N); 0 when both are 0; NaN when either is unknown."""
-    return math.nan if pd.isna(base) or pd.isna(novel) else 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
+    if pd.isna(base) or pd.isna(novel):
+        return math.nan
+    return 0.0 if base + novel == 0 else 2.0 * base * novel / (base + novel)
 
 
 def _order(dataset) -> tuple:
@@ -194,7 +196,7 @@ def parse_log(path) -> Run:
                if k in METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)}
     if "hm" not in metrics and {"base", "novel"} <= set(metrics):
         metrics["hm"] = harmonic_mean(metrics["base"], metrics["novel"])
-    seed, trainer, dataset = str(identity.get("seed")).strip(), identity.get("trainer") or "", identity.get("dataset") or ""
+    seed, trainer, dataset = str(identity.get("seed")).strip(), *(identity.get(k) or "" for k in ("trainer", "dataset"))
     return Run(path, status, _PROTOCOLS.get(_norm(identity.get("protocol")), identity.get("protocol")),
                _TRAINERS.get(trainer.lower(), trainer) or None, _DATASETS.get(_norm(dataset), dataset) or None,
                int(seed) if seed.lstrip("-").isdigit() else None, metrics, identity.get("selection"),
@@ -348,7 +350,8 @@ def _short(report: Report, protocol, method, avg) -> str:
 def _base2novel_table(report: Report, e: int) -> Table | None:
     rows = []
     for method in report.methods(BASE2NOVEL):
-        for (_, _, dataset), g in report.groups[[k[:2] == (BASE2NOVEL, method) for k in report.groups.index]].iterrows():
+        mine = report.groups[[k[:2] == (BASE2NOVEL, method) for k in report.groups.index]]
+        for (_, _, dataset), g in mine.iterrows():
             rows.append([method, display_name(dataset), _cell(g, "base", e), _cell(g, "novel", e),
                          _cell(g, "hm", e, column="hm_of_means"), _cell(g, "hm", e), f"{g.n}/{e}", ""])
         if (avg := report.average(BASE2NOVEL, method)) is not None:  # none off the 11 datasets (the demo's toy data)
@@ -401,7 +404,8 @@ def format_tables(report: Report) -> list[Table]:
                                         compare.format("HM of the mean base and mean novel accuracy")),
         _matrix(report, CROSS, _columns(report, CROSS), lambda g: _cell(g, "accuracy", e), "accuracy", "Average (10)",
                 "Cross-dataset and domain generalisation", "Accuracy, " + STD_CAPTION + " Source ImageNet, the 10 "
-                "cross-dataset targets, their average (only when all 10 are present), then domain generalisation.", True),
+                "cross-dataset targets, their average (only when all 10 are present), then domain generalisation.",
+                short=True),
         several[CROSS] and _matrix(report, CROSS, [d for d in _columns(report, CROSS) if d != "__avg__"] + ["__avg__"],
                                    acc, "accuracy", "Average (10)", "Comparison, cross-dataset",
                                    compare.format("mean accuracy")),

@@ -478,9 +478,9 @@ class PromptTrainer(TrainerX):
         logger.info("RESULT %s", json.dumps(line))
         self.last_report = report
         if self.run_record is not None:
-            records.write_result(self.cfg, self.run_record, {k: line[k] for k in keys}, split="test", n_images=report["n"],
-                                 classes=len(self.all_classnames), base_classes=self.num_base, epoch=self.model_epoch,
-                                 checkpoint=self.checkpoint)
+            records.write_result(self.cfg, self.run_record, {k: line[k] for k in keys}, split="test",
+                                 n_images=report["n"], classes=len(self.all_classnames), base_classes=self.num_base,
+                                 epoch=self.model_epoch, checkpoint=self.checkpoint)
 
 
 def _allowed(key, value, allowed):
