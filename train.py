@@ -19,6 +19,8 @@ import sys
 import time
 import warnings
 
+import yaml
+from yacs.config import CfgNode as CN
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
@@ -34,7 +36,8 @@ import trainers.promptkd  # noqa: E402,F401  (registers PromptKD)
 import trainers.baselines  # noqa: E402,F401  (registers the baselines)
 import trainers.promptkd_teacher  # noqa: E402,F401  (registers PromptKDTeacher)
 from promptkd.errors import ConfigError, MissingFileError, run_cli  # noqa: E402
-from trainers.config import extend_cfg  # noqa: E402
+from trainers.config import AUTO_NUMBER_KEYS, extend_cfg, kd_weight  # noqa: E402
+from trainers.names import check_names, closest_matches  # noqa: E402
 from promptkd import determinism, distributed, records  # noqa: E402
 
 logger = logging.getLogger("promptkd")
@@ -96,29 +99,123 @@ def reset_cfg(cfg, args):
         cfg.MODEL.HEAD.NAME = args.head
 
 
-def _merge(cfg, source: str, merge):
+# --- merging YAML files and KEY VALUE options ---------------------------------------------
+# yacs's own messages ("Non-existent key", "Type mismatch (<class 'float'> vs. ...)") name
+# no fix; every key and value is checked here first, so a refusal names the file or the
+# command line, the key, the value and the closest existing key (difflib).
+
+KEYS_HINT = "Dassl's keys are in dassl/config/defaults.py, the ones this plugin adds in trainers/config.py"
+
+
+def _all_keys(node, prefix=""):
+    for k, v in node.items():
+        yield prefix + k
+        if isinstance(v, CN):
+            yield from _all_keys(v, f"{prefix}{k}.")
+
+
+def _unknown_key(cfg, source: str, key: str) -> ConfigError:
+    known = list(_all_keys(cfg))
+    leaf = key.rsplit(".", 1)[-1]
+    options = closest_matches(key, known)
+    options += [k for k in known if k.rsplit(".", 1)[-1] == leaf and k not in options]  # PROMPTKD.KD_WEIGHT
+    hint = (f"Did you mean {' or '.join(options[:3])}?" if options else "No key is close to it.")
+    return ConfigError(f"{source}: unknown config key {key}. {hint} ({KEYS_HINT}.)")
+
+
+def _node(cfg, source: str, key: str):
+    """What `key` holds in `cfg` (a value or a group), or a ConfigError naming the closest keys."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, CN) or part not in node:
+            raise _unknown_key(cfg, source, key)
+        node = node[part]
+    return node
+
+
+def _leaf(cfg, source: str, key: str):
+    """The current value of `key`, or a ConfigError for a key that does not exist / is a group."""
+    node = _node(cfg, source, key)
+    if isinstance(node, CN):
+        some = ", ".join(f"{key}.{k}" for k in list(node)[:3])
+        raise ConfigError(f"{source}: {key} is a group of keys, not a key: set the keys in it ({some}, ...).")
+    return node
+
+
+def _coerce(key: str, value, current):
+    """`value` (decoded as yacs decodes it) in the type of the key, where the intent is clear:
+    a number for an `auto`-or-number key is kept as its string, an int for a float key is a
+    float, a number for a string key is its string, true / false for a bool key."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key in AUTO_NUMBER_KEYS and number:
+        return str(value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, str) and number:
+        return str(value)
+    if isinstance(current, bool) and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
+
+
+def _set(cfg, source: str, key: str, raw):
+    current = _leaf(cfg, source, key)
+    value = _coerce(key, CN._decode_cfg_value(raw), current)
+    try:  # yacs decodes a string again: give it the string's literal
+        cfg.merge_from_list([key, repr(value) if isinstance(value, str) else value])
+    except ValueError:  # yacs: the type differs from the key's
+        shown = raw if isinstance(raw, str) else repr(raw)
+        raise ConfigError(f"{source}: {key} {shown}: the key takes {_a(current)} (e.g. {current!r}), not "
+                          f"{_a(value)}.") from None
+    except (KeyError, AssertionError) as err:  # yacs: a renamed / deprecated key
+        raise ConfigError(f"{source}: {key}: {err.args[0] if err.args else err}") from None
+
+
+def _a(value) -> str:
+    name = {"str": "string", "int": "integer", "bool": "boolean (True or False)", "CfgNode": "group of keys"}.get(
+        type(value).__name__, type(value).__name__)
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def _file_items(cfg, source: str, node, prefix=""):
+    """(full key, value) of every leaf a YAML mapping sets (groups are walked into)."""
+    for k, v in node.items():
+        key = prefix + str(k)
+        if isinstance(v, dict) and isinstance(_node(cfg, source, key), CN):
+            yield from _file_items(cfg, source, v, key + ".")
+        else:
+            yield key, v
+
+
+def merge_file(cfg, path: str):
+    if not os.path.isfile(path):
+        raise MissingFileError(f"config file {path} does not exist.")
     try:
-        merge()
-    except (KeyError, AssertionError) as err:  # yacs: unknown key (file / command line), odd list
-        message = err.args[0] if err.args else str(err)
-        hint = ("Check the key's spelling; the keys this plugin adds are in trainers/config.py."
-                if "xistent" in message else "Options are KEY VALUE pairs.")
-        raise ConfigError(f"{source}: {message}. {hint}") from None
-    except ValueError as err:
-        raise ConfigError(f"{source}: {err}. Give the value in the key's type "
-                          "(e.g. 200.0 for a float key).") from None
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if loaded is None:
+        return
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys (KEY: value), not a {type(loaded).__name__}.")
+    for key, value in list(_file_items(cfg, path, loaded)):
+        _set(cfg, path, key, value)
 
 
-def _ints_as_floats(cfg, opts):
-    """`KEY 200` for a float key means 200.0 (yacs would refuse the int)."""
+def merge_opts(cfg, opts):
+    source = "command-line options"
     opts = list(opts or [])
-    for i in range(0, len(opts) - 1, 2):
-        node = cfg
-        for part in opts[i].split("."):
-            node = node.get(part) if hasattr(node, "get") else None
-        if isinstance(node, float) and opts[i + 1].lstrip("+-").isdigit():
-            opts[i + 1] += ".0"
-    return opts
+    for i in range(0, len(opts), 2):
+        key = opts[i]
+        if key.startswith("-"):
+            raise ConfigError(f"{source}: '{key}' is a train.py option, but it comes after the first KEY VALUE pair, "
+                              "where every word is read as KEY VALUE: put train.py's --options before the KEY VALUE "
+                              "pairs.")
+        _leaf(cfg, source, key)
+        if i + 1 == len(opts):
+            raise ConfigError(f"{source}: {key} has no value; options are KEY VALUE pairs.")
+        _set(cfg, source, key, opts[i + 1])
 
 
 def setup_cfg(args):
@@ -126,11 +223,11 @@ def setup_cfg(args):
     extend_cfg(cfg)
     for path in (args.dataset_config_file, args.config_file):
         if path:
-            if not os.path.isfile(path):
-                raise MissingFileError(f"config file {path} does not exist.")
-            _merge(cfg, path, lambda p=path: cfg.merge_from_file(p))
+            merge_file(cfg, path)
     reset_cfg(cfg, args)
-    _merge(cfg, "command-line options", lambda: cfg.merge_from_list(_ints_as_floats(cfg, args.opts)))
+    merge_opts(cfg, args.opts)
+    check_names(cfg)  # trainer, dataset and backbone, before Dassl looks them up
+    kd_weight(cfg)  # a bad TRAINER.PROMPTKD.KD_WEIGHT stops here, before anything is built
     cfg.freeze()
     return cfg
 
@@ -184,5 +281,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def cli(argv=None):
+    """`python train.py ARGV`: exits with 0, or 2 and `error: ...` for a user error. Also what a
+    forked child of a process that imported this module runs (promptkd.forked: the demo, tests)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    sys.argv = [sys.argv[0] if sys.argv else "train.py", *argv]  # main() logs them
+    run_cli(lambda: main(parse_args(argv)), argv)
+
+
 if __name__ == "__main__":
-    run_cli(lambda: main(parse_args()))
+    cli()

@@ -8,8 +8,10 @@ DATA (read as an ImageFolder, ``configs/datasets/folder.yaml``). Each dataset is
 own loader exactly as training builds it (all classes, no few-shot subset; a split JSON that
 does not exist yet is written, as the first training run would), then every listed image is
 opened and fully decoded (PIL ``load()``, so truncated files are caught). Printed per dataset
-and split: classes, images, missing and unreadable files, then the paths of the bad files.
-Exit code 0 only if every image of every dataset reads; 1 otherwise (2 for a usage error).
+and split: classes, images, missing and unreadable files, then the paths of the bad files; the
+last line names each dataset with a problem and what it is (no images found, cannot be loaded,
+N images missing, N unreadable). Exit code 0 only if every image of every dataset reads; 1
+otherwise (2 for a usage error).
 """
 from __future__ import annotations
 
@@ -131,6 +133,7 @@ def main(argv=None) -> int:
 
     logging.disable(logging.NOTSET)
     import datasets  # noqa: F401  (registers the loaders)
+    from datasets.common import NoImagesError
     from promptkd.errors import MissingFileError
 
     root = osp.abspath(osp.expanduser(args.root))
@@ -145,29 +148,59 @@ def main(argv=None) -> int:
     report_log.setLevel(logging.INFO)
     report_log.propagate = False
     try:
-        all_ok = True
+        problems = []  # (dataset, what happened), for the closing summary
         for name, cfg in zip(args.datasets, cfgs):
             try:
                 report = check_dataset(cfg, args.workers)
+            except NoImagesError as err:  # an empty dataset folder
+                if args.debug:
+                    raise
+                report_log.info("\n%s: no images found: %s", name, err)
+                problems.append((name, "no images found"))
+                continue
             except Exception as err:  # a loader's own error: missing folder or annotation file, ...
                 if args.debug:
                     raise
                 report_log.info("\n%s: cannot be loaded: %s", name, err)
-                all_ok = False
+                problems.append((name, "cannot be loaded"))
                 continue
-            ok = not report["missing"] and not report["unreadable"]
-            all_ok &= ok
-            report_log.info("%s", render(report, ok))
-        report_log.info("\nall datasets read" if all_ok else "\nsome images are missing or unreadable (see above)")
+            status = outcome(report)
+            if status != ALL_READ:
+                problems.append((name, status))
+            report_log.info("%s", render(report, status))
+        report_log.info("\n%s", summary(problems))
     finally:
         report_log.removeHandler(out)
-    return 0 if all_ok else 1
+    return 1 if problems else 0
 
 
-def render(report: dict, ok: bool) -> str:
+ALL_READ = "all images read"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what.replace('image', 'images')}"
+
+
+def outcome(report: dict) -> str:
+    """What happened to one dataset: all read, or how many images are missing / unreadable."""
+    parts = []
+    if report["missing"]:
+        parts.append(_count(len(report["missing"]), "image missing"))
+    if report["unreadable"]:
+        parts.append(_count(len(report["unreadable"]), "image unreadable"))
+    return ", ".join(parts) or ALL_READ
+
+
+def summary(problems: list) -> str:
+    """The closing line: every dataset read, or what went wrong with which."""
+    if not problems:
+        return "all datasets read"
+    return "problems (details above): " + "; ".join(f"{name}: {what}" for name, what in problems)
+
+
+def render(report: dict, status: str) -> str:
     """One dataset's report: header, per-split table, then the bad files."""
-    lines = [f"\n{report['name']} ({report['folder']}): {report['classes']} classes, "
-             f"{'all images read' if ok else 'PROBLEMS'}",
+    lines = [f"\n{report['name']} ({report['folder']}): {report['classes']} classes, {status}",
              tabulate(report["rows"], headers=["split", "classes", "images", "missing", "unreadable"],
                       tablefmt="github")]
     lines += [f"missing: {path}" for path in report["missing"]]

@@ -13,27 +13,25 @@ Every loader in this package follows the same flow (see `CoOpDataset`):
 The on-disk formats (split JSON, few-shot pickle) are the ones CoOp writes, so a data folder
 prepared for CoOp / CoCoOp / MaPLe / PromptSRC works unchanged, in both directions.
 """
-import json
 import logging
 import math
 import os
 import os.path as osp
 import pickle
 import random
-import tempfile
 from collections import OrderedDict, defaultdict
 from contextlib import contextmanager
 
 import numpy as np
 from dassl.data.datasets import DatasetBase, Datum
 
-from promptkd.errors import ConfigError, MissingFileError
+from promptkd.errors import ConfigError, DataError, MissingFileError
+from promptkd.io import IMAGE_EXTENSIONS, atomic_write, atomic_write_json, load_json, load_pickle
 
 logger = logging.getLogger(__name__)
 
 SUBSAMPLE_CHOICES = ("all", "base", "new")
 DOCS_FILE = "DATASETS.md"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 # ----------------------------------------------------------------------------------------
@@ -53,6 +51,10 @@ def require_path(path, dataset_name):
             f"folder that holds the dataset folders)."
         )
     return path
+
+
+class NoImagesError(MissingFileError):
+    """A dataset folder that holds no images at all (e.g. created but never filled)."""
 
 
 _MISSING = []  # stack of lists: inside `collect_missing_images()` missing images are recorded
@@ -141,57 +143,20 @@ def mat_int(value):
 # ----------------------------------------------------------------------------------------
 # atomic writes
 # ----------------------------------------------------------------------------------------
-def _publish_replace(tmp, path):
-    os.replace(tmp, path)
-    return True
-
-
-def _publish_once(tmp, path):
-    """Move `tmp` to `path` unless `path` exists; False if another writer got there first."""
-    try:
-        os.link(tmp, path)  # atomic and fails if `path` exists
-    except FileExistsError:
-        return False
-    except OSError:  # a file system without hard links
-        if osp.exists(path):
-            return False
-        os.replace(tmp, path)
-        return True
-    os.remove(tmp)
-    return True
-
-
-def _atomic_write(path, write_fn, mode, publish=_publish_replace):
-    """Write through a temporary file in the same folder, then publish it as `path`.
-
-    A crash or a concurrent reader never sees a half-written file. Returns what `publish`
-    returns (True when the file at `path` is the one just written).
-    """
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + osp.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write_fn(f)
-        return publish(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-
-
 def write_json_atomic(obj, path, exclusive=False):
-    """Write JSON atomically; with `exclusive` only if no file is there yet (returns False
-    when another process wrote it first)."""
-    return _atomic_write(
-        path,
-        lambda f: json.dump(obj, f, indent=4, separators=(",", ": ")),
-        "w",
-        publish=_publish_once if exclusive else _publish_replace,
-    )
+    """Write JSON atomically (`promptkd.io.atomic_write`); with `exclusive` only if no file is
+    there yet (returns False when another process wrote it first)."""
+    return atomic_write_json(path, obj, exclusive=exclusive, indent=4, separators=(",", ": ")) is not None
 
 
 def write_pickle_atomic(obj, path):
-    _atomic_write(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL), "wb")
+    atomic_write(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def split_fix(dataset_name):
+    """What to do with a damaged split JSON."""
+    return (f"Download it again as described in {docs_anchor(dataset_name)}, or delete it: the split is then "
+            f"rebuilt from the raw files (which may differ from CoOp's published split).")
 
 
 # ----------------------------------------------------------------------------------------
@@ -204,8 +169,10 @@ def read_split(filepath, path_prefix, dataset_name):
     Returns the lists of Datum (train, val, test).
     """
     logger.info("Reading split from %s", filepath)
-    with open(filepath, "r", encoding="utf-8") as f:
-        split = json.load(f)
+    fix = split_fix(dataset_name)
+    split = load_json(filepath, what=f"{dataset_name} split file (JSON)", fix=fix)
+    if not all(isinstance(split.get(k), list) for k in ("train", "val", "test")):
+        raise DataError(f"{filepath} is not a split file: it needs lists 'train', 'val' and 'test'. {fix}")
 
     def convert(items):
         return [
@@ -368,8 +335,11 @@ def load_or_make_fewshot(dataset, train, val, num_shots, seed, cache_dir, fewsho
     path = osp.join(cache_dir, f"shot_{num_shots}-seed_{seed}.pkl")
     if osp.isfile(path):
         logger.info("Loading few-shot data from %s", path)
-        with open(path, "rb") as f:
-            data = pickle.load(f)
+        fix = ("Delete it: the next run draws the few-shot subset again (it depends only on the split, the "
+               "number of shots and the seed).")
+        data = load_pickle(path, what="few-shot cache", fix=fix)
+        if not isinstance(data, dict) or not isinstance(data.get("train"), list):
+            raise DataError(f"{path} is not a few-shot cache (a dict with a 'train' list). {fix}")
         cached_val = data.get("val") if fewshot_val else None
         if _all_files_exist(data["train"]) and _all_files_exist(cached_val or []):
             return data["train"], (cached_val if cached_val is not None else val)
@@ -460,6 +430,12 @@ class CoOpDataset(DatasetBase):
         require_path(self.dataset_dir, self.name)
         require_path(self.image_dir, self.name)
         train, val, test = self.load_split()
+        if not train:  # Dassl's DatasetBase would fail on it with a bare "max() arg is an empty sequence"
+            what = "no images found" if not (val or test) else "no training images found"
+            source = self.split_path if self.split_path and osp.isfile(self.split_path) else self.image_dir
+            fix = (f"list training images in it or delete it to rebuild the split from {self.image_dir}"
+                   if source == self.split_path else f"put the images there as described in {docs_anchor(self.name)}")
+            raise NoImagesError(f"{self.name}: {what} in {source}: {fix}.")
 
         num_shots = int(cfg.DATASET.NUM_SHOTS)
         if num_shots >= 1:
@@ -502,6 +478,8 @@ class CoOpDataset(DatasetBase):
         for rel in self.annotation_files:
             self.require(rel)
         train, val, test = self.build_split()
+        if not train:  # nothing to keep: no JSON, so the split is built once the images are there
+            return train, val, test
         if self.split_path and not write_split(train, val, test, self.split_path, self.image_dir):
             logger.info("%s was written by another run meanwhile: using it", self.split_path)
             return read_split(self.split_path, self.image_dir, self.name)

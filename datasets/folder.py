@@ -15,18 +15,26 @@ ratio layout's name holds the ratios and seed, so changing them builds a new spl
 to rebuild after adding images. Few-shot subsets and SUBSAMPLE_CLASSES work as for the others.
 """
 import logging
+import os
 import os.path as osp
 import random
 
 from dassl.data.datasets import DATASET_REGISTRY
 
-from .common import (CoOpDataset, list_images, list_subdirs, read_lines, split_by_percentage,
-                     split_trainval)
+from promptkd.errors import MissingFileError
+
+from .common import (IMAGE_EXTENSIONS, CoOpDataset, NoImagesError, list_images, list_subdirs, read_lines,
+                     split_by_percentage, split_trainval)
 
 logger = logging.getLogger(__name__)
 
 SPLIT_FOLDERS = ("train", "val", "test")
 CLASSNAMES_FILE = "classnames.txt"
+
+
+def _holds_images(folder):
+    """Whether any image file lies anywhere below `folder`."""
+    return any(f.lower().endswith(IMAGE_EXTENSIONS) for _, _, files in os.walk(folder) for f in files)
 
 
 def _config_error(message):
@@ -92,8 +100,10 @@ class ImageFolder(CoOpDataset):
             return self._from_split_folders()
         folders = list_subdirs(self.image_dir)
         if not folders:
-            raise FileNotFoundError(f"ImageFolder: {self.image_dir} has no class folders; expected "
-                                    "<class>/<image> or train/<class>/<image> and test/<class>/<image>.")
+            layout = "expected <class>/<image> or train/<class>/<image> and test/<class>/<image>"
+            if not _holds_images(self.image_dir):
+                raise NoImagesError(f"ImageFolder: no images found in {self.image_dir}; {layout}.")
+            raise MissingFileError(f"ImageFolder: {self.image_dir} has no class folders; {layout}.")
         names = self.classnames_for(folders)
         groups = [(label, names[f], [osp.join(self.image_dir, f, i) for i in list_images(osp.join(self.image_dir, f))])
                   for label, f in enumerate(folders)]
@@ -107,7 +117,10 @@ class ImageFolder(CoOpDataset):
         present = [s for s in SPLIT_FOLDERS if osp.isdir(self.path(s))]
         folders = sorted({f for s in present for f in list_subdirs(self.path(s))})
         if not folders:
-            raise FileNotFoundError(f"ImageFolder: {self.path('train')} has no class folders.")
+            if not _holds_images(self.dataset_dir):
+                raise NoImagesError(f"ImageFolder: no images found in {self.dataset_dir}; expected "
+                                    "train/<class>/<image> and test/<class>/<image>.")
+            raise MissingFileError(f"ImageFolder: {self.path('train')} has no class folders.")
         names = self.classnames_for(folders)
         label = {f: i for i, f in enumerate(folders)}
         splits = {}

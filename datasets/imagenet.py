@@ -6,9 +6,11 @@ Scanning 1.28M files is slow, so the full lists are cached in ``imagenet/preproc
 """
 import logging
 import os.path as osp
-import pickle
 
 from dassl.data.datasets import DATASET_REGISTRY
+
+from promptkd.errors import DataError
+from promptkd.io import load_pickle
 
 from .common import CoOpDataset, read_classnames, read_wnid_folders, write_pickle_atomic
 
@@ -28,8 +30,11 @@ class ImageNet(CoOpDataset):
         preprocessed = self.path("preprocessed.pkl")
         if osp.isfile(preprocessed):
             logger.info("Loading preprocessed ImageNet lists from %s", preprocessed)
-            with open(preprocessed, "rb") as f:
-                data = pickle.load(f)
+            fix = "Delete it: the next run scans the image folders again and writes it anew."
+            data = load_pickle(preprocessed, what="preprocessed ImageNet list", fix=fix)
+            if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("train", "test")):
+                raise DataError(f"{preprocessed} is not a preprocessed ImageNet list (a dict with 'train' and "
+                                f"'test' lists). {fix}")
             train, test = data["train"], data["test"]
             # a cache written before the data folder was moved lists paths that are gone
             if all(osp.isfile(split[0].impath) for split in (train, test) if split):

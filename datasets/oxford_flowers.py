@@ -1,11 +1,12 @@
 """Oxford 102 Flowers (CoOp layout: ``oxford_flowers/jpg/image_%05d.jpg``)."""
-import json
 import os.path as osp
 
 from dassl.data.datasets import DATASET_REGISTRY
 from scipy.io import loadmat
 
-from .common import CoOpDataset, split_by_percentage
+from promptkd.io import load_json
+
+from .common import CoOpDataset, docs_anchor, split_by_percentage
 
 
 @DATASET_REGISTRY.register()
@@ -20,8 +21,8 @@ class OxfordFlowers(CoOpDataset):
     def build_split(self):
         # imagelabels.mat["labels"]: the 1-based class of image_00001.jpg, image_00002.jpg, ...
         labels = loadmat(self.path("imagelabels.mat"))["labels"].ravel()
-        with open(self.path("cat_to_name.json"), "r", encoding="utf-8") as f:
-            cat_to_name = json.load(f)
+        cat_to_name = load_json(self.path("cat_to_name.json"), what="OxfordFlowers class-name file (JSON)",
+                                fix=f"Download it again as described in {docs_anchor(self.name)}.")
         by_label = {}
         for i, label in enumerate(labels):
             impath = osp.join(self.image_dir, f"image_{i + 1:05d}.jpg")

@@ -17,7 +17,6 @@ no half dataset behind (the next run starts over), and concurrent first runs are
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import os.path as osp
@@ -29,6 +28,7 @@ from dassl.data.datasets import DATASET_REGISTRY
 from PIL import Image
 
 from promptkd import toyworld
+from promptkd.io import atomic_write_json, load_json
 
 from .common import CoOpDataset, list_images
 
@@ -72,8 +72,7 @@ def _write_images(folder: str) -> int:
             for i, pixels in enumerate(draw_split(label, split_index, n)):
                 Image.fromarray(pixels, "RGB").save(osp.join(class_dir, f"{split}_{i:03d}.png"), optimize=False)
                 count += 1
-    with open(osp.join(folder, MANIFEST), "w", encoding="utf-8") as f:
-        json.dump(_manifest(), f, indent=2)
+    atomic_write_json(osp.join(folder, MANIFEST), _manifest(), indent=2)
     return count
 
 
@@ -89,8 +88,8 @@ def ensure_toy_shapes(dataset_dir: str) -> str:
     manifest = osp.join(dataset_dir, MANIFEST)
     outdated = None
     if osp.isfile(manifest):
-        with open(manifest, encoding="utf-8") as f:
-            found = json.load(f)
+        found = load_json(manifest, what="ToyShapes manifest",
+                          fix=f"Delete {dataset_dir}: the images are generated again.")
         if (found.get("version"), found.get("seed"), found.get("world_version")) == \
                 (GENERATOR_VERSION, GENERATOR_SEED, toyworld.VERSION):
             return dataset_dir

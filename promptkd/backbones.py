@@ -24,6 +24,7 @@ import torch
 
 from . import openclip_backbones
 from .errors import CheckpointError, ConfigError, MissingFileError
+from .io import load_torch
 
 with warnings.catch_warnings():
     # clip-anytorch imports pkg_resources, which warns on every import.
@@ -32,6 +33,7 @@ with warnings.catch_warnings():
     from clip import clip as _clip_impl
 
 DEFAULT_WEIGHTS_DIR = os.path.expanduser("~/.cache/clip")
+#: OpenAI CLIP's input normalisation (the values of every CLIP prompt-learning config)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -172,7 +174,8 @@ def load_clip(name: str, weights_dir: str | None = None, allow_download: bool = 
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
             model, _ = clip.load(path, device="cpu", jit=False)
     except Exception as err:  # a truncated file or something that is not CLIP
-        raise CheckpointError(f"Could not load a CLIP model from {path}: {err}") from err
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"Could not load a CLIP model from {path}: {reason}. {clip_file_fix(name)}") from err
     return model.float().eval()
 
 
@@ -196,7 +199,20 @@ def read_clip_state(name: str, weights_dir: str | None = None) -> dict:
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
             return torch.jit.load(path, map_location="cpu").state_dict()
     except RuntimeError:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        pass  # not a JIT archive: a plain state dict, or a damaged file
+    state = load_torch(path, what="CLIP weights file", fix=clip_file_fix(name))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a CLIP weights file (a JIT archive or a state dict of tensors). "
+                              + clip_file_fix(name))
+    return state
+
+
+def clip_file_fix(name: str) -> str:
+    """How a damaged CLIP weights file (named model or path) is written again."""
+    if name in clip.available_models():
+        return f"Download {_clip_impl._MODELS[name]} again and put it in place of the damaged file."
+    return ("Put a complete copy of the file there (the demo's tiny CLIPs: delete it and its .json sidecar, then "
+            "`python -m promptkd.demo pretrain FOLDER` writes them again).")
 
 
 def visual_from_state_dict(state: dict) -> tuple[torch.nn.Module, torch.Tensor]:

@@ -1,57 +1,31 @@
-"""Checkpoint files: atomic writes, safe reads, learnable-only state, published formats.
+"""Checkpoint files: learnable-only state and the published PromptKD/PromptSRC formats.
 
 Our checkpoints hold only what was trained (prompts, projector, BatchNorm buffers) plus plain
 numbers, so they load with `torch.load(weights_only=True)`. The published PromptKD/PromptSRC
-files (spec §3) were written by torch 1.x and pickle a scheduler object; they load only when
-the caller says the file is trusted (config MODEL.TRUST_PICKLED_CHECKPOINTS).
+files were written by torch 1.x and pickle a scheduler object; they load only when the caller
+says the file is trusted (config MODEL.TRUST_PICKLED_CHECKPOINTS). Their key layout is
+described in docs/running.md ("Published checkpoint layout"). Reading and atomic writing are
+`promptkd.io`'s (`atomic_save` and `load_file` here are the names other modules import).
 """
 from __future__ import annotations
 
-import os
-import pickle
 import re
-import tempfile
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, MissingFileError
+from .errors import CheckpointError
+from .io import TRUST_KEY, atomic_save, load_torch  # noqa: F401  (re-exported)
 
-TRUST_KEY = "MODEL.TRUST_PICKLED_CHECKPOINTS"
-
-
-def atomic_save(obj, path: str) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+#: what to do with a published checkpoint that cannot be read
+PUBLISHED_FIX = ("Download the published checkpoint again and put a complete copy of its "
+                 "VLPromptLearner/model*.pth.tar file at this path.")
 
 
-def load_file(path: str, trusted: bool = False, map_location="cpu"):
-    """torch.load with weights_only=True; pickled objects only if `trusted`, else a clear error."""
-    if not os.path.isfile(path):
-        raise MissingFileError(f"No checkpoint at {path}.")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if not trusted:
-            raise CheckpointError(
-                f"{path} pickles Python objects (a torch 1.x checkpoint such as the published "
-                f"PromptKD/PromptSRC files) and cannot be read with weights_only=True. If you "
-                f"trust this file, set {TRUST_KEY} True to load it with weights_only=False. "
-                f"({str(err).splitlines()[0]})"
-            ) from None
-    return torch.load(path, map_location=map_location, weights_only=False)
+def load_file(path: str, trusted: bool = False, map_location="cpu", *, what: str = "checkpoint", fix: str = ""):
+    """torch.load with weights_only=True; pickled objects only if `trusted`, else a clear
+    error (`promptkd.io.load_torch`: a missing, empty, truncated or foreign file names `fix`)."""
+    return load_torch(path, what=what, fix=fix, trusted=trusted, map_location=map_location)
 
 
 def learnable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -85,17 +59,17 @@ def load_learnable_state_dict(module: nn.Module, state: dict[str, torch.Tensor],
             own[name].copy_(value)
 
 
-# --- published checkpoints (spec §3) -------------------------------------------------------
+# --- published checkpoints (layout: docs/running.md, "Published checkpoint layout") --------
 
 _DEEP = re.compile(r"^(image_encoder|text_encoder)\.transformer\.resblocks\.(\d+)\.VPT_shallow$")
 
 
 def read_published(path: str, trusted: bool) -> dict[str, torch.Tensor]:
     """The `state_dict` of a published `VLPromptLearner/model*.pth.tar`, with a clear error."""
-    ckpt = load_file(path, trusted=trusted)
+    ckpt = load_file(path, trusted=trusted, what="published PromptKD/PromptSRC checkpoint", fix=PUBLISHED_FIX)
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} is not a Dassl checkpoint: no 'state_dict' entry.")
+        raise CheckpointError(f"{path} is not a Dassl checkpoint: no 'state_dict' entry. {PUBLISHED_FIX}")
     return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
 
 

@@ -19,11 +19,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .backbones import Preprocess, fingerprint, load_image_tower, openai_preprocess, visual_from_state_dict
-from .checkpoints import atomic_save, load_file, split_published_teacher
-from .errors import ConfigError, MissingFileError
+from .checkpoints import split_published_teacher
+from .errors import ConfigError
+from .io import atomic_save, load_torch
 
 FORMAT_VERSION = 1
 IMAGE_SIDE_FILE = "image_side.pt"
+#: how an export file is written again (stage 2 passes its own, longer hint)
+EXPORT_HINT = ("Write it again from the teacher run: `bash scripts/promptkd/export_class_vectors.sh TEACHER_RUN "
+               "DATASET` (`python train.py --trainer PromptKDTeacher ... --eval-only --model-dir TEACHER_RUN`).")
 
 
 def class_vectors_file(export_dir: str, dataset: str) -> str:
@@ -31,12 +35,14 @@ def class_vectors_file(export_dir: str, dataset: str) -> str:
 
 
 def _read(path: str, kind: str, what: str, how_to_make: str) -> dict:
-    """Load an export file of `kind`; a missing file says which command produces it."""
-    if not os.path.isfile(path):
-        raise MissingFileError(f"No {what} file at {path}. {how_to_make}".strip())
-    data = load_file(path)
+    """Load an export file of `kind`; a missing, damaged or foreign file says which command
+    produces it."""
+    how_to_make = how_to_make or EXPORT_HINT
+    data = load_torch(path, what=f"{what} file", fix=how_to_make)
     if not isinstance(data, dict) or data.get("kind") != kind:
-        raise ConfigError(f"{path} is not a {kind} file (written by PromptKDTeacher's export).")
+        found = data.get("kind") if isinstance(data, dict) else None
+        raise ConfigError(f"{path} is not a {kind} file (written by PromptKDTeacher's export)"
+                          + (f": it is a {found} file" if isinstance(found, str) else "") + f". {how_to_make}")
     if data.get("format_version") != FORMAT_VERSION:
         raise ConfigError(
             f"{path} has format version {data.get('format_version')}; this code reads version "

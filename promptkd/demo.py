@@ -51,20 +51,20 @@ def pretrained_weights(out_dir: str, preset: str = "full", roles: Sequence[str] 
 
 def probe_table(out_dir: str) -> str:
     """The zero-shot probes of `out_dir/<role>.json` as a Markdown table."""
-    import json
     import os
 
     from tabulate import tabulate
 
-    from .errors import MissingFileError
+    from .errors import CheckpointError, MissingFileError
+    from .io import load_json
 
     rows = []
     for role in ROLES:
         path = os.path.join(out_dir, f"{role}.json")
         if not os.path.isfile(path):
             raise MissingFileError(f"No {path}: pretrain first (python -m promptkd.demo pretrain {out_dir}).")
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
+        info = load_json(path, what="pretraining sidecar", error=CheckpointError,
+                         fix=f"Delete it and its .pt file, then pretrain again (python -m promptkd.demo pretrain {out_dir}).")
         trained_on = set(info["recipe"]["captions"])
         for prompt, acc in info["zero_shot_probe_by_prompt"].items():
             rows.append([role, f'"{prompt}"', "yes" if prompt in trained_on else "no",

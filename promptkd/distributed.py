@@ -14,6 +14,7 @@ GPU the current device, so `torch.device("cuda")` means that GPU.
 Helpers: `rank()`, `world_size()`, `is_main()`, `barrier()`, `main_first()` (rank 0 runs a
 block, e.g. writing dataset caches, before the others), `all_gather_objects()` (small metadata
 only), `gather_rows()` (tensors: evaluation's predictions, the teacher cache's embeddings),
+`sum_over_ranks()` (counts, e.g. of skipped unreadable images),
 `shard_indices()` / `ShardSampler` (each example on exactly one rank, no padding),
 `wrap(model)` (DistributedDataParallel; optional SyncBatchNorm), `sync_buffers()`, `shared_seed()` and
 `teardown()`.
@@ -146,6 +147,16 @@ def any_rank(flag: bool) -> bool:
     if not is_distributed():
         return flag
     return any(all_gather_objects(bool(flag)))
+
+
+def sum_over_ranks(*counts: int) -> tuple:
+    """Each count summed over every rank, on every rank (a tensor all_reduce: NCCL on GPUs,
+    gloo on CPU); one process: returned as given. Every rank must call it at the same point."""
+    if not is_distributed():
+        return tuple(int(c) for c in counts)
+    total = torch.tensor([int(c) for c in counts], dtype=torch.int64, device=_collective_device())
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return tuple(int(c) for c in total.tolist())
 
 
 def shared_seed(seed: int) -> int:

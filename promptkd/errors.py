@@ -1,9 +1,10 @@
 """User errors and how every command-line entry point reports them.
 
-A mistake the user can fix (a missing file, a bad key or value, class vectors made for
-another dataset, the wrong checkpoint kind, missing weights, ...) is raised as a `UserError`
-(or one of its subclasses, which are also the matching built-in exception, so callers that
-catch `ValueError` / `FileNotFoundError` keep working). `run_cli(main)` turns it into
+A mistake the user can fix (a missing, truncated or foreign file, a bad key or value, class
+vectors made for another dataset, the wrong checkpoint kind, missing weights, a full disk,
+...) is raised as a `UserError` (or one of its subclasses, which are also the matching
+built-in exception, so callers that catch `ValueError` / `FileNotFoundError` keep working).
+`run_cli(main)` turns it into
 
     error: <message>
 
@@ -41,7 +42,12 @@ class CheckpointError(UserError, RuntimeError):
 
 
 class DataError(UserError, OSError):
-    """A dataset file that cannot be read (missing, truncated, not an image)."""
+    """A data file that cannot be read (missing, truncated, not an image, not of its kind):
+    dataset files, teacher-cache shards and manifests, JSON records."""
+
+
+class DiskFullError(UserError, OSError):
+    """A write that failed because the disk or quota is full (ENOSPC / EDQUOT)."""
 
 
 def debug_requested(argv: Sequence[str] | None = None) -> bool:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
 import warnings
 
 import numpy as np
 import torch
 
 from .errors import ConfigError, UserError, run_cli
+from .io import atomic_write
 from .predictor import Predictor, add_run_arguments
 
 logger = logging.getLogger("promptkd")
@@ -116,22 +115,17 @@ def export(predictor: Predictor, out: str, fmt: str) -> float:
     """Write `out` (atomically) and return its checked max relative difference to eager."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'.")
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    suffix = ".onnx" if fmt == "onnx" else ".pt"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-export-", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
+    checked = {}
+
+    def write(tmp: str) -> None:  # the file is checked before it is moved into place
         (export_onnx if fmt == "onnx" else export_torchscript)(predictor, tmp)
-        diff = max_difference(predictor, tmp)
+        checked["diff"] = diff = max_difference(predictor, tmp)
         if diff > TOLERANCE:
             raise RuntimeError(f"The {fmt} export differs from the eager model by {diff:.2e} (relative), more "
                                f"than {TOLERANCE:.0e}; not written.")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return diff
+
+    atomic_write(out, write, to_path=True, suffix=".onnx" if fmt == "onnx" else ".pt")
+    return checked["diff"]
 
 
 def parse_args(argv=None):

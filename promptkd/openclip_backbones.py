@@ -17,7 +17,6 @@ The family behind `promptkd.backbones.load_backbone` for names such as
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ConfigError, MissingFileError
+from .io import load_json
 
 logger = logging.getLogger("promptkd")
 
@@ -80,10 +80,11 @@ def _model_config(arch: str, weight_file: str | None) -> tuple[dict, bool]:
     if weight_file:
         local = os.path.join(os.path.dirname(os.path.abspath(weight_file)), f"{arch}.json")
         if os.path.isfile(local):
-            with open(local) as f:
-                cfg = json.load(f)
-            if not isinstance(cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
-                raise ConfigError(f"{local} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg).")
+            fix = f"Put open_clip's model config of {arch} (JSON) there, next to the weights file."
+            cfg = load_json(local, what="open_clip model config", fix=fix, error=ConfigError)
+            if not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
+                raise ConfigError(f"{local} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg). "
+                                  + fix)
             return cfg, False
     near = [m for m in oc.list_models() if arch.lower().split("-")[0] in m.lower()][:12]
     where = f" and there is no open_clip model config {arch}.json next to {weight_file}" if weight_file else ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import logging
 import os
 import sys
@@ -22,11 +23,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from .errors import MissingFileError, UserError, run_cli
+from .io import IMAGE_EXTENSIONS, atomic_write_text
 from .predictor import Predictor, add_run_arguments
 
 logger = logging.getLogger("promptkd")
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def list_images(inputs: list[str]) -> list[str]:
@@ -120,14 +120,11 @@ def main(argv=None) -> int:
         rows += [(path, rank, name, f"{p:.6f}") for rank, (name, p) in enumerate(best, 1)]
     n_done = len(paths) - len(skipped)
     if args.out:
-        folder = os.path.dirname(os.path.abspath(args.out))
-        os.makedirs(folder, exist_ok=True)
-        tmp = args.out + ".tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["image", "rank", "class", "probability"])
-            writer.writerows(rows)
-        os.replace(tmp, args.out)
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(["image", "rank", "class", "probability"])
+        writer.writerows(rows)
+        atomic_write_text(args.out, text.getvalue())
         print(f"wrote {args.out} ({n_done} images)", file=sys.stderr)
     print(f"{n_done} images classified, {len(skipped)} skipped (unreadable)", file=sys.stderr)
     if n_done == 0:

@@ -26,27 +26,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import backbones
-from .backbones import RESIZE_MODES, visual_from_state_dict
-from .checkpoints import atomic_save, load_file, split_published_student, split_published_teacher
+from .backbones import OPENAI_MEAN, OPENAI_STD, RESIZE_MODES, visual_from_state_dict
+from .checkpoints import split_published_student, split_published_teacher
 from .class_vectors import ClassVectors, ImageSide, visual_fingerprint
 from .encoders import PromptedImageEncoder, freeze_clip
 from .errors import ConfigError, MissingFileError, UserError
+from .io import atomic_save, load_torch
 from .student import Projector
 
 PREDICTOR_FILE = "predictor.pt"
 FORMAT_VERSION = 1
 KIND = "predictor"
-# OpenAI CLIP's normalisation (the values of every CLIP prompt-learning config).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
-HOW_TO_MAKE = ("Runs write it to their export folder when the model is final (after training, or with "
-               "`python train.py ... --eval-only --model-dir RUN_DIR` for a run made before this version "
-               "or a published checkpoint).")
+HOW_TO_MAKE = ("Runs write it to their export folder when the model is final; "
+               "`python train.py <the run's arguments> --eval-only --model-dir RUN_DIR` writes it again (also for "
+               "a run made before this version, or a published checkpoint).")
 
 
-def preprocess_settings(size, interpolation: str = "bicubic", mean=CLIP_MEAN, std=CLIP_STD,
+def preprocess_settings(size, interpolation: str = "bicubic", mean=OPENAI_MEAN, std=OPENAI_STD,
                         resize_mode: str = "shortest") -> dict:
     """The test transform: resize the shorter side to max(size) ("shortest"; "squash": the
     whole image to `size`), centre-crop `size` (H, W), to [0, 1], then normalise with `mean` /
@@ -99,11 +97,10 @@ class PredictorRecord:
 
     @classmethod
     def load(cls, path: str) -> "PredictorRecord":
-        if not os.path.isfile(path):
-            raise MissingFileError(f"No {PREDICTOR_FILE} at {path}. {HOW_TO_MAKE}")
-        data = load_file(path)
+        data = load_torch(path, what=PREDICTOR_FILE, fix=HOW_TO_MAKE)
         if not isinstance(data, dict) or data.get("kind") != KIND:
-            raise UserError(f"{path} is not a predictor file (kind {data.get('kind') if isinstance(data, dict) else None!r}).")
+            raise UserError(f"{path} is not a predictor file (kind {data.get('kind') if isinstance(data, dict) else None!r}). "
+                            f"{HOW_TO_MAKE}")
         if data.get("format_version") != FORMAT_VERSION:
             raise UserError(f"{path} has predictor format version {data.get('format_version')}; this code reads "
                             f"version {FORMAT_VERSION}. {HOW_TO_MAKE}")

@@ -12,9 +12,8 @@ Training: a batch of images with random labels, one caption each; the distinct c
 the batch are encoded once; the loss is CLIP's symmetric contrastive loss in which every
 caption that describes an image is its positive (image -> captions and caption -> images,
 soft targets); AdamW without weight decay,
-linear warm-up then cosine decay, learnable temperature clamped at 100. The probe in
-`notes/demo_world.md` found that image -> caption alone, or weight decay 0.1, stalls with one
-attribute learnt. Text is encoded on the shortest prefix that holds every caption's end token:
+linear warm-up then cosine decay, learnable temperature clamped at 100. In probes of this
+world, image -> caption alone, or weight decay 0.1, stalled with one attribute learnt. Text is encoded on the shortest prefix that holds every caption's end token:
 with CLIP's causal mask the end-token feature does not depend on later positions, so this is
 exactly `encode_text` at a fraction of the cost (tested).
 
@@ -32,7 +31,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,16 +40,12 @@ import torch
 import torch.nn.functional as F
 
 from . import toyworld
-from .backbones import clip
-from .checkpoints import atomic_save
-from .errors import ConfigError
+from .backbones import OPENAI_MEAN, OPENAI_STD, clip  # CLIP's mean / std: the demo configs use them too
+from .errors import CheckpointError, ConfigError, UserError
+from .io import atomic_save, atomic_write_json, load_json, load_torch
 from .tiny import TinySpec
 
 logger = logging.getLogger(__name__)
-
-# CLIP's preprocessing constants (the demo configs use the same)
-PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
-PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
 PRETRAIN_STREAM = 7  # numpy seed prefix of pretraining images (the dataset on disk uses another)
 
 
@@ -213,7 +207,7 @@ def pretrain(spec: TinySpec, recipe: Recipe, log_every: int = 50, name: str = "p
         for step in range(recipe.steps):
             labels = rng.integers(0, toyworld.NUM_CLASSES, recipe.batch_size)
             rows = labels * n_forms + rng.integers(0, n_forms, recipe.batch_size)
-            images = toyworld.to_tensor(toyworld.draw(rng, labels), PIXEL_MEAN, PIXEL_STD)
+            images = toyworld.to_tensor(toyworld.draw(rng, labels), OPENAI_MEAN, OPENAI_STD)
             rows = torch.from_numpy(np.unique(rows))
             image_features = model.encode_image(images)
             text_features = encode_text_prefix(model, tokens[rows], used_rows)
@@ -250,7 +244,7 @@ def zero_shot_accuracy(model, n_per_class: int = 20, seed: int = 99,
     accs = []
     for classes in (range(half), range(half, toyworld.NUM_CLASSES)):
         labels = np.repeat(np.array(list(classes)), n_per_class)
-        images = toyworld.to_tensor(toyworld.draw(rng, labels), PIXEL_MEAN, PIXEL_STD)
+        images = toyworld.to_tensor(toyworld.draw(rng, labels), OPENAI_MEAN, OPENAI_STD)
         feats = F.normalize(model.encode_image(images), dim=-1)
         pred = (feats @ text[list(classes)].t()).argmax(1).numpy() + classes[0]
         accs.append(100.0 * float((pred == labels).mean()))
@@ -348,15 +342,13 @@ def ship(folder: str, preset: str = "full", out_dir: str | None = None) -> list[
     written = []
     for role, model in PRESETS[preset].items():
         path, sidecar = os.path.join(folder, f"{role}.pt"), os.path.join(folder, f"{role}.json")
-        try:
-            with open(sidecar, encoding="utf-8") as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            info = {}
+        fix = f"Pretrain it again: python -m promptkd.demo pretrain {folder} --preset {preset} --from-scratch."
+        info = load_json(sidecar, what="pretraining sidecar", fix=fix, error=CheckpointError) \
+            if os.path.isfile(sidecar) else {}
         if not os.path.isfile(path) or info.get("key") != cache_key(model) or info.get("shipped"):
             raise ConfigError(f"{path} is not the {preset} {role} pretrained from scratch with this recipe and "
                               f"torch: run python -m promptkd.demo pretrain {folder} --preset {preset} --from-scratch first.")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch(path, what="pretrained CLIP state dict", fix=fix)
         info = {**info, "key": shipped_key(model), "digest": state_digest(state)}
         ship_path, ship_sidecar = shipped_paths(role, out_dir)
         atomic_save(pack(state, model), ship_path)
@@ -366,15 +358,12 @@ def ship(folder: str, preset: str = "full", out_dir: str | None = None) -> list[
 
 
 def _write_json_atomic(obj, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_json(path, obj, indent=2)
+
+
+#: what to do when the shipped small forms cannot be read
+SHIPPED_FIX = ("Restore them from the repository (`git checkout -- promptkd/demo_weights`), or write them again "
+               "with `python -m promptkd.demo ship FOLDER` from a from-scratch pretraining.")
 
 
 def ensure_pretrained(folder: str, role: str, preset: str = "full", from_scratch: bool = False) -> tuple[str, dict]:
@@ -391,10 +380,9 @@ def ensure_pretrained(folder: str, role: str, preset: str = "full", from_scratch
     path, sidecar = os.path.join(folder, f"{role}.pt"), os.path.join(folder, f"{role}.json")
     key = cache_key(model)
     if os.path.isfile(path) and os.path.isfile(sidecar):
-        try:
-            with open(sidecar, encoding="utf-8") as f:
-                info = json.load(f)
-        except (OSError, ValueError):
+        try:  # a damaged sidecar is replaced with the file
+            info = load_json(sidecar, what="pretraining sidecar")
+        except UserError:
             info = {}
         if info.get("key") == key and not (from_scratch and info.get("shipped")):
             logger.info("%s: reusing %s (key %s)", role, path, key)
@@ -457,10 +445,11 @@ def _shipped(role: str, model: Model) -> tuple[dict, dict] | None:
     path, sidecar = shipped_paths(role)
     if not (os.path.isfile(path) and os.path.isfile(sidecar)):
         return None
-    with open(sidecar, encoding="utf-8") as f:
-        info = json.load(f)
+    info = load_json(sidecar, what="shipped demo weights sidecar", fix=SHIPPED_FIX, error=CheckpointError)
     if info.get("key") != shipped_key(model):
         return None
-    state = unpack(torch.load(path, map_location="cpu", weights_only=True), model)
-    return state, info
+    packed = load_torch(path, what="shipped demo weights file", fix=SHIPPED_FIX)
+    if not isinstance(packed, dict):
+        raise CheckpointError(f"{path} is not a shipped demo weights file. {SHIPPED_FIX}")
+    return unpack(packed, model), info
 

@@ -18,17 +18,17 @@ imported only to ask the process's rank.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import importlib.metadata
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from .io import atomic_write_text, load_json
 
 FORMAT = 1
 RUN_FILE, RESULT_FILE = "run.json", "result.json"
@@ -38,32 +38,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def atomic_write_json(path, obj) -> None:
-    """Write `obj` as JSON to `path`: a temp file in the same folder, then `os.replace`, so a
-    reader sees the old file or the new one, never part of one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    """`obj` as JSON in `path`, atomically (a reader sees the old file or the new one)."""
+    atomic_write_text(os.fspath(path), json.dumps(obj, indent=1, default=str) + "\n",
+                      fix="Free some space and run the same command again.")
 
 
 def read_json(path) -> dict | None:
-    """A record file's content, or None when it is missing or unreadable."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+    """A record file's content, or None when there is none; a damaged one is an error naming it."""
+    if not os.path.exists(path):
         return None
-    return data if isinstance(data, dict) else None
+    return load_json(os.fspath(path), what="run record (run.json / result.json)",
+                     fix="Run the same command again to rewrite it (a finished run: --eval-only --model-dir "
+                         "RUN_DIR rewrites result.json), or delete it to have the run listed as unfinished.")
 
 
 def plain(value):

@@ -28,6 +28,9 @@ import pandas as pd
 
 from promptkd.records import RESULT_FILE, RUN_FILE, read_json
 
+from .errors import run_cli
+from .io import atomic_write, atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 #: The 11 base-to-novel datasets (Dassl registered names), in the paper's column order.
@@ -431,7 +434,8 @@ def write_csv(report: Report, path) -> None:
     table = pd.concat([groups, averages.rename(columns={"label": "dataset", **{m: f"{m}_mean" for m in METRICS}})])
     table = table.reindex(columns=CSV_FIELDS).assign(expected_seeds=" ".join(map(str, report.expected_seeds)))
     ints = ["n_seeds"] + [f"{m}_n" for m in METRICS]
-    table.astype({k: "Int64" for k in ints}).to_csv(path, index=False, float_format="%.4f", lineterminator="\r\n")
+    atomic_write_text(path, table.astype({k: "Int64" for k in ints}).to_csv(
+        index=False, float_format="%.4f", lineterminator="\r\n"))
 
 
 def plot(report: Report, path) -> bool:
@@ -464,7 +468,7 @@ def plot(report: Report, path) -> bool:
         ax.set_title(f"{name} (mean ± std over seeds)", fontsize=10)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     return True
 
 
@@ -500,7 +504,7 @@ def main(argv=None) -> int:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     outputs = [prefix.with_name(prefix.name + ext) for ext in (".csv", ".md", ".png")]
     write_csv(report, outputs[0])
-    outputs[1].write_text(text, encoding="utf-8")
+    atomic_write_text(outputs[1], text)
     plotted = args.plot and plot(report, outputs[2])
     if args.plot and not plotted:
         logger.warning("nothing to plot: no finished run")
@@ -509,4 +513,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

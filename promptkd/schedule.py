@@ -1,8 +1,11 @@
 """The CoOp-lineage LR schedule (warm-up epochs, then cosine) from torch's own LambdaLR.
 
-Dassl's warm-up wrapper breaks on current torch and freezes the LR after a resume (spec §4).
-A LambdaLR's state is plain numbers, so checkpoints load with weights_only=True and a resumed
-run continues on the same curve. The schedule steps once per epoch, like Dassl's.
+Dassl's warm-up wrapper does not serve: it passes the `verbose` argument that current torch's
+LRScheduler no longer takes (every config with WARMUP_EPOCH 1 dies building it), it pickles the
+scheduler it wraps (which `torch.load(weights_only=True)` refuses), and after a resume it
+freezes the LR (the restored successor steps a copy of the optimizer). A LambdaLR's state is
+plain numbers, so checkpoints load with weights_only=True and a resumed run continues on the
+same curve. The schedule steps once per epoch, like Dassl's.
 """
 from __future__ import annotations
 

@@ -94,8 +94,9 @@ class TeacherImageScorer(nn.Module):
 
 
 def load_published_student(student: PromptKDStudent, path: str, trusted: bool = False) -> None:
-    """Load a published PromptKD student (spec §3) into `student` in place: its backbone
-    weights, visual prompts, projector (1×1 convs -> linears) with BatchNorm stats, logit scale."""
+    """Load a published PromptKD student (key layout: docs/running.md) into `student` in place:
+    its backbone weights, visual prompts, projector (1×1 convs -> linears) with BatchNorm stats,
+    logit scale."""
     from .checkpoints import split_published_student
 
     pub = split_published_student(path, trusted)

@@ -94,7 +94,7 @@ class IVLPTeacher(PromptMethod):
 
 
 def load_published_teacher(model: IVLPTeacher, path: str, trusted: bool = False) -> None:
-    """Load a published PromptSRC/PromptKD teacher (spec §3) into `model` in place.
+    """Load a published PromptSRC/PromptKD teacher (key layout: docs/running.md) into `model` in place.
 
     The checkpoint's backbone weights replace the stock ones (its token-embedding table is
     not stored, so the stock table stays); prompt depths and n_ctx must match `model`.

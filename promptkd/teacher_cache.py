@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
-import tempfile
 
 import numpy as np
 import torch
 
 from .errors import ConfigError, DataError, MissingFileError
+from .io import atomic_write, atomic_write_json, human_size as _human, load_json, load_npy, remove_stale_tmp
 
 logger = logging.getLogger("promptkd")
 
@@ -54,17 +53,16 @@ IDENTITY_NAMES = {
 WRITE_HINT = ("Write it with `python -m trainers.teacher_cache write <the student run's train.py arguments>` "
               "(it resumes where it stopped), or fill it from an online run with "
               "TRAINER.PROMPTKD.TEACHER_CACHE_WRITE True.")
+#: a damaged file in a cache folder: its manifest may list what is no longer readable
+DAMAGED_HINT = ("The cache folder is damaged: delete it and write the cache again with `python -m "
+                "trainers.teacher_cache write <the student run's train.py arguments>`.")
+#: a full disk while writing: the writer resumes where it stopped
+RESUME_HINT = ("run the same command again: the cache writer resumes where it stopped "
+               "(`python -m trainers.teacher_cache write ...`, or the online run).")
 
 
 def estimate_bytes(n_images: int, epochs: int, width: int, dtype: str) -> int:
     return int(n_images) * int(epochs) * int(width) * np.dtype(DTYPES[dtype]).itemsize
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
 
 
 def _differences(stored: dict, wanted: dict) -> list[str]:
@@ -78,22 +76,6 @@ def _differences(stored: dict, wanted: dict) -> list[str]:
             else:
                 out.append(f"{name}: cache {a!r}, this run {b!r}")
     return out
-
-
-def _atomic_write(folder: str, name: str, write) -> int:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            size = f.tell()
-        os.replace(tmp, os.path.join(folder, name))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return size
 
 
 class TeacherCache:
@@ -155,8 +137,7 @@ class TeacherCache:
                     raise ConfigError(f"The teacher cache in {directory} was made with other settings: "
                                       + "; ".join(diff) + ". Use another TRAINER.PROMPTKD.TEACHER_CACHE folder "
                                       "for these settings (or delete this one).")
-                for stale in (f for f in os.listdir(directory) if f.startswith(".tmp-")):
-                    os.remove(os.path.join(directory, stale))  # a writer killed mid-shard
+                remove_stale_tmp(directory)  # a writer killed mid-shard
             else:
                 manifest = {"format": FORMAT, "identity": identity, "n_images": int(n_images),
                             "epochs": int(epochs), "width": int(width), "dtype": dtype,
@@ -237,7 +218,8 @@ class TeacherCache:
 
     def _write_shard(self, epoch: int, start: int, values: np.ndarray) -> None:
         name = self.shard_name(epoch, start)
-        size = _atomic_write(self.directory, name, lambda f: np.save(f, values, allow_pickle=False))
+        size = atomic_write(os.path.join(self.directory, name), lambda f: np.save(f, values, allow_pickle=False),
+                            fix=RESUME_HINT)
         with _locked(self.directory):  # another writer may have listed shards meanwhile
             manifest = _read_manifest(os.path.join(self.directory, MANIFEST))
             manifest["shards"][name] = size
@@ -267,15 +249,11 @@ class TeacherCache:
                     f"{start}..{start + self.shard_rows(start) - 1}): {len(self.done)} of {self.n_shards()} "
                     f"shards are written. {WRITE_HINT}")
             path = os.path.join(self.directory, name)
-            try:
-                values = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as err:
-                raise DataError(f"Cannot read teacher cache shard {path}: {err}. The folder is damaged: "
-                                "delete it and write the cache again.") from None
+            values = load_npy(path, what="teacher cache shard (.npy)", fix=DAMAGED_HINT, mmap_mode="r")
             if values.shape != (self.shard_rows(start), self.width) or values.dtype != DTYPES[self.dtype]:
                 raise DataError(f"Teacher cache shard {path} holds {values.dtype} {values.shape}, expected "
-                                f"{np.dtype(DTYPES[self.dtype])} {(self.shard_rows(start), self.width)}: "
-                                "the folder is damaged; rewrite the cache.")
+                                f"{np.dtype(DTYPES[self.dtype])} {(self.shard_rows(start), self.width)}. "
+                                + DAMAGED_HINT)
             self._maps[name] = values
         return self._maps[name]
 
@@ -295,17 +273,12 @@ def _locked(directory: str):
 
 
 def _read_manifest(path: str) -> dict:
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as err:
-        raise DataError(f"Cannot read the teacher cache manifest {path}: {err}.") from None
+    manifest = load_json(path, what="teacher cache manifest", fix=DAMAGED_HINT)
     if manifest.get("format") != FORMAT:
         raise DataError(f"{path} is not a teacher cache manifest of format {FORMAT} "
-                        f"(found {manifest.get('format')!r}); rewrite the cache with this version.")
+                        f"(found {manifest.get('format')!r}). {DAMAGED_HINT}")
     return manifest
 
 
 def _write_manifest(directory: str, manifest: dict) -> None:
-    text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    _atomic_write(directory, MANIFEST, lambda f: f.write(text))
+    atomic_write_json(os.path.join(directory, MANIFEST), manifest, fix=RESUME_HINT, indent=1, sort_keys=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from clip.model import CLIP, convert_weights
 
-from .checkpoints import atomic_save
+from .io import atomic_save, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -86,16 +86,13 @@ def write_tiny_open_clip(folder: str, arch: str = "tiny-oc-teacher", seed: int =
     """Write `<folder>/<arch>.json` (an open_clip model config) and `<folder>/<arch>.pt` (random
     weights of that open_clip CLIP); return the backbone name `open_clip:<arch>/<weights>`.
     Loads through open_clip's own builder and checkpoint reader, offline."""
-    import json
-
     import open_clip
 
     config = config or TINY_OPEN_CLIP[arch]
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{arch}.pt")
     if not os.path.isfile(path):
-        with open(os.path.join(folder, f"{arch}.json"), "w") as f:
-            json.dump(config, f)
+        atomic_write_json(os.path.join(folder, f"{arch}.json"), config)
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         try:

@@ -39,10 +39,6 @@ if [ -n "${GPUS:-}" ] || [ -n "${NNODES:-}" ]; then
 fi
 DG_DATASETS=" imagenetv2 imagenet_sketch imagenet_a imagenet_r "
 
-kd_weight() {  # the published KD_WEIGHT per dataset
-  case "$1" in fgvc_aircraft|oxford_flowers|dtd) echo 200.0 ;; *) echo 1000.0 ;; esac
-}
-
 need_dataset_config() {
   if [ ! -f "configs/datasets/$1.yaml" ]; then
     echo "error: unknown dataset '$1' (no configs/datasets/$1.yaml); use one of:" \

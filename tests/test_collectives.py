@@ -1,5 +1,6 @@
-"""Tensor collectives (`promptkd.distributed.gather_rows` / `gather_in_order`) under gloo with
-2 processes: unequal and empty shares, equal to one process holding everything. Evaluation
+"""Tensor collectives (`promptkd.distributed.gather_rows` / `gather_in_order` /
+`sum_over_ranks`) under gloo with 2 processes: unequal and empty shares, equal to one process
+holding everything. Evaluation
 gathers per-image predictions and the teacher-cache writer gathers embeddings through these
 (the torchrun runs of tests/test_distributed.py check them end to end; tests/gpu the same
 code on one process per device)."""
@@ -44,7 +45,8 @@ def worker(rank, port, out_dir):
         idx, preds, emb = shares(rank)
         result = {"rows": distributed.gather_rows(torch.cat(idx), torch.cat(emb)),
                   "ordered": distributed.gather_in_order(idx, preds, emb),
-                  "empty": distributed.gather_in_order(idx if rank == 0 else [], preds if rank == 0 else [])}
+                  "empty": distributed.gather_in_order(idx if rank == 0 else [], preds if rank == 0 else []),
+                  "sums": distributed.sum_over_ranks(*((3, 0, True) if rank == 0 else (1, 5, False)))}
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -71,3 +73,9 @@ def test_gather_in_order_equals_one_process(gathered):
     for r in gathered:
         assert all(torch.equal(a, b) for a, b in zip(r["ordered"], one))
         assert torch.equal(r["empty"][0], distributed.gather_in_order(*everything()[:2])[0][[0, 2, 3]])
+
+
+def test_counts_are_summed_over_ranks(gathered):
+    """What the unreadable-image share is checked on under torchrun: every rank gets the same sums."""
+    assert [r["sums"] for r in gathered] == [(4, 5, 1), (4, 5, 1)]
+    assert distributed.sum_over_ranks(3, True) == (3, 1)  # one process: as given

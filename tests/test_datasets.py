@@ -199,7 +199,7 @@ def test_split_json_written_then_reused(fake, key, monkeypatch):
     if key == "stanford_cars":  # paths relative to the dataset folder itself
         assert split["train"][0][0].startswith("cars_train/")
     # atomic write: no temporary file left behind
-    assert not [f for f in os.listdir(root / folder) if f.endswith(".tmp")]
+    assert not [f for f in os.listdir(root / folder) if f.startswith(".tmp-")]
     before = split_path.read_bytes()
 
     # the second build reads the JSON instead of rebuilding (and leaves the file untouched)

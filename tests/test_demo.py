@@ -2,10 +2,10 @@
 ToyShapes dataset, and scripts/promptkd/demo.sh end to end.
 
 Which claims run where (the full demo takes minutes, too long for the default suite):
-* default suite: the world and dataset, pretraining (exact text prefix, determinism, cache
-  keyed on the recipe, OpenAI format through load_clip), and one run of the demo script with
-  the `fast` preset and 3 epochs: every stage runs, and the table shows what the demo is for
-  (`assert_shows_distillation`);
+* default suite: the world and dataset, pretraining (tests/test_pretrain.py: exact text
+  prefix, determinism, cache keyed on the recipe, OpenAI format through load_clip), and one
+  run of the demo script on the shipped weights with 3 epochs per run: every stage runs, and
+  the table shows what the demo is for (`assert_shows_distillation`);
 * ``PROMPTKD_FULL_DEMO=1`` (minutes): the full demo twice: the same claims on the table the
   README shows, and that a re-run reuses the weights and prints the same table; and that
   pretraining from scratch regenerates the shipped weights.
@@ -219,11 +219,11 @@ def assert_shows_distillation(table):
 
 @pytest.mark.slow
 def test_demo_fast_end_to_end_shows_transfer(tmp_path):
-    """The fast preset (shorter pretraining, 3 epochs per run): every stage runs, the table has
-    all five methods and shows what the demo is for, and the pretraining command then reuses
-    the weights."""
+    """The shipped weights with 3 epochs per run: every stage runs, the table has all five
+    methods and shows what the demo is for, and the pretraining command then reuses the
+    weights."""
     out = tmp_path / "demo out"  # a space in the path, on purpose
-    stdout = run_demo(out, cwd=tmp_path, preset="fast", epochs=3)
+    stdout = run_demo(out, cwd=tmp_path, preset="full", epochs=3)
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"Results table: {out}/results.md" in stdout and "epoch [3/3]" in stdout
     assert_shows_distillation(demo_table(out))
@@ -232,13 +232,13 @@ def test_demo_fast_end_to_end_shows_transfer(tmp_path):
     runs = out / "runs" / "base2new"
     assert (runs / "promptkd_teacher" / "toy_shapes" / "seed1" / "export" / "class_vectors_ToyShapes.pt").is_file()
     info = json.loads((out / "weights" / "teacher.json").read_text())
-    assert info["preset"] == "fast" and info["key"]
+    assert info["preset"] == "full" and info["key"] and info["shipped"]
 
     # the pretraining command needs no Dassl; with the weights cached it only prints the paths
     weights_mtime = os.stat(out / "weights" / "teacher.pt").st_mtime_ns
     code = ("import sys, promptkd.demo as d; d.main(sys.argv[1:]); "
             "assert not [m for m in sys.modules if m.split('.')[0] == 'dassl'], 'dassl imported'")
-    proc = subprocess.run([sys.executable, "-c", code, "pretrain", str(out / "weights"), "--preset", "fast"],
+    proc = subprocess.run([sys.executable, "-c", code, "pretrain", str(out / "weights")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == [str(out / "weights" / "teacher.pt"), str(out / "weights" / "student.pt")]

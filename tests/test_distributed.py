@@ -140,6 +140,30 @@ def test_single_process_checkpoint_evaluates_under_ddp(ivlp, data, clip_files, t
     assert torch.equal(r0["evals"][-1]["labels"], torch.tensor([x.label for x in single.eval_loader.dataset.data_source]))
 
 
+def test_unreadable_share_is_over_all_ranks_and_every_rank_stops(clip_files, tmp_path):
+    """Two unreadable training images, one on each rank: 1 of 12 per rank is within
+    MAX_UNREADABLE_SHARE 0.1 (1.2 images), 2 of 12 over both ranks is not. Both ranks stop at
+    the same step with the same message (neither waits for the other in a collective)."""
+    root = str(tmp_path / "data")
+    make_dtd(root, n_classes=5, per_class=10)
+    args = ivlp_args(root, clip_files, str(tmp_path / "out"), 2, "DATALOADER.SKIP_UNREADABLE", "True",
+                     "DATALOADER.MAX_UNREADABLE_SHARE", "0.1")
+    train_x = build_dataset(train.setup_cfg(train.parse_args(args))).train_x  # writes the split caches too
+    assert len(train_x) == 12
+    bad = [train_x[0].impath, train_x[1].impath]  # SequentialSampler: rank r takes images r, r + 2, ...
+    for path in bad:
+        with open(path, "wb") as f:
+            f.write(b"not an image")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               os.path.join(ROOT, "train.py"), *args, *CPU]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env())
+    message = ("error: at least 2 of the 12 images of the train split of DescribableTextures are unreadable (16.7%), "
+               "more than DATALOADER.MAX_UNREADABLE_SHARE 0.1 (10%) allows with DATALOADER.SKIP_UNREADABLE True: ")
+    assert proc.returncode != 0 and proc.stderr.count(message) == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = next(l for l in proc.stderr.splitlines() if l.startswith(message))
+    assert all(path in line for path in bad)  # each rank's file, in both ranks' message
+
+
 @pytest.fixture(scope="module")
 def kd(ivlp, data, clip_files, tmp_path_factory):
     """PromptKD under DDP, distilling from the IVLP export, 3 epochs."""

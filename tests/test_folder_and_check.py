@@ -2,8 +2,6 @@
 import json
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 
@@ -14,6 +12,7 @@ from dassl.data.datasets import build_dataset  # noqa: E402
 import datasets  # noqa: E402,F401
 from datasets import check  # noqa: E402
 from promptkd.errors import ConfigError  # noqa: E402
+from tests.cli import python_m  # noqa: E402
 from tests.fake_data import MAKERS, _folder_per_class, make_all  # noqa: E402
 from tests.test_datasets import EXPECTED_CLASSNAMES, make_cfg  # noqa: E402
 
@@ -109,11 +108,39 @@ def test_check_reports_truncated_and_missing_images(tmp_path, capsys):
     jpeg.write_bytes(jpeg.read_bytes()[:300])  # a truncated JPEG: opens, fails to decode
     gone = tmp_path / "mine" / "eel" / "eel_0002.jpg"
     gone.unlink()  # listed by the split JSON written above, now missing
-    proc = subprocess.run([sys.executable, "-m", "datasets.check", "--root", str(tmp_path), "DescribableTextures",
-                           "mine", "--workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = python_m("datasets.check", ["--root", tmp_path, "DescribableTextures", "mine", "--workers", "2"], cwd=REPO)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"unreadable: {jpeg}" in proc.stdout and f"missing: {gone}" in proc.stdout
-    assert proc.stdout.count("PROBLEMS") == 2
+    # each header and the closing line say which problem, missing and unreadable apart
+    assert "5 classes, 1 image unreadable\n" in proc.stdout and "5 classes, 1 image missing\n" in proc.stdout
+    assert proc.stdout.rstrip().endswith(
+        "problems (details above): DescribableTextures: 1 image unreadable; mine: 1 image missing")
+
+
+def test_check_says_no_images_found_for_an_empty_dataset_folder(tmp_path, capsys):
+    """An empty folder is "no images found" (not "missing or unreadable"), for a CoOp loader
+    and for ImageFolder, and no split JSON is written from it (adding the images later works)."""
+    (tmp_path / "dtd" / "images").mkdir(parents=True)
+    (tmp_path / "mine").mkdir()
+    code, out = run_check(["--root", str(tmp_path), "dtd", "mine", "caltech101", "--workers", "1"], capsys)
+    assert code == 1
+    assert f"dtd: no images found: DescribableTextures: no images found in {tmp_path / 'dtd' / 'images'}" in out
+    assert f"mine: no images found: ImageFolder: no images found in {tmp_path / 'mine'}" in out
+    assert out.rstrip().endswith("problems (details above): dtd: no images found; mine: no images found; "
+                                 "caltech101: cannot be loaded")
+    assert "missing or unreadable" not in out
+    assert not list(tmp_path.glob("dtd/split_*.json"))
+    MAKERS["dtd"](str(tmp_path), n_classes=5, per_class=10)  # the images arrive
+    code, out = run_check(["--root", str(tmp_path), "dtd", "--workers", "1"], capsys)
+    assert code == 0 and "all datasets read" in out
+
+
+def test_empty_dataset_folder_stops_training_with_a_user_error(tmp_path):
+    """Without the check, Dassl fails on an empty train split with a bare "max() arg is an empty sequence"."""
+    from datasets.common import NoImagesError
+    (tmp_path / "dtd" / "images").mkdir(parents=True)
+    with pytest.raises(NoImagesError, match="DescribableTextures: no images found in .*DATASETS.md#describable"):
+        build_dataset(make_cfg(tmp_path, "dtd"))
 
 
 def test_check_usage_errors(tmp_path, capsys):

@@ -14,6 +14,7 @@ from promptkd.checkpoints import load_file  # noqa: E402
 from promptkd.errors import ConfigError  # noqa: E402
 from promptkd.tiny import write_tiny_open_clip  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
+from tests.pyserver import python_server  # noqa: E402
 from tests.test_scripts import results, run  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.exact]
@@ -31,7 +32,8 @@ def oc_env(tmp_path_factory):
     make_dtd(str(root / "data"), n_classes=4, per_class=6)
     names = {"teacher": write_tiny_open_clip(str(root / "weights"), "tiny-oc-teacher", seed=5),
              "student": write_tiny_open_clip(str(root / "weights"), "tiny-oc-student", seed=6)}
-    env = {**os.environ, "DATA": str(root / "data"), "PYTHON": sys.executable, "TEACHER_CONFIG": TEACHER_CONFIG}
+    env = {**os.environ, "DATA": str(root / "data"), "PYTHON": python_server(str(root)),  # forks this process
+           "TEACHER_CONFIG": TEACHER_CONFIG}
     return root, env, names
 
 

@@ -19,6 +19,7 @@ pytest.importorskip("dassl", reason="Dassl not installed (see README: install Da
 from promptkd import export_model, predict  # noqa: E402
 from promptkd.errors import UserError  # noqa: E402
 from promptkd.predictor import PREDICTOR_FILE, Predictor, PredictorRecord  # noqa: E402
+from tests.cli import python_m  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
 from tests.test_trainers import make_trainer, student_args, teacher_args  # noqa: E402
 
@@ -92,8 +93,7 @@ def test_predict_cli_topk_csv_and_unreadable_image(runs, tmp_path):
     shutil.copytree(os.path.join(src, "banded"), images / "banded")
     (images / "broken.jpg").write_bytes(b"not a jpeg at all")
     out = tmp_path / "pred.csv"
-    proc = subprocess.run([sys.executable, "-m", "promptkd.predict", str(runs["out"] / "student"), str(images),
-                           "--topk", "3", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = python_m("promptkd.predict", [runs["out"] / "student", images, "--topk", "3", "--out", out])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"skipped {images / 'broken.jpg'}" in proc.stderr and "10 images classified, 1 skipped" in proc.stderr
     with open(out, newline="") as f:
@@ -111,6 +111,7 @@ def test_predict_cli_topk_csv_and_unreadable_image(runs, tmp_path):
 
 
 def test_predict_reports_a_missing_run_as_user_error(tmp_path):
+    """`python -m promptkd.predict` itself, a new interpreter (the other CLI tests fork)."""
     proc = subprocess.run([sys.executable, "-m", "promptkd.predict", str(tmp_path), str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "error: No predictor.pt in" in proc.stderr and "--eval-only" in proc.stderr

@@ -1,5 +1,6 @@
-"""The published PromptSRC/PromptKD checkpoint formats (spec §3), synthesised from their key
-patterns, load into our models and reproduce the logits of the models they came from."""
+"""The published PromptSRC/PromptKD checkpoint formats (docs/running.md, "Published checkpoint
+layout"), synthesised from their key patterns, load into our models and reproduce the logits
+of the models they came from."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -105,6 +105,18 @@ def test_results_use_a_result_only_with_its_run(tmp_path):
         ("failed", "RuntimeError: boom (after result.json)")
 
 
+def test_a_damaged_record_is_an_error_naming_it(tmp_path):
+    """A cut-short result.json is not read as "no result" (which would list a finished run as
+    unfinished without a word): promptkd.results stops, naming the file and how to rewrite it."""
+    from promptkd.errors import DataError
+    folder = tmp_path / "runs" / "a"
+    records.atomic_write_json(folder / "run.json", {"format": 1, "run_id": "x1", "trainer": "CoOp", "seed": 1,
+                                                   "dataset": "ImageNet", "protocol": "base2novel"})
+    (folder / "result.json").write_text('{"format": 1, "run_id": "x1", "metr')
+    with pytest.raises(DataError, match=r"result\.json.*--eval-only --model-dir"):
+        R.parse_log(R.find_runs([tmp_path])[0])
+
+
 # --- train.py runs ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

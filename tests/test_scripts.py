@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the script tests)")
 
 from tests.fake_data import make_dtd, make_imagenet, make_imagenet_a  # noqa: E402
+from tests.pyserver import python_server  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,8 @@ def env(tmp_path_factory, clip_files):
     make_dtd(str(data), n_classes=5, per_class=10)
     make_imagenet(str(data), n_classes=5, per_class=6)
     make_imagenet_a(str(data), n_classes=3, per_class=3)
-    return {**os.environ, "DATA": str(data), "OUTPUT": str(root / "output"), "PYTHON": sys.executable}
+    # PYTHON forks this process (tests/pyserver.py); one test below runs the real interpreter
+    return {**os.environ, "DATA": str(data), "OUTPUT": str(root / "output"), "PYTHON": python_server(str(root))}
 
 
 def teacher_opts(clip_files, *extra):
@@ -55,7 +57,8 @@ def test_base2new_one_command_trains_the_missing_teacher_first(env, clip_files):
     assert sum("training the teacher first" in line for line in out.splitlines()) == 1
     teacher, r = results(out)
     assert teacher["trainer"] == "PromptKDTeacher" and r["trainer"] == "PromptKD" and {"base", "novel", "hm"} <= set(r)
-    assert "KD_WEIGHT: 200.0" in open(os.path.join(env["OUTPUT"], "base2new/promptkd/dtd/seed1/log.txt")).read()
+    assert "TRAINER.PROMPTKD.KD_WEIGHT auto -> 200 for DescribableTextures" in open(
+        os.path.join(env["OUTPUT"], "base2new/promptkd/dtd/seed1/log.txt")).read()
     # the teacher of seed 1 now exists: an explicit teacher run is not needed and not repeated
     out = run("teacher_train.sh", "dtd", "1", *env["TEACHER_OPTS"].split(), env=env)
     assert "Resumed from" in out and results(out)[-1]["trainer"] == "PromptKDTeacher"
@@ -63,7 +66,8 @@ def test_base2new_one_command_trains_the_missing_teacher_first(env, clip_files):
                             "--seeds", "1"], cwd=ROOT, capture_output=True, text=True)
     assert table.returncode == 0 and "DTD" in table.stdout and "PromptKD" in table.stdout
     missing = subprocess.run(["bash", os.path.join(ROOT, "scripts/promptkd/base2new_train.sh"), "dtd", "1", *student],
-                             env={**env, "TEACHER_DIR": "/nonexistent/export"}, capture_output=True, text=True)
+                             env={**env, "TEACHER_DIR": "/nonexistent/export", "PYTHON": sys.executable},
+                             capture_output=True, text=True)  # the real interpreter, as a user runs it
     assert missing.returncode == 2 and "error: No class-vector file at /nonexistent/export" in missing.stderr
     assert "Traceback" not in missing.stderr
 
@@ -106,3 +110,43 @@ def test_baseline_scripts_and_comparison_table(env, clip_files):
     assert table.returncode == 0, table.stderr
     assert "CoOp" in table.stdout and "ZeroshotCLIP" in table.stdout
     assert os.path.getsize(os.path.join(env["OUTPUT"], "base2new", "results.png")) > 0
+
+
+def test_scripts_and_plain_train_py_distil_at_the_same_kd_weight(tmp_path, monkeypatch):
+    """The scripts pass no KD_WEIGHT: train.py resolves the config's auto, so a script run and a
+    plain `python train.py` with the shipped config agree (DTD 200, ImageNet 1000), and a
+    KD_WEIGHT given to a script wins. PYTHON is a stub that records the train.py command lines."""
+    import train
+    from trainers.config import kd_weight
+    record, stub = tmp_path / "calls.jsonl", tmp_path / "python"
+    stub.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                    f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    stub.chmod(0o755)
+    teacher = tmp_path / "teacher_run"
+    (teacher / "export").mkdir(parents=True)
+    for name in ("ImageNet", "DescribableTextures"):
+        (teacher / "export" / f"class_vectors_{name}.pt").write_text("")
+    environ = {**os.environ, "PYTHON": str(stub), "DATA": str(tmp_path), "OUTPUT": str(tmp_path / "out"),
+               "TEACHER_DIR": str(teacher / "export"), "TEACHER_RUN": str(teacher)}
+
+    def script_args(script, dataset, *extra):
+        record.unlink(missing_ok=True)
+        proc = subprocess.run(["bash", os.path.join(ROOT, "scripts/promptkd", script), dataset, "1", *extra],
+                              env=environ, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        calls = [json.loads(line) for line in record.read_text().splitlines()]
+        assert len(calls) == 1 and calls[0][0] == "train.py"
+        return calls[0][1:]
+
+    monkeypatch.chdir(ROOT)  # the scripts' config paths are relative to the repository
+    weight = lambda argv: kd_weight(train.setup_cfg(train.parse_args(argv)))[0]  # noqa: E731
+    for dataset, expected in (("dtd", 200.0), ("imagenet", 1000.0)):
+        plain = weight(["--root", str(tmp_path), "--trainer", "PromptKD", "--dataset-config-file",
+                        f"configs/datasets/{dataset}.yaml", "--config-file",
+                        "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml"])
+        assert plain == expected
+        for script in ("base2new_train.sh", "xd_train.sh"):
+            argv = script_args(script, dataset)
+            assert "TRAINER.PROMPTKD.KD_WEIGHT" not in argv  # nothing computed in bash
+            assert weight(argv) == plain, (script, dataset)
+            assert weight(script_args(script, dataset, "TRAINER.PROMPTKD.KD_WEIGHT", "500")) == 500.0

@@ -8,9 +8,6 @@ a SIGKILLed writer resumes to the same bytes; the cached run never builds the te
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -22,6 +19,7 @@ import train  # noqa: E402,F401  (registers datasets and trainers)
 from promptkd.errors import ConfigError, DataError  # noqa: E402
 from promptkd.teacher_cache import MANIFEST, TeacherCache  # noqa: E402
 from promptkd.views import ViewSampler, stream_seed  # noqa: E402
+from tests.cli import python_m  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
 from tests.test_trainers import learnable, make_trainer, student_args, teacher_args  # noqa: E402
 
@@ -284,30 +282,26 @@ def test_a_killed_writer_resumes_to_the_same_cache(setup, tmp_path):
     root = str(tmp_path / "bigger")
     make_dtd(root, n_classes=5, per_class=24)
 
-    def command(cache):
-        return [sys.executable, "-m", "trainers.teacher_cache", "write",
-                *args(setup, str(tmp_path / "out"), "TRAINER.PROMPTKD.TEACHER_CACHE", str(cache),
-                      "TRAINER.PROMPTKD.TEACHER_CACHE_SHARD_SIZE", "4",
-                      "TRAINER.PROMPTKD.TEACHER_CACHE_BATCH_SIZE", "3", epochs=2, root=root)]
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    proc = subprocess.run(command(whole), cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = subprocess.Popen(command(cut), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline:
+    def write(cache, **kw):
+        return python_m("trainers.teacher_cache", [
+            "write", *args(setup, str(tmp_path / "out"), "TRAINER.PROMPTKD.TEACHER_CACHE", str(cache),
+                           "TRAINER.PROMPTKD.TEACHER_CACHE_SHARD_SIZE", "4",
+                           "TRAINER.PROMPTKD.TEACHER_CACHE_BATCH_SIZE", "3", epochs=2, root=root)], **kw)
+
+    def three_shards_written(_):
         try:
-            if len(json.load(open(cut / MANIFEST))["shards"]) >= 3:
-                break
+            return len(json.load(open(cut / MANIFEST))["shards"]) >= 3
         except (OSError, ValueError):
-            pass
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+            return False
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    proc = write(whole)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = write(cut, until=three_shards_written)  # SIGKILL as soon as 3 shards are on disk
     assert proc.returncode == -signal.SIGKILL, "the writer finished before it could be killed"
     manifest = json.load(open(cut / MANIFEST))
     total = len(json.load(open(whole / MANIFEST))["shards"])
     assert 3 <= len(manifest["shards"]) < total
-    again = subprocess.run(command(cut), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = write(cut)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"{total - len(manifest['shards'])} of {total} shards to write" in again.stdout  # it resumed ...
     files = sorted(f for f in os.listdir(whole) if f.endswith(".npy"))
@@ -319,8 +313,7 @@ def test_a_killed_writer_resumes_to_the_same_cache(setup, tmp_path):
 
 
 def test_cli_reports_errors_with_exit_2(setup, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "trainers.teacher_cache", "write",
-                           *args(setup, str(tmp_path / "o"))], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = python_m("trainers.teacher_cache", ["write", *args(setup, str(tmp_path / "o"))])
     assert proc.returncode == 2 and "error: Set TRAINER.PROMPTKD.TEACHER_CACHE" in proc.stderr
 
 

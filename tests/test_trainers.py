@@ -21,6 +21,7 @@ from dassl.utils import set_random_seed  # noqa: E402
 from promptkd.checkpoints import load_file  # noqa: E402
 from promptkd.class_vectors import ClassVectors, class_vectors_file  # noqa: E402
 from promptkd.errors import CheckpointError, ConfigError  # noqa: E402
+from tests.cli import train_py  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -338,15 +339,13 @@ def test_missing_dataset_root_and_typo_in_config_file(data_root, clip_files, tea
 
 # --- the command line -----------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_cli_seed_zero_fresh_log_and_result_line(data_root, clip_files, teacher_run, tmp_path):
     """Two runs of the same command line: the first prints the RESULT line, the second resumes
     from the first one's checkpoint and moves the first log aside."""
     out = str(tmp_path)
-    args = [sys.executable, os.path.join(ROOT, "train.py"), *student_args(
-        data_root, clip_files, out, teacher_run["export"], epochs=1)]
+    args = student_args(data_root, clip_files, out, teacher_run["export"], epochs=1)
     args[args.index("--seed") + 1] = "0"
-    procs = [subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300) for _ in range(2)]
+    procs = [train_py(args) for _ in range(2)]
     for proc in procs:
         assert proc.returncode == 0, proc.stderr[-2000:]
     line = next(l for l in procs[0].stdout.splitlines() if l.startswith("RESULT "))
@@ -383,7 +382,6 @@ def test_student_resume_is_exact(data_root, clip_files, teacher_run, tmp_path):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(clip_files, teacher_run, tmp_path_factory):
     import signal
-    import time
     root = str(tmp_path_factory.mktemp("bigger"))
     make_dtd(root, n_classes=5, per_class=40)  # enough batches per epoch to kill mid-run
     export = str(tmp_path_factory.mktemp("export"))
@@ -392,19 +390,13 @@ def test_killed_run_resumes_to_the_same_weights(clip_files, teacher_run, tmp_pat
         shutil.copy(os.path.join(teacher_run["export"], f), export)
 
     def command(out):
-        return [sys.executable, os.path.join(ROOT, "train.py"),
-                *student_args(root, clip_files, out, export, "TEST.NO_TEST", "True", epochs=2)]
+        return student_args(root, clip_files, out, export, "TEST.NO_TEST", "True", epochs=2)
     whole, cut = str(tmp_path_factory.mktemp("whole")), str(tmp_path_factory.mktemp("cut"))
-    assert subprocess.run(command(whole), cwd=ROOT, capture_output=True, timeout=600).returncode == 0
-    proc = subprocess.Popen(command(cut), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert train_py(command(whole)).returncode == 0
     first = os.path.join(cut, "VLPromptLearner", "checkpoint")  # written once model.pth.tar-1 is complete
-    deadline = time.time() + 300
-    while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = train_py(command(cut), until=lambda _: os.path.exists(first))  # SIGKILL as soon as it is there
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    again = subprocess.run(command(cut), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = train_py(command(cut))
     assert again.returncode == 0, again.stderr[-2000:]
     assert "Resumed from" in open(os.path.join(cut, "log.txt")).read()
     assert not [f for f in os.listdir(os.path.join(cut, "VLPromptLearner")) if f.startswith(".tmp-")]
@@ -434,16 +426,164 @@ def test_fp16_teacher_exports_the_fp32_class_vectors(data_root, clip_files, tmp_
 
 @pytest.mark.slow
 def test_cli_user_error_without_traceback(data_root, clip_files, tmp_path):
+    """`python train.py` itself (a new interpreter, through the `__main__` shim): error: and
+    exit 2 without a traceback; --debug shows it; a misspelt key is named."""
     args = [sys.executable, os.path.join(ROOT, "train.py"), *student_args(
         data_root, clip_files, str(tmp_path), str(tmp_path / "no_teacher"))]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: No class-vector file at {tmp_path / 'no_teacher'}")
     assert "teacher_train.sh" in proc.stderr  # says how to make it
-    proc = subprocess.run(args[:2] + ["--debug"] + args[2:], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # the rest as forked children of this process (tests/cli.py): the same code after the shim
+    proc = train_py(["--debug", *args[2:]])
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "MissingFileError" in proc.stderr
-    typo = subprocess.run(args + ["TRAINER.PROMPTKD.KD_WEIGTH", "1"], cwd=ROOT, capture_output=True, text=True)
+    typo = train_py(args[2:] + ["TRAINER.PROMPTKD.KD_WEIGTH", "1"])
     assert typo.returncode == 2 and "KD_WEIGTH" in typo.stderr and "Traceback" not in typo.stderr
+
+
+# --- refusals that name the key / value / file and the fix -----------------------------------
+
+def cli_error(args, capsys):
+    """train.py's main() through run_cli, as `python train.py ARGS` runs it: (exit code, stderr)."""
+    from promptkd.errors import run_cli
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: train.main(train.parse_args(args)), args)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    (("--trainer", "PromptKd"), "error: Unknown trainer 'PromptKd' (--trainer / TRAINER.NAME). Did you mean "
+                                "'PromptKD'? This plugin's trainers: CoCoOp, CoOp, IVLP, MaPLe, PromptKD, "
+                                "PromptKDTeacher, PromptSRC, ZeroshotCLIP.\n"),
+    (("--trainer", "Vanilla"), "error: Unknown trainer 'Vanilla' (--trainer / TRAINER.NAME). This plugin's trainers:"),
+    (("DATASET.NAME", "DescribableTexture"), "error: Unknown dataset 'DescribableTexture' (DATASET.NAME). Did you "
+                                             "mean 'DescribableTextures'? This plugin's datasets: Caltech101,"),
+    (("DATASET.NAME", "dtd"), "error: Unknown dataset 'dtd' (DATASET.NAME). Did you mean 'DescribableTextures'?"),
+    (("MODEL.BACKBONE.NAME", "ViT-B/61"), "error: Unknown CLIP backbone 'ViT-B/61' (MODEL.BACKBONE.NAME). Did you "
+                                          "mean 'ViT-B/16'? Use an OpenAI CLIP name (RN50,"),
+    (("MODEL.BACKBONE.NAME", "openclip:ViT-B-16/dfn2b"), "error: Unknown backbone 'openclip:ViT-B-16/dfn2b' "
+                                                         "(MODEL.BACKBONE.NAME): open_clip backbones are written "
+                                                         "'open_clip:ViT-B-16/dfn2b'"),
+    (("MODEL.BACKBONE.NAME", "/no/such/ViT-B-16.pt"), "error: MODEL.BACKBONE.NAME /no/such/ViT-B-16.pt: there is no "
+                                                      "file there."),
+    (("TRAINER.PROMPTKD.KD_WEIGTH", "1"), "error: command-line options: unknown config key TRAINER.PROMPTKD.KD_WEIGTH. "
+                                          "Did you mean TRAINER.PROMPTKD.KD_WEIGHT? (Dassl's keys are in "
+                                          "dassl/config/defaults.py, the ones this plugin adds in trainers/config.py.)"),
+    (("PROMPTKD.TEMPERATURE", "2"), "error: command-line options: unknown config key PROMPTKD.TEMPERATURE. Did you "
+                                    "mean TRAINER.PROMPTKD.TEMPERATURE?"),
+    (("INPUT.SIZE", "224"), "error: command-line options: INPUT.SIZE 224: the key takes a tuple (e.g. (32, 32)), "
+                            "not an integer."),
+    (("TRAINER.PROMPTKD", "x"), "error: command-line options: TRAINER.PROMPTKD is a group of keys, not a key"),
+    (("OPTIM.LR",), "error: command-line options: OPTIM.LR has no value; options are KEY VALUE pairs."),
+    (("OPTIM.LR", "0.1", "--eval-only"), "error: command-line options: '--eval-only' is a train.py option, but it "
+                                         "comes after the first KEY VALUE pair"),
+    (("TRAINER.PROMPTKD.KD_WEIGHT", "heavy"), "error: TRAINER.PROMPTKD.KD_WEIGHT is 'heavy': give a number >= 0"),
+])
+def test_cli_names_keys_and_values_with_the_closest_match(data_root, clip_files, teacher_run, tmp_path, capsys,
+                                                         change, message):
+    """Refused before Dassl looks anything up: `error: ...`, exit 2, no traceback."""
+    args = student_args(data_root, clip_files, str(tmp_path), teacher_run["export"])
+    if change[0] == "--trainer":
+        args[args.index("--trainer") + 1] = change[1]
+    else:
+        args += list(change)
+    code, err = cli_error(args, capsys)
+    assert code == 2 and err.startswith(message) and "Traceback" not in err
+
+
+def test_config_file_keys_and_types_are_named(data_root, clip_files, teacher_run, tmp_path):
+    args = student_args(data_root, clip_files, str(tmp_path), teacher_run["export"])
+    for text, message in (
+            ("TRAINER:\n  PROMPTKD:\n    TEMPERTURE: 2.0\n",
+             "bad.yaml: unknown config key TRAINER.PROMPTKD.TEMPERTURE. Did you mean TRAINER.PROMPTKD.TEMPERATURE?"),
+            ("OPTIM:\n  MAX_EPOCH: ten\n", "bad.yaml: OPTIM.MAX_EPOCH ten: the key takes an integer (e.g. 10), not a "
+                                          "string."),
+            ("TRAINER: PromptKD\n", "bad.yaml: TRAINER is a group of keys, not a key"),
+            ("- a\n- b\n", "bad.yaml must hold a mapping of config keys (KEY: value), not a list."),
+            ("OPTIM: [\n", "bad.yaml is not valid YAML")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        changed = list(args)
+        changed[changed.index(STUDENT_CFG)] = str(bad)
+        with pytest.raises(ConfigError) as err:
+            train.setup_cfg(train.parse_args(changed))
+        assert str(err.value).startswith(f"{bad.parent}/{message}"), str(err.value)
+    good = tmp_path / "good.yaml"  # an int for a float key, true for a bool key: what they mean
+    good.write_text("TRAINER:\n  PROMPTKD:\n    TEMPERATURE: 2\nDATALOADER:\n  SKIP_UNREADABLE: true\n")
+    changed = list(args)
+    changed[changed.index("--config-file") + 1] = str(good)
+    cfg = train.setup_cfg(train.parse_args(changed))
+    assert cfg.TRAINER.PROMPTKD.TEMPERATURE == 2.0 and cfg.DATALOADER.SKIP_UNREADABLE is True
+
+
+def kd_args(dataset_cfg, *opts, config=STUDENT_CFG):
+    return ["--root", ROOT, "--trainer", "PromptKD", "--dataset-config-file", dataset_cfg, "--config-file", config,
+            *opts]
+
+
+def test_kd_weight_auto_is_the_published_one_and_a_number_wins(tmp_path):
+    from trainers.config import kd_weight
+    imagenet = os.path.join(ROOT, "configs/datasets/imagenet.yaml")
+    setup = lambda *a, **k: kd_weight(train.setup_cfg(train.parse_args(kd_args(*a, **k))))  # noqa: E731
+    assert setup(DTD_CFG) == (200.0, "TRAINER.PROMPTKD.KD_WEIGHT auto -> 200 for DescribableTextures (the published "
+                                     "value)")
+    assert setup(imagenet)[0] == 1000.0
+    for flowers in ("oxford_flowers", "fgvc_aircraft"):
+        assert setup(os.path.join(ROOT, f"configs/datasets/{flowers}.yaml"))[0] == 200.0
+    for value in ("500", "500.0", "5e2"):  # yacs would refuse a number for the string key
+        assert setup(DTD_CFG, "TRAINER.PROMPTKD.KD_WEIGHT", value) == (
+            500.0, "TRAINER.PROMPTKD.KD_WEIGHT 500 (as given; auto would be 200 for DescribableTextures)")
+    assert setup(imagenet, "TRAINER.PROMPTKD.KD_WEIGHT", "auto")[0] == 1000.0
+    for value in ("500", "500.0"):  # from a YAML file (an int and a float there)
+        mine = tmp_path / f"kd_{value}.yaml"
+        mine.write_text(f"MODEL:\n  BACKBONE:\n    NAME: ViT-B/16\nTRAINER:\n  PROMPTKD:\n    KD_WEIGHT: {value}\n")
+        assert setup(DTD_CFG, config=str(mine))[0] == 500.0
+    with pytest.raises(ConfigError, match="KD_WEIGHT must be >= 0, got -1"):
+        setup(DTD_CFG, "TRAINER.PROMPTKD.KD_WEIGHT", "-1")
+
+
+def test_the_student_distils_at_the_published_kd_weight(data_root, clip_files, teacher_run, tmp_path, caplog):
+    args = student_args(data_root, clip_files, str(tmp_path), teacher_run["export"])
+    i = args.index("TRAINER.PROMPTKD.KD_WEIGHT")
+    del args[i:i + 2]  # the shipped config's auto
+    with caplog.at_level("INFO", logger="promptkd"):
+        trainer = make_trainer(args)
+    assert trainer.kd_weight == 200.0
+    assert "TRAINER.PROMPTKD.KD_WEIGHT auto -> 200 for DescribableTextures" in caplog.text
+    assert make_trainer(args + ["TRAINER.PROMPTKD.KD_WEIGHT", "100"]).kd_weight == 100.0
+
+
+def test_eval_only_needs_a_checkpoint_unless_nothing_is_trained(data_root, clip_files, teacher_run, tmp_path):
+    from tests.test_baseline_trainers import baseline_args
+    student = make_trainer(student_args(data_root, clip_files, str(tmp_path / "s"), teacher_run["export"]))
+    with pytest.raises(ConfigError, match=r"^--eval-only needs --model-dir: PromptKD learns its weights, and without a "
+                                          r"checkpoint it would evaluate an untrained model\. Give --model-dir RUN_DIR"):
+        student.run_eval_only("")
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(FileNotFoundError, match=f"--model-dir {tmp_path / 'empty_run'} holds no checkpoints"):
+        student.run_eval_only(str(tmp_path / "empty_run"))
+    assert not hasattr(student, "last_report")
+    teacher = make_trainer(teacher_args(data_root, clip_files, str(tmp_path / "t")))
+    with pytest.raises(ConfigError, match="--eval-only needs --model-dir: PromptKDTeacher learns"):
+        teacher.run_eval_only("")
+    zero_shot = make_trainer(baseline_args("ZeroshotCLIP", data_root, clip_files, str(tmp_path / "z")))
+    zero_shot.run_eval_only("")  # nothing to load: evaluated as built
+    assert {"base", "novel", "hm"} <= set(zero_shot.last_report)
+
+
+def test_cli_unknown_trainer_and_eval_only_without_model_dir(data_root, clip_files, teacher_run, tmp_path):
+    """The real command line: `error: ...`, exit 2, no traceback (not Dassl's list of its own trainers)."""
+    args = student_args(data_root, clip_files, str(tmp_path), teacher_run["export"])
+    typo = list(args)
+    typo[typo.index("--trainer") + 1] = "PromptDK"
+    proc = train_py(typo)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: Unknown trainer 'PromptDK' (--trainer / TRAINER.NAME). Did you mean "
+                                  "'PromptKD'?")
+    assert "Vanilla" not in proc.stderr  # Dassl's own trainers are not offered
+    proc = train_py(["--eval-only", *args])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: --eval-only needs --model-dir: PromptKD learns its weights")
 
 
 def test_unreadable_image_is_named_or_skipped(clip_files, teacher_run, tmp_path, caplog):
@@ -465,8 +605,92 @@ def test_unreadable_image_is_named_or_skipped(clip_files, teacher_run, tmp_path,
     assert f"cannot read image {bad} (train split of DescribableTextures)" in message
     assert f"python -m datasets.check --root {root} DescribableTextures" in message
     assert "DATALOADER.SKIP_UNREADABLE True" in message
-    skipping = make_trainer(args("skip", "DATALOADER.SKIP_UNREADABLE", "True"))
+    skip = ("DATALOADER.SKIP_UNREADABLE", "True")
+    # 1 of the 20 training images is 5%: more than the default MAX_UNREADABLE_SHARE (1%) stops the run
+    with pytest.raises(DataError) as err:
+        make_trainer(args("share", *skip)).train()
+    assert str(err.value).startswith(
+        "at least 1 of the 20 images of the train split of DescribableTextures are unreadable (5.0%), more than "
+        f"DATALOADER.MAX_UNREADABLE_SHARE 0.01 (1%) allows with DATALOADER.SKIP_UNREADABLE True: {bad} (")
+    assert "raise DATALOADER.MAX_UNREADABLE_SHARE" in str(err.value)
+    skipping = make_trainer(args("skip", *skip, "DATALOADER.MAX_UNREADABLE_SHARE", "0.1"))
     with caplog.at_level("WARNING", logger="promptkd"):
         skipping.train()
     assert "epoch 1: skipped 1 unreadable image(s)" in caplog.text and bad in caplog.text
     assert skipping.last_report["n"] == len(skipping.dm.dataset.test)  # the bad file is a train image
+    # evaluation: 2 of the 10 test images unreadable (20%) is over a share of 0.1 too
+    bad_tests = sorted(d.impath for d in probe.dm.dataset.test)[:2]
+    for path in bad_tests:
+        with open(path, "wb") as f:
+            f.write(b"not an image")
+    evaluating = make_trainer(args("eval", *skip, "DATALOADER.MAX_UNREADABLE_SHARE", "0.1"))
+    with pytest.raises(DataError, match=r"^2 of the 10 images of the test split of DescribableTextures are "
+                                        r"unreadable \(20\.0%\), more than DATALOADER.MAX_UNREADABLE_SHARE 0.1"):
+        evaluating.test()
+    assert all(path in str(evaluating.unreadable) for path in bad_tests)
+
+
+def test_an_epoch_without_an_optimisation_step_is_an_error(clip_files, teacher_run, tmp_path):
+    """Every training image unreadable (skipped, the share allowed): the epoch would make no step and
+    the run would go on to report an untrained model; and a loader with no batch at all."""
+    from torch.utils.data import DataLoader
+
+    from promptkd.errors import DataError
+    root = str(tmp_path / "data")
+    make_dtd(root, n_classes=5, per_class=8)
+    args = lambda out, *extra: student_args(root, clip_files, str(tmp_path / out), teacher_run["export"],  # noqa: E731
+                                            "DATALOADER.NUM_WORKERS", "0", *extra, epochs=1)
+    probe = make_trainer(args("probe"))
+    for d in probe.dm.dataset.train_x:
+        with open(d.impath, "wb") as f:
+            f.write(b"not an image")
+    trainer = make_trainer(args("all_bad", "DATALOADER.SKIP_UNREADABLE", "True",
+                                "DATALOADER.MAX_UNREADABLE_SHARE", "1"))
+    with pytest.raises(DataError, match=r"^epoch 1: the train split of DescribableTextures \(20 images\) gave no "
+                                        r"optimisation step: all 5 batches were skipped, 20 unreadable image\(s\)"):
+        trainer.train()
+    assert not os.path.exists(os.path.join(str(tmp_path / "all_bad"), "VLPromptLearner"))  # no checkpoint of it
+    loader = trainer.train_loader_x
+    trainer.train_loader_x = DataLoader(loader.dataset, batch_size=32, sampler=loader.sampler, drop_last=True,
+                                        collate_fn=loader.collate_fn)
+    trainer.epoch = 0
+    with pytest.raises(ConfigError, match=r"gave no optimisation step: its loader has no batch: fewer images than one "
+                                          r"batch of 32 \(DATALOADER.TRAIN_X.BATCH_SIZE\), and the incomplete last"):
+        trainer.run_epoch()
+
+
+def test_only_the_image_read_is_reported_as_unreadable(tmp_path):
+    """A transform's own error (a bug, a ConfigError) propagates as it is; a broken file is a marker."""
+    from dassl.config import get_cfg_default
+    from dassl.data.datasets import Datum
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from trainers.config import extend_cfg
+    from trainers.data import UNREADABLE, CheckedDatasetWrapper
+
+    cfg = extend_cfg(get_cfg_default())
+    good, broken, truncated = (str(tmp_path / n) for n in ("good.png", "broken.jpg", "truncated.jpg"))
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(good)
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(truncated)
+    with open(truncated, "rb") as f:
+        data = f.read()
+    with open(truncated, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with open(broken, "wb") as f:
+        f.write(b"not an image")
+    items = [Datum(impath=p, label=0, classname="x") for p in (good, broken, truncated)]
+
+    def raising(error):
+        def transform(image):
+            raise error
+        return transform
+    for error in (ValueError("a bug in the transform"), ConfigError("INPUT.SIZE is wrong"), OSError("disk")):
+        wrapper = CheckedDatasetWrapper(cfg, items, transform=raising(error))
+        with pytest.raises(type(error), match=str(error)):
+            wrapper[0]
+    wrapper = CheckedDatasetWrapper(cfg, items, transform=T.ToTensor())
+    assert wrapper[0]["img"].shape == (3, 8, 8) and wrapper[0]["impath"] == good
+    for index, path in ((1, broken), (2, truncated)):
+        marker = wrapper[index][UNREADABLE]
+        assert marker[0] == path and marker[1].split(":")[0] in ("UnidentifiedImageError", "OSError")

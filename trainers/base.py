@@ -25,20 +25,38 @@ from tqdm import tqdm
 from promptkd import distributed as dist_
 from promptkd import records
 from promptkd.backbones import RESIZE_MODES
-from promptkd.checkpoints import atomic_save, learnable_state_dict, load_file, load_learnable_state_dict
-from promptkd.errors import ConfigError, MissingFileError
+from promptkd.checkpoints import PUBLISHED_FIX, learnable_state_dict, load_learnable_state_dict
+from promptkd.errors import CheckpointError, ConfigError, DataError, MissingFileError
 from promptkd.evaluation import num_base_classes, predictions, report_from_predictions
+from promptkd.io import atomic_save, atomic_write_text, load_torch, read_text, remove_stale_tmp
 from promptkd.losses import check_finite
 from promptkd.rng import rng_state, set_rng_state
 from promptkd.schedule import build_lr_scheduler
 from trainers.config import GRAD_CHECKPOINTS, MODALS, MODEL_SELECTIONS, PRECISIONS
-from trainers.data import UNREADABLE, CheckedDatasetWrapper, check_loader, test_transform, unreadable_error
+from trainers.data import (UNREADABLE, CheckedDatasetWrapper, check_loader, test_transform, too_many_unreadable,
+                           unreadable_error)
 from trainers.distributed import check_sampler, distribute_loaders
 
 logger = logging.getLogger("promptkd")
 
 MODEL_NAME = "VLPromptLearner"  # the folder name of the published checkpoints
 CHECKPOINT_FORMAT = "promptkd-dassl/1"
+POINTER_FILE = "checkpoint"  # Dassl's: the name of the latest checkpoint in the folder
+#: a full disk while checkpointing: the pointer still names the last complete checkpoint
+RESUME_FIX = "run the same train.py command again: it resumes from the last complete checkpoint."
+
+
+def checkpoint_fix(folder: str) -> str:
+    """What to do with a damaged checkpoint in `folder` (only training writes one)."""
+    return (f"Only training writes it again: delete it and write the name of an earlier complete checkpoint "
+            f"(model.pth.tar-N) into {os.path.join(folder, POINTER_FILE)}, or delete that file too to train from "
+            "scratch, then run the same train.py command again.")
+
+
+def pointer_fix(folder: str) -> str:
+    return (f"Write the name of the last complete checkpoint in {folder} into it (e.g. `echo model.pth.tar-N > "
+            f"{os.path.join(folder, POINTER_FILE)}`), or delete it to train from scratch; then run the same "
+            "train.py command again.")
 
 
 class PromptTrainer(TrainerX):
@@ -73,6 +91,10 @@ class PromptTrainer(TrainerX):
         for key in ("PROMPT_DEPTH_VISION", "PROMPT_DEPTH_TEXT"):
             if node.get(key, 0) < 0:
                 raise ConfigError(f"TRAINER.{self.CFG_NODE}.{key} must be >= 0, got {node[key]}.")
+        share = cfg.DATALOADER.MAX_UNREADABLE_SHARE
+        if not 0 <= share <= 1:
+            raise ConfigError(f"DATALOADER.MAX_UNREADABLE_SHARE must be a share in [0, 1] (e.g. 0.01 for 1%), "
+                              f"got {share}.")
         root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
         if not os.path.isdir(root):
             raise MissingFileError(f"DATASET.ROOT {root} does not exist (--root): point it at the "
@@ -108,6 +130,7 @@ class PromptTrainer(TrainerX):
         self.test_loader = check_loader(dm.test_loader, "test")
         self.num_classes, self.num_source_domains, self.lab2cname = dm.num_classes, dm.num_source_domains, dm.lab2cname
         self.unreadable = {}  # image path -> reason, for the end-of-epoch list (SKIP_UNREADABLE)
+        self.unreadable_seen = 0  # unreadable images met by this process in the current pass
         if self.cfg.DATASET.SUBSAMPLE_CLASSES == "all":
             full = self.dm.dataset
             self.eval_loader = self.test_loader
@@ -131,9 +154,40 @@ class PromptTrainer(TrainerX):
             raise unreadable_error(*bad[0], split, self.cfg)
         for path, reason in bad:
             self.unreadable[path] = reason
+        self.unreadable_seen += len(bad)
         if "img" not in batch or (bad and len(batch["img"]) < min_size):  # only a batch skipping shrank
             return None
         return batch
+
+    def check_unreadable_share(self, count: int, loader, split: str, so_far: bool):
+        """Stop when more than DATALOADER.MAX_UNREADABLE_SHARE of the split's images were skipped.
+
+        `count` is over every rank (`sum_over_ranks`), so all ranks decide alike and stop
+        together (a rank that stopped alone would leave the others waiting in a collective)."""
+        total = len(loader.dataset)
+        if count <= self.cfg.DATALOADER.MAX_UNREADABLE_SHARE * total:
+            return
+        examples = sorted(self.unreadable.items())[:5]
+        if dist_.is_distributed():  # every rank is here: the same count crossed the limit on all of them
+            examples = sorted(e for part in dist_.all_gather_objects(examples) for e in part)[:5]
+        raise too_many_unreadable(count, total, examples, split, self.cfg, so_far)
+
+    def no_steps_error(self, loader, skipped: int, unreadable: int):
+        """An epoch that made no optimisation step: why, and what to change."""
+        n, batch = len(loader.dataset), loader.batch_size
+        where = (f"epoch {self.epoch + 1}: the train split of {self.cfg.DATASET.NAME} ({n} images) gave no "
+                 "optimisation step")
+        per = " per process" if dist_.is_distributed() else ""
+        if len(loader) == 0:
+            why = (f"its loader has no batch: fewer images{per} than one batch of {batch} "
+                   "(DATALOADER.TRAIN_X.BATCH_SIZE), and the incomplete last batch is dropped" if loader.drop_last
+                   else "its loader has no batch")
+            return ConfigError(f"{where}: {why}. Use a smaller DATALOADER.TRAIN_X.BATCH_SIZE or more training "
+                               "images (DATASET.NUM_SHOTS, the dataset folder).")
+        return DataError(
+            f"{where}: all {skipped} batches were skipped, {unreadable} unreadable image(s) dropped "
+            "(DATALOADER.SKIP_UNREADABLE True; a batch that this leaves with fewer than 2 images is dropped too). "
+            f"Check the images with `python -m datasets.check --root {self.cfg.DATASET.ROOT} {self.cfg.DATASET.NAME}`.")
 
     def report_unreadable(self, where: str):
         if self.unreadable:
@@ -248,16 +302,25 @@ class PromptTrainer(TrainerX):
         sampler = getattr(self.train_loader_x, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # a new shuffle each epoch under torchrun
             sampler.set_epoch(self.epoch)
-        agree = dist_.is_distributed() and self.cfg.DATALOADER.SKIP_UNREADABLE
-        totals, steps, start, lr = {}, 0, time.time(), self.get_current_lr()
+        if self.num_batches == 0:
+            raise self.no_steps_error(self.train_loader_x, 0, 0)
+        skipping = self.cfg.DATALOADER.SKIP_UNREADABLE
+        totals, steps, skipped, start, lr = {}, 0, 0, time.time(), self.get_current_lr()
+        self.unreadable_seen, unreadable = 0, 0
         bar = tqdm(self.train_loader_x, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", leave=False,
                    dynamic_ncols=True, disable=None if dist_.is_main() else True)
         for self.batch_idx, batch in enumerate(bar):
             # BatchNorm in training needs two images: a batch that skipping shrank below that is dropped
             # (a configured batch of 1, e.g. CoCoOp's, is kept).
             batch = self.screen_batch(batch, "train", min_size=2)
-            if dist_.any_rank(batch is None) if agree else batch is None:
-                continue  # under torchrun every rank skips the step together (DDP steps in lockstep)
+            if skipping:  # counts over all ranks: they skip a step together (DDP steps in lockstep) and stop together
+                drop, unreadable = dist_.sum_over_ranks(batch is None, self.unreadable_seen)
+                self.check_unreadable_share(unreadable, self.train_loader_x, "train", so_far=True)
+            else:
+                drop = batch is None
+            if drop:
+                skipped += 1
+                continue
             summary = self.forward_backward(batch)
             steps += 1
             for k, v in summary.items():
@@ -266,10 +329,12 @@ class PromptTrainer(TrainerX):
             n_iter = self.epoch * self.num_batches + self.batch_idx
             for k, v in summary.items():
                 self.write_scalar(f"train/{k}", v, n_iter)
+        if steps == 0:  # the same on every rank (they step in lockstep)
+            raise self.no_steps_error(self.train_loader_x, skipped, unreadable)
         dist_.sync_buffers(self.model)  # rank 0's BatchNorm statistics on every rank, as DDP would use next
         self.update_lr()  # the schedule is per epoch
         self.report_unreadable(f"epoch {self.epoch + 1}")
-        means = {k: v / max(steps, 1) for k, v in totals.items()}
+        means = {k: v / steps for k, v in totals.items()}
         self.epoch_losses = means
         logger.info("epoch [%d/%d] %s lr %.4e time %.1fs", self.epoch + 1, self.max_epoch,
                     " ".join(f"{k} {v:.4f}" for k, v in means.items()), lr, time.time() - start)
@@ -311,9 +376,25 @@ class PromptTrainer(TrainerX):
     def finalize_model(self, eval_only: bool = False):
         """Hook run once the model is final (after training, or after loading for --eval-only)."""
 
+    @property
+    def trains_nothing(self) -> bool:
+        """True for a method with nothing to learn (zero-shot): --eval-only needs no checkpoint."""
+        return False
+
     def run_eval_only(self, model_dir: str, epoch=None):
-        """`--eval-only`: load a saved model, finalise it (e.g. export) and evaluate it."""
-        self.load_model(model_dir, epoch=epoch)
+        """`--eval-only`: load a saved model, finalise it (e.g. export) and evaluate it. Without
+        --model-dir only a method that trains nothing is evaluated (as built)."""
+        if model_dir:
+            self.load_model(model_dir, epoch=epoch)
+        elif self.trains_nothing:
+            logger.info("--eval-only without --model-dir: %s trains nothing here, so it is evaluated as built.",
+                        self.cfg.TRAINER.NAME)
+        else:
+            raise ConfigError(
+                f"--eval-only needs --model-dir: {self.cfg.TRAINER.NAME} learns its weights, and without a checkpoint "
+                "it would evaluate an untrained model. Give --model-dir RUN_DIR (the --output-dir of a training run, "
+                f"holding {MODEL_NAME}/model.pth.tar-N or model-best.pth.tar; --load-epoch N picks an epoch), or drop "
+                "--eval-only to train.")
         self.finalize_model(eval_only=True)
         if not self.cfg.TEST.NO_TEST:
             self.test()
@@ -345,7 +426,7 @@ class PromptTrainer(TrainerX):
         dist_.barrier()
 
     def write_checkpoint(self, state, folder, name, model_name):
-        atomic_save(state, os.path.join(folder, name))
+        atomic_save(state, os.path.join(folder, name), fix=RESUME_FIX)
         if not model_name:
             previous = _read_pointer(folder)
             _write_pointer(folder, name)
@@ -358,9 +439,8 @@ class PromptTrainer(TrainerX):
 
     def resume_model_if_exist(self, directory):
         folder = os.path.join(directory, MODEL_NAME)
-        if os.path.isdir(folder) and dist_.is_main():  # a run killed while saving leaves its temp file behind
-            for stale in (f for f in os.listdir(folder) if f.startswith(".tmp-")):
-                _remove(os.path.join(folder, stale))
+        if dist_.is_main():  # a run killed while saving leaves its temp file behind
+            remove_stale_tmp(folder)
         name = _read_pointer(folder)
         if not name:
             logger.info("No checkpoint in %s: training from scratch", folder)
@@ -387,9 +467,12 @@ class PromptTrainer(TrainerX):
     def load_model(self, directory, epoch=None, best=False):
         """Load weights for evaluation: epoch N, else model-best if asked or present, else the latest."""
         if not directory:
-            logger.warning("No --model-dir given: evaluating the model as built.")
-            return
+            raise ConfigError("No model folder to load from: give --model-dir RUN_DIR (a training run's --output-dir).")
         folder = os.path.join(directory, MODEL_NAME)
+        if not os.path.isdir(folder):
+            raise MissingFileError(
+                f"--model-dir {directory} holds no checkpoints (no {folder} folder): give the --output-dir of a "
+                f"training run of {self.cfg.TRAINER.NAME}, which keeps {MODEL_NAME}/model.pth.tar-N there.")
         if epoch is not None:
             name = f"model.pth.tar-{epoch}"
         elif best or os.path.isfile(os.path.join(folder, "model-best.pth.tar")):
@@ -403,7 +486,8 @@ class PromptTrainer(TrainerX):
         self.load_checkpoint_file(path)
 
     def load_checkpoint_file(self, path: str):
-        ckpt = load_file(path, trusted=self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
+        fix = f"{checkpoint_fix(os.path.dirname(path))} A published checkpoint: {PUBLISHED_FIX}"
+        ckpt = load_torch(path, what="checkpoint", fix=fix, trusted=self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
         self.model_epoch, self.checkpoint = ckpt.get("epoch") if isinstance(ckpt, dict) else None, path
         if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
             if ckpt.get("trainer") not in (None, self.cfg.TRAINER.NAME):
@@ -420,9 +504,10 @@ class PromptTrainer(TrainerX):
                           "cannot import it.")
 
     def _read_own(self, path: str) -> dict:
-        ckpt = load_file(path)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ConfigError(f"{path} is not a resumable checkpoint of this plugin.")
+        fix = checkpoint_fix(os.path.dirname(path))
+        ckpt = load_torch(path, what="checkpoint", fix=fix)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"{path} is not a resumable checkpoint of this plugin. {fix}")
         return ckpt
 
     # --- evaluation ---------------------------------------------------------------------------
@@ -437,6 +522,7 @@ class PromptTrainer(TrainerX):
         protocol = self.cfg.TRAINER.MODAL
         selection_only = split == "base-selection"
         preds, labels, indices = [], [], []
+        self.unreadable_seen = 0
         for batch in tqdm(self.eval_loader, desc="evaluate", leave=False, dynamic_ncols=True,
                           disable=None if dist_.is_main() else True):
             batch = self.screen_batch(batch, "test")
@@ -454,9 +540,16 @@ class PromptTrainer(TrainerX):
             preds.append(predictions(logits, self.num_base).cpu())  # what the report needs, not the logits
             labels.append(label)
             indices.append(index)
+        if self.cfg.DATALOADER.SKIP_UNREADABLE:  # after the pass: the ranks' shards differ in length
+            self.check_unreadable_share(dist_.sum_over_ranks(self.unreadable_seen)[0], self.eval_loader, "test",
+                                        so_far=False)
         self.report_unreadable("evaluation")
         # Under torchrun each rank scored its own shard: every rank gets all of them, in order.
         preds, labels = dist_.gather_in_order(indices, preds, labels)
+        if len(labels) == 0:
+            raise DataError(f"No test image of {self.cfg.DATASET.NAME} could be evaluated: all "
+                            f"{len(self.eval_loader.dataset)} were skipped as unreadable. Check them with "
+                            f"`python -m datasets.check --root {self.cfg.DATASET.ROOT} {self.cfg.DATASET.NAME}`.")
         report = report_from_predictions(preds, labels, protocol, self.num_base)
         if selection_only:
             logger.info("base-class test accuracy (for model selection): %.2f", report["base"])
@@ -489,21 +582,24 @@ def _allowed(key, value, allowed):
 
 
 def _read_pointer(folder: str) -> str | None:
-    path = os.path.join(folder, "checkpoint")
+    """The checkpoint the pointer file names (None without a pointer file). A pointer that is
+    empty, damaged or names a file that is not there is an error: resuming from scratch would
+    silently drop the epochs trained."""
+    path = os.path.join(folder, POINTER_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        name = f.readline().strip()
-    return name if name and os.path.isfile(os.path.join(folder, name)) else None
+    fix = pointer_fix(folder)
+    lines = read_text(path, what="checkpoint pointer file", fix=fix, error=CheckpointError).splitlines()
+    name = lines[0].strip() if lines else ""
+    if not name or os.path.basename(name) != name:
+        raise CheckpointError(f"{path} does not name a checkpoint file (it holds {name[:80]!r}). {fix}")
+    if not os.path.isfile(os.path.join(folder, name)):
+        raise CheckpointError(f"{path} names {name}, which is not in {folder}. {fix}")
+    return name
 
 
 def _write_pointer(folder: str, name: str) -> None:
-    tmp = os.path.join(folder, ".checkpoint.tmp")
-    with open(tmp, "w") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(folder, "checkpoint"))
+    atomic_write_text(os.path.join(folder, POINTER_FILE), name + "\n", fix=RESUME_FIX)
 
 
 def _remove(path: str) -> None:

@@ -4,13 +4,46 @@
 so every key a YAML file or a `KEY VALUE` override may set is declared here with its default.
 The published PromptKD / PromptSRC key names are kept (`TRAINER.PROMPTKD.*`, `TRAINER.MODAL`,
 `TRAINER.PROMPTSRC.*`). This module needs only yacs, not Dassl.
+
+TRAINER.PROMPTKD.KD_WEIGHT defaults to `auto`: the published weight of DATASET.NAME
+(`kd_weight`, the one place that knows them). yacs keeps one type per key, so keys that take
+`auto` or a number (`AUTO_NUMBER_KEYS`) hold a string; train.py stores a number given in a
+YAML file or on the command line as its string.
 """
 from yacs.config import CfgNode as CN
+
+from promptkd.errors import ConfigError
 
 MODALS = ("base2novel", "cross")
 PRECISIONS = ("fp32", "fp16", "amp", "bf16")
 MODEL_SELECTIONS = ("last_epoch", "best_base_test")
 GRAD_CHECKPOINTS = ("off", "text", "image", "both")
+
+AUTO = "auto"
+AUTO_NUMBER_KEYS = ("TRAINER.PROMPTKD.KD_WEIGHT",)  # `auto` or a number (kept as a string)
+# The published PromptKD KD_WEIGHT per dataset (DATASET.NAME); every other dataset gets the default.
+PUBLISHED_KD_WEIGHTS = {"FGVCAircraft": 200.0, "OxfordFlowers": 200.0, "DescribableTextures": 200.0}
+PUBLISHED_KD_WEIGHT_DEFAULT = 1000.0
+
+
+def kd_weight(cfg) -> tuple[float, str]:
+    """(TRAINER.PROMPTKD.KD_WEIGHT as a number, a log line saying where it comes from): `auto`
+    is the published weight of DATASET.NAME (200 for FGVCAircraft, OxfordFlowers and
+    DescribableTextures, 1000 otherwise); a number (or its string) is taken as given."""
+    value, name = cfg.TRAINER.PROMPTKD.KD_WEIGHT, cfg.DATASET.NAME
+    published = PUBLISHED_KD_WEIGHTS.get(name, PUBLISHED_KD_WEIGHT_DEFAULT)
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return published, f"TRAINER.PROMPTKD.KD_WEIGHT auto -> {published:g} for {name} (the published value)"
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        weight = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"TRAINER.PROMPTKD.KD_WEIGHT is '{value}': give a number >= 0 (e.g. 200) or auto (the "
+                          f"published weight of DATASET.NAME, {published:g} for {name}).") from None
+    if weight < 0:
+        raise ConfigError(f"TRAINER.PROMPTKD.KD_WEIGHT must be >= 0, got {value}.")
+    return weight, f"TRAINER.PROMPTKD.KD_WEIGHT {weight:g} (as given; auto would be {published:g} for {name})"
 
 
 def _grad_checkpoint_key(node):
@@ -47,6 +80,9 @@ def extend_cfg(cfg):
     # and listed in the log at the end of the epoch / evaluation (True). Off by default so
     # results are never silently computed on fewer images.
     cfg.DATALOADER.SKIP_UNREADABLE = False
+    # With SKIP_UNREADABLE True: more than this share of a split's images unreadable (0.01 = 1%)
+    # stops the run, naming the share and the first files; 1.0 never stops.
+    cfg.DATALOADER.MAX_UNREADABLE_SHARE = 0.01
     # How a test image is fitted to INPUT.SIZE: "shortest" (Dassl's and OpenAI CLIP's: resize the
     # shorter side, centre-crop) or "squash" (resize the whole image to INPUT.SIZE, as open_clip
     # does for e.g. DFN5B's ViT-H/14). Checked against the backbone's own preprocessing.
@@ -143,7 +179,8 @@ def extend_cfg(cfg):
     # published configs load: the teacher's text side is in its class vectors. TEACHER_NAME is checked against the teacher export (a warning if different).
     _ivlp_prompt_keys(cfg.TRAINER.PROMPTKD, depth=9)
     cfg.TRAINER.PROMPTKD.TEACHER_NAME = "ViT-L/14"
-    cfg.TRAINER.PROMPTKD.KD_WEIGHT = 1000.0
+    # auto: the published weight of DATASET.NAME (PUBLISHED_KD_WEIGHTS above), or a number.
+    cfg.TRAINER.PROMPTKD.KD_WEIGHT = AUTO
     cfg.TRAINER.PROMPTKD.TEMPERATURE = 1.0
     # The teacher's export directory (class_vectors_<Dataset>.pt + image_side.pt).
     cfg.TRAINER.PROMPTKD.TEACHER_DIR = ""

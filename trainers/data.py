@@ -2,11 +2,13 @@
 
 Dassl's `DatasetWrapper` reads images inside DataLoader workers, so a truncated or broken
 file kills training with PIL's bare `OSError: Truncated File Read` and no file name.
-`CheckedDatasetWrapper` catches the read failure in the worker and hands the main process a
-marker instead (`collate_checked` keeps it beside the good images of the batch); the trainer
+`CheckedDatasetWrapper` catches a failure of the image read itself (open, decode, convert to
+RGB; never the transform, whose errors are bugs or config errors and propagate unchanged) in
+the worker and hands the main process a marker instead (`collate_checked` keeps it beside the good images of the batch); the trainer
 (`PromptTrainer.screen_batch`) then either stops with a `DataError` naming the file, the
 split and how to check the whole dataset, or, with `DATALOADER.SKIP_UNREADABLE True`, drops
-the image, counts it and lists it in the log at the end of the epoch.
+the image, counts it and lists it in the log at the end of the epoch; more than
+DATALOADER.MAX_UNREADABLE_SHARE of a split unreadable stops the run (`too_many_unreadable`).
 
 Loaders built elsewhere (other samplers, other datasets) get the same behaviour by using
 `CheckedDatasetWrapper` (or a subclass) and `collate_checked`.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from dassl.data.data_manager import DatasetWrapper
 from dassl.data.transforms import build_transform
+from PIL import Image
 from torch.utils.data import default_collate
 from torchvision import transforms as T
 
@@ -26,15 +29,39 @@ CHECK_HINT = "python -m datasets.check --root {root} {dataset}"
 
 
 class CheckedDatasetWrapper(DatasetWrapper):
-    """Dassl's wrapper; an image that cannot be read becomes a marker, not a worker crash."""
+    """Dassl's wrapper; an image that cannot be read becomes a marker, not a worker crash.
+
+    Only reading the file is guarded: what the transform raises (a bug, a ConfigError)
+    propagates as it is, so it is never reported as an unreadable image."""
 
     split = "train"  # set by the trainer for the message
 
     def __getitem__(self, idx):
+        # Dassl's DatasetWrapper.__getitem__, with the read separated from the transforms.
+        item = self.data_source[idx]
         try:
-            return super().__getitem__(idx)
-        except (OSError, SyntaxError, ValueError) as err:  # what PIL raises for broken files
-            return {UNREADABLE: (self.data_source[idx].impath, f"{type(err).__name__}: {err}")}
+            img0 = read_image(item.impath)
+        except MemoryError:
+            raise
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... on broken files
+            return {UNREADABLE: (item.impath, f"{type(err).__name__}: {err}")}
+        output = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": idx}
+        if self.transform is None:
+            output["img"] = img0
+        elif isinstance(self.transform, (list, tuple)):
+            for i, tfm in enumerate(self.transform):
+                output["img" if i == 0 else f"img{i + 1}"] = self._transform_image(tfm, img0)
+        else:
+            output["img"] = self._transform_image(self.transform, img0)
+        if self.return_img0:
+            output["img0"] = self.to_tensor(img0)  # without any augmentation
+        return output
+
+
+def read_image(path: str) -> Image.Image:
+    """The image at `path`, fully decoded, in RGB (Dassl's read_image, closing the file)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def collate_checked(items: list[dict]) -> dict:
@@ -60,6 +87,23 @@ def unreadable_error(path: str, reason: str, split: str, cfg) -> DataError:
         f"cannot read image {path} ({split} split of {cfg.DATASET.NAME}): {reason}. Replace or remove "
         f"the file; to check every image of the dataset run `{hint}`; to skip unreadable images "
         "instead (they are counted and listed in the log), set DATALOADER.SKIP_UNREADABLE True.")
+
+
+def too_many_unreadable(count: int, total: int, examples: list, split: str, cfg, so_far: bool) -> DataError:
+    """More than DATALOADER.MAX_UNREADABLE_SHARE of a split's images were skipped as unreadable.
+
+    `examples`: [(path, reason), ...], the first few; `so_far`: the pass is not over yet (the
+    count can only grow, so the share is already over the limit)."""
+    limit = cfg.DATALOADER.MAX_UNREADABLE_SHARE
+    hint = CHECK_HINT.format(root=cfg.DATASET.ROOT, dataset=cfg.DATASET.NAME)
+    shown = "; ".join(f"{p} ({r})" for p, r in examples[:5])
+    more = f" and {count - len(examples[:5])} more" if count > len(examples[:5]) else ""
+    return DataError(
+        f"{'at least ' if so_far else ''}{count} of the {total} images of the {split} split of {cfg.DATASET.NAME} "
+        f"are unreadable ({100.0 * count / max(total, 1):.1f}%), more than "
+        f"DATALOADER.MAX_UNREADABLE_SHARE {limit:g} ({100.0 * limit:g}%) allows with "
+        f"DATALOADER.SKIP_UNREADABLE True: {shown}{more}. Replace or remove the files (`{hint}` lists every "
+        "bad image), or raise DATALOADER.MAX_UNREADABLE_SHARE to use the rest.")
 
 
 

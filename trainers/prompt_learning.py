@@ -64,6 +64,11 @@ class PromptLearningTrainer(PromptTrainer):
         if node.get("GPA", False) and cfg.TEST.MODEL_SELECTION == "last_epoch":
             self.gpa = GaussianPromptAggregator(self.max_epoch, node.GPA_MEAN, node.GPA_STD)
 
+    @property
+    def trains_nothing(self) -> bool:
+        """Zero-shot (nothing trainable, ZERO_SHOT, or OPTIM.MAX_EPOCH 0): --eval-only needs no checkpoint."""
+        return self.zero_shot
+
     def apply_grad_checkpoint(self):
         """TRAINER.<NODE>.GRAD_CHECKPOINT -> activation checkpointing in the method's towers."""
         mode = self.tcfg.get("GRAD_CHECKPOINT", "off")

@@ -3,7 +3,8 @@
 The teacher's class vectors were computed once by `PromptKDTeacher` (its export folder,
 TRAINER.PROMPTKD.TEACHER_DIR). Each step runs the frozen teacher image tower (eval mode, no
 autograd) and the student on the same augmented batch, scores both against the stored class
-vectors, and minimises KD_WEIGHT · T² · KL(teacher ‖ student) / (B·C). Labels are never read.
+vectors, and minimises KD_WEIGHT · T² · KL(teacher ‖ student) / (B·C) (KD_WEIGHT auto: the
+published weight of the dataset, `trainers.config.kd_weight`). Labels are never read.
 Evaluation and inference run the student and the class vectors only.
 
 Views are reproducible (`trainers/view_data.py`): with TRAINER.PROMPTKD.TEACHER_CACHE the
@@ -30,7 +31,7 @@ from promptkd.predictor import PredictorRecord, reference_tower
 from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student, teacher_logits
 from promptkd.teacher_cache import DTYPES, TeacherCache
 from trainers.base import PromptTrainer, _allowed
-from trainers.config import grad_checkpoint_towers
+from trainers.config import grad_checkpoint_towers, kd_weight
 from trainers.predictor_export import preprocess_from_cfg, save_predictor
 from trainers.teacher_cache import cache_identity, fill_views
 from trainers.view_data import build_view_loader, resolve_view_seed
@@ -50,8 +51,8 @@ class PromptKD(PromptTrainer):
     def check_cfg(self, cfg):
         super().check_cfg(cfg)
         kd = cfg.TRAINER.PROMPTKD
-        if kd.KD_WEIGHT < 0:
-            raise ConfigError(f"TRAINER.PROMPTKD.KD_WEIGHT must be >= 0, got {kd.KD_WEIGHT}.")
+        self.kd_weight, how = kd_weight(cfg)  # `auto`: the published weight of the dataset
+        logger.info("%s", how)
         if kd.TEMPERATURE <= 0:
             raise ConfigError(f"TRAINER.PROMPTKD.TEMPERATURE must be > 0, got {kd.TEMPERATURE}.")
         if grad_checkpoint_towers(kd.GRAD_CHECKPOINT)[0]:
@@ -148,7 +149,7 @@ class PromptKD(PromptTrainer):
             student_logits = self.train_model(images, self.class_vectors)  # DDP wrapper under torchrun
         # Both sides' logits and the loss are fp32, outside autocast (promptkd.precision).
         t_logits = teacher_logits(embeddings, self.teacher_logit_scale, self.class_vectors)
-        loss = kd_loss(student_logits, t_logits, self.tcfg.TEMPERATURE, self.tcfg.KD_WEIGHT)
+        loss = kd_loss(student_logits, t_logits, self.tcfg.TEMPERATURE, self.kd_weight)
         self.backward_and_step(loss)
         return {"kd_loss": loss.item()}
 
@@ -194,7 +195,7 @@ class PromptKD(PromptTrainer):
         save_predictor(self.cfg, record)
 
     def load_published(self, path: str):
-        """A published PromptKD student (`VLPromptLearner/model*.pth.tar`, spec §3)."""
+        """A published PromptKD student (`VLPromptLearner/model*.pth.tar`; layout in docs/running.md)."""
         load_published_student(self.model, path, self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
         self.backbone_ref = {"kind": "published_student", "path": os.path.abspath(path)}
         logger.info("Loaded published PromptKD student %s (backbone weights from the checkpoint)", path)

@@ -5,7 +5,7 @@
 # The teacher: TEACHER_DIR (its export folder), by default the export of
 # teacher_train.sh DATASET ${TEACHER_SEED:-1}, which is trained (or resumed) first when its
 # export is missing (TEACHER_OPTS: its KEY VALUE overrides). An explicit TEACHER_DIR must
-# exist. KD_WEIGHT is the published one per dataset.
+# exist. KD_WEIGHT is the config's auto: train.py picks the published one for the dataset.
 source "$(dirname "$0")/../_common.sh"
 DATASET=${1:?usage: base2new_train.sh DATASET SEED [KEY VALUE ...]}
 SEED=${2:?usage: base2new_train.sh DATASET SEED [KEY VALUE ...]}
@@ -23,6 +23,6 @@ RUN="$OUTPUT/base2new/promptkd/$DATASET/seed$SEED"
   --config-file "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml" \
   --output-dir "$RUN" \
   DATASET.NUM_SHOTS 0 DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL base2novel \
-  TRAINER.PROMPTKD.KD_WEIGHT "$(kd_weight "$DATASET")" TRAINER.PROMPTKD.TEACHER_DIR "$TEACHER_DIR" \
+  TRAINER.PROMPTKD.TEACHER_DIR "$TEACHER_DIR" \
   ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:3}"
 echo "Student run: $RUN (tables: python -m promptkd.results $OUTPUT/base2new)"

@@ -22,11 +22,12 @@
 # 6. python -m promptkd.results: one base / novel / HM table (OUT/results.md, .csv) and a plot
 #    (OUT/results.png) with all of them; then the backbones' zero-shot probes per prompt form
 #    (python -m promptkd.demo probes).
-# Two steps run side by side, each one process on one thread: pretraining the teacher while the
-# student is pretrained and evaluated zero-shot; then the PromptSRC teacher while zero-shot on
-# the teacher and CoOp run; then the PromptKD student. Every run is deterministic on its own,
-# so the table does not depend on which finishes first. Progress lines carry the run's name.
-# Runs go to OUT/runs, which is cleared first, so a re-run gives the same numbers (seed 1).
+# The steps run in demo.py, which imports Dassl once and forks a child per step, two side by
+# side, each on one thread: pretraining the teacher while the student is pretrained and
+# evaluated zero-shot; then the PromptSRC teacher while zero-shot on the teacher and CoOp run;
+# then the PromptKD student. Every run is deterministic on its own, so the table does not
+# depend on which finishes first. Progress lines carry the run's name. Runs go to OUT/runs,
+# which is cleared first, so a re-run gives the same numbers (seed 1).
 #
 # What the table shows and does not show, and timings: docs/demo.md.
 # Environment: PYTHON (default python); OUTPUT (default output, relative to the repository as
@@ -47,101 +48,10 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"  # absolute (an OUT argument is relative to the caller's directory)
 cd "$REPO"
 PYTHON=${PYTHON:-python}
-PRESET=${DEMO_PRESET:-full}
-PRETRAIN_OPTS=()
-case "${DEMO_PRETRAIN:-0}" in 0 | "") ;; *) PRETRAIN_OPTS+=(--from-scratch) ;; esac
-SEED=1
+OPTS=(--preset "${DEMO_PRESET:-full}")
+case "${DEMO_PRETRAIN:-0}" in 0 | "") ;; *) OPTS+=(--from-scratch) ;; esac
+if [ -n "${DEMO_EPOCHS:-}" ]; then OPTS+=(--epochs "$DEMO_EPOCHS"); fi
 export OMP_NUM_THREADS=${DEMO_THREADS:-1} MKL_NUM_THREADS=${DEMO_THREADS:-1}
 
-WEIGHTS="$OUT/weights"
-DATA="$OUT/data"
-RUNS="$OUT/runs"
-TEACHER="$WEIGHTS/teacher.pt"
-STUDENT="$WEIGHTS/student.pt"
-
-EPOCH_OPTS=()
-if [ -n "${DEMO_EPOCHS:-}" ]; then EPOCH_OPTS+=(OPTIM.MAX_EPOCH "$DEMO_EPOCHS"); fi
-
-# The trainers' console output is long (config dump, environment); it is all in each run's
-# log.txt. Show the progress lines only, prefixed with the run's name (two run at a time).
-show_progress() {
-  { grep --line-buffered -E '^(epoch \[|\* accuracy|Exported|ToyShapes: generated|RESULT)' || true; } |
-    awk -v prefix="[$1] " '{ print prefix $0; fflush() }'
-}
-
-# train_args NAME TRAINER BACKBONE SHOTS SUBSAMPLE [KEY VALUE ...]: the train.py command line of
-# one run in RUNS/base2new/NAME, in ARGS
-train_args() {
-  local name=$1 trainer=$2 backbone=$3 shots=$4 subsample=$5
-  shift 5
-  local dir="$RUNS/base2new/$name/toy_shapes/seed$SEED"
-  echo "-- $name: $trainer on $(basename "$backbone" .pt)'s backbone (log: $dir/log.txt)"
-  ARGS=("$PYTHON" train.py --root "$DATA" --seed "$SEED" --trainer "$trainer"
-    --dataset-config-file configs/datasets/toy_shapes.yaml
-    --config-file "configs/trainers/$trainer/demo_tiny.yaml"
-    --output-dir "$dir"
-    MODEL.BACKBONE.NAME "$backbone"
-    DATASET.NUM_SHOTS "$shots" DATASET.SUBSAMPLE_CLASSES "$subsample" TRAINER.MODAL base2novel
-    "$@")
-}
-
-# run NAME ...: one train.py run (arguments as train_args), in the foreground
-run() {
-  train_args "$@"
-  "${ARGS[@]}" | show_progress "$1"
-}
-
-# start NAME ...: the same in the background (its pid in BACKGROUND); join waits for it
-start() {
-  train_args "$@"
-  "${ARGS[@]}" > >(show_progress "$1") &
-  BACKGROUND=$!
-}
-
-# pretrain ROLE: the tiny CLIP of ROLE in WEIGHTS (unpacked or trained once, then reused)
-pretrain() {
-  "$PYTHON" -m promptkd.demo pretrain "$WEIGHTS" --preset "$PRESET" --role "$1" ${PRETRAIN_OPTS[@]+"${PRETRAIN_OPTS[@]}"} >/dev/null
-}
-
-# Background jobs of a script ignore Ctrl-C, and a failed step must not leave the other one
-# running: stop it with the script (files are written atomically, so an interrupted run
-# leaves nothing half-written behind).
-BACKGROUND=
-trap 'if [ -n "$BACKGROUND" ]; then kill "$BACKGROUND" 2>/dev/null; fi; exit 130' INT TERM
-trap 'if [ -n "$BACKGROUND" ]; then kill "$BACKGROUND" 2>/dev/null || true; fi' EXIT
-# join: wait for the background step; stop if it failed
-join() {
-  local status=0
-  wait "$BACKGROUND" || status=$?
-  BACKGROUND=
-  if [ "$status" -ne 0 ]; then echo "error: a demo step failed (messages above)" >&2; exit "$status"; fi
-}
-
 echo "== PromptKD demo: everything under $OUT"
-echo "-- tiny CLIPs pretrained on the toy world (preset $PRESET; in $WEIGHTS)"
-mkdir -p "$DATA"
-rm -rf "$RUNS"  # weights and data are kept; runs are redone, and stale results removed
-rm -f "$OUT/results.md" "$OUT/results.csv" "$OUT/results.png"
-
-pretrain teacher &
-BACKGROUND=$!
-pretrain student
-run zsclip_student ZeroshotCLIP "$STUDENT" 16 base  # the first run also generates the dataset
-join
-start promptkd_teacher PromptKDTeacher "$TEACHER" 16 base ${EPOCH_OPTS[@]+"${EPOCH_OPTS[@]}"}
-run zsclip_teacher ZeroshotCLIP "$TEACHER" 16 base
-run coop CoOp "$TEACHER" 16 base ${EPOCH_OPTS[@]+"${EPOCH_OPTS[@]}"}
-join
-run promptkd PromptKD "$STUDENT" 0 all \
-  TRAINER.PROMPTKD.TEACHER_DIR "$RUNS/base2new/promptkd_teacher/toy_shapes/seed$SEED/export" \
-  ${EPOCH_OPTS[@]+"${EPOCH_OPTS[@]}"}
-
-echo "-- results"
-"$PYTHON" -m promptkd.results "$RUNS" --out "$OUT/results" --plot --seeds "$SEED"
-echo
-echo "Zero-shot probes of the pretrained backbones (fresh images; from $WEIGHTS/*.json): what"
-echo "each backbone's features allow when prompted in a form it was pretrained on."
-"$PYTHON" -m promptkd.demo probes "$WEIGHTS"
-echo
-echo "Results table: $OUT/results.md (and $OUT/results.csv)"
-echo "Plot:          $OUT/results.png"
+exec "$PYTHON" demo.py "$OUT" "${OPTS[@]}"

@@ -32,7 +32,7 @@ STUDENT_CFG="configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx_cross_datas
 COMMON=(--root "$DATA" --seed "$SEED" --trainer PromptKD --dataset-config-file "configs/datasets/$DATASET.yaml"
         --config-file "$STUDENT_CFG")
 OPTS=(DATASET.NUM_SHOTS 0 DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL cross
-      TRAINER.PROMPTKD.TEACHER_DIR "$TEACHER_RUN/export" TRAINER.PROMPTKD.KD_WEIGHT "$(kd_weight "$DATASET")")
+      TRAINER.PROMPTKD.TEACHER_DIR "$TEACHER_RUN/export")  # KD_WEIGHT: the config's auto (per dataset)
 if [[ "$DG_DATASETS" == *" $DATASET "* ]]; then
   RUN="$OUTPUT/cross/promptkd/$DATASET/seed$SEED"
   "${LAUNCH[@]}" "${COMMON[@]}" --output-dir "$RUN" --eval-only \

@@ -1,0 +1,142 @@
+"""The offline demo's driver; `bash scripts/promptkd/demo.sh [OUT]` runs it (what it shows: docs/demo.md).
+
+    python demo.py OUT [--preset full|fast] [--from-scratch] [--epochs N]
+
+Under OUT: `weights/` the two tiny pretrained CLIPs (unpacked from the shipped ones, or
+pretrained), `data/toy_shapes` the generated dataset, `runs/base2new/<run>/toy_shapes/seed1`
+the five runs (cleared first, so a re-run redoes them), `results.md|csv|png` the table.
+
+It imports Dassl and the trainers once and runs every step in a forked child of itself
+(`promptkd.forked`): a child starts in milliseconds where a new `python train.py` spends
+seconds importing, and it is still a process of its own (Dassl's logger, seeds, exit code).
+Two steps run side by side, each on its own thread count (`OMP_NUM_THREADS`, set by the
+script): the teacher's pretraining beside the student's and its zero-shot run, then the
+PromptSRC teacher beside zero-shot CLIP on the teacher and CoOp, then the PromptKD student.
+Every run is deterministic on its own, so the table does not depend on which finishes first.
+Progress lines carry the run's name; each run's whole log is its log.txt.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import shutil
+import sys
+
+import train  # noqa: F401  (imports Dassl and registers this project's trainers and datasets)
+from promptkd import forked
+from promptkd.demo import ROLES, pretrained_weights, probe_table
+from promptkd.errors import UserError, run_cli
+from promptkd.pretrain import PRESETS
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+SEED = 1
+# the lines of a run's console output the demo shows (the rest is in its log.txt)
+PROGRESS = re.compile(r"^(epoch \[|\* accuracy|Exported|ToyShapes: generated|RESULT)")
+
+
+def run_argv(out: str, name: str, trainer: str, backbone: str, shots: int, subsample: str,
+             *opts: str) -> list[str]:
+    """train.py's command line of the run NAME under OUT/runs/base2new."""
+    return ["--root", os.path.join(out, "data"), "--seed", str(SEED), "--trainer", trainer,
+            "--dataset-config-file", os.path.join(REPO, "configs", "datasets", "toy_shapes.yaml"),
+            "--config-file", os.path.join(REPO, "configs", "trainers", trainer, "demo_tiny.yaml"),
+            "--output-dir", run_dir(out, name),
+            "MODEL.BACKBONE.NAME", backbone, "DATASET.NUM_SHOTS", str(shots),
+            "DATASET.SUBSAMPLE_CLASSES", subsample, "TRAINER.MODAL", "base2novel", *opts]
+
+
+def run_dir(out: str, name: str) -> str:
+    return os.path.join(out, "runs", "base2new", name, "toy_shapes", f"seed{SEED}")
+
+
+def pretrain_step(weights: str, role: str, preset: str, from_scratch: bool) -> forked.Step:
+    def fn():
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        pretrained_weights(weights, preset, [role], from_scratch)
+    return forked.Step(f"pretrain {role}", fn)
+
+
+def train_step(out: str, name: str, *spec) -> forked.Step:
+    argv = run_argv(out, name, *spec)
+    trainer, backbone = spec[0], spec[1]
+
+    def fn():
+        print(f"-- {name}: {trainer} on {os.path.splitext(os.path.basename(backbone))[0]}'s backbone "
+              f"(log: {run_dir(out, name)}/log.txt)", flush=True)
+        train.cli(argv)
+    return forked.Step(name, fn)
+
+
+def show(name: str, stream: str, line: str) -> None:
+    if stream == "stderr":
+        print(f"[{name}] {line}", file=sys.stderr, flush=True)
+    elif line.startswith("-- "):
+        print(line, flush=True)
+    elif PROGRESS.match(line):
+        print(f"[{name}] {line}", flush=True)
+
+
+def run(out: str, preset: str = "full", from_scratch: bool = False, epochs: int | None = None) -> None:
+    out = os.path.abspath(out)
+    weights = os.path.join(out, "weights")
+    teacher, student = (os.path.join(weights, f"{role}.pt") for role in ROLES)
+    epoch_opts = ["OPTIM.MAX_EPOCH", str(epochs)] if epochs else []
+    os.makedirs(os.path.join(out, "data"), exist_ok=True)
+    shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)  # runs are redone; weights, data kept
+    for suffix in (".md", ".csv", ".png"):
+        if os.path.exists(os.path.join(out, "results" + suffix)):
+            os.remove(os.path.join(out, "results" + suffix))
+    print(f"-- tiny CLIPs pretrained on the toy world (preset {preset}; in {weights})", flush=True)
+
+    def lanes(*lanes):
+        try:
+            forked.run_lanes(lanes, show)
+        except forked.ChildFailed as err:
+            raise UserError(f"the demo step {err.name} failed (exit code {err.code}); its messages "
+                            "are above, and its log.txt (if it got that far) is named above") from None
+
+    lanes([pretrain_step(weights, "teacher", preset, from_scratch)],
+          [pretrain_step(weights, "student", preset, from_scratch),
+           # the first run also generates the dataset
+           train_step(out, "zsclip_student", "ZeroshotCLIP", student, 16, "base")])
+    lanes([train_step(out, "promptkd_teacher", "PromptKDTeacher", teacher, 16, "base", *epoch_opts)],
+          [train_step(out, "zsclip_teacher", "ZeroshotCLIP", teacher, 16, "base"),
+           train_step(out, "coop", "CoOp", teacher, 16, "base", *epoch_opts)])
+    export = os.path.join(run_dir(out, "promptkd_teacher"), "export")
+    lanes([train_step(out, "promptkd", "PromptKD", student, 0, "all",
+                      "TRAINER.PROMPTKD.TEACHER_DIR", export, *epoch_opts)])
+
+    print("-- results", flush=True)
+    from promptkd import results
+
+    code = results.main([os.path.join(out, "runs"), "--out", os.path.join(out, "results"), "--plot",
+                         "--seeds", str(SEED)])
+    if code:
+        raise UserError(f"python -m promptkd.results {out}/runs failed (exit code {code})")
+    print()
+    print(f"Zero-shot probes of the pretrained backbones (fresh images; from {weights}/*.json): what")
+    print("each backbone's features allow when prompted in a form it was pretrained on.")
+    print(probe_table(weights))
+    print()
+    print(f"Results table: {out}/results.md (and {out}/results.csv)")
+    print(f"Plot:          {out}/results.png", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python demo.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", metavar="OUT", help="folder of everything the demo makes")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
+                        help="tiny CLIPs' sizes and pretraining (default full, the shipped one; fast: tests)")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="pretrain the tiny CLIPs even where the repository ships them")
+    parser.add_argument("--epochs", type=int, help="epochs of every training run (default: the configs')")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    args = parser.parse_args(argv)
+    run(args.out, args.preset, args.from_scratch, args.epochs)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

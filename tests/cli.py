@@ -1,0 +1,45 @@
+"""Command lines run as a forked child of the test process (promptkd.forked), not a new Python.
+
+`python train.py ...` spends seconds importing torch, Dassl and the trainers before it does
+anything; the test process has imported them already, so a forked child runs the same command
+line in milliseconds, still as a process of its own (exit code, stdout / stderr, Dassl's global
+logger, a kill). What a fork cannot show, the `if __name__ == "__main__"` line of each entry
+point, keeps one real `subprocess` test per entry point (tests/test_trainers.py and the scripts
+tests).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+from promptkd import forked
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _in(cwd, env, fn):
+    def child():
+        os.chdir(cwd)
+        os.environ.update(env or {})
+        fn()
+    return child
+
+
+def train_py(argv, cwd=ROOT, env=None, timeout=600, until=None) -> forked.Completed:
+    """`python train.py ARGV` in `cwd`: returncode, stdout, stderr (as subprocess.run gives)."""
+    import train
+
+    return forked.run(_in(cwd, env, lambda: train.cli([str(a) for a in argv])), timeout, until)
+
+
+def python_m(module: str, argv, cwd=ROOT, env=None, timeout=600, until=None) -> forked.Completed:
+    """`python -m MODULE ARGV` of one of this project's command-line modules (each has
+    main(argv) and reports user errors through promptkd.errors.run_cli)."""
+    from promptkd.errors import run_cli
+
+    argv = [str(a) for a in argv]
+
+    def fn():
+        mod = importlib.import_module(module)
+        run_cli(lambda: mod.main(argv), argv)
+    return forked.run(_in(cwd, env, fn), timeout, until)
