@@ -38,7 +38,7 @@ import trainers.promptkd_teacher  # noqa: E402,F401  (registers PromptKDTeacher)
 from promptkd.errors import ConfigError, MissingFileError, run_cli  # noqa: E402
 from trainers.config import AUTO_NUMBER_KEYS, extend_cfg, kd_weight  # noqa: E402
 from trainers.names import check_names, closest_matches  # noqa: E402
-from promptkd import determinism, distributed  # noqa: E402
+from promptkd import determinism, distributed, records  # noqa: E402
 
 logger = logging.getLogger("promptkd")
 
@@ -246,7 +246,10 @@ def main(args):
     logger.info("Config:\n%s", cfg)
     logger.info("Environment:\n%s", collect_env_info())
 
+    run = records.start_run(cfg, eval_only=args.eval_only)  # run.json, before anything else can fail
     trainer = build_trainer(cfg)
+    teacher = getattr(trainer, "teacher_identity", lambda: None)()  # a stock Dassl trainer has none
+    trainer.run_record = records.update_run(cfg, run, teacher=teacher)  # result.json: PromptTrainer.log_report
     if args.eval_only:
         trainer.run_eval_only(args.model_dir, epoch=args.load_epoch)
     elif not args.no_train:

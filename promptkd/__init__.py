@@ -17,7 +17,8 @@
     toyworld       the demo's generated colour x shape world (images and captions)
     pretrain       contrastive pretraining of tiny CLIPs on it, cached (the demo's backbones)
     demo           python -m promptkd.demo pretrain (used by scripts/promptkd/demo.sh)
-    results        the results-table command (python -m promptkd.results)
+    records        run.json / result.json, the records every train.py run writes
+    results        the results-table command (python -m promptkd.results), from those records
     predictor      a run's predictor.pt record -> a stand-alone image classifier
     predict        classify images with a run (python -m promptkd.predict)
     export_model   one ONNX / TorchScript classifier file (python -m promptkd.export_model)

@@ -15,6 +15,7 @@ seconds of start-up, so the runs are module fixtures shared by the assertions:
 In-process, a 1-process gloo group runs the other trainers through the DDP wrapper (DDP
 refuses a trainable parameter that does not reach the loss) and checks the refused launches.
 """
+import json
 import os
 import re
 import signal
@@ -177,7 +178,9 @@ def test_promptkd_ranks_agree_and_write_one_set_of_files(kd):
     assert any("projector.1.running_mean" in k for k in r0["state"])
     out = kd["out"]
     assert sorted(os.listdir(os.path.join(out, "VLPromptLearner"))) == ["checkpoint", "model.pth.tar-3"]
-    assert sorted(os.listdir(out)) == ["VLPromptLearner", "export", "log.txt", "tensorboard"]
+    assert sorted(os.listdir(out)) == ["VLPromptLearner", "export", "log.txt", "result.json", "run.json", "tensorboard"]
+    run, result = (json.load(open(os.path.join(out, f))) for f in ("run.json", "result.json"))  # rank 0's
+    assert run["processes"] == 2 and result["run_id"] == run["run_id"] and result["n_images"] == r0["report"]["n"]
     assert os.listdir(os.path.join(out, "export")) == ["predictor.pt"]
     assert len(os.listdir(os.path.join(out, "tensorboard"))) == 1
     log = open(os.path.join(out, "log.txt")).read()

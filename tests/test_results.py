@@ -1,6 +1,7 @@
 """Tests for promptkd.results: synthetic run folders with realistic Dassl-style logs."""
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -145,15 +146,15 @@ def test_mean_std_and_hm_conventions(tmp_path):
     report = report_of(tmp_path)
     group = report.group("base2novel", "PromptKD", "ImageNet")
     assert group.n == 3 and group.complete
-    assert group.stats["base"].mean == pytest.approx(81.0)
-    assert group.stats["base"].std == pytest.approx(1.0)        # sample std, ddof=1
-    assert group.stats["novel"].mean == pytest.approx(72.0)
-    assert group.stats["novel"].std == pytest.approx(2.0)
+    assert group.base_mean == pytest.approx(81.0)
+    assert group.base_std == pytest.approx(1.0)        # sample std, ddof=1
+    assert group.novel_mean == pytest.approx(72.0)
+    assert group.novel_std == pytest.approx(2.0)
     # paper convention: HM(81, 72) = 2*81*72/153
     assert group.hm_of_means == pytest.approx(76.2353, abs=1e-4)
     # mean ± std of per-seed HM (74.67, 76.24, 77.79 as written, rounded to 2 decimals)
-    assert group.stats["hm"].mean == pytest.approx(76.2333, abs=1e-3)
-    assert group.stats["hm"].std == pytest.approx(1.5608, abs=1e-3)
+    assert group.hm_mean == pytest.approx(76.2333, abs=1e-3)
+    assert group.hm_std == pytest.approx(1.5608, abs=1e-3)
 
     table = R.format_tables(report)[0]
     row = next(r for r in table.rows if r[1] == "ImageNet")
@@ -164,7 +165,7 @@ def test_mean_std_and_hm_conventions(tmp_path):
 def test_single_seed_has_zero_std(tmp_path):
     write_run(tmp_path, "PromptKD", "EuroSAT", 1, metrics=b2n_metrics(97.5, 82.0))
     group = report_of(tmp_path, seeds=(1,)).group("base2novel", "PromptKD", "EuroSAT")
-    assert (group.stats["base"].n, group.stats["base"].std) == (1, 0.0)
+    assert (group.base_n, group.base_std) == (1, 0.0)
 
 
 def test_config_dump_parsing(tmp_path):
@@ -196,7 +197,7 @@ def test_log_txt_wins_over_rotated_logs(tmp_path):
     logs = R.find_runs([tmp_path])
     assert logs == [new]
     group = report_of(tmp_path, seeds=(1,)).group("base2novel", "PromptKD", "ImageNet")
-    assert group.stats["base"].mean == 80.0 and group.n == 1
+    assert group.base_mean == 80.0 and group.n == 1
 
 
 def test_only_rotated_logs_newest_timestamp_in_name_wins(tmp_path):
@@ -226,7 +227,7 @@ def test_duplicate_seed_in_two_dirs_keeps_newest(tmp_path):
                     subdir="base2new", mtime=1_000_000_500)
     report = report_of(tmp_path, seeds=(1,))
     group = report.group("base2novel", "PromptKD", "ImageNet")
-    assert group.runs[1].log_path == new and group.stats["base"].mean == 80.0
+    assert report.used.log_path.tolist() == [new] and group.base_mean == 80.0
     dup = [i for i in report.issues if i.status == "duplicate"]
     assert len(dup) == 1 and dup[0].log_path == old and str(new) in dup[0].detail
 
@@ -236,7 +237,7 @@ def test_missing_seed_reported_and_mean_marked(tmp_path, capsys):
     write_run(tmp_path, "PromptKD", "ImageNet", 2, metrics=b2n_metrics(81.0, 75.0))
     report = report_of(tmp_path)
     group = report.group("base2novel", "PromptKD", "ImageNet")
-    assert group.n == 2 and group.missing_seeds == [3] and not group.complete
+    assert group.n == 2 and group.missing == [3] and not group.complete
     assert [(i.seed, i.status) for i in report.issues] == [(3, "missing")]
     code, out = run_cli(capsys, tmp_path)
     assert code == 0
@@ -263,7 +264,7 @@ def test_unfinished_and_failed_runs_listed(tmp_path, capsys):
 
     report = report_of(tmp_path)
     group = report.group("base2novel", "PromptKD", "ImageNet")
-    assert group.n == 1 and group.stats["base"].mean == 80.0   # the failed run is not used
+    assert group.n == 1 and group.base_mean == 80.0   # the failed run is not used
     statuses = {(i.dataset, i.seed): (i.status, i.log_path) for i in report.issues}
     assert statuses[("ImageNet", 2)] == ("failed", failed)
     assert statuses[("ImageNet", 3)] == ("unfinished", unfinished)
@@ -301,8 +302,8 @@ def test_average_of_11_when_complete(tmp_path):
     _all_b2n(tmp_path)
     avg = report_of(tmp_path).average("base2novel", "PromptKD")
     # bases 70..80 (mean 75), novels 60..70 (mean 65); HM of the averages
-    assert avg.values["base"] == pytest.approx(75.0)
-    assert avg.values["novel"] == pytest.approx(65.0)
+    assert avg.base == pytest.approx(75.0)
+    assert avg.novel == pytest.approx(65.0)
     assert avg.hm_of_means == pytest.approx(2 * 75 * 65 / 140)
     assert avg.missing == [] and avg.short == []
     table = R.format_tables(report_of(tmp_path))[0]
@@ -315,7 +316,7 @@ def test_average_of_11_when_complete(tmp_path):
 def test_average_of_11_refused_when_datasets_missing(tmp_path, capsys):
     _all_b2n(tmp_path, skip=("EuroSAT", "UCF101"))
     avg = report_of(tmp_path).average("base2novel", "PromptKD")
-    assert avg.values is None and avg.missing == ["EuroSAT", "UCF101"]
+    assert math.isnan(avg.base) and avg.missing == ["EuroSAT", "UCF101"]
     code, out = run_cli(capsys, tmp_path)
     assert code == 0
     assert "not computed, missing: EuroSAT, UCF101" in out
@@ -330,7 +331,7 @@ def test_cross_table_and_10_target_average(tmp_path, capsys):
         for dataset in R.DG_DATASETS:
             write_run(tmp_path, "PromptKD", dataset, seed, "cross", {"accuracy": 50.0})
     report = report_of(tmp_path)
-    assert report.average("cross", "PromptKD").values["accuracy"] == pytest.approx(64.5)
+    assert report.average("cross", "PromptKD").accuracy == pytest.approx(64.5)
     table = next(t for t in R.format_tables(report) if t.title.startswith("Cross"))
     assert table.headers[:3] == ["Method", "ImageNet", "Caltech101"]
     assert table.headers[12:] == ["Average (10)", "ImageNet-V2", "ImageNet-Sketch",

@@ -23,6 +23,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from promptkd import distributed as dist_
+from promptkd import records
 from promptkd.backbones import RESIZE_MODES
 from promptkd.checkpoints import PUBLISHED_FIX, learnable_state_dict, load_learnable_state_dict
 from promptkd.errors import CheckpointError, ConfigError, DataError, MissingFileError
@@ -60,6 +61,8 @@ def pointer_fix(folder: str) -> str:
 
 class PromptTrainer(TrainerX):
     CFG_NODE = ""  # e.g. "PROMPTKD": the trainer's own TRAINER.<node> settings
+    run_record = None  # train.py's run.json record (promptkd.records); evaluation then writes result.json
+    model_epoch, checkpoint = 0, None  # the epoch / file of the weights now in the model (0, None: as built)
 
     def __init__(self, cfg):
         super().__init__(cfg)  # Dassl builds the data and the model here
@@ -69,6 +72,10 @@ class PromptTrainer(TrainerX):
     @property
     def tcfg(self):
         return self.cfg.TRAINER[self.CFG_NODE]
+
+    def teacher_identity(self) -> dict | None:
+        """The teacher this trainer distils from, for run.json (None: it distils from none)."""
+        return None
 
     # --- configuration ------------------------------------------------------------------
     def check_cfg(self, cfg):
@@ -403,6 +410,7 @@ class PromptTrainer(TrainerX):
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
         folder = os.path.join(directory, MODEL_NAME)
         name = model_name or f"model.pth.tar-{epoch + 1}"
+        self.model_epoch, self.checkpoint = epoch + 1, os.path.join(folder, name)
         state = {
             "format": CHECKPOINT_FORMAT, "trainer": self.cfg.TRAINER.NAME,
             "state_dict": learnable_state_dict(self.model), "epoch": epoch + 1,
@@ -439,6 +447,7 @@ class PromptTrainer(TrainerX):
             return 0
         ckpt = self._read_own(os.path.join(folder, name))
         load_learnable_state_dict(self.model, ckpt["state_dict"], os.path.join(folder, name))
+        self.model_epoch, self.checkpoint = ckpt["epoch"], os.path.join(folder, name)
         self.optim.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
@@ -479,6 +488,7 @@ class PromptTrainer(TrainerX):
     def load_checkpoint_file(self, path: str):
         fix = f"{checkpoint_fix(os.path.dirname(path))} A published checkpoint: {PUBLISHED_FIX}"
         ckpt = load_torch(path, what="checkpoint", fix=fix, trusted=self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
+        self.model_epoch, self.checkpoint = ckpt.get("epoch") if isinstance(ckpt, dict) else None, path
         if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
             if ckpt.get("trainer") not in (None, self.cfg.TRAINER.NAME):
                 raise ConfigError(f"{path} was written by trainer {ckpt['trainer']}, not "
@@ -560,6 +570,10 @@ class PromptTrainer(TrainerX):
                 "selection": self.cfg.TEST.MODEL_SELECTION, "backbone": self.cfg.MODEL.BACKBONE.NAME}
         logger.info("RESULT %s", json.dumps(line))
         self.last_report = report
+        if self.run_record is not None:
+            records.write_result(self.cfg, self.run_record, {k: line[k] for k in keys}, split="test",
+                                 n_images=report["n"], classes=len(self.all_classnames), base_classes=self.num_base,
+                                 epoch=self.model_epoch, checkpoint=self.checkpoint)
 
 
 def _allowed(key, value, allowed):

@@ -20,6 +20,7 @@ import torch
 from dassl.engine import TRAINER_REGISTRY
 
 from promptkd import distributed as dist_
+from promptkd import records
 from promptkd.backbones import backbone_reference, load_image_tower, to_half
 from promptkd.class_vectors import (IMAGE_SIDE_FILE, ClassVectors, ImageSide, check_pair, class_vectors_file,
                                     visual_fingerprint)
@@ -78,7 +79,7 @@ class PromptKD(PromptTrainer):
     def build_model(self):
         kd, cfg = self.tcfg, self.cfg
         backbone_mode = self.backbone_mode = self.setup_precision()
-        vectors_path = kd.CLASS_VECTORS or class_vectors_file(kd.TEACHER_DIR, cfg.DATASET.NAME)
+        vectors_path = self.vectors_path = kd.CLASS_VECTORS or class_vectors_file(kd.TEACHER_DIR, cfg.DATASET.NAME)
         side_path = os.path.join(kd.TEACHER_DIR or os.path.dirname(vectors_path), IMAGE_SIDE_FILE)
         vectors = ClassVectors.load(vectors_path, TEACHER_HINT)
         vectors.check_dataset(cfg.DATASET.NAME, self.all_classnames, source=f"class vectors in {vectors_path}")
@@ -132,6 +133,9 @@ class PromptKD(PromptTrainer):
         logger.info("Student %s -> projector %d -> %d; teacher image side %s (depth %d, input %s)",
                     cfg.MODEL.BACKBONE.NAME, self.model.image_encoder.output_dim, vectors.width,
                     side.backbone, len(side.prompts), fit)
+
+    def teacher_identity(self):
+        return records.teacher_identity(self.teacher_vectors.teacher, self.vectors_path)
 
     def forward_backward(self, batch):
         images = batch["img"].to(self.device)  # labels are never read
