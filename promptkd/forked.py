@@ -49,6 +49,17 @@ def _exit_code(err: SystemExit) -> int:
     return 1
 
 
+def fresh_stdio(stdin_fd: int | None = None) -> None:
+    """In a forked child: new `sys.stdin` / `sys.stdout` / `sys.stderr` on file descriptors 0
+    (or /dev/null), 1 and 2, and no logging handlers (the parent's hold its old streams)."""
+    sys.stdin = open(os.devnull if stdin_fd is None else stdin_fd, encoding="utf-8", closefd=stdin_fd is None)
+    sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+
+
 def _child(fn: Callable[[], object], out_w: int, err_w: int) -> None:
     """In the child: stdout / stderr on the pipes, run `fn`, leave with its exit code."""
     code = 1
@@ -57,12 +68,7 @@ def _child(fn: Callable[[], object], out_w: int, err_w: int) -> None:
         os.dup2(err_w, 2)
         os.close(out_w)
         os.close(err_w)
-        sys.stdin = open(os.devnull, encoding="utf-8")
-        sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)
-        sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)
-        root = logging.getLogger()
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
+        fresh_stdio()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:

@@ -15,7 +15,6 @@ the real interpreter.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import runpy
 import signal
@@ -23,6 +22,8 @@ import socket
 import struct
 import sys
 import threading
+
+from promptkd import forked
 
 CLIENT = """#!{python} -IS
 import json, os, signal, socket, struct, sys
@@ -72,12 +73,7 @@ def _child(request: dict, fds, listener: socket.socket, conn: socket.socket) -> 
         own_script = bool(argv) and argv[0].endswith(".py") and not argv[0].startswith("-")
         if not (own_module or own_script):
             os.execv(sys.executable, [sys.executable, *argv])
-        sys.stdin = open(0, encoding="utf-8", closefd=False)
-        sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)
-        sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)
-        root = logging.getLogger()
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
+        forked.fresh_stdio(stdin_fd=0)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:

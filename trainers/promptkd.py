@@ -8,7 +8,7 @@ published weight of the dataset, `trainers.config.kd_weight`). Labels are never 
 Evaluation and inference run the student and the class vectors only.
 
 Views are reproducible (`trainers/view_data.py`): with TRAINER.PROMPTKD.TEACHER_CACHE the
-teacher's embeddings of each view are read from a cache (`trainers/teacher_cache.py` writes
+teacher's embeddings of each view are read from a cache (`python -m trainers.teacher_cache` writes
 it) and the teacher tower is never built; TEACHER_CACHE_WRITE fills the cache online.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from promptkd.teacher_cache import DTYPES, TeacherCache
 from trainers.base import PromptTrainer, _allowed
 from trainers.config import grad_checkpoint_towers, kd_weight
 from trainers.predictor_export import preprocess_from_cfg, save_predictor
-from trainers.teacher_cache import cache_identity, fill_views
+from trainers.cache_views import cache_identity, fill_views
 from trainers.view_data import build_view_loader, resolve_view_seed
 
 logger = logging.getLogger("promptkd")

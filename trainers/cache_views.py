@@ -1,0 +1,79 @@
+"""The teacher cache's side of a PromptKD run: which views, of which teacher, and filling them.
+
+`cache_identity` is what a cache records about the run that wrote it (teacher export, image
+list, views, precision), so that a run refuses a cache of another; `fill_views` embeds the views
+of the given epochs with the teacher's image side and stores them. Used by the PromptKD trainer
+(TEACHER_CACHE_WRITE fills the cache while it trains) and by the writer command,
+`python -m trainers.teacher_cache write` (trainers/teacher_cache.py). The file format is
+`promptkd/teacher_cache.py`.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from trainers.data import UNREADABLE, collate_checked
+
+logger = logging.getLogger("promptkd")
+
+
+def teacher_export_id(side) -> str:
+    """Hash of what the exported teacher adds to its weights: visual prompts and logit scale."""
+    h = hashlib.sha256()
+    for p in side.prompts:
+        t = torch.as_tensor(p).detach().to("cpu", torch.float32).contiguous()
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    h.update(repr(float(side.logit_scale)).encode())
+    return h.hexdigest()[:16]
+
+
+def image_list_id(cfg, data_source) -> str:
+    """Hash of the train image paths (relative to DATASET.ROOT) in order."""
+    root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
+    h = hashlib.sha256()
+    for item in data_source:
+        h.update(os.path.relpath(item.impath, root).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def cache_identity(cfg, side, data_source, view_dataset, precision: str) -> dict:
+    """What a cached embedding depends on (compared key by key before reading or resuming)."""
+    return {"teacher_fingerprint": side.fingerprint, "teacher_export": teacher_export_id(side),
+            "width": int(side.width), "dataset": cfg.DATASET.NAME, "n_images": len(data_source),
+            "image_list": image_list_id(cfg, data_source), "view_seed": view_dataset.view_seed,
+            "transform": view_dataset.description, "precision": precision}
+
+
+def writer_batch_size(cfg) -> int:
+    kd = cfg.TRAINER.PROMPTKD
+    return kd.TEACHER_CACHE_BATCH_SIZE if kd.TEACHER_CACHE_BATCH_SIZE > 0 else 4 * cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+
+
+def fill_views(trainer, epochs, progress: bool = False) -> int:
+    """Run the trainer's teacher over the views of `epochs` missing from its cache; returns
+    the number of views embedded. Unreadable images follow DATALOADER.SKIP_UNREADABLE."""
+    cache, cfg = trainer.cache, trainer.cfg
+    batches = cache.plan(epochs, writer_batch_size(cfg))
+    if not batches:
+        return 0
+    loader = DataLoader(trainer.view_dataset, batch_sampler=batches, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                        collate_fn=collate_checked, pin_memory=torch.cuda.is_available() and cfg.USE_CUDA)
+    done = 0
+    with tqdm(total=sum(map(len, batches)), unit="view", desc="teacher cache", dynamic_ncols=True,
+              disable=None if progress else True) as bar:
+        for batch in loader:
+            n = len(batch.get("index", [])) + len(batch.get(UNREADABLE, []))
+            batch = trainer.screen_batch(batch, "train")
+            if batch is not None:
+                with trainer.autocast():
+                    embeddings = trainer.teacher.embed(batch["img"].to(trainer.device))
+                cache.add(batch["epoch"], batch["index"], embeddings)
+                done += len(batch["index"])
+            bar.update(n)
+    return done
