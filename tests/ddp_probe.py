@@ -16,12 +16,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
-import trainers.base as base  # noqa: E402
+import trainers.evaluate as evaluate  # noqa: E402
 from promptkd import distributed  # noqa: E402
 from promptkd.checkpoints import learnable_state_dict  # noqa: E402
 
 record = {"evals": []}
-report = base.report_from_predictions
+report = evaluate.report_from_predictions
 
 
 def recording_report(preds, labels, *args, **kwargs):
@@ -45,7 +45,7 @@ def recording_build(cfg):
     return trainer
 
 
-base.report_from_predictions = recording_report
+evaluate.report_from_predictions = recording_report
 train.build_trainer = recording_build
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ pytest.importorskip("dassl", reason="Dassl not installed (see README: install Da
 from dassl.data.datasets import build_dataset  # noqa: E402
 
 import train  # noqa: E402
-import trainers.base  # noqa: E402
+import trainers.evaluate  # noqa: E402
 from promptkd import distributed  # noqa: E402
 from promptkd.checkpoints import load_file  # noqa: E402
 from promptkd.class_vectors import ClassVectors, class_vectors_file  # noqa: E402
@@ -223,8 +223,8 @@ def test_ddp_run_writes_the_same_teacher_cache_as_the_writer(ivlp, data, clip_fi
 
 def test_promptkd_ddp_checkpoint_evaluates_in_one_process(kd, ivlp, data, clip_files, tmp_path, monkeypatch):
     seen = []
-    report = trainers.base.report_from_predictions
-    monkeypatch.setattr(trainers.base, "report_from_predictions",
+    report = trainers.evaluate.report_from_predictions
+    monkeypatch.setattr(trainers.evaluate, "report_from_predictions",
                         lambda pr, lb, *a: seen.append((pr, lb)) or report(pr, lb, *a))
     single = make_trainer(student_args(data, clip_files, str(tmp_path), ivlp["export"]))
     single.run_eval_only(kd["out"])

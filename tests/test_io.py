@@ -224,7 +224,7 @@ def _writers(run, tmp_path, name):
     """(write through the real writer into tmp_path/out, the path the error must name)."""
     from datasets.common import write_json_atomic, write_pickle_atomic
     from promptkd import export_model, predict, pretrain
-    from trainers.base import _write_pointer
+    from trainers.checkpointing import _write_pointer
     out = tmp_path / "out"
     if name == "checkpoint":
         return lambda: run["trainer"].write_checkpoint({"epoch": 9}, str(out), "model.pth.tar-9", ""), \

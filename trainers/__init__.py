@@ -1,12 +1,17 @@
 """Dassl trainers of this plugin (thin: they wire configs and data to the `promptkd` core).
 
     config.py            config keys added to Dassl's defaults (extend_cfg)
-    base.py              shared plumbing: precision, optimiser/LR, checkpoints, base/novel eval
+    base.py              PromptTrainer: config checks, loaders, precision, optimiser/LR, epoch loop
+    checkpointing.py     its checkpoint format, pointer file and exact resume (CheckpointMixin)
+    evaluate.py          its base / novel / HM evaluation, gathered across ranks (EvaluationMixin)
+    names.py             trainer / dataset / backbone names checked first, closest match suggested
+    data.py              checked image reading (unreadable images) and test transforms
     promptkd_teacher.py  PromptKDTeacher, stage 1: PromptSRC-style teacher + class-vector export
     promptkd.py          PromptKD, stage 2: label-free distillation from stored class vectors
     predictor_export.py  writes a finished run's predictor.pt (for promptkd.predict / export_model)
     distributed.py       the per-rank training / evaluation loaders under torchrun
     view_data.py         PromptKD's train loader: views a pure function of (view seed, epoch, image)
+    cache_views.py       the teacher cache's side of a run: its identity, filling views
     teacher_cache.py     `python -m trainers.teacher_cache write ...`: the teacher-embedding cache
 
 Importing a trainer module registers it in Dassl's TRAINER_REGISTRY (train.py does this).
