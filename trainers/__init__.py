@@ -6,6 +6,8 @@
     evaluate.py          its base / novel / HM evaluation, gathered across ranks (EvaluationMixin)
     names.py             trainer / dataset / backbone names checked first, closest match suggested
     data.py              checked image reading (unreadable images) and test transforms
+    prompt_learning.py   the one trainer of every prompt-learning method (promptkd.prompt_method)
+    baselines.py         ZeroshotCLIP, CoOp, CoCoOp, IVLP, MaPLe, PromptSRC registered through it
     promptkd_teacher.py  PromptKDTeacher, stage 1: PromptSRC-style teacher + class-vector export
     promptkd.py          PromptKD, stage 2: label-free distillation from stored class vectors
     predictor_export.py  writes a finished run's predictor.pt (for promptkd.predict / export_model)
