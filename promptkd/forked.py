@@ -60,25 +60,18 @@ def fresh_stdio(stdin_fd: int | None = None) -> None:
         root.removeHandler(handler)
 
 
-def _child(fn: Callable[[], object], out_w: int, err_w: int) -> None:
-    """In the child: stdout / stderr on the pipes, run `fn`, leave with its exit code."""
+def exit_with(fn: Callable[[], object]) -> None:
+    """In a forked child: run `fn` and leave through `os._exit` with the code Python would give
+    (0 if it returns, its SystemExit code, 1 and the traceback on stderr if it raises), after
+    flushing stdout / stderr; no exit handler of the parent runs."""
     code = 1
     try:
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        os.close(out_w)
-        os.close(err_w)
-        fresh_stdio()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            fn()
-            code = 0
-        except SystemExit as err:
-            code = _exit_code(err)
-        except BaseException:  # noqa: BLE001  (reported as Python would, then exit 1)
-            traceback.print_exc()
-            code = 1
+        fn()
+        code = 0
+    except SystemExit as err:
+        code = _exit_code(err)
+    except BaseException:  # noqa: BLE001  (reported as Python would, then exit 1)
+        traceback.print_exc()
     finally:
         try:
             sys.stdout.flush()
@@ -87,8 +80,22 @@ def _child(fn: Callable[[], object], out_w: int, err_w: int) -> None:
             os._exit(code)
 
 
+def _child(fn: Callable[[], object], out_w: int, err_w: int) -> None:
+    """In the child: stdout / stderr on the pipes, run `fn`, leave with its exit code."""
+    def setup_and_run():
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.close(out_w)
+        os.close(err_w)
+        fresh_stdio()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        fn()
+    exit_with(setup_and_run)
+
+
 class Child:
-    """A forked child running `fn`; read its output with `read()`, reap it with `wait()`."""
+    """A forked child running `fn`: its output on the pipes in `fds`, reaped by `wait()`."""
 
     def __init__(self, fn: Callable[[], object]):
         if not hasattr(os, "fork"):

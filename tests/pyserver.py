@@ -58,8 +58,7 @@ def _recv_request(conn: socket.socket):
 
 
 def _child(request: dict, fds, listener: socket.socket, conn: socket.socket) -> None:
-    code = 1
-    try:
+    def run():
         listener.close()
         conn.close()
         for target, fd in enumerate(fds):
@@ -76,29 +75,14 @@ def _child(request: dict, fds, listener: socket.socket, conn: socket.socket) -> 
         forked.fresh_stdio(stdin_fd=0)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            if own_module:
-                sys.argv = [argv[1], *argv[2:]]
-                runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
-            else:
-                sys.argv = list(argv)
-                sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
-                runpy.run_path(argv[0], run_name="__main__")
-            code = 0
-        except SystemExit as err:
-            code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
-            if isinstance(err.code, str):
-                sys.stderr.write(err.code + "\n")
-        except BaseException:  # noqa: BLE001  (as the interpreter reports it)
-            import traceback
-            traceback.print_exc()
-            code = 1
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+        if own_module:
+            sys.argv = [argv[1], *argv[2:]]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(argv)
+            sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+            runpy.run_path(argv[0], run_name="__main__")
+    forked.exit_with(run)
 
 
 def _serve_one(listener: socket.socket, conn: socket.socket) -> None:
