@@ -3,7 +3,7 @@
 A full-size random-weight PromptKD student (ViT-B/16 image tower, depth-9 visual prompts of 4
 tokens, the 512 -> 768 projector, `--classes` class vectors of width 768) is built as
 `promptkd.predictor.ImageClassifier`, exported with `promptkd.export_model` (the same code as
-`python -m promptkd.export_model`), and each of
+`promptkd export`), and each of
 
   eager        the PyTorch module under torch.no_grad()
   torchscript  the traced file, loaded with torch.jit.load

@@ -1,6 +1,6 @@
 """Check datasets before a long run: every image the splits list exists and decodes.
 
-    python -m datasets.check --root DATA DATASET [DATASET ...] [--workers N] [--set KEY VALUE]
+    promptkd check --root DATA DATASET [DATASET ...] [--workers N] [--set KEY VALUE]
 
 DATASET is a config name (``dtd``, ``imagenet``, ... as in ``configs/datasets/<name>.yaml``),
 a registered name (``DescribableTextures``), a dataset YAML file, or the name of a folder under
@@ -53,11 +53,12 @@ def dataset_configs() -> dict:
 def make_cfg(root: str, dataset: str, overrides: list, seed: int):
     """The config a training run would build for `dataset` (all classes, no few-shot)."""
     from promptkd.errors import ConfigError
-    from trainers.config import extend_cfg
     from dassl.config import get_cfg_default
 
+    from promptkd.datasets.config import extend_data_cfg
+
     cfg = get_cfg_default()
-    extend_cfg(cfg)
+    extend_data_cfg(cfg)
     configs = dataset_configs()
     by_registered = {}
     for name, path in configs.items():
@@ -87,7 +88,7 @@ def check_dataset(cfg, workers: int = 1, progress: bool = True) -> dict:
     """{"name", "rows": per split (classes, images, missing, unreadable), "missing", "unreadable"}."""
     from dassl.data.datasets import build_dataset
 
-    from datasets.common import collect_missing_images
+    from promptkd.datasets.common import collect_missing_images
 
     random.seed(cfg.SEED)  # a split built from a raw layout uses the seeded `random`, as in training
     with collect_missing_images() as missing:
@@ -112,9 +113,9 @@ def check_dataset(cfg, workers: int = 1, progress: bool = True) -> dict:
             "classes": len(dataset.classnames), "missing": sorted(missing), "unreadable": unreadable}
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m datasets.check", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `check` verb's options."""
+    parser.description, parser.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
     parser.add_argument("--root", required=True, help="the folder holding the datasets (train.py's --root)")
     parser.add_argument("datasets", nargs="+", help="config names, registered names, YAML files or folder names")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
@@ -122,18 +123,16 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=1, help="seed for a split built from a raw layout (default 1)")
     parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="a config override, e.g. --set DATASET.FOLDER.SPLIT_SEED 2")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """`promptkd check`: exit code 0 when every dataset's images are all there and readable, else 1."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     import dassl.data  # noqa: F401  (imports wilds, which disables logging below WARNING)
 
     logging.disable(logging.NOTSET)
-    import datasets  # noqa: F401  (registers the loaders)
-    from datasets.common import NoImagesError
+    import promptkd.datasets  # noqa: F401  (registers the loaders)
+    from promptkd.datasets.common import NoImagesError
     from promptkd.errors import MissingFileError
 
     root = osp.abspath(osp.expanduser(args.root))
@@ -206,8 +205,3 @@ def render(report: dict, status: str) -> str:
     lines += [f"missing: {path}" for path in report["missing"]]
     lines += [f"unreadable: {path} ({reason})" for path, reason in sorted(report["unreadable"].items())]
     return "\n".join(lines)
-
-if __name__ == "__main__":
-    from promptkd.errors import run_cli
-
-    run_cli(main)

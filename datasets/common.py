@@ -63,7 +63,7 @@ _MISSING = []  # stack of lists: inside `collect_missing_images()` missing image
 @contextmanager
 def collect_missing_images():
     """Within the block, an image listed by a split but absent is appended to the yielded
-    list (and kept as a Datum) instead of raising: `datasets.check` reports them all."""
+    list (and kept as a Datum) instead of raising: `promptkd check` reports them all."""
     missing = []
     _MISSING.append(missing)
     try:

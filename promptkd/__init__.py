@@ -16,12 +16,12 @@
     tiny           random-weight tiny CLIP checkpoints (tests)
     toyworld       the demo's generated colour x shape world (images and captions)
     pretrain       contrastive pretraining of tiny CLIPs on it, cached (the demo's backbones)
-    demo           python -m promptkd.demo pretrain (used by scripts/promptkd/demo.sh)
+    demo           promptkd demo-weights pretrain (used by scripts/promptkd/demo.sh)
     records        run.json / result.json, the records every train.py run writes
-    results        the results-table command (python -m promptkd.results), from those records
+    results        the results-table command (promptkd results), from those records
     predictor      a run's predictor.pt record -> a stand-alone image classifier
-    predict        classify images with a run (python -m promptkd.predict)
-    export_model   one ONNX / TorchScript classifier file (python -m promptkd.export_model)
+    predict        classify images with a run (promptkd predict)
+    export_model   one ONNX / TorchScript classifier file (promptkd export)
 
 The Dassl trainers in `trainers/` wire these to configs and data loaders.
 """

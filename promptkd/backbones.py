@@ -212,7 +212,7 @@ def clip_file_fix(name: str) -> str:
     if name in clip.available_models():
         return f"Download {_clip_impl._MODELS[name]} again and put it in place of the damaged file."
     return ("Put a complete copy of the file there (the demo's tiny CLIPs: delete it and its .json sidecar, then "
-            "`python -m promptkd.demo pretrain FOLDER` writes them again).")
+            "`promptkd demo-weights pretrain FOLDER` writes them again).")
 
 
 def visual_from_state_dict(state: dict) -> tuple[torch.nn.Module, torch.Tensor]:

@@ -1,6 +1,6 @@
 """Helpers of the offline demo (``scripts/promptkd/demo.sh``): no Dassl, no downloads.
 
-    python -m promptkd.demo pretrain OUT_DIR [--preset full|fast] [--role teacher|student]
+    promptkd demo-weights pretrain OUT_DIR [--preset full|fast] [--role teacher|student]
 
 pretrains (once) the demo's two tiny CLIPs contrastively on the toy world
 (`promptkd.toyworld`, `promptkd.pretrain`) and writes ``OUT_DIR/teacher.pt`` and
@@ -14,12 +14,12 @@ It prints the paths, one per line. ``fast`` is the test suite's shorter recipe. 
 makes one of the two, so that the demo script can pretrain both side by side (each run is
 deterministic and single-threaded, so the files do not depend on it).
 
-    python -m promptkd.demo ship OUT_DIR
+    promptkd demo-weights ship OUT_DIR
 
 regenerates the shipped weights: it writes the small forms of ``OUT_DIR``'s full-preset files,
 which must have been pretrained with ``--from-scratch`` (the whole command: docs/demo.md).
 
-    python -m promptkd.demo probes OUT_DIR
+    promptkd demo-weights probes OUT_DIR
 
 prints the zero-shot probes the sidecars hold, per backbone and prompt form: what each
 backbone's image features allow when it is prompted in the form it was pretrained on, beside
@@ -33,7 +33,6 @@ import sys
 import warnings
 from typing import Sequence
 
-from .errors import run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +61,9 @@ def probe_table(out_dir: str) -> str:
     for role in ROLES:
         path = os.path.join(out_dir, f"{role}.json")
         if not os.path.isfile(path):
-            raise MissingFileError(f"No {path}: pretrain first (python -m promptkd.demo pretrain {out_dir}).")
+            raise MissingFileError(f"No {path}: pretrain first (promptkd demo-weights pretrain {out_dir}).")
         info = load_json(path, what="pretraining sidecar", error=CheckpointError,
-                         fix=f"Delete it and its .pt file, then pretrain again (python -m promptkd.demo pretrain {out_dir}).")
+                         fix=f"Delete it and its .pt file, then pretrain again (promptkd demo-weights pretrain {out_dir}).")
         trained_on = set(info["recipe"]["captions"])
         for prompt, acc in info["zero_shot_probe_by_prompt"].items():
             rows.append([role, f'"{prompt}"', "yes" if prompt in trained_on else "no",
@@ -73,12 +72,10 @@ def probe_table(out_dir: str) -> str:
                     tablefmt="github", floatfmt=".2f")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `demo-weights` verb's options: pretrain | ship | probes."""
     from .pretrain import PRESETS
 
-    parser = argparse.ArgumentParser(prog="python -m promptkd.demo",
-                                     description="Helpers of scripts/promptkd/demo.sh.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     sub = parser.add_subparsers(dest="command", required=True)
     weights = sub.add_parser("pretrain", help="pretrain (or reuse) the tiny teacher / student CLIPs")
     weights.add_argument("out_dir", metavar="OUT_DIR")
@@ -92,11 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("out_dir", metavar="OUT_DIR")
     probes = sub.add_parser("probes", help="print the zero-shot probes of the pretrained backbones")
     probes.add_argument("out_dir", metavar="OUT_DIR")
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """`promptkd demo-weights pretrain | ship | probes`."""
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # from `import clip`
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if args.command == "pretrain":
@@ -110,7 +106,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "probes":
         sys.stdout.write(probe_table(args.out_dir) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

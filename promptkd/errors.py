@@ -55,6 +55,12 @@ def debug_requested(argv: Sequence[str] | None = None) -> bool:
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+def add_debug_argument(parser) -> None:
+    """`--debug`, which every command takes (read by `debug_requested`)."""
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the Python traceback of a user error (also {DEBUG_ENV}=1)")
+
+
 def run_cli(main: Callable[[], int | None], argv: Sequence[str] | None = None) -> None:
     """Run `main()` and exit with its return code; report a `UserError` as `error: ...`."""
     try:

@@ -1,6 +1,6 @@
 """Export a trained run as one self-contained classifier file (ONNX or TorchScript).
 
-    python -m promptkd.export_model RUN_DIR OUT --format onnx|torchscript
+    promptkd export RUN_DIR OUT --format onnx|torchscript
 
 The file maps a preprocessed image batch (float32 [batch, 3, H, W], any batch size) to logits
 over the run's classes: the prompted image tower, the projector (PromptKD students) and the
@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 import torch
 
-from .errors import ConfigError, UserError, run_cli
+from .errors import ConfigError, UserError
 from .io import atomic_write
 from .predictor import Predictor, add_run_arguments
 
@@ -128,17 +128,16 @@ def export(predictor: Predictor, out: str, fmt: str) -> float:
     return checked["diff"]
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m promptkd.export_model", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `export` verb's options."""
+    parser.description, parser.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
     add_run_arguments(parser)  # run_dir first, then this command's own
     parser.add_argument("out", help="file to write (e.g. student.onnx, student.pt)")
     parser.add_argument("--format", required=True, choices=FORMATS)
-    return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """`promptkd export`: one checked classifier file."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.format == "onnx" and not args.out.endswith(".onnx"):
         raise UserError(f"An ONNX file must end in .onnx (got {args.out}).")
@@ -148,7 +147,3 @@ def main(argv=None) -> int:
           f"[batch, 3, {', '.join(map(str, predictor.record.preprocess['crop']))}]; max relative difference to "
           f"the eager model {diff:.1e})")
     return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -1,6 +1,6 @@
 """Classify images with a trained run (a PromptKD student, or any method that exported).
 
-    python -m promptkd.predict RUN_DIR IMAGE_OR_FOLDER ... [--topk 5] [--out predictions.csv]
+    promptkd predict RUN_DIR IMAGE_OR_FOLDER ... [--topk 5] [--out predictions.csv]
 
 RUN_DIR is a run's output folder (or its export folder, or a `predictor.pt`). Folders are
 searched recursively for image files. Needs no Dassl and no dataset: the backbone is loaded
@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .errors import MissingFileError, UserError, run_cli
+from .errors import MissingFileError, UserError
 from .io import IMAGE_EXTENSIONS, atomic_write_text
 from .predictor import Predictor, add_run_arguments
 
@@ -86,20 +86,19 @@ def top_k(logits: torch.Tensor, classnames: list[str], k: int) -> list[tuple[str
     return [(classnames[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m promptkd.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `predict` verb's options."""
+    parser.description, parser.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
     add_run_arguments(parser)  # run_dir first, then this command's own
     parser.add_argument("images", nargs="+", help="image files and / or folders (searched recursively)")
     parser.add_argument("--topk", type=int, default=5, help="classes to report per image (default 5)")
     parser.add_argument("--out", default="", help="write the predictions to this CSV file")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """`promptkd predict`: print (and --out: write) the top classes of every image."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.topk < 1 or args.batch_size < 1:
         raise UserError("--topk and --batch-size must be >= 1.")
@@ -130,7 +129,3 @@ def main(argv=None) -> int:
     if n_done == 0:
         raise UserError("None of the images could be read.")
     return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

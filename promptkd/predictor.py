@@ -249,4 +249,3 @@ def add_run_arguments(parser) -> None:
                         "default: the one the run used")
     parser.add_argument("--trust-pickled", action="store_true",
                         help="allow reading a published torch 1.x checkpoint the run refers to (trusted files only)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")

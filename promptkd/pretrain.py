@@ -271,7 +271,7 @@ def shipped_key(model: Model) -> str:
 # ----------------------------------------------------------------------------------------
 # Shipped weights: the full preset's two CLIPs in a small form, in the repository
 # ----------------------------------------------------------------------------------------
-#: where `python -m promptkd.demo ship` writes them
+#: where `promptkd demo-weights ship` writes them
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_weights")
 SHIPPED_FORMAT = "promptkd-demo-weights/1"
 SHIPPED_PRESETS = ("full",)
@@ -342,12 +342,12 @@ def ship(folder: str, preset: str = "full", out_dir: str | None = None) -> list[
     written = []
     for role, model in PRESETS[preset].items():
         path, sidecar = os.path.join(folder, f"{role}.pt"), os.path.join(folder, f"{role}.json")
-        fix = f"Pretrain it again: python -m promptkd.demo pretrain {folder} --preset {preset} --from-scratch."
+        fix = f"Pretrain it again: promptkd demo-weights pretrain {folder} --preset {preset} --from-scratch."
         info = load_json(sidecar, what="pretraining sidecar", fix=fix, error=CheckpointError) \
             if os.path.isfile(sidecar) else {}
         if not os.path.isfile(path) or info.get("key") != cache_key(model) or info.get("shipped"):
             raise ConfigError(f"{path} is not the {preset} {role} pretrained from scratch with this recipe and "
-                              f"torch: run python -m promptkd.demo pretrain {folder} --preset {preset} --from-scratch first.")
+                              f"torch: run promptkd demo-weights pretrain {folder} --preset {preset} --from-scratch first.")
         state = load_torch(path, what="pretrained CLIP state dict", fix=fix)
         info = {**info, "key": shipped_key(model), "digest": state_digest(state)}
         ship_path, ship_sidecar = shipped_paths(role, out_dir)
@@ -363,7 +363,7 @@ def _write_json_atomic(obj, path: str) -> None:
 
 #: what to do when the shipped small forms cannot be read
 SHIPPED_FIX = ("Restore them from the repository (`git checkout -- promptkd/demo_weights`), or write them again "
-               "with `python -m promptkd.demo ship FOLDER` from a from-scratch pretraining.")
+               "with `promptkd demo-weights ship FOLDER` from a from-scratch pretraining.")
 
 
 def ensure_pretrained(folder: str, role: str, preset: str = "full", from_scratch: bool = False) -> tuple[str, dict]:
@@ -397,7 +397,7 @@ def ensure_pretrained(folder: str, role: str, preset: str = "full", from_scratch
             os.remove(sidecar)
         atomic_save(state, path)
         _write_json_atomic(info, sidecar)
-        logger.info("%s: wrote %s from the shipped weights (%s; python -m promptkd.demo pretrain "
+        logger.info("%s: wrote %s from the shipped weights (%s; promptkd demo-weights pretrain "
                     "--from-scratch pretrains instead)", role, path, shipped_paths(role)[0])
         return path, info
     logger.info("%s: pretraining %s", role, model)

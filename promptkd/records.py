@@ -1,5 +1,5 @@
 """Run records: two small JSON files every training / evaluation run writes in its output folder,
-so that `python -m promptkd.results` reads what a run was and what it scored instead of
+so that `promptkd results` reads what a run was and what it scored instead of
 parsing logs.
 
 * `run.json`, when the run starts (before the data and the model are built, so a run that

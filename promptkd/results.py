@@ -1,6 +1,6 @@
 """Turn a folder of training / evaluation runs into the paper's results tables.
 
-    python -m promptkd.results RUNS_DIR [RUNS_DIR ...] [--seeds 1 2 3] [--out PREFIX]
+    promptkd results RUNS_DIR [RUNS_DIR ...] [--seeds 1 2 3] [--out PREFIX]
                                [--plot] [--protocol base2novel|cross] [--newest-log]
 
 A run is read from its records (`run.json`, `result.json`: promptkd.records); a run of an
@@ -473,7 +473,7 @@ def plot(report: Report, path) -> bool:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m promptkd.results",
+    parser = argparse.ArgumentParser(prog="promptkd results",
                                      description="Collect the runs' records (or RESULT lines) into mean ± std tables.")
     parser.add_argument("runs_dirs", nargs="+", metavar="RUNS_DIR",
                         help="directories searched recursively for runs (run.json, log.txt)")

@@ -50,15 +50,15 @@ IDENTITY_NAMES = {
     "transform": "train transform (INPUT.SIZE / TRANSFORMS / INTERPOLATION / RRCROP_SCALE / PIXEL_MEAN / PIXEL_STD)",
     "precision": "teacher precision (TRAINER.PROMPTKD.PREC)",
 }
-WRITE_HINT = ("Write it with `python -m trainers.teacher_cache write <the student run's train.py arguments>` "
+WRITE_HINT = ("Write it with `promptkd cache <the student run's train.py arguments>` "
               "(it resumes where it stopped), or fill it from an online run with "
               "TRAINER.PROMPTKD.TEACHER_CACHE_WRITE True.")
 #: a damaged file in a cache folder: its manifest may list what is no longer readable
 DAMAGED_HINT = ("The cache folder is damaged: delete it and write the cache again with `python -m "
-                "trainers.teacher_cache write <the student run's train.py arguments>`.")
+                "promptkd cache <the student run's train.py arguments>`.")
 #: a full disk while writing: the writer resumes where it stopped
 RESUME_HINT = ("run the same command again: the cache writer resumes where it stopped "
-               "(`python -m trainers.teacher_cache write ...`, or the online run).")
+               "(`promptkd cache ...`, or the online run).")
 
 
 def estimate_bytes(n_images: int, epochs: int, width: int, dtype: str) -> int:

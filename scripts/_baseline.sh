@@ -33,4 +33,4 @@ else
       ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:6}"
   fi
 fi
-echo "Run: $RUN (tables: python -m promptkd.results $OUTPUT)"
+echo "Run: $RUN (tables: promptkd results $OUTPUT)"

@@ -17,8 +17,8 @@ PYTHON=${PYTHON:-python}
 COMMON_OPTS=()
 if [ -n "${CLIP_WEIGHTS:-}" ]; then COMMON_OPTS+=(MODEL.WEIGHTS_DIR "$CLIP_WEIGHTS"); fi
 if [ "${TRUST:-0}" = 1 ]; then COMMON_OPTS+=(MODEL.TRUST_PICKLED_CHECKPOINTS True); fi
-# How the scripts start train.py: "${LAUNCH[@]}" --root ... (plain python, or torchrun).
-LAUNCH=("$PYTHON" train.py)
+# How the scripts start a run: "${LAUNCH[@]}" --root ... (`promptkd train`, under plain python or torchrun).
+LAUNCH=("$PYTHON" -m promptkd train)
 if [ -n "${GPUS:-}" ] || [ -n "${NNODES:-}" ]; then
   GPUS=${GPUS:-1}; NNODES=${NNODES:-1}
   if ! [[ "$GPUS" =~ ^[1-9][0-9]*$ && "$NNODES" =~ ^[1-9][0-9]*$ ]]; then
@@ -32,9 +32,9 @@ if [ -n "${GPUS:-}" ] || [ -n "${NNODES:-}" ]; then
       exit 2
     fi
     LAUNCH=("$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS"
-            --rdzv_backend c10d --rdzv_endpoint "$RDZV_ENDPOINT" --rdzv_id "${RDZV_ID:-promptkd}" train.py)
+            --rdzv_backend c10d --rdzv_endpoint "$RDZV_ENDPOINT" --rdzv_id "${RDZV_ID:-promptkd}" -m promptkd train)
   elif [ "$GPUS" -gt 1 ]; then
-    LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$GPUS" train.py)
+    LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$GPUS" -m promptkd train)
   fi
 fi
 DG_DATASETS=" imagenetv2 imagenet_sketch imagenet_a imagenet_r "

@@ -1,6 +1,6 @@
 """Command lines run as a forked child of the test process (promptkd.forked), not a new Python.
 
-`python train.py ...` spends seconds importing torch, Dassl and the trainers before it does
+`promptkd train ...` (or `python train.py ...`) spends seconds importing torch, Dassl and the trainers before it does
 anything; the test process has imported them already, so a forked child runs the same command
 line in milliseconds, still as a process of its own (exit code, stdout / stderr, Dassl's global
 logger, a kill). What a fork cannot show, the `if __name__ == "__main__"` line of each entry
@@ -9,7 +9,6 @@ tests).
 """
 from __future__ import annotations
 
-import importlib
 import os
 
 from promptkd import forked
@@ -26,20 +25,14 @@ def _in(cwd, env, fn):
 
 
 def train_py(argv, cwd=ROOT, env=None, timeout=600, until=None) -> forked.Completed:
-    """`python train.py ARGV` in `cwd`: returncode, stdout, stderr (as subprocess.run gives)."""
-    import train
+    """`python train.py ARGV` (= `promptkd train ARGV`) in `cwd`: returncode, stdout, stderr
+    (as subprocess.run gives)."""
+    return promptkd("train", argv, cwd, env, timeout, until)
 
-    return forked.run(_in(cwd, env, lambda: train.cli([str(a) for a in argv])), timeout, until)
 
+def promptkd(verb: str, argv, cwd=ROOT, env=None, timeout=600, until=None) -> forked.Completed:
+    """`promptkd VERB ARGV` in `cwd`, as the console script runs it (promptkd.cli.console)."""
+    from promptkd.cli import console
 
-def python_m(module: str, argv, cwd=ROOT, env=None, timeout=600, until=None) -> forked.Completed:
-    """`python -m MODULE ARGV` of one of this project's command-line modules (each has
-    main(argv) and reports user errors through promptkd.errors.run_cli)."""
-    from promptkd.errors import run_cli
-
-    argv = [str(a) for a in argv]
-
-    def fn():
-        mod = importlib.import_module(module)
-        run_cli(lambda: mod.main(argv), argv)
-    return forked.run(_in(cwd, env, fn), timeout, until)
+    argv = [verb, *(str(a) for a in argv)]
+    return forked.run(_in(cwd, env, lambda: console(argv)), timeout, until)

@@ -4,7 +4,6 @@ The teacher and the student have different widths so that every size the code de
 (projector, class-vector width) is really derived. Nothing here downloads anything.
 """
 import os
-import sys
 
 # One thread per test process, also in the train.py / torchrun processes tests start (they
 # inherit the environment). The models are tiny, so a second thread gains little and, on a
@@ -15,10 +14,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 from promptkd.tiny import TINY_STUDENT, TINY_TEACHER, write_tiny_clip  # noqa: E402
 

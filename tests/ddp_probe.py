@@ -12,11 +12,8 @@ import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import train  # noqa: E402
-import trainers.evaluate as evaluate  # noqa: E402
+from promptkd.trainers import train  # noqa: E402
+import promptkd.trainers.evaluate as evaluate  # noqa: E402
 from promptkd import distributed  # noqa: E402
 from promptkd.checkpoints import learnable_state_dict  # noqa: E402
 

@@ -1,12 +1,12 @@
 """A `PYTHON` for the scripts tests that forks the test process instead of starting Python anew.
 
-The scripts run `$PYTHON train.py ...` (and `$PYTHON -m ...`). A new interpreter spends seconds
+The scripts run `$PYTHON -m promptkd VERB ...`. A new interpreter spends seconds
 importing torch, Dassl and the trainers before the run starts; the scripts tests make about a
 dozen runs. `python_server(tmp)` starts a thread in the test process (which has imported them)
 that listens on a Unix socket, and returns the path of a tiny client script to use as PYTHON.
 The client hands its stdin / stdout / stderr, argv, working directory and environment to the
-server, which forks a child that runs `train.py` (or a module of this project, `-m X`) as
-`__main__` on those file descriptors, and sends back its pid and exit code; the client forwards
+server, which forks a child that runs that module of this project (`-m promptkd...`, or a
+`.py` script) as `__main__` on those file descriptors, and sends back its pid and exit code; the client forwards
 SIGINT / SIGTERM to it and exits with its code. Anything else (`-c`, `-m torch.distributed.run`)
 execs the real interpreter. The scripts themselves, bash, their variables and their output are
 untouched; only the interpreter's start-up is shared. tests/test_scripts.py keeps one test on
@@ -42,7 +42,7 @@ if code < 0:
 sys.exit(code)
 """
 
-OWN_MODULES = ("train", "trainers.", "promptkd.", "datasets.")
+OWN_MODULES = ("promptkd",)
 
 
 def _recv_request(conn: socket.socket):
@@ -100,7 +100,7 @@ def _serve_one(listener: socket.socket, conn: socket.socket) -> None:
 
 def python_server(folder: str) -> str:
     """Start the server (a daemon thread of this process) and return the client's path."""
-    import train  # noqa: F401  (what the children share: torch, Dassl, the trainers)
+    from promptkd.trainers import train  # noqa: F401  (what the children share: torch, Dassl, the trainers)
 
     path = os.path.join(folder, "python.sock")
     listener = socket.socket(socket.AF_UNIX)

@@ -19,10 +19,10 @@ dassl = pytest.importorskip(
 from dassl.config import get_cfg_default  # noqa: E402
 from dassl.data.datasets import DATASET_REGISTRY, Datum, build_dataset  # noqa: E402
 
-import datasets  # noqa: E402,F401  (registers the loaders)
-from datasets import common  # noqa: E402
+import promptkd.datasets  # noqa: E402,F401  (registers the loaders)
+from promptkd.datasets import common  # noqa: E402
 from tests import fake_data  # noqa: E402
-from trainers.config import extend_cfg  # noqa: E402
+from promptkd.trainers.config import extend_cfg  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -349,7 +349,7 @@ def test_imagenet_preprocessed_cache_and_moved_folder(tmp_path, monkeypatch):
     assert (first_root / "imagenet" / "preprocessed.pkl").is_file()
 
     # the cache is read: no folder scan on the second build
-    import datasets.imagenet as imagenet_module
+    import promptkd.datasets.imagenet as imagenet_module
 
     def no_scan(*args, **kwargs):
         raise AssertionError("ImageNet folders scanned although preprocessed.pkl exists")

@@ -26,9 +26,9 @@ pytest.importorskip("dassl", reason="Dassl not installed (see README: install Da
 from dassl.config import get_cfg_default  # noqa: E402
 from dassl.data.datasets import build_dataset  # noqa: E402
 
-import datasets  # noqa: E402,F401  (registers ToyShapes)
-from datasets import toy  # noqa: E402
-from trainers.config import extend_cfg  # noqa: E402
+import promptkd.datasets  # noqa: E402,F401  (registers ToyShapes)
+from promptkd.datasets import toy  # noqa: E402
+from promptkd.trainers.config import extend_cfg  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 N_PER_CLASS = sum(n for _, n in toy.SPLIT_SIZES)
@@ -236,7 +236,7 @@ def test_demo_fast_end_to_end_shows_transfer(tmp_path):
 
     # the pretraining command needs no Dassl; with the weights cached it only prints the paths
     weights_mtime = os.stat(out / "weights" / "teacher.pt").st_mtime_ns
-    code = ("import sys, promptkd.demo as d; d.main(sys.argv[1:]); "
+    code = ("import sys, promptkd.cli as c; c.main(['demo-weights', *sys.argv[1:]]); "
             "assert not [m for m in sys.modules if m.split('.')[0] == 'dassl'], 'dassl imported'")
     proc = subprocess.run([sys.executable, "-c", code, "pretrain", str(out / "weights")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -284,7 +284,7 @@ def test_full_demo_shows_what_the_readme_claims(tmp_path):
 @full_demo
 @pytest.mark.slow
 def test_pretraining_from_scratch_regenerates_the_shipped_weights(tmp_path):
-    """`python -m promptkd.demo pretrain DIR --from-scratch` then `ship`: the small forms it
+    """`promptkd demo-weights pretrain DIR --from-scratch` then `ship`: the small forms it
     writes are the shipped ones, bit for bit, on the torch and CPU kernels that made them (the
     sidecar's `made_on`). Elsewhere pretraining's 800 AdamW steps grow fp32 rounding
     differences of other kernels, so only the probes are compared: within 2 points of HM (on
@@ -293,7 +293,7 @@ def test_pretraining_from_scratch_regenerates_the_shipped_weights(tmp_path):
 
     weights, shipped = tmp_path / "weights", tmp_path / "shipped"
     for role in ("teacher", "student"):
-        proc = subprocess.run([sys.executable, "-m", "promptkd.demo", "pretrain", str(weights), "--role", role,
+        proc = subprocess.run([sys.executable, "-m", "promptkd", "demo-weights", "pretrain", str(weights), "--role", role,
                                "--from-scratch"], cwd=REPO, capture_output=True, text=True, timeout=3600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     pretrain.ship(str(weights), out_dir=str(shipped))

@@ -21,7 +21,7 @@ def backends(monkeypatch):
 def test_the_key_is_off_by_default():
     from yacs.config import CfgNode as CN
 
-    from trainers.config import extend_cfg
+    from promptkd.trainers.config import extend_cfg
     cfg = CN()
     for node in ("DATASET", "DATALOADER", "INPUT", "MODEL", "TEST", "TRAINER", "TRAIN"):
         cfg[node] = CN()
@@ -54,7 +54,7 @@ def test_off_means_benchmark_on_a_gpu_only(backends, monkeypatch):
 
 def test_train_py_follows_the_key(backends, monkeypatch):
     """train.main configures the backends from the config, not benchmark=True unconditionally."""
-    import train
+    from promptkd.trainers import train
     seen = []
     monkeypatch.setattr(determinism, "configure", lambda flag, use_cuda=True: seen.append((flag, use_cuda)))
     monkeypatch.setattr(train, "build_trainer", lambda cfg: (_ for _ in ()).throw(SystemExit("stop")))

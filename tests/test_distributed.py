@@ -31,8 +31,8 @@ pytest.importorskip("dassl", reason="Dassl not installed (see README: install Da
 
 from dassl.data.datasets import build_dataset  # noqa: E402
 
-import train  # noqa: E402
-import trainers.evaluate  # noqa: E402
+from promptkd.trainers import train  # noqa: E402
+import promptkd.trainers.evaluate  # noqa: E402
 from promptkd import distributed  # noqa: E402
 from promptkd.checkpoints import load_file  # noqa: E402
 from promptkd.class_vectors import ClassVectors, class_vectors_file  # noqa: E402
@@ -197,12 +197,12 @@ def test_ddp_run_writes_the_same_teacher_cache_as_the_writer(ivlp, data, clip_fi
 
     import numpy as np
 
-    from trainers.teacher_cache import main as write_cache
+    from promptkd import cli
 
     fp32 = ["TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", "fp32", "TRAINER.PROMPTKD.TEACHER_CACHE_SHARD_SIZE", "7"]
     written, online = tmp_path / "writer_cache", tmp_path / "ddp_cache"
-    assert write_cache(["write", *student_args(data, clip_files, str(tmp_path / "writer_out"), ivlp["export"],
-                                               "TRAINER.PROMPTKD.TEACHER_CACHE", str(written), *fp32)]) == 0
+    assert cli.main(["cache", *student_args(data, clip_files, str(tmp_path / "writer_out"), ivlp["export"],
+                                            "TRAINER.PROMPTKD.TEACHER_CACHE", str(written), *fp32)]) == 0
     out = str(tmp_path / "ddp_out")
     ok(torchrun(str(tmp_path / "probe"), student_args(data, clip_files, out, ivlp["export"], "TEST.NO_TEST", "True",
                                                       "TRAINER.PROMPTKD.TEACHER_CACHE", str(online),
@@ -223,8 +223,8 @@ def test_ddp_run_writes_the_same_teacher_cache_as_the_writer(ivlp, data, clip_fi
 
 def test_promptkd_ddp_checkpoint_evaluates_in_one_process(kd, ivlp, data, clip_files, tmp_path, monkeypatch):
     seen = []
-    report = trainers.evaluate.report_from_predictions
-    monkeypatch.setattr(trainers.evaluate, "report_from_predictions",
+    report = promptkd.trainers.evaluate.report_from_predictions
+    monkeypatch.setattr(promptkd.trainers.evaluate, "report_from_predictions",
                         lambda pr, lb, *a: seen.append((pr, lb)) or report(pr, lb, *a))
     single = make_trainer(student_args(data, clip_files, str(tmp_path), ivlp["export"]))
     single.run_eval_only(kd["out"])

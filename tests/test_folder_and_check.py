@@ -1,4 +1,4 @@
-"""ImageFolder (a user's own folder tree) and `python -m datasets.check`, on fake data."""
+"""ImageFolder (a user's own folder tree) and `promptkd check`, on fake data."""
 import json
 import os
 import os.path as osp
@@ -9,10 +9,11 @@ pytest.importorskip("dassl", reason="Dassl not installed (see README: install Da
 
 from dassl.data.datasets import build_dataset  # noqa: E402
 
-import datasets  # noqa: E402,F401
-from datasets import check  # noqa: E402
+import promptkd.datasets  # noqa: E402,F401
+from promptkd import cli  # noqa: E402
+from promptkd.datasets import check  # noqa: E402
 from promptkd.errors import ConfigError  # noqa: E402
-from tests.cli import python_m  # noqa: E402
+from tests.cli import promptkd  # noqa: E402
 from tests.fake_data import MAKERS, _folder_per_class, make_all  # noqa: E402
 from tests.test_datasets import EXPECTED_CLASSNAMES, make_cfg  # noqa: E402
 
@@ -83,10 +84,10 @@ def test_folder_dataset_through_teacher_and_student_runs(tmp_path, clip_files):
     assert {"base", "novel", "hm"} <= set(student.last_report)
 
 
-# --- datasets.check ---------------------------------------------------------------------------
+# --- promptkd.datasets.check ---------------------------------------------------------------------------
 
 def run_check(args, capsys):
-    code = check.main(args)
+    code = cli.main(["check", *args])
     return code, capsys.readouterr().out
 
 
@@ -108,7 +109,7 @@ def test_check_reports_truncated_and_missing_images(tmp_path, capsys):
     jpeg.write_bytes(jpeg.read_bytes()[:300])  # a truncated JPEG: opens, fails to decode
     gone = tmp_path / "mine" / "eel" / "eel_0002.jpg"
     gone.unlink()  # listed by the split JSON written above, now missing
-    proc = python_m("datasets.check", ["--root", tmp_path, "DescribableTextures", "mine", "--workers", "2"], cwd=REPO)
+    proc = promptkd("check", ["--root", tmp_path, "DescribableTextures", "mine", "--workers", "2"], cwd=REPO)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"unreadable: {jpeg}" in proc.stdout and f"missing: {gone}" in proc.stdout
     # each header and the closing line say which problem, missing and unreadable apart
@@ -137,7 +138,7 @@ def test_check_says_no_images_found_for_an_empty_dataset_folder(tmp_path, capsys
 
 def test_empty_dataset_folder_stops_training_with_a_user_error(tmp_path):
     """Without the check, Dassl fails on an empty train split with a bare "max() arg is an empty sequence"."""
-    from datasets.common import NoImagesError
+    from promptkd.datasets.common import NoImagesError
     (tmp_path / "dtd" / "images").mkdir(parents=True)
     with pytest.raises(NoImagesError, match="DescribableTextures: no images found in .*DATASETS.md#describable"):
         build_dataset(make_cfg(tmp_path, "dtd"))
@@ -147,7 +148,7 @@ def test_check_usage_errors(tmp_path, capsys):
     from promptkd.errors import run_cli
     args = ["--root", str(tmp_path), "no_such_set"]
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: check.main(args), args)
+        run_cli(lambda: cli.main(["check", *args]), args)
     assert exit_info.value.code == 2 and "error: Unknown dataset 'no_such_set'" in capsys.readouterr().err
 
 

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
 
-import train  # noqa: E402,F401  (registers datasets and trainers)
+from promptkd.trainers import train  # noqa: E402,F401  (registers datasets and trainers)
 from promptkd import io as pio  # noqa: E402
+from promptkd import cli  # noqa: E402
 from promptkd.class_vectors import IMAGE_SIDE_FILE, ClassVectors, ImageSide, class_vectors_file  # noqa: E402
 from promptkd.errors import CheckpointError, DiskFullError, UserError, run_cli  # noqa: E402
 from promptkd.predictor import PREDICTOR_FILE, Predictor, PredictorRecord  # noqa: E402
@@ -222,9 +223,9 @@ def _write_results(tmp_path):
 
 def _writers(run, tmp_path, name):
     """(write through the real writer into tmp_path/out, the path the error must name)."""
-    from datasets.common import write_json_atomic, write_pickle_atomic
+    from promptkd.datasets.common import write_json_atomic, write_pickle_atomic
     from promptkd import export_model, predict, pretrain
-    from trainers.checkpointing import _write_pointer
+    from promptkd.trainers.checkpointing import _write_pointer
     out = tmp_path / "out"
     if name == "checkpoint":
         return lambda: run["trainer"].write_checkpoint({"epoch": 9}, str(out), "model.pth.tar-9", ""), \
@@ -250,7 +251,7 @@ def _writers(run, tmp_path, name):
         return lambda: write_pickle_atomic({"train": []}, str(out / "shot.pkl")), out / "shot.pkl"
     if name == "predictions csv":
         images = os.path.join(run["data"], "dtd", "images")
-        return lambda: predict.main([run["export"], images, "--out", str(out / "p.csv")]), out / "p.csv"
+        return lambda: cli.main(["predict", run["export"], images, "--out", str(out / "p.csv")]), out / "p.csv"
     if name == "results":
         return lambda: _write_results(tmp_path), out / "table.csv"
     if name == "export":
@@ -283,7 +284,7 @@ def _copy(src, tmp_path) -> str:
 
 @pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_class_vectors_and_image_side(run, tmp_path, how):
-    from trainers.promptkd import TEACHER_HINT
+    from promptkd.trainers.promptkd import TEACHER_HINT
     vectors = damage(_copy(run["vectors"], tmp_path), how)
     raises_naming(lambda: ClassVectors.load(vectors, TEACHER_HINT), vectors, "--eval-only --model-dir TEACHER_RUN")
     raises_naming(lambda: ClassVectors.load(vectors), vectors, "export_class_vectors.sh")  # the default hint
@@ -328,7 +329,7 @@ def test_damaged_predictor(run, tmp_path, how, capsys):
     raises_naming(lambda: Predictor.from_run(str(export)), path, "--eval-only --model-dir RUN_DIR")
     argv = [str(export), run["vectors"]]
     with pytest.raises(SystemExit) as code:  # the command line: `error: ...`, exit 2, no traceback
-        run_cli(lambda: predict.main(argv), argv)
+        run_cli(lambda: cli.main(["predict", *argv]), argv)
     err = capsys.readouterr().err
     assert code.value.code == 2 and err.startswith(f"error: {path}") and "Traceback" not in err
 
@@ -364,10 +365,10 @@ def test_damaged_teacher_cache(tmp_path, how):
     shard = damage(tmp_path / "cache" / "e000-00000002.npy", how)
     reader = TeacherCache.open(cache.directory, identity, 1)
     assert reader.lookup([0], [1]).shape == (1, 8)  # the intact shard still reads
-    raises_naming(lambda: reader.lookup([0], [2]), shard, "trainers.teacher_cache write")
+    raises_naming(lambda: reader.lookup([0], [2]), shard, "promptkd cache")
     manifest = damage(tmp_path / "cache" / MANIFEST, how)
-    raises_naming(lambda: TeacherCache.open(cache.directory, identity, 1), manifest, "trainers.teacher_cache write")
-    raises_naming(lambda: _cache(tmp_path / "cache"), manifest, "trainers.teacher_cache write")  # the writer's resume
+    raises_naming(lambda: TeacherCache.open(cache.directory, identity, 1), manifest, "promptkd cache")
+    raises_naming(lambda: _cache(tmp_path / "cache"), manifest, "promptkd cache")  # the writer's resume
 
 
 @pytest.mark.parametrize("how", DAMAGES)
@@ -401,8 +402,8 @@ def test_damaged_clip_weights(clip_files, tmp_path, how):
     """A CLIP file (the demo's pretrained ones, or the user's), read as stage 1 and stage 2 read it."""
     from promptkd.backbones import load_clip, load_image_tower
     path = damage(_copy(clip_files["student"], tmp_path), how)
-    raises_naming(lambda: load_image_tower(path), path, "python -m promptkd.demo pretrain", error=CheckpointError)
-    raises_naming(lambda: load_clip(path), path, "python -m promptkd.demo pretrain", error=CheckpointError)
+    raises_naming(lambda: load_image_tower(path), path, "promptkd demo-weights pretrain", error=CheckpointError)
+    raises_naming(lambda: load_clip(path), path, "promptkd demo-weights pretrain", error=CheckpointError)
 
 
 @pytest.mark.parametrize("trusted", [False, True])
@@ -426,7 +427,7 @@ def test_damaged_published_checkpoint(run, tmp_path, how, trusted):
 
 @pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_dataset_split_and_few_shot_cache(tmp_path, how):
-    from datasets.common import load_or_make_fewshot, read_split, write_json_atomic, write_pickle_atomic
+    from promptkd.datasets.common import load_or_make_fewshot, read_split, write_json_atomic, write_pickle_atomic
     split = str(tmp_path / "split_zhou_DescribableTextures.json")
     write_json_atomic({"train": [["a.jpg", 0, "a"]], "val": [], "test": []}, split)
     damage(split, how)

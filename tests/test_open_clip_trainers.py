@@ -10,6 +10,7 @@ pytest.importorskip("open_clip")
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the script tests)")
 
 from promptkd import export_model  # noqa: E402
+from promptkd import cli  # noqa: E402
 from promptkd.checkpoints import load_file  # noqa: E402
 from promptkd.errors import ConfigError  # noqa: E402
 from promptkd.tiny import write_tiny_open_clip  # noqa: E402
@@ -51,7 +52,7 @@ def exports(run_dir, tmp_path):
     """The run's classifier exported in both formats; `export_model` itself refuses a file whose
     logits differ from the eager predictor's (two batch sizes, 1e-5)."""
     for fmt, name in (("onnx", "model.onnx"), ("torchscript", "model.pt")):
-        assert export_model.main([str(run_dir), str(tmp_path / name), "--format", fmt]) == 0
+        assert cli.main(["export", str(run_dir), str(tmp_path / name), "--format", fmt]) == 0
         assert export_model.read_metadata(str(tmp_path / name))["classnames"]
 
 
@@ -91,7 +92,7 @@ def test_openai_teacher_into_open_clip_student(oc_env, clip_files, tmp_path):
 
 
 def test_input_settings_must_match_the_open_clip_model(oc_env, tmp_path):
-    import train
+    from promptkd.trainers import train
     from dassl.engine import build_trainer
 
     root, env, names = oc_env

@@ -17,9 +17,10 @@ import torch
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
 
 from promptkd import export_model, predict  # noqa: E402
+from promptkd import cli  # noqa: E402
 from promptkd.errors import UserError  # noqa: E402
 from promptkd.predictor import PREDICTOR_FILE, Predictor, PredictorRecord  # noqa: E402
-from tests.cli import python_m  # noqa: E402
+from tests.cli import promptkd  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
 from tests.test_trainers import make_trainer, student_args, teacher_args  # noqa: E402
 
@@ -93,7 +94,7 @@ def test_predict_cli_topk_csv_and_unreadable_image(runs, tmp_path):
     shutil.copytree(os.path.join(src, "banded"), images / "banded")
     (images / "broken.jpg").write_bytes(b"not a jpeg at all")
     out = tmp_path / "pred.csv"
-    proc = python_m("promptkd.predict", [runs["out"] / "student", images, "--topk", "3", "--out", out])
+    proc = promptkd("predict", [runs["out"] / "student", images, "--topk", "3", "--out", out])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"skipped {images / 'broken.jpg'}" in proc.stderr and "10 images classified, 1 skipped" in proc.stderr
     with open(out, newline="") as f:
@@ -111,8 +112,8 @@ def test_predict_cli_topk_csv_and_unreadable_image(runs, tmp_path):
 
 
 def test_predict_reports_a_missing_run_as_user_error(tmp_path):
-    """`python -m promptkd.predict` itself, a new interpreter (the other CLI tests fork)."""
-    proc = subprocess.run([sys.executable, "-m", "promptkd.predict", str(tmp_path), str(tmp_path)], cwd=ROOT,
+    """`promptkd predict` itself, a new interpreter (the other CLI tests fork)."""
+    proc = subprocess.run([sys.executable, "-m", "promptkd", "predict", str(tmp_path), str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "error: No predictor.pt in" in proc.stderr and "--eval-only" in proc.stderr
 
@@ -129,7 +130,7 @@ def test_predictor_refuses_other_backbone_weights(runs, tmp_path, clip_files):
 def test_export_matches_eager_with_dynamic_batch(runs, tmp_path, fmt, name):
     run = str(runs["out"] / "student")
     out = str(tmp_path / name)
-    assert export_model.main([run, out, "--format", fmt]) == 0
+    assert cli.main(["export", run, out, "--format", fmt]) == 0
     predictor = Predictor.from_run(run)
     for batch in (1, 5):  # neither is the batch size of the example used to export
         images = torch.randn(batch, 3, 32, 32)
@@ -147,7 +148,7 @@ def test_export_matches_eager_with_dynamic_batch(runs, tmp_path, fmt, name):
 def test_onnx_export_without_onnxscript_says_what_to_install(runs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript -> ImportError
     with pytest.raises(UserError, match="pip install onnx onnxscript, or use --format torchscript"):
-        export_model.main([str(runs["out"] / "student"), str(tmp_path / "s.onnx"), "--format", "onnx"])
+        cli.main(["export", str(runs["out"] / "student"), str(tmp_path / "s.onnx"), "--format", "onnx"])
     assert os.listdir(tmp_path) == []
 
 
@@ -201,9 +202,9 @@ def test_resize_mode_is_the_same_in_evaluation_and_in_the_predictor(mode):
     from torchvision import transforms as T
 
     from promptkd.predictor import image_transform
-    from trainers.config import extend_cfg
-    from trainers.data import test_transform
-    from trainers.predictor_export import preprocess_from_cfg
+    from promptkd.trainers.config import extend_cfg
+    from promptkd.trainers.data import test_transform
+    from promptkd.trainers.predictor_export import preprocess_from_cfg
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
@@ -223,8 +224,8 @@ def test_unknown_resize_mode_is_a_config_error():
     from dassl.config import get_cfg_default
 
     from promptkd.errors import ConfigError
-    from trainers.config import extend_cfg
-    from trainers.data import test_transform
+    from promptkd.trainers.config import extend_cfg
+    from promptkd.trainers.data import test_transform
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
@@ -241,8 +242,8 @@ def test_a_model_that_letterboxes_test_images_is_refused():
 
     from promptkd.backbones import Preprocess
     from promptkd.errors import ConfigError
-    from trainers.base import PromptTrainer
-    from trainers.config import extend_cfg
+    from promptkd.trainers.base import PromptTrainer
+    from promptkd.trainers.config import extend_cfg
 
     cfg = get_cfg_default()
     extend_cfg(cfg)

@@ -123,7 +123,7 @@ def test_a_damaged_record_is_an_error_naming_it(tmp_path):
 def kit(clip_files, tmp_path_factory):
     """train.py, the trainer-test helpers, a fake DTD and a finished teacher export."""
     pytest.importorskip("dassl", reason="Dassl not installed")
-    import train
+    from promptkd.trainers import train
     from tests import test_trainers as T
     from tests.fake_data import make_dtd
     root = tmp_path_factory.mktemp("records")

@@ -423,7 +423,7 @@ def test_exit_code_2_without_logs(tmp_path, capsys):
 def test_module_entry_point(tmp_path):
     (tmp_path / "empty").mkdir()
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "promptkd.results", str(tmp_path / "empty")],
+    proc = subprocess.run([sys.executable, "-m", "promptkd", "results", str(tmp_path / "empty")],
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 2 and "no log.txt found" in proc.stderr
 

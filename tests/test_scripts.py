@@ -62,7 +62,7 @@ def test_base2new_one_command_trains_the_missing_teacher_first(env, clip_files):
     # the teacher of seed 1 now exists: an explicit teacher run is not needed and not repeated
     out = run("teacher_train.sh", "dtd", "1", *env["TEACHER_OPTS"].split(), env=env)
     assert "Resumed from" in out and results(out)[-1]["trainer"] == "PromptKDTeacher"
-    table = subprocess.run([sys.executable, "-m", "promptkd.results", os.path.join(env["OUTPUT"], "base2new"),
+    table = subprocess.run([sys.executable, "-m", "promptkd", "results", os.path.join(env["OUTPUT"], "base2new"),
                             "--seeds", "1"], cwd=ROOT, capture_output=True, text=True)
     assert table.returncode == 0 and "DTD" in table.stdout and "PromptKD" in table.stdout
     missing = subprocess.run(["bash", os.path.join(ROOT, "scripts/promptkd/base2new_train.sh"), "dtd", "1", *student],
@@ -105,7 +105,7 @@ def test_baseline_scripts_and_comparison_table(env, clip_files):
     out = run("../maple/xd_train.sh", "dtd", "1", *tiny, "TRAINER.MAPLE.PROMPT_DEPTH", "2", env=env)
     r = results(out)[-1]
     assert (r["trainer"], r["dataset"], r["protocol"]) == ("MaPLe", "DescribableTextures", "cross")
-    table = subprocess.run([sys.executable, "-m", "promptkd.results", os.path.join(env["OUTPUT"], "base2new"),
+    table = subprocess.run([sys.executable, "-m", "promptkd", "results", os.path.join(env["OUTPUT"], "base2new"),
                             "--seeds", "1", "--plot"], cwd=ROOT, capture_output=True, text=True)
     assert table.returncode == 0, table.stderr
     assert "CoOp" in table.stdout and "ZeroshotCLIP" in table.stdout
@@ -116,8 +116,8 @@ def test_scripts_and_plain_train_py_distil_at_the_same_kd_weight(tmp_path, monke
     """The scripts pass no KD_WEIGHT: train.py resolves the config's auto, so a script run and a
     plain `python train.py` with the shipped config agree (DTD 200, ImageNet 1000), and a
     KD_WEIGHT given to a script wins. PYTHON is a stub that records the train.py command lines."""
-    import train
-    from trainers.config import kd_weight
+    from promptkd.trainers import train
+    from promptkd.trainers.config import kd_weight
     record, stub = tmp_path / "calls.jsonl", tmp_path / "python"
     stub.write_text(f"#!{sys.executable}\nimport json, sys\n"
                     f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
@@ -135,8 +135,8 @@ def test_scripts_and_plain_train_py_distil_at_the_same_kd_weight(tmp_path, monke
                               env=environ, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         calls = [json.loads(line) for line in record.read_text().splitlines()]
-        assert len(calls) == 1 and calls[0][0] == "train.py"
-        return calls[0][1:]
+        assert len(calls) == 1 and calls[0][:3] == ["-m", "promptkd", "train"]
+        return calls[0][3:]
 
     monkeypatch.chdir(ROOT)  # the scripts' config paths are relative to the repository
     weight = lambda argv: kd_weight(train.setup_cfg(train.parse_args(argv)))[0]  # noqa: E731

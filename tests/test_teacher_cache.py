@@ -15,11 +15,11 @@ import torch
 
 pytest.importorskip("dassl", reason="Dassl not installed")
 
-import train  # noqa: E402,F401  (registers datasets and trainers)
+from promptkd.trainers import train  # noqa: E402,F401  (registers datasets and trainers)
 from promptkd.errors import ConfigError, DataError  # noqa: E402
 from promptkd.teacher_cache import MANIFEST, TeacherCache  # noqa: E402
 from promptkd.views import ViewSampler, stream_seed  # noqa: E402
-from tests.cli import python_m  # noqa: E402
+from tests.cli import promptkd  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
 from tests.test_trainers import learnable, make_trainer, student_args, teacher_args  # noqa: E402
 
@@ -44,10 +44,10 @@ def args(setup, out, *extra, epochs=EPOCHS, root=None):
 
 
 def write_cache(setup, cache, *extra, epochs=EPOCHS, root=None):
-    from trainers.teacher_cache import main
-    argv = ["write", *args(setup, str(cache) + "-writer-out", "TRAINER.PROMPTKD.TEACHER_CACHE", str(cache),
-                           *extra, epochs=epochs, root=root)]
-    assert main(argv) == 0
+    from promptkd import cli
+    argv = args(setup, str(cache) + "-writer-out", "TRAINER.PROMPTKD.TEACHER_CACHE", str(cache),
+                *extra, epochs=epochs, root=root)
+    assert cli.main(["cache", *argv]) == 0
 
 
 # --- views --------------------------------------------------------------------------------
@@ -283,8 +283,8 @@ def test_a_killed_writer_resumes_to_the_same_cache(setup, tmp_path):
     make_dtd(root, n_classes=5, per_class=24)
 
     def write(cache, **kw):
-        return python_m("trainers.teacher_cache", [
-            "write", *args(setup, str(tmp_path / "out"), "TRAINER.PROMPTKD.TEACHER_CACHE", str(cache),
+        return promptkd("cache", [
+            *args(setup, str(tmp_path / "out"), "TRAINER.PROMPTKD.TEACHER_CACHE", str(cache),
                            "TRAINER.PROMPTKD.TEACHER_CACHE_SHARD_SIZE", "4",
                            "TRAINER.PROMPTKD.TEACHER_CACHE_BATCH_SIZE", "3", epochs=2, root=root)], **kw)
 
@@ -313,7 +313,7 @@ def test_a_killed_writer_resumes_to_the_same_cache(setup, tmp_path):
 
 
 def test_cli_reports_errors_with_exit_2(setup, tmp_path):
-    proc = python_m("trainers.teacher_cache", ["write", *args(setup, str(tmp_path / "o"))])
+    proc = promptkd("cache", [*args(setup, str(tmp_path / "o"))])
     assert proc.returncode == 2 and "error: Set TRAINER.PROMPTKD.TEACHER_CACHE" in proc.stderr
 
 

@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
 
-import train  # noqa: E402  (registers datasets and trainers)
+from promptkd.trainers import train  # noqa: E402  (registers datasets and trainers)
 from dassl.engine import build_trainer  # noqa: E402
 from dassl.utils import set_random_seed  # noqa: E402
 
@@ -297,7 +297,7 @@ def test_precision_modes_train(data_root, clip_files, teacher_run, tmp_path, pre
 
 
 def test_non_finite_loss_stops_with_a_hint_and_keeps_the_checkpoint(data_root, clip_files, teacher_run, tmp_path, monkeypatch):
-    import trainers.promptkd as module
+    import promptkd.trainers.promptkd as module
     out = str(tmp_path)
     trainer = make_trainer(student_args(data_root, clip_files, out, teacher_run["export"], epochs=3))
     real = module.kd_loss
@@ -522,7 +522,7 @@ def kd_args(dataset_cfg, *opts, config=STUDENT_CFG):
 
 
 def test_kd_weight_auto_is_the_published_one_and_a_number_wins(tmp_path):
-    from trainers.config import kd_weight
+    from promptkd.trainers.config import kd_weight
     imagenet = os.path.join(ROOT, "configs/datasets/imagenet.yaml")
     setup = lambda *a, **k: kd_weight(train.setup_cfg(train.parse_args(kd_args(*a, **k))))  # noqa: E731
     assert setup(DTD_CFG) == (200.0, "TRAINER.PROMPTKD.KD_WEIGHT auto -> 200 for DescribableTextures (the published "
@@ -603,7 +603,7 @@ def test_unreadable_image_is_named_or_skipped(clip_files, teacher_run, tmp_path,
         make_trainer(args("stop")).train()
     message = str(err.value)
     assert f"cannot read image {bad} (train split of DescribableTextures)" in message
-    assert f"python -m datasets.check --root {root} DescribableTextures" in message
+    assert f"promptkd check --root {root} DescribableTextures" in message
     assert "DATALOADER.SKIP_UNREADABLE True" in message
     skip = ("DATALOADER.SKIP_UNREADABLE", "True")
     # 1 of the 20 training images is 5%: more than the default MAX_UNREADABLE_SHARE (1%) stops the run
@@ -666,8 +666,8 @@ def test_only_the_image_read_is_reported_as_unreadable(tmp_path):
     from PIL import Image
     from torchvision import transforms as T
 
-    from trainers.config import extend_cfg
-    from trainers.data import UNREADABLE, CheckedDatasetWrapper
+    from promptkd.trainers.config import extend_cfg
+    from promptkd.trainers.data import UNREADABLE, CheckedDatasetWrapper
 
     cfg = extend_cfg(get_cfg_default())
     good, broken, truncated = (str(tmp_path / n) for n in ("good.png", "broken.jpg", "truncated.jpg"))

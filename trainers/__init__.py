@@ -14,7 +14,7 @@
     distributed.py       the per-rank training / evaluation loaders under torchrun
     view_data.py         PromptKD's train loader: views a pure function of (view seed, epoch, image)
     cache_views.py       the teacher cache's side of a run: its identity, filling views
-    teacher_cache.py     `python -m trainers.teacher_cache write ...`: the teacher-embedding cache
+    teacher_cache.py     `promptkd cache ...`: the teacher-embedding cache
 
 Importing a trainer module registers it in Dassl's TRAINER_REGISTRY (train.py does this).
 """

@@ -28,12 +28,12 @@ from promptkd.errors import ConfigError, DataError, MissingFileError
 from promptkd.evaluation import num_base_classes
 from promptkd.losses import check_finite
 from promptkd.schedule import build_lr_scheduler
-from trainers.checkpointing import MODEL_NAME, CheckpointMixin
-from trainers.config import GRAD_CHECKPOINTS, MODALS, MODEL_SELECTIONS, PRECISIONS
-from trainers.data import (UNREADABLE, CheckedDatasetWrapper, check_loader, test_transform, too_many_unreadable,
+from promptkd.trainers.checkpointing import MODEL_NAME, CheckpointMixin
+from promptkd.trainers.config import GRAD_CHECKPOINTS, MODALS, MODEL_SELECTIONS, PRECISIONS
+from promptkd.trainers.data import (UNREADABLE, CheckedDatasetWrapper, check_loader, test_transform, too_many_unreadable,
                            unreadable_error)
-from trainers.distributed import check_sampler, distribute_loaders
-from trainers.evaluate import EvaluationMixin
+from promptkd.trainers.distributed import check_sampler, distribute_loaders
+from promptkd.trainers.evaluate import EvaluationMixin
 
 logger = logging.getLogger("promptkd")
 
@@ -166,7 +166,7 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
         return DataError(
             f"{where}: all {skipped} batches were skipped, {unreadable} unreadable image(s) dropped "
             "(DATALOADER.SKIP_UNREADABLE True; a batch that this leaves with fewer than 2 images is dropped too). "
-            f"Check the images with `python -m datasets.check --root {self.cfg.DATASET.ROOT} {self.cfg.DATASET.NAME}`.")
+            f"Check the images with `promptkd check --root {self.cfg.DATASET.ROOT} {self.cfg.DATASET.NAME}`.")
 
     def report_unreadable(self, where: str):
         if self.unreadable:

@@ -10,8 +10,8 @@ from promptkd.baselines import CoOp as CoOpMethod
 from promptkd.baselines import MaPLe as MaPLeMethod
 from promptkd.baselines import ZeroShotCLIP
 from promptkd.teacher import IVLPTeacher
-from trainers.prompt_learning import PromptLearningTrainer
-from trainers.promptkd_teacher import PromptKDTeacher
+from promptkd.trainers.prompt_learning import PromptLearningTrainer
+from promptkd.trainers.promptkd_teacher import PromptKDTeacher
 
 
 @TRAINER_REGISTRY.register()

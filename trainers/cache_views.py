@@ -4,7 +4,7 @@
 list, views, precision), so that a run refuses a cache of another; `fill_views` embeds the views
 of the given epochs with the teacher's image side and stores them. Used by the PromptKD trainer
 (TEACHER_CACHE_WRITE fills the cache while it trains) and by the writer command,
-`python -m trainers.teacher_cache write` (trainers/teacher_cache.py). The file format is
+`promptkd cache` (trainers/teacher_cache.py). The file format is
 `promptkd/teacher_cache.py`.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from trainers.data import UNREADABLE, collate_checked
+from promptkd.trainers.data import UNREADABLE, collate_checked
 
 logger = logging.getLogger("promptkd")
 

@@ -12,6 +12,7 @@ YAML file or on the command line as its string.
 """
 from yacs.config import CfgNode as CN
 
+from promptkd.datasets.config import extend_data_cfg
 from promptkd.errors import ConfigError
 
 MODALS = ("base2novel", "cross")
@@ -73,27 +74,7 @@ def _ivlp_prompt_keys(node, depth):
 
 
 def extend_cfg(cfg):
-    # --- data --------------------------------------------------------------------------
-    # all | base | new: base = labels [0, ceil(C/2)), new = the rest, relabelled from 0.
-    cfg.DATASET.SUBSAMPLE_CLASSES = "all"
-    # An image that cannot be read stops the run with its path (False), or is skipped, counted
-    # and listed in the log at the end of the epoch / evaluation (True). Off by default so
-    # results are never silently computed on fewer images.
-    cfg.DATALOADER.SKIP_UNREADABLE = False
-    # With SKIP_UNREADABLE True: more than this share of a split's images unreadable (0.01 = 1%)
-    # stops the run, naming the share and the first files; 1.0 never stops.
-    cfg.DATALOADER.MAX_UNREADABLE_SHARE = 0.01
-    # How a test image is fitted to INPUT.SIZE: "shortest" (Dassl's and OpenAI CLIP's: resize the
-    # shorter side, centre-crop) or "squash" (resize the whole image to INPUT.SIZE, as open_clip
-    # does for e.g. DFN5B's ViT-H/14). Checked against the backbone's own preprocessing.
-    cfg.INPUT.RESIZE_MODE = "shortest"
-    # ImageFolder (your own data, configs/datasets/folder.yaml, DATASETS.md#imagefolder).
-    cfg.DATASET.FOLDER = CN()
-    cfg.DATASET.FOLDER.DIR = ""  # the dataset's folder under DATASET.ROOT
-    # train / val / test ratios per class when the folder has no train/ and test/ folders
-    cfg.DATASET.FOLDER.SPLIT = (0.5, 0.2, 0.3)
-    cfg.DATASET.FOLDER.VAL_RATIO = 0.2  # with train/ and test/ but no val/: this share of train is val
-    cfg.DATASET.FOLDER.SPLIT_SEED = 1  # seed of the split (independent of the run's --seed)
+    extend_data_cfg(cfg)  # the dataset keys (DATASET.*, DATALOADER.*, INPUT.RESIZE_MODE)
 
     # --- several processes (torchrun; see promptkd/distributed.py) ------------------------
     # DATALOADER.TRAIN_X.BATCH_SIZE stays per process (each GPU keeps its memory use), so the
@@ -190,7 +171,7 @@ def extend_cfg(cfg):
     # and so is each epoch's image order; -1 = the run's --seed. Runs with different student
     # seeds can share one view stream (and one teacher cache) by setting it.
     cfg.TRAINER.PROMPTKD.VIEW_SEED = -1
-    # A teacher-cache folder (python -m trainers.teacher_cache write ...): the run reads the
+    # A teacher-cache folder (promptkd cache ...): the run reads the
     # teacher's stored image embeddings and never builds the teacher tower. "" = online teacher.
     cfg.TRAINER.PROMPTKD.TEACHER_CACHE = ""
     # True: run the teacher online and fill TEACHER_CACHE as the run goes (resumable).

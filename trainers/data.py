@@ -25,7 +25,7 @@ from promptkd.backbones import RESIZE_MODES
 from promptkd.errors import ConfigError, DataError
 
 UNREADABLE = "unreadable"  # batch key: [(image path, reason), ...]
-CHECK_HINT = "python -m datasets.check --root {root} {dataset}"
+CHECK_HINT = "promptkd check --root {root} {dataset}"
 
 
 class CheckedDatasetWrapper(DatasetWrapper):

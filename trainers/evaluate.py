@@ -63,7 +63,7 @@ class EvaluationMixin:
         if len(labels) == 0:
             raise DataError(f"No test image of {self.cfg.DATASET.NAME} could be evaluated: all "
                             f"{len(self.eval_loader.dataset)} were skipped as unreadable. Check them with "
-                            f"`python -m datasets.check --root {self.cfg.DATASET.ROOT} {self.cfg.DATASET.NAME}`.")
+                            f"`promptkd check --root {self.cfg.DATASET.ROOT} {self.cfg.DATASET.NAME}`.")
         report = report_from_predictions(preds, labels, protocol, self.num_base)
         if selection_only:
             logger.info("base-class test accuracy (for model selection): %.2f", report["base"])

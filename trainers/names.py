@@ -30,9 +30,10 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".tar", ".safetensors", ".ckpt")
 
 
 def ours(registry, package: str) -> list[str]:
-    """The names in a Dassl registry whose object is defined in this repository's `package`."""
+    """The names in a Dassl registry whose object is defined in this project's `package`
+    (promptkd.trainers or promptkd.datasets)."""
     return sorted(n for n in registry.registered_names()
-                  if registry.get(n).__module__.split(".")[0] == package)
+                  if registry.get(n).__module__.startswith(package + "."))
 
 
 def closest(name: str, known, n: int = 3) -> list[str]:
@@ -73,7 +74,7 @@ def dataset_config_names() -> dict:
 
 
 def check_trainer(name: str) -> None:
-    known = ours(TRAINER_REGISTRY, "trainers")
+    known = ours(TRAINER_REGISTRY, "promptkd.trainers")
     if name in known:
         return
     if not name:
@@ -83,7 +84,7 @@ def check_trainer(name: str) -> None:
 
 
 def check_dataset(name: str) -> None:
-    known = ours(DATASET_REGISTRY, "datasets")
+    known = ours(DATASET_REGISTRY, "promptkd.datasets")
     if name in known:
         return
     stems = dataset_config_names()

@@ -19,7 +19,7 @@ def export_folder(cfg) -> str:
 
 
 def preprocess_from_cfg(cfg) -> dict:
-    """The run's test transform (`trainers.data.test_transform`): resize (INPUT.RESIZE_MODE),
+    """The run's test transform (`promptkd.trainers.data.test_transform`): resize (INPUT.RESIZE_MODE),
     centre crop INPUT.SIZE, normalise."""
     normalise = "normalize" in cfg.INPUT.TRANSFORMS
     return preprocess_settings(tuple(cfg.INPUT.SIZE), cfg.INPUT.INTERPOLATION,
@@ -30,6 +30,6 @@ def preprocess_from_cfg(cfg) -> dict:
 def save_predictor(cfg, record: PredictorRecord) -> str:
     path = os.path.join(export_folder(cfg), PREDICTOR_FILE)
     record.save(path)
-    logger.info("Predictor (%d classes, backbone %s) written to %s: `python -m promptkd.predict %s IMAGES`",
+    logger.info("Predictor (%d classes, backbone %s) written to %s: `promptkd predict %s IMAGES`",
                 len(record.classnames), record.backbone, path, export_folder(cfg))
     return path

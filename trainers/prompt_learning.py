@@ -22,9 +22,9 @@ from promptkd.errors import ConfigError
 from promptkd.losses import GaussianPromptAggregator
 from promptkd.precision import fp32_scoring
 from promptkd.predictor import PredictorRecord
-from trainers.base import MODEL_NAME, PromptTrainer
-from trainers.config import grad_checkpoint_towers
-from trainers.predictor_export import preprocess_from_cfg, save_predictor
+from promptkd.trainers.base import MODEL_NAME, PromptTrainer
+from promptkd.trainers.config import grad_checkpoint_towers
+from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predictor
 
 logger = logging.getLogger("promptkd")
 

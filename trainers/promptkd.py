@@ -4,11 +4,11 @@ The teacher's class vectors were computed once by `PromptKDTeacher` (its export 
 TRAINER.PROMPTKD.TEACHER_DIR). Each step runs the frozen teacher image tower (eval mode, no
 autograd) and the student on the same augmented batch, scores both against the stored class
 vectors, and minimises KD_WEIGHT · T² · KL(teacher ‖ student) / (B·C) (KD_WEIGHT auto: the
-published weight of the dataset, `trainers.config.kd_weight`). Labels are never read.
+published weight of the dataset, `promptkd.trainers.config.kd_weight`). Labels are never read.
 Evaluation and inference run the student and the class vectors only.
 
 Views are reproducible (`trainers/view_data.py`): with TRAINER.PROMPTKD.TEACHER_CACHE the
-teacher's embeddings of each view are read from a cache (`python -m trainers.teacher_cache` writes
+teacher's embeddings of each view are read from a cache (`promptkd cache` writes
 it) and the teacher tower is never built; TEACHER_CACHE_WRITE fills the cache online.
 """
 from __future__ import annotations
@@ -30,11 +30,11 @@ from promptkd.losses import kd_loss
 from promptkd.predictor import PredictorRecord, reference_tower
 from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student, teacher_logits
 from promptkd.teacher_cache import DTYPES, TeacherCache
-from trainers.base import PromptTrainer, _allowed
-from trainers.config import grad_checkpoint_towers, kd_weight
-from trainers.predictor_export import preprocess_from_cfg, save_predictor
-from trainers.cache_views import cache_identity, fill_views
-from trainers.view_data import build_view_loader, resolve_view_seed
+from promptkd.trainers.base import PromptTrainer, _allowed
+from promptkd.trainers.config import grad_checkpoint_towers, kd_weight
+from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predictor
+from promptkd.trainers.cache_views import cache_identity, fill_views
+from promptkd.trainers.view_data import build_view_loader, resolve_view_seed
 
 logger = logging.getLogger("promptkd")
 

@@ -17,7 +17,7 @@ import os
 from dassl.engine import TRAINER_REGISTRY
 
 from promptkd.teacher import IVLPTeacher, load_published_teacher
-from trainers.prompt_learning import PromptLearningTrainer
+from promptkd.trainers.prompt_learning import PromptLearningTrainer
 from promptkd.errors import ConfigError
 
 logger = logging.getLogger("promptkd")

@@ -1,6 +1,6 @@
 """Write the teacher-embedding cache of a PromptKD student run (stage 2 without the teacher).
 
-    python -m trainers.teacher_cache write <the student run's train.py arguments>
+    promptkd cache <the student run's train arguments>
 
 takes exactly a student run's command line (`--root`, `--seed`, configs, `KEY VALUE` ...,
 including TRAINER.PROMPTKD.TEACHER_CACHE DIR) and runs only the teacher's image side, under
@@ -8,33 +8,34 @@ including TRAINER.PROMPTKD.TEACHER_CACHE DIR) and runs only the teacher's image 
 size (TRAINER.PROMPTKD.TEACHER_CACHE_BATCH_SIZE), storing the normalised embeddings
 (TEACHER_CACHE_DTYPE, fp16 by default) in the core format of `promptkd/teacher_cache.py`.
 Interrupted, the same command resumes. The student run then reads the cache: the same command
-with `train.py`. `fill_views` (trainers/cache_views.py) is shared with online runs that fill the cache as they
+with `promptkd train`. `fill_views` (trainers/cache_views.py) is shared with online runs that fill the cache as they
 go (TEACHER_CACHE_WRITE).
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import time
 
-from promptkd.errors import ConfigError, DataError, UserError, run_cli
-from trainers.cache_views import fill_views
+from promptkd.errors import ConfigError, DataError
+from promptkd.trainers import train  # the student run's command line, config files and overrides
+from promptkd.trainers.cache_views import fill_views
 
 logger = logging.getLogger("promptkd")
 
-USAGE = "usage: python -m trainers.teacher_cache write <train.py arguments of the student run> [--debug]"
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `cache` verb's options: exactly the student run's `promptkd train` arguments."""
+    train.add_arguments(parser)
+    parser.description = __doc__
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    argv = [a for a in argv if a != "--debug"]
-    if not argv or argv[0] != "write":
-        raise UserError(USAGE)
-    import train  # the student run's command line, config files and overrides
+def run(args: argparse.Namespace) -> int:
+    """`promptkd cache <the student run's train arguments>`: fill the cache, then check it is complete."""
     from dassl.engine import build_trainer
     from dassl.utils import set_random_seed
 
-    args = train.parse_args(argv[1:])
     args.trainer = args.trainer or "PromptKD"
     args.opts = list(args.opts or []) + ["TRAINER.PROMPTKD.TEACHER_CACHE_WRITE", "True"]
     cfg = train.setup_cfg(args)
@@ -60,7 +61,3 @@ def main(argv=None) -> int:
                 cache.directory, cache.n_images, cache.epochs, cache.dtype, n, seconds,
                 f" ({n / seconds:.1f} views/s)." if n and seconds > 0 else ".")
     return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

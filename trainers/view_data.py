@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from promptkd.errors import ConfigError
 from promptkd.views import ViewSampler, check_view_transform, seeded_view
-from trainers.data import CheckedDatasetWrapper, check_loader, collate_checked
+from promptkd.trainers.data import CheckedDatasetWrapper, check_loader, collate_checked
 
 logger = logging.getLogger("promptkd")
 

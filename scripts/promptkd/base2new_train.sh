@@ -25,4 +25,4 @@ RUN="$OUTPUT/base2new/promptkd/$DATASET/seed$SEED"
   DATASET.NUM_SHOTS 0 DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL base2novel \
   TRAINER.PROMPTKD.TEACHER_DIR "$TEACHER_DIR" \
   ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:3}"
-echo "Student run: $RUN (tables: python -m promptkd.results $OUTPUT/base2new)"
+echo "Student run: $RUN (tables: promptkd results $OUTPUT/base2new)"

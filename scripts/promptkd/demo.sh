@@ -7,7 +7,7 @@
 #    the toy world (6 colours x 6 shapes, promptkd/toyworld.py): a teacher (image tower 4
 #    layers, embedding 64; captions in four forms) and a student (image tower 2 layers,
 #    embedding 32; captions in one form, "a red circle.", so the zero-shot prompt "a photo of
-#    a ..." is new to its text tower), as OpenAI CLIP state dicts (python -m promptkd.demo
+#    a ..." is new to its text tower), as OpenAI CLIP state dicts (promptkd demo-weights
 #    pretrain; fixed seeds; reused while the world, model and recipe are unchanged). The
 #    repository ships the full preset's two, made by that command (promptkd/demo_weights, a
 #    small form), so they are unpacked in a second; DEMO_PRETRAIN=1 pretrains them here
@@ -19,9 +19,9 @@
 #    teacher backbone; the teacher exports the class vectors of ALL classes;
 # 5. the PromptKD student distilled on the unlabelled train images of all classes from those
 #    stored vectors;
-# 6. python -m promptkd.results: one base / novel / HM table (OUT/results.md, .csv) and a plot
+# 6. promptkd results: one base / novel / HM table (OUT/results.md, .csv) and a plot
 #    (OUT/results.png) with all of them; then the backbones' zero-shot probes per prompt form
-#    (python -m promptkd.demo probes).
+#    (promptkd demo-weights probes).
 # The steps run in demo.py, which imports Dassl once and forks a child per step, two side by
 # side, each on one thread: pretraining the teacher while the student is pretrained and
 # evaluated zero-shot; then the PromptSRC teacher while zero-shot on the teacher and CoOp run;
@@ -54,4 +54,4 @@ if [ -n "${DEMO_EPOCHS:-}" ]; then OPTS+=(--epochs "$DEMO_EPOCHS"); fi
 export OMP_NUM_THREADS=${DEMO_THREADS:-1} MKL_NUM_THREADS=${DEMO_THREADS:-1}
 
 echo "== PromptKD demo: everything under $OUT"
-exec "$PYTHON" demo.py "$OUT" "${OPTS[@]}"
+exec "$PYTHON" -m promptkd demo "$OUT" "${OPTS[@]}"

@@ -43,4 +43,4 @@ else
   "${LAUNCH[@]}" "${COMMON[@]}" --output-dir "$RUN" "${OPTS[@]}" \
     ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:3}"
 fi
-echo "Run: $RUN (tables: python -m promptkd.results $OUTPUT/cross)"
+echo "Run: $RUN (tables: promptkd results $OUTPUT/cross)"

@@ -1,6 +1,8 @@
-"""The offline demo's driver; `bash scripts/promptkd/demo.sh [OUT]` runs it (what it shows: docs/demo.md).
+"""`promptkd demo`: the offline demo's driver (what it shows: docs/demo.md).
 
-    python demo.py OUT [--preset full|fast] [--from-scratch] [--epochs N]
+    promptkd demo [OUT] [--preset full|fast] [--from-scratch] [--epochs N]
+
+`bash scripts/promptkd/demo.sh [OUT]` runs it with the demo's thread settings.
 
 Under OUT: `weights/` the two tiny pretrained CLIPs (unpacked from the shipped ones, or
 pretrained), `data/toy_shapes` the generated dataset, `runs/base2new/<run>/toy_shapes/seed1`
@@ -24,13 +26,13 @@ import re
 import shutil
 import sys
 
-import train  # noqa: F401  (imports Dassl and registers this project's trainers and datasets)
+from promptkd.trainers import train  # imports Dassl and registers this project's trainers and datasets
 from promptkd import forked
 from promptkd.demo import ROLES, pretrained_weights, probe_table
 from promptkd.errors import UserError, run_cli
 from promptkd.pretrain import PRESETS
 
-REPO = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the clone: configs/
 SEED = 1
 # the lines of a run's console output the demo shows (the rest is in its log.txt)
 PROGRESS = re.compile(r"^(epoch \[|\* accuracy|Exported|ToyShapes: generated|RESULT)")
@@ -65,7 +67,7 @@ def train_step(out: str, name: str, *spec) -> forked.Step:
     def fn():
         print(f"-- {name}: {trainer} on {os.path.splitext(os.path.basename(backbone))[0]}'s backbone "
               f"(log: {run_dir(out, name)}/log.txt)", flush=True)
-        train.cli(argv)
+        run_cli(lambda: train.run(train.parse_args(argv)), argv)
     return forked.Step(name, fn)
 
 
@@ -78,7 +80,7 @@ def show(name: str, stream: str, line: str) -> None:
         print(f"[{name}] {line}", flush=True)
 
 
-def run(out: str, preset: str = "full", from_scratch: bool = False, epochs: int | None = None) -> None:
+def run_demo(out: str, preset: str = "full", from_scratch: bool = False, epochs: int | None = None) -> None:
     out = os.path.abspath(out)
     weights = os.path.join(out, "weights")
     teacher, student = (os.path.join(weights, f"{role}.pt") for role in ROLES)
@@ -114,7 +116,7 @@ def run(out: str, preset: str = "full", from_scratch: bool = False, epochs: int 
     code = results.main([os.path.join(out, "runs"), "--out", os.path.join(out, "results"), "--plot",
                          "--seeds", str(SEED)])
     if code:
-        raise UserError(f"python -m promptkd.results {out}/runs failed (exit code {code})")
+        raise UserError(f"promptkd results {out}/runs failed (exit code {code})")
     print()
     print(f"Zero-shot probes of the pretrained backbones (fresh images; from {weights}/*.json): what")
     print("each backbone's features allow when prompted in a form it was pretrained on.")
@@ -124,19 +126,18 @@ def run(out: str, preset: str = "full", from_scratch: bool = False, epochs: int 
     print(f"Plot:          {out}/results.png", flush=True)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python demo.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", metavar="OUT", help="folder of everything the demo makes")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `demo` verb's options."""
+    parser.add_argument("out", metavar="OUT", nargs="?", default=os.path.join("output", "demo"),
+                        help="folder of everything the demo makes (default output/demo)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
                         help="tiny CLIPs' sizes and pretraining (default full, the shipped one; fast: tests)")
     parser.add_argument("--from-scratch", action="store_true",
                         help="pretrain the tiny CLIPs even where the repository ships them")
     parser.add_argument("--epochs", type=int, help="epochs of every training run (default: the configs')")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
-    args = parser.parse_args(argv)
-    run(args.out, args.preset, args.from_scratch, args.epochs)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`promptkd demo [OUT]`: every step, then the table."""
+    run_demo(args.out, args.preset, args.from_scratch, args.epochs)
     return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

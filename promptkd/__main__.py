@@ -1,0 +1,4 @@
+"""`python -m promptkd VERB ...` is the `promptkd` command (promptkd/cli.py)."""
+from .cli import console
+
+console()
