@@ -260,7 +260,7 @@ def test_fewer_epochs_than_cached_are_read_and_a_missing_view_is_an_error(setup,
                                 trainer.cache.n_images, 1, trainer.cache.width, shard_size=4)
     empty.add([0] * 4, [0, 1, 2, 3], torch.nn.functional.normalize(torch.randn(4, empty.width), dim=-1))
     assert empty.lookup([0], [2]).shape == (1, empty.width)
-    with pytest.raises(DataError, match=r"no shard e000-00000004.npy .*1 of \d+ shards are written.*teacher_cache write"):
+    with pytest.raises(DataError, match=r"no shard e000-00000004.npy .*1 of \d+ shards are written.*promptkd cache"):
         empty.lookup([0, 0], [0, 5])
     with pytest.raises(DataError, match=r"is incomplete: \d+ of \d+ shards for 1 epochs are missing \(the first: e000-00000004"):
         TeacherCache.open(empty.directory, empty.manifest["identity"], 1)

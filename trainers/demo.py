@@ -11,9 +11,8 @@ the five runs (cleared first, so a re-run redoes them), `results.md|csv|png` the
 It imports Dassl and the trainers once and runs every step in a forked child of itself
 (`promptkd.forked`): a child starts in milliseconds where a new `python train.py` spends
 seconds importing, and it is still a process of its own (Dassl's logger, seeds, exit code).
-Two steps run side by side, each on its own thread count (`OMP_NUM_THREADS`, set by the
-script): the teacher's pretraining beside the student's and its zero-shot run, then the
-PromptSRC teacher beside zero-shot CLIP on the teacher and CoOp, then the PromptKD student.
+Two steps run side by side, each on `--threads` torch threads (default 1): the teacher's
+pretraining beside the student's and its zero-shot run, then the PromptSRC teacher beside zero-shot CLIP on the teacher and CoOp, then the PromptKD student.
 Every run is deterministic on its own, so the table does not depend on which finishes first.
 Progress lines carry the run's name; each run's whole log is its log.txt.
 """
@@ -135,9 +134,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-scratch", action="store_true",
                         help="pretrain the tiny CLIPs even where the repository ships them")
     parser.add_argument("--epochs", type=int, help="epochs of every training run (default: the configs')")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("DEMO_THREADS") or 1),
+                        help="torch threads of each run (default DEMO_THREADS or 1: two runs side by side "
+                             "on two cores is the fastest)")
 
 
 def run(args: argparse.Namespace) -> int:
     """`promptkd demo [OUT]`: every step, then the table."""
+    import torch
+
+    torch.set_num_threads(args.threads)  # the forked runs inherit it
     run_demo(args.out, args.preset, args.from_scratch, args.epochs)
     return 0
