@@ -12,7 +12,8 @@ It imports Dassl and the trainers once and runs every step in a forked child of 
 (`promptkd.forked`): a child starts in milliseconds where a new `python train.py` spends
 seconds importing, and it is still a process of its own (Dassl's logger, seeds, exit code).
 Two steps run side by side, each on `--threads` torch threads (default 1): the teacher's
-pretraining beside the student's and its zero-shot run, then the PromptSRC teacher beside zero-shot CLIP on the teacher and CoOp, then the PromptKD student.
+pretraining beside the student's and its zero-shot run, then the PromptSRC teacher beside
+zero-shot CLIP on the teacher and CoOp, then the PromptKD student.
 Every run is deterministic on its own, so the table does not depend on which finishes first.
 Progress lines carry the run's name; each run's whole log is its log.txt.
 """
