@@ -5,15 +5,15 @@ student forward / backward through DistributedDataParallel, SGD step, stored cla
 at the same batch *per process* (as training does: DATALOADER.TRAIN_X.BATCH_SIZE is per
 process). For each process count N it launches
 
-    python -m torch.distributed.run --standalone --nproc_per_node N benchmarks/ddp_scaling.py --worker ...
+    python -m torch.distributed.run --standalone --nproc_per_node N -m benchmarks.ddp_scaling --worker ...
 
 times `--steps` steps after `--warmup` untimed ones (a barrier before and after), and reports
 the global images/s (N x batch x steps / slowest rank's time), the speed-up over one process
 and the scaling efficiency (images/s with N / (N x images/s with 1)).
 
-    python benchmarks/ddp_scaling.py --procs 1 2 4 8 --device cuda        # a GPU node: one GPU per process
-    python benchmarks/ddp_scaling.py --procs 1 2 --tiny --device cpu      # seconds, tiny CLIPs
-    python benchmarks/ddp_scaling.py --procs 1 2 --device cpu --teacher ViT-B/16 --batch 4 --steps 3
+    python -m benchmarks.ddp_scaling --procs 1 2 4 8 --device cuda        # a GPU node: one GPU per process
+    python -m benchmarks.ddp_scaling --procs 1 2 --tiny --device cpu      # seconds, tiny CLIPs
+    python -m benchmarks.ddp_scaling --procs 1 2 --device cpu --teacher ViT-B/16 --batch 4 --steps 3
 
 On CPU each process gets `--threads` threads (default 1), so N processes use N cores: a CPU
 run measures the gradient all-reduce (gloo) and launch overheads on the cores at hand, not the
@@ -31,14 +31,10 @@ import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-for path in (HERE, ROOT):
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
-import distill_step  # noqa: E402  (the models and the step)
-from promptkd import distributed  # noqa: E402
+from benchmarks import distill_step  # the models and the step
+from benchmarks.common import REPO, emit
+from promptkd import distributed
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -117,9 +113,9 @@ def launch(args, procs: int, argv: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
-                   os.path.abspath(__file__), *argv, "--worker", out]
+                   "-m", __spec__.name, *argv, "--worker", out]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        proc = subprocess.run(command, capture_output=True, text=True, env=env)
+        proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
         if proc.returncode != 0:
             raise SystemExit(f"error: the {procs}-process run failed:\n{proc.stderr[-3000:]}")
         with open(out) as f:
@@ -165,7 +161,7 @@ def main(argv=None) -> dict:
               "precision": args.precision, "threads": args.threads}
     machine["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     report = {"config": config, "machine": machine, "runs": runs}
-    distill_step.emit(report, render(report), args.json)
+    emit(report, render(report), args.json)
     print(f"load average after: {machine['load_after']}")
     return report
 

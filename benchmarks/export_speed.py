@@ -13,8 +13,8 @@ classifies `--repeats` batches of `--batch` preprocessed images after one warm-u
 (median images/s). Also printed: the max |exported - eager| logit difference, the machine,
 threads, and the load average before and after (other processes slow wall times down).
 
-    python benchmarks/export_speed.py                  # ViT-B/16, batch 16, 1000 classes
-    python benchmarks/export_speed.py --tiny           # seconds: a tiny tower (smoke run)
+    python -m benchmarks.export_speed                  # ViT-B/16, batch 16, 1000 classes
+    python -m benchmarks.export_speed --tiny           # seconds: a tiny tower (smoke run)
 
 Weights are random: speed does not depend on the values. Run heavy sizes under
 `flock /tmp/promptkd-bench.lock`.
@@ -33,14 +33,11 @@ import time
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from promptkd import export_model  # noqa: E402
-from promptkd.backbones import clip  # noqa: E402
-from promptkd.predictor import ImageClassifier, Predictor, PredictorRecord, preprocess_settings  # noqa: E402
-from promptkd.student import Projector  # noqa: E402
+from promptkd import export_model
+from promptkd.backbones import clip
+from promptkd.predictor import ImageClassifier, Predictor, PredictorRecord, preprocess_settings
+from promptkd.student import Projector
 
 # clip.model.VisionTransformer arguments (heads = width // 64 as in clip) and the class width.
 TOWERS = {

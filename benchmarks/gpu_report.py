@@ -1,7 +1,7 @@
 """One command for a GPU: the CUDA test tier, then the figures docs/gpu.md needs.
 
-    python benchmarks/gpu_report.py --json gpu_report.json      # on one GPU (about 8 min on an H100)
-    python benchmarks/gpu_report.py --smoke --device cpu         # tiny shapes, seconds (the test suite)
+    python -m benchmarks.gpu_report --json gpu_report.json      # on one GPU (about 8 min on an H100)
+    python -m benchmarks.gpu_report --smoke --device cpu         # tiny shapes, seconds (the test suite)
 
 Full-size random weights (nothing is downloaded; time and memory do not depend on the values):
 
@@ -20,7 +20,6 @@ Prints one Markdown table and writes JSON (`--json`).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -32,19 +31,10 @@ from types import SimpleNamespace
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-
-def _load(name: str):
-    """A sibling benchmark script as a module (they are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"gpu_report_{name}", os.path.join(HERE, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from benchmarks import export_speed as es
+from benchmarks import teacher_cache as tc
+from benchmarks import teacher_memory as tm
+from benchmarks.common import REPO
 
 
 def timed(fn, device: torch.device, warmup: int, repeats: int) -> dict:
@@ -66,14 +56,13 @@ def timed(fn, device: torch.device, warmup: int, repeats: int) -> dict:
 
 
 def run_tier(device: torch.device) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"], cwd=REPO,
                           capture_output=True, text=True)
     tail = (proc.stdout.strip().splitlines() or [""])[-1]
     return {"returncode": proc.returncode, "summary": tail, "ran_on": str(device)}
 
 
 def teacher_steps(args, device) -> list[dict]:
-    tm = _load("teacher_memory")
     rows = []
     for classes in args.teacher_classes:
         for prec in ("fp16", "bf16"):
@@ -103,7 +92,6 @@ def teacher_steps(args, device) -> list[dict]:
 
 
 def student_steps(args, device, folder) -> list[dict]:
-    tc = _load("teacher_cache")
     rows = []
     for batch in args.student_batches:
         ns = SimpleNamespace(tiny=args.smoke, teacher="ViT-L/14", student="ViT-B/16", seed=0, depth=9, n_ctx=4,
@@ -139,7 +127,6 @@ def exported_student(args, device, folder) -> list[dict]:
         import onnxscript  # noqa: F401
     except ImportError as err:
         return [{"what": "exported student (onnx)", "skipped": f"{err}"}]
-    es = _load("export_speed")
     from promptkd.export_model import export_onnx
     predictor = es.build_predictor("tiny" if args.smoke else "ViT-B/16", args.eval_classes, depth=2 if args.smoke else 9)
     path = os.path.join(folder, "student.onnx")

@@ -17,8 +17,8 @@ after `--warmup`, in rounds (one run of each setting per round, so machine load 
 alike); FLOPs counted once (torch FlopCounterMode); peak RSS of the process; load average
 before and after.
 
-    python benchmarks/teacher_cache.py                      # ViT-L/14 -> ViT-B/16, batch 8, CPU
-    python benchmarks/teacher_cache.py --tiny --repeats 1   # seconds: tiny random CLIPs
+    python -m benchmarks.teacher_cache                      # ViT-L/14 -> ViT-B/16, batch 8, CPU
+    python -m benchmarks.teacher_cache --tiny --repeats 1   # seconds: tiny random CLIPs
 """
 from __future__ import annotations
 
@@ -26,26 +26,20 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-for path in (ROOT, HERE):
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
-from distill_step import ARCHITECTURES, _read_status_kib, count_flops, machine_info, tiny_architecture  # noqa: E402
+from benchmarks.common import ARCHITECTURES, count_flops, machine_info, read_status_kib, tiny_architecture
 
-from promptkd.backbones import clip  # noqa: E402
-from promptkd.losses import kd_loss  # noqa: E402
-from promptkd.student import PromptKDStudent, TeacherImageScorer, teacher_logits  # noqa: E402
-from promptkd.teacher_cache import TeacherCache  # noqa: E402
-from promptkd.tiny import TINY_STUDENT, TINY_TEACHER  # noqa: E402
+from promptkd.backbones import clip
+from promptkd.losses import kd_loss
+from promptkd.student import PromptKDStudent, TeacherImageScorer, teacher_logits
+from promptkd.teacher_cache import TeacherCache
+from promptkd.tiny import TINY_STUDENT, TINY_TEACHER
 
 SETTINGS = ("step/online", "step/cached", "write/teacher", "teacher/online-batch")
 GOAL = 2.5
@@ -184,7 +178,7 @@ def main(argv=None) -> dict:
     per_view_bytes = bench.read.width * (2 if args.dtype == "fp16" else 4)
     report = {
         "machine": machine_info(torch.device("cpu")), "loadavg_before": load_before, "loadavg_after": loadavg(),
-        "peak_rss_gib": round((_read_status_kib("VmHWM") or 0) / 2**20, 2),
+        "peak_rss_gib": round((read_status_kib("VmHWM") or 0) / 2**20, 2),
         "config": {**vars(args), **bench.names},
         "seconds": med, "raw_seconds": times, "cpu_seconds": med_cpu, "raw_cpu_seconds": cpu, "flops": flops,
         "step_speedup": med["step/online"] / med["step/cached"],

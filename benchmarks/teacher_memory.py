@@ -14,10 +14,10 @@ The frozen template-ensemble text features of the regulariser are random unit ve
 per step, peak memory, both relative to `off`, and the per-class memory slope of each mode
 (least squares over the class counts), plus an extrapolation to `--estimate-classes`.
 
-    python benchmarks/teacher_memory.py                        # C = 25 and 100, off and both, fp32
-    python benchmarks/teacher_memory.py --classes 100 --modes off text image both --json out.json
-    python benchmarks/teacher_memory.py --device cuda --precision fp16 --classes 100 500
-    python benchmarks/teacher_memory.py --tiny --classes 4 8 --batch 2   # seconds: tiny CLIPs
+    python -m benchmarks.teacher_memory                        # C = 25 and 100, off and both, fp32
+    python -m benchmarks.teacher_memory --classes 100 --modes off text image both --json out.json
+    python -m benchmarks.teacher_memory --device cuda --precision fp16 --classes 100 500
+    python -m benchmarks.teacher_memory --tiny --classes 4 8 --batch 2   # seconds: tiny CLIPs
 
 Goal (issue 11): at 100 classes, batch 8, fp32 on CPU, `both` needs <= 1/4 of the memory of
 `off` and <= 1.5x its time per step.
@@ -37,18 +37,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-for path in (ROOT, HERE):
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
-from distill_step import (ARCHITECTURES, OtherLoad, _read_status_kib, _release_free_memory,  # noqa: E402
-                          _reset_peak_rss, emit, machine_info, tiny_architecture)
+from benchmarks.common import (REPO, ARCHITECTURES, OtherLoad, emit, machine_info, read_status_kib, release_free_memory,
+                               reset_peak_rss, tiny_architecture)
 
-from promptkd.backbones import clip  # noqa: E402
-from promptkd.teacher import IVLPTeacher  # noqa: E402
-from promptkd.tiny import TINY_TEACHER  # noqa: E402
+from promptkd.backbones import clip
+from promptkd.teacher import IVLPTeacher
+from promptkd.tiny import TINY_TEACHER
 
 MODES = ("off", "text", "image", "both")
 GOAL_MEMORY_FRACTION = 0.25
@@ -101,15 +96,15 @@ def worker(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, optimizer, images, labels, info = build(args, device)
-    _release_free_memory(device)
+    release_free_memory(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         kind = "CUDA max_memory_allocated during the step above the allocation before it"
     else:
-        reset = _reset_peak_rss()
-        base = (_read_status_kib("VmRSS") or 0) * 1024
+        reset = reset_peak_rss()
+        base = (read_status_kib("VmRSS") or 0) * 1024
         kind = ("CPU peak RSS (VmHWM reset after building) above the RSS after building" if reset
                 else "CPU lifetime peak RSS above the RSS after building (VmHWM could not be reset: "
                      "includes building)")
@@ -126,7 +121,7 @@ def worker(args) -> dict:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
-        peak = (_read_status_kib("VmHWM") or 0) * 1024 - base
+        peak = (read_status_kib("VmHWM") or 0) * 1024 - base
     known = [x for x in loads if x is not None]
     return {"classes": args.classes, "mode": args.mode, "batch": args.batch, "precision": args.precision,
             "seconds": statistics.median(seconds), "raw_seconds": seconds,
@@ -141,7 +136,7 @@ def worker(args) -> dict:
 def run_in_subprocess(args, classes: int, mode: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", out, "--classes", str(classes), "--modes", mode,
+        cmd = [sys.executable, "-m", __spec__.name, "--worker", out, "--classes", str(classes), "--modes", mode,
                "--batch", str(args.batch), "--precision", args.precision, "--device", args.device,
                "--model", args.model, "--depth", str(args.depth), "--n-ctx", str(args.n_ctx),
                "--steps", str(args.steps), "--seed", str(args.seed)]
@@ -150,7 +145,7 @@ def run_in_subprocess(args, classes: int, mode: str) -> dict:
         env = dict(os.environ)
         if args.malloc_mmap_threshold:  # glibc: every allocation above it is its own mapping, freed at once
             env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
         if proc.returncode != 0:
             raise RuntimeError(f"benchmark run (classes {classes}, mode {mode}) failed:\n{proc.stderr[-3000:]}")
         with open(out) as f:

@@ -14,6 +14,7 @@ import math
 import torch
 
 from .losses import harmonic_mean
+from .precision import fp32_scoring
 
 
 def num_base_classes(num_classes: int) -> int:
@@ -23,7 +24,7 @@ def num_base_classes(num_classes: int) -> int:
 def predictions(logits: torch.Tensor, num_base: int | None = None) -> torch.Tensor:
     """[B, 3] int64 per image: argmax over all classes, over the base classes [0, m), and over
     the novel classes [m, C) (as a label; -1 when there are none). In fp32, outside autocast."""
-    with torch.autocast(logits.device.type, enabled=False):
+    with fp32_scoring(logits):
         logits = logits.float()
         m = num_base if num_base is not None else num_base_classes(logits.shape[1])
         novel = logits[:, m:].argmax(1) + m if logits.shape[1] > m else torch.full_like(logits[:, 0], -1, dtype=torch.long)

@@ -1,4 +1,9 @@
-"""fp32 scoring: everything from the features on runs in float32, outside autocast.
+"""Precision, in one place: the run's mode (`Precision`: fp32, fp16, amp, bf16 -> backbone
+weights, autocast dtype, grad scaler) and fp32 scoring (everything from the features on runs
+in float32, outside autocast).
+
+    Precision.resolve(prec, device)    the mode for this device; .autocast() is the context
+                                       the towers run in, .scaler the GradScaler (amp on GPU)
 
 Under PREC bf16 / amp the image (and text) towers run inside `torch.autocast`, which casts
 every matmul down again, so a `.float()` on the features alone does not make the logits
@@ -18,8 +23,40 @@ operations in the same order), so the fp32 path is unchanged bit for bit.
 """
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+#: The PREC settings: fp32; fp16 (frozen backbone in half, learnable parts fp32: the published
+#: behaviour); amp (autocast fp16 + grad scaler on a GPU, bf16 autocast on a CPU); bf16 (autocast bf16).
+PRECISIONS = ("fp32", "fp16", "amp", "bf16")
+
+
+@dataclass
+class Precision:
+    prec: str                            # the mode actually used on this device
+    backbone_mode: str                   # "fp16" or "fp32": the frozen backbone's weights
+    autocast_dtype: torch.dtype | None   # None: no autocast
+    scaler: torch.amp.GradScaler | None  # amp on a GPU
+    device_type: str
+
+    @classmethod
+    def resolve(cls, prec: str, device: torch.device) -> "Precision":
+        if prec not in PRECISIONS:
+            raise ValueError(f"precision {prec!r}: use one of {', '.join(PRECISIONS)}")
+        if prec == "amp" and device.type != "cuda":
+            logger.warning("PREC amp uses fp16 autocast on a GPU; on %s it runs as bf16 autocast.", device.type)
+            prec = "bf16"
+        return cls(prec, "fp16" if prec == "fp16" else "fp32", {"amp": torch.float16, "bf16": torch.bfloat16}.get(prec),
+                   torch.amp.GradScaler("cuda") if prec == "amp" else None, device.type)
+
+    def autocast(self):
+        """The context the towers run in (autocast in the mode's dtype, or a no-op)."""
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
 
 
 def fp32_scoring(device_type: str | torch.device | torch.Tensor):

@@ -1,5 +1,4 @@
 """Smoke runs of benchmarks/distill_step.py, teacher_memory.py and ddp_scaling.py on tiny CLIPs: sane figures, JSON."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,15 +10,12 @@ import torch
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "benchmarks", "distill_step.py")
 
 
 def load_benchmark():
-    spec = importlib.util.spec_from_file_location("distill_step_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import distill_step
+
+    return distill_step
 
 
 def test_tiny_benchmark_reports_all_settings(tmp_path, capsys):
@@ -51,10 +47,8 @@ def test_tiny_benchmark_reports_all_settings(tmp_path, capsys):
 def test_tiny_teacher_memory_benchmark(tmp_path, capsys):
     """benchmarks/teacher_memory.py end to end on a tiny CLIP: one subprocess per run, figures
     for every (classes, mode), the same loss with and without checkpointing, a slope per mode."""
-    spec = importlib.util.spec_from_file_location("teacher_memory_benchmark",
-                                                  os.path.join(ROOT, "benchmarks", "teacher_memory.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from benchmarks import teacher_memory as bench
+
     out = tmp_path / "memory.json"
     bench.main(["--tiny", "--classes", "3", "6", "--batch", "2", "--modes", "off", "both", "--device", "cpu",
                 "--threads", "1", "--json", str(out)])
@@ -89,10 +83,10 @@ def test_tiny_ddp_scaling_benchmark(tmp_path):
     """benchmarks/ddp_scaling.py end to end: torchrun launches of 1 and 2 CPU processes (gloo)
     on tiny CLIPs, a table and JSON with one run per process count."""
     out = tmp_path / "ddp.json"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ddp_scaling.py"), "--tiny",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ddp_scaling", "--tiny",
                            "--steps", "1", "--warmup", "0", "--procs", "1", "2", "--device", "cpu",
                            "--json", str(out)],
-                          cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert [r["procs"] for r in report["runs"]] == [1, 2]
@@ -103,10 +97,8 @@ def test_tiny_ddp_scaling_benchmark(tmp_path):
 
 def test_gpu_report_smoke_runs_on_cpu(tmp_path, capsys):
     """benchmarks/gpu_report.py --smoke: every measurement of the GPU report, tiny shapes, CPU."""
-    spec = importlib.util.spec_from_file_location("gpu_report", os.path.join(ROOT, "benchmarks", "gpu_report.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    from benchmarks import gpu_report as module
+
     out = tmp_path / "report.json"
     report = module.main(["--smoke", "--device", "cpu", "--json", str(out)])
     assert json.loads(out.read_text())["rows"] == report["rows"]

@@ -1,5 +1,4 @@
 """Smoke run of benchmarks/export_speed.py on a tiny tower: three runners, sane figures, JSON."""
-import importlib.util
 import json
 import os
 import sys
@@ -8,15 +7,11 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "benchmarks", "export_speed.py")
 
 
 def test_tiny_export_benchmark(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("export_speed_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    from benchmarks import export_speed as module
+
     out = tmp_path / "bench.json"
     assert module.main(["--tiny", "--classes", "10", "--batch", "3", "--repeats", "1", "--device", "cpu",
                         "--json", str(out)]) == 0

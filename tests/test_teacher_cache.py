@@ -318,10 +318,8 @@ def test_cli_reports_errors_with_exit_2(setup, tmp_path):
 
 
 def test_benchmark_smoke(tmp_path, capsys):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("teacher_cache_benchmark", os.path.join(ROOT, "benchmarks", "teacher_cache.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from benchmarks import teacher_cache as bench
+
     report = bench.main(["--tiny", "--repeats", "1", "--warmup", "0", "--write-batch", "4", "--cache-images", "64",
                          "--json", str(tmp_path / "b.json")])
     assert set(report["seconds"]) == set(bench.SETTINGS) and all(v > 0 for v in report["seconds"].values())

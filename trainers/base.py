@@ -27,11 +27,12 @@ from promptkd.backbones import RESIZE_MODES
 from promptkd.errors import ConfigError, DataError, MissingFileError
 from promptkd.evaluation import num_base_classes
 from promptkd.losses import check_finite
+from promptkd.precision import PRECISIONS, Precision
 from promptkd.schedule import build_lr_scheduler
 from promptkd.trainers.checkpointing import MODEL_NAME, CheckpointMixin
-from promptkd.trainers.config import GRAD_CHECKPOINTS, MODALS, MODEL_SELECTIONS, PRECISIONS
+from promptkd.trainers.config import GRAD_CHECKPOINTS, MODALS, MODEL_SELECTIONS
 from promptkd.trainers.data import (UNREADABLE, CheckedDatasetWrapper, check_loader, test_transform, too_many_unreadable,
-                           unreadable_error)
+                                    unreadable_error)
 from promptkd.trainers.distributed import check_sampler, distribute_loaders
 from promptkd.trainers.evaluate import EvaluationMixin
 
@@ -202,22 +203,14 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
 
     # --- precision --------------------------------------------------------------------------
     def setup_precision(self) -> str:
-        """Resolve PREC for this device. Returns the backbone mode: "fp32" or "fp16" weights.
-
-        fp16: frozen backbone in half (the published behaviour), learnable parts fp32;
-        amp: autocast fp16 + grad scaler on GPU (bf16 autocast on CPU); bf16: autocast bf16."""
-        prec = self.tcfg.PREC
-        if prec == "amp" and self.device.type != "cuda":
-            logger.warning("PREC amp uses fp16 autocast on a GPU; on %s it runs as bf16 autocast.", self.device.type)
-            prec = "bf16"
-        self.prec = prec
-        self.autocast_dtype = {"amp": torch.float16, "bf16": torch.bfloat16}.get(prec)
-        self.scaler = torch.amp.GradScaler("cuda") if prec == "amp" else None
-        return "fp16" if prec == "fp16" else "fp32"
+        """Resolve PREC for this device (promptkd.precision.Precision); returns the backbone mode,
+        "fp32" or "fp16" weights."""
+        self.precision = Precision.resolve(self.tcfg.PREC, self.device)
+        self.prec, self.scaler = self.precision.prec, self.precision.scaler
+        return self.precision.backbone_mode
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                              enabled=self.autocast_dtype is not None)
+        return self.precision.autocast()
 
     # --- optimisation -----------------------------------------------------------------------
     def register_trainable(self, model: torch.nn.Module):

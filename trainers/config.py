@@ -16,7 +16,6 @@ from promptkd.datasets.config import extend_data_cfg
 from promptkd.errors import ConfigError
 
 MODALS = ("base2novel", "cross")
-PRECISIONS = ("fp32", "fp16", "amp", "bf16")
 MODEL_SELECTIONS = ("last_epoch", "best_base_test")
 GRAD_CHECKPOINTS = ("off", "text", "image", "both")
 
