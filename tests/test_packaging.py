@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +156,17 @@ def test_no_sys_path_patching_in_the_code_tests_or_benchmarks():
 def _pyserver_line() -> int:
     with open(os.path.join(ROOT, "tests", "pyserver.py"), encoding="utf-8") as f:
         return next(n for n, line in enumerate(f, 1) if "sys.path[0] =" in line)
+
+
+def test_benchmarks_share_only_the_common_helpers():
+    """A benchmark imports another benchmark's public API or benchmarks.common, never another's private helpers."""
+    folder = Path(ROOT) / "benchmarks"
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("benchmarks"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports private {private} from {node.module}"
+            if isinstance(node, ast.Import):
+                assert not [a.name for a in node.names if a.name in {p.stem for p in folder.glob("*.py")}], \
+                    f"{path.name} imports a sibling benchmark as a top-level module (use `from benchmarks import X`)"
