@@ -34,6 +34,35 @@ def class_vectors_file(export_dir: str, dataset: str) -> str:
     return os.path.join(export_dir, f"class_vectors_{dataset}.pt")
 
 
+VOCABULARY_PREFIX = "vocabulary:"
+
+
+def read_vocabulary(path: str) -> list[str]:
+    """Class names of a vocabulary file: one per line; blank lines and `#` comments skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    except OSError as err:
+        raise ConfigError(f"Cannot read the vocabulary {path}: {err.strerror}. Give a text file with one class "
+                          "name per line.") from None
+    if not names:
+        raise ConfigError(f"The vocabulary {path} holds no class names: write one name per line.")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"The vocabulary {path} names {len(duplicates)} classes more than once "
+                          f"({', '.join(duplicates[:5])}): keep each name once.")
+    return names
+
+
+def vocabulary_dataset(path: str) -> str:
+    """The `dataset` a vocabulary's class vectors carry: vocabulary:<file stem>."""
+    return VOCABULARY_PREFIX + os.path.splitext(os.path.basename(path))[0]
+
+
+def vocabulary_vectors_file(export_dir: str, names_file: str) -> str:
+    return os.path.join(export_dir, f"class_vectors_vocab_{os.path.splitext(os.path.basename(names_file))[0]}.pt")
+
+
 def _read(path: str, kind: str, what: str, how_to_make: str) -> dict:
     """Load an export file of `kind`; a missing, damaged or foreign file says which command
     produces it."""

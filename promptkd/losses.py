@@ -26,6 +26,54 @@ def kd_loss(student_logits, teacher_logits, temperature: float, weight: float) -
     return weight * temperature**2 * kl_per_logit(student_logits, teacher_logits, temperature)
 
 
+#: The distillation objectives (TRAINER.PROMPTKD.LOSS): forward KL(teacher ‖ student), the
+#: published one; reverse KL(student ‖ teacher) (mode-seeking); their sum (KDPL's symmetric KL).
+#: All three keep the published reduction (sum / (B·C)) and KD_WEIGHT × T², so one KD_WEIGHT
+#: means the same scale for each (KDPL's batchmean reduction is this × C).
+DISTILL_LOSSES = ("kl", "reverse_kl", "sym_kl")
+#: Names for tables and logs.
+DISTILL_LOSS_LABELS = {"kl": "KL", "reverse_kl": "rev-KL", "sym_kl": "sym-KL"}
+
+
+def distill_loss(student_logits, teacher_logits, kind: str, temperature: float, weight: float) -> torch.Tensor:
+    """KD_WEIGHT × T² × the objective `kind` (DISTILL_LOSSES) per logit; `kl` is `kd_loss` itself."""
+    if kind == "kl":
+        return kd_loss(student_logits, teacher_logits, temperature, weight)
+    # kl_per_logit(a, b) is KL(softmax(b) ‖ softmax(a)): the student in the second place is the reverse KL
+    reverse = weight * temperature**2 * kl_per_logit(teacher_logits, student_logits, temperature)
+    if kind == "reverse_kl":
+        return reverse
+    if kind == "sym_kl":
+        return kd_loss(student_logits, teacher_logits, temperature, weight) + reverse
+    raise ConfigError(f"TRAINER.PROMPTKD.LOSS '{kind}' is not one of {', '.join(DISTILL_LOSSES)}.")
+
+
+#: Feature terms between the student's projected feature and the teacher's image embedding
+#: (both L2-normalised): cosine, mean of 1 - cos; l1, mean absolute difference (PromptSRC's L1).
+FEATURE_LOSSES = ("off", "cosine", "l1")
+
+
+def feature_loss(student_features, teacher_features, kind: str, weight: float) -> torch.Tensor:
+    """weight × the feature term `kind` (FEATURE_LOSSES) over the batch, in fp32."""
+    with fp32_scoring(student_features):
+        s = F.normalize(student_features.float(), dim=-1)
+        t = F.normalize(teacher_features.float(), dim=-1)
+        if kind == "cosine":
+            return weight * (1.0 - (s * t).sum(dim=-1)).mean()
+        if kind == "l1":
+            return weight * F.l1_loss(s, t)
+    raise ConfigError(f"TRAINER.PROMPTKD.FEATURE_LOSS '{kind}' is not one of {', '.join(FEATURE_LOSSES[1:])}.")
+
+
+def topk_logits(student_logits, teacher_logits, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sides' logits at the teacher's top `k` classes of each row: the class-agnostic
+    objective (KDPL) distils the teacher's distribution over its k most likely vocabulary
+    entries, renormalised, instead of over every class."""
+    k = min(k, teacher_logits.shape[-1])
+    top, index = teacher_logits.topk(k, dim=-1)
+    return student_logits.gather(-1, index), top
+
+
 def promptsrc_regularisers(text_feats, zs_text_feats, image_feats, zs_image_feats, logits, zs_logits,
                            text_weight: float, image_weight: float, kl_weight: float) -> dict:
     """PromptSRC's self-regularising terms; features are L2-normalised; a zero weight skips a term.

@@ -44,8 +44,11 @@ class PromptKDStudent(nn.Module):
         with fp32_scoring(f):
             return F.normalize(self.projector(f.float()), dim=-1)
 
-    def forward(self, images: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
-        return class_logits(self.features(images), class_vectors, self.logit_scale.exp())
+    def forward(self, images: torch.Tensor, class_vectors: torch.Tensor, with_features: bool = False):
+        """Logits [B, C] against `class_vectors`; with `with_features`, (logits, projected features)."""
+        features = self.features(images)
+        logits = class_logits(features, class_vectors, self.logit_scale.exp())
+        return (logits, features) if with_features else logits
 
 
 def teacher_logits(embeddings: torch.Tensor, logit_scale: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:

@@ -112,6 +112,9 @@ def extend_cfg(cfg):
     # Where a prompt-learning trainer writes its class vectors + image side when it is final
     # ("" = OUTPUT_DIR/export): every method here can be a PromptKD teacher.
     cfg.TRAINER.EXPORT_DIR = ""
+    # A text file of class names (one per line): the export also writes the class vectors of this
+    # vocabulary, class_vectors_vocab_<file stem>.pt (TRAINER.PROMPTKD.VOCABULARY reads it).
+    cfg.TRAINER.EXPORT_VOCABULARY = ""
 
     # --- stage 1: the teacher (PromptSRC-style IVLP) ------------------------------------
     cfg.TRAINER.PROMPTSRC = CN()
@@ -181,4 +184,26 @@ def extend_cfg(cfg):
     cfg.TRAINER.PROMPTKD.TEACHER_CACHE_SHARD_SIZE = 4096
     # Teacher batch size of the cache writer; 0 = 4 x DATALOADER.TRAIN_X.BATCH_SIZE.
     cfg.TRAINER.PROMPTKD.TEACHER_CACHE_BATCH_SIZE = 0
+    # The student (docs/students.md): promptkd (the paper's: prompted image tower + projector,
+    # scored on the teacher's class vectors) or the trainer name of any prompt-learning method
+    # (CoOp, CoCoOp, IVLP, MaPLe, PromptSRC, ...), built from its own TRAINER.<NODE> keys, which
+    # keeps its text tower and is scored on its own text features of the same classes.
+    cfg.TRAINER.PROMPTKD.STUDENT = "promptkd"
+    # A method student's own regularisers (PromptSRC's): on (True) or off.
+    cfg.TRAINER.PROMPTKD.STUDENT_REGULARISERS = True
+    # The distillation objective: kl (KL(teacher || student), the published one) | reverse_kl | sym_kl.
+    cfg.TRAINER.PROMPTKD.LOSS = "kl"
+    # Extra term between the promptkd student's projected feature and the teacher's embedding:
+    # off | cosine | l1, times FEATURE_WEIGHT.
+    cfg.TRAINER.PROMPTKD.FEATURE_LOSS = "off"
+    cfg.TRAINER.PROMPTKD.FEATURE_WEIGHT = 1.0
+    # Semi-supervised: CE_WEIGHT x cross-entropy on the labelled images of the batch. Labels are read
+    # only when CE_WEIGHT > 0; CE_SHOTS K > 0 labels K seeded images per class of the split (-1: all).
+    cfg.TRAINER.PROMPTKD.CE_WEIGHT = 0.0
+    cfg.TRAINER.PROMPTKD.CE_SHOTS = -1
+    # Class-agnostic distillation (KDPL): a class-vector file of the teacher over a vocabulary
+    # (TRAINER.EXPORT_VOCABULARY writes one); training never uses the dataset's class names and
+    # distils the teacher's top TOPK vocabulary entries per image. "" = the dataset's classes.
+    cfg.TRAINER.PROMPTKD.VOCABULARY = ""
+    cfg.TRAINER.PROMPTKD.TOPK = 10
     return cfg

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from promptkd import distributed as dist_
 from promptkd.backbones import backbone_reference, load_backbone, to_half
-from promptkd.class_vectors import IMAGE_SIDE_FILE, class_vectors_file
+from promptkd.class_vectors import (IMAGE_SIDE_FILE, class_vectors_file, read_vocabulary, vocabulary_dataset,
+                                    vocabulary_vectors_file)
 from promptkd.errors import ConfigError
 from promptkd.losses import GaussianPromptAggregator
 from promptkd.precision import fp32_scoring
@@ -29,7 +30,61 @@ from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predict
 logger = logging.getLogger("promptkd")
 
 
-class PromptLearningTrainer(PromptTrainer):
+class MethodExport:
+    """Export of a trained `PromptMethod` (class vectors of all classes, image side, predictor),
+    shared by the prompt-learning trainers and PromptKD's method students."""
+
+    def export(self):
+        if self.model.image_conditioned:
+            logger.info("%s has no class vectors (its text depends on the image): nothing exported.",
+                        type(self.model).__name__)
+            return
+        folder = self.cfg.TRAINER.EXPORT_DIR or os.path.join(self.output_dir, "export")
+        with self.fp32_backbone():  # computed once and stored in fp32, whatever PREC trained in
+            vectors, side = self.model.export(self.all_classnames, self.cfg.DATASET.NAME, self.backbone_ref,
+                                              method=self.cfg.TRAINER.NAME)
+        vectors.teacher.update(precision="fp32", train_precision=self.prec)
+        vectors_path = class_vectors_file(folder, self.cfg.DATASET.NAME)
+        vectors.save(vectors_path)
+        side.save(os.path.join(folder, IMAGE_SIDE_FILE))
+        save_predictor(self.cfg, PredictorRecord.for_image_side(vectors, side, preprocess_from_cfg(self.cfg),
+                                                                self.cfg.MODEL.WEIGHTS_DIR))
+        logger.info("Exported class vectors of %d classes (dim %d) to %s and the image side to %s",
+                    *vectors.vectors.shape, vectors_path, os.path.join(folder, IMAGE_SIDE_FILE))
+        if self.cfg.TRAINER.EXPORT_VOCABULARY:
+            self.export_vocabulary(self.cfg.TRAINER.EXPORT_VOCABULARY, folder)
+
+    def export_vocabulary(self, names_file: str, folder: str) -> str:
+        """The class vectors of a vocabulary (a text file, one class name per line), for
+        class-agnostic distillation (TRAINER.PROMPTKD.VOCABULARY)."""
+        names = read_vocabulary(names_file)
+        with self.fp32_backbone():
+            vectors, _ = self.model.export(names, vocabulary_dataset(names_file), self.backbone_ref,
+                                           method=self.cfg.TRAINER.NAME)
+        vectors.teacher.update(precision="fp32", train_precision=self.prec)
+        path = vocabulary_vectors_file(folder, names_file)
+        vectors.save(path)
+        logger.info("Exported the class vectors of the vocabulary %s (%d names) to %s", names_file, len(names), path)
+        return path
+
+    @contextlib.contextmanager
+    def fp32_backbone(self):
+        """Under PREC fp16, the frozen backbone with its fp32 weights for the duration (re-read
+        from its file or published checkpoint, not up-cast from half), then half again."""
+        if self.backbone_mode != "fp16":
+            yield
+            return
+        model = self.model.clip.float()
+        model.load_state_dict(load_backbone(self.cfg.MODEL.BACKBONE.NAME, self.cfg.MODEL.WEIGHTS_DIR)[0].state_dict())
+        if self.backbone_ref["kind"] == "published":  # its backbone weights on top of the stock ones
+            self.load_published(self.backbone_ref["path"])
+        try:
+            yield
+        finally:
+            to_half(model)
+
+
+class PromptLearningTrainer(MethodExport, PromptTrainer):
     def build_method(self, clip_model, classnames):
         """Return the `PromptMethod` for these (training) classes from `self.tcfg`."""
         raise NotImplementedError
@@ -124,40 +179,6 @@ class PromptLearningTrainer(PromptTrainer):
         if dist_.is_main():  # one export; the others wait until it is written
             self.export()
         dist_.barrier()
-
-    def export(self):
-        if self.model.image_conditioned:
-            logger.info("%s has no class vectors (its text depends on the image): nothing exported.",
-                        type(self.model).__name__)
-            return
-        folder = self.cfg.TRAINER.EXPORT_DIR or os.path.join(self.output_dir, "export")
-        with self.fp32_backbone():  # computed once and stored in fp32, whatever PREC trained in
-            vectors, side = self.model.export(self.all_classnames, self.cfg.DATASET.NAME, self.backbone_ref,
-                                              method=self.cfg.TRAINER.NAME)
-        vectors.teacher.update(precision="fp32", train_precision=self.prec)
-        vectors_path = class_vectors_file(folder, self.cfg.DATASET.NAME)
-        vectors.save(vectors_path)
-        side.save(os.path.join(folder, IMAGE_SIDE_FILE))
-        save_predictor(self.cfg, PredictorRecord.for_image_side(vectors, side, preprocess_from_cfg(self.cfg),
-                                                                self.cfg.MODEL.WEIGHTS_DIR))
-        logger.info("Exported class vectors of %d classes (dim %d) to %s and the image side to %s",
-                    *vectors.vectors.shape, vectors_path, os.path.join(folder, IMAGE_SIDE_FILE))
-
-    @contextlib.contextmanager
-    def fp32_backbone(self):
-        """Under PREC fp16, the frozen backbone with its fp32 weights for the duration (re-read
-        from its file or published checkpoint, not up-cast from half), then half again."""
-        if self.backbone_mode != "fp16":
-            yield
-            return
-        model = self.model.clip.float()
-        model.load_state_dict(load_backbone(self.cfg.MODEL.BACKBONE.NAME, self.cfg.MODEL.WEIGHTS_DIR)[0].state_dict())
-        if self.backbone_ref["kind"] == "published":  # its backbone weights on top of the stock ones
-            self.load_published(self.backbone_ref["path"])
-        try:
-            yield
-        finally:
-            to_half(model)
 
     @torch.no_grad()
     def test(self, split=None):

@@ -10,30 +10,43 @@ Evaluation and inference run the student and the class vectors only.
 Views are reproducible (`trainers/view_data.py`): with TRAINER.PROMPTKD.TEACHER_CACHE the
 teacher's embeddings of each view are read from a cache (`promptkd cache` writes
 it) and the teacher tower is never built; TEACHER_CACHE_WRITE fills the cache online.
+
+Beyond the paper (docs/students.md): STUDENT names any prompt-learning method as the student
+(`trainers/students.py`; it keeps its text tower and is scored on its own text features of the
+same classes), LOSS the objective (forward / reverse / symmetric KL), FEATURE_LOSS and CE_WEIGHT
+optional extra terms, and VOCABULARY class-agnostic distillation over the teacher's top-K
+vocabulary entries (the dataset's class names are then used only to evaluate).
 """
 from __future__ import annotations
 
 import logging
 import os
 
+import random
+
 import torch
+import torch.nn.functional as F
 from dassl.engine import TRAINER_REGISTRY
 
 from promptkd import distributed as dist_
 from promptkd import records
-from promptkd.backbones import backbone_reference, load_image_tower, to_half
-from promptkd.class_vectors import (IMAGE_SIDE_FILE, ClassVectors, ImageSide, check_pair, class_vectors_file,
-                                    visual_fingerprint)
+from promptkd.backbones import backbone_reference, load_backbone, load_image_tower, to_half
+from promptkd.class_vectors import (IMAGE_SIDE_FILE, VOCABULARY_PREFIX, ClassVectors, ImageSide, check_pair,
+                                    class_vectors_file, visual_fingerprint)
 from promptkd.errors import ConfigError
 from promptkd.image_inputs import TowerInput
-from promptkd.losses import kd_loss
+from promptkd.losses import (DISTILL_LOSS_LABELS, DISTILL_LOSSES, FEATURE_LOSSES, distill_loss, feature_loss,
+                             kd_loss, topk_logits)
+from promptkd.precision import fp32_scoring
 from promptkd.predictor import PredictorRecord, reference_tower
 from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student, teacher_logits
 from promptkd.teacher_cache import DTYPES, TeacherCache
 from promptkd.trainers.base import PromptTrainer, _allowed
 from promptkd.trainers.config import grad_checkpoint_towers, kd_weight
-from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predictor
 from promptkd.trainers.cache_views import cache_identity, fill_views
+from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predictor
+from promptkd.trainers.prompt_learning import MethodExport
+from promptkd.trainers.students import PAPER_STUDENT, build_method_student, regulariser_note, student_trainer
 from promptkd.trainers.view_data import build_view_loader, resolve_view_seed
 
 logger = logging.getLogger("promptkd")
@@ -45,8 +58,12 @@ TEACHER_HINT = ("Produce it with the teacher: `bash scripts/promptkd/teacher_tra
 
 
 @TRAINER_REGISTRY.register()
-class PromptKD(PromptTrainer):
+class PromptKD(MethodExport, PromptTrainer):
     CFG_NODE = "PROMPTKD"
+
+    @property
+    def paper_student(self) -> bool:
+        return self.tcfg.STUDENT.lower() == PAPER_STUDENT
 
     def check_cfg(self, cfg):
         super().check_cfg(cfg)
@@ -55,7 +72,30 @@ class PromptKD(PromptTrainer):
         logger.info("%s", how)
         if kd.TEMPERATURE <= 0:
             raise ConfigError(f"TRAINER.PROMPTKD.TEMPERATURE must be > 0, got {kd.TEMPERATURE}.")
-        if grad_checkpoint_towers(kd.GRAD_CHECKPOINT)[0]:
+        paper = kd.STUDENT.lower() == PAPER_STUDENT
+        if not paper:
+            student_trainer(kd.STUDENT)  # a registered method, or an error listing them
+        _allowed("TRAINER.PROMPTKD.LOSS", kd.LOSS, DISTILL_LOSSES)
+        _allowed("TRAINER.PROMPTKD.FEATURE_LOSS", kd.FEATURE_LOSS, FEATURE_LOSSES)
+        if kd.FEATURE_LOSS != "off" and not paper:
+            raise ConfigError(f"TRAINER.PROMPTKD.FEATURE_LOSS {kd.FEATURE_LOSS} compares the student's projected "
+                              f"feature with the teacher's embedding, but the {kd.STUDENT} student has no projector "
+                              "to the teacher's width: use it with STUDENT promptkd, or set FEATURE_LOSS off.")
+        if kd.CE_WEIGHT < 0 or kd.FEATURE_WEIGHT < 0:
+            raise ConfigError("TRAINER.PROMPTKD.CE_WEIGHT and FEATURE_WEIGHT must be >= 0, got "
+                              f"{kd.CE_WEIGHT} and {kd.FEATURE_WEIGHT}.")
+        if kd.VOCABULARY:
+            if kd.TOPK < 1:
+                raise ConfigError(f"TRAINER.PROMPTKD.TOPK must be >= 1 with a VOCABULARY, got {kd.TOPK}.")
+            if kd.CE_WEIGHT > 0:
+                raise ConfigError("TRAINER.PROMPTKD.CE_WEIGHT needs the dataset's class names, which class-agnostic "
+                                  "distillation (TRAINER.PROMPTKD.VOCABULARY) does not use: set one of them off.")
+            if not kd.VOCABULARY.endswith(".pt"):
+                raise ConfigError(f"TRAINER.PROMPTKD.VOCABULARY {kd.VOCABULARY}: give the teacher's class-vector file "
+                                  "of the vocabulary (class_vectors_vocab_<name>.pt), which the teacher's export writes "
+                                  "with TRAINER.EXPORT_VOCABULARY <names.txt> (e.g. train.py --trainer PromptKDTeacher "
+                                  "--eval-only --model-dir TEACHER_RUN ... TRAINER.EXPORT_VOCABULARY names.txt).")
+        if paper and grad_checkpoint_towers(kd.GRAD_CHECKPOINT)[0]:
             raise ConfigError(f"TRAINER.PROMPTKD.GRAD_CHECKPOINT is '{kd.GRAD_CHECKPOINT}', but the PromptKD student "
                               "has no text tower (the teacher's text side is in its stored class vectors; only "
                               "the student's image tower trains): use off or image.")
@@ -75,6 +115,25 @@ class PromptKD(PromptTrainer):
             self.cfg, self.dm.dataset.train_x, transform, seed)
         logger.info("Training views: a pure function of (view seed %d, epoch, image); %d images.",
                     seed, len(self.view_dataset))
+        self.labelled = self.labelled_subset(seed) if self.tcfg.CE_WEIGHT > 0 else None
+
+    def labelled_subset(self, seed: int) -> torch.Tensor | None:
+        """CE_SHOTS K > 0: a mask over the train images, K per class, drawn with the view seed
+        (the same images on every run); None: every image's label is used."""
+        shots = self.tcfg.CE_SHOTS
+        if shots < 0:
+            logger.info("Semi-supervised: cross-entropy (weight %g) on the labels of every training image.",
+                        self.tcfg.CE_WEIGHT)
+            return None
+        by_class: dict[int, list[int]] = {}
+        for index, item in enumerate(self.dm.dataset.train_x):
+            by_class.setdefault(int(item.label), []).append(index)
+        rng, mask = random.Random(seed), torch.zeros(len(self.dm.dataset.train_x), dtype=torch.bool)
+        for label in sorted(by_class):
+            mask[rng.sample(by_class[label], min(shots, len(by_class[label])))] = True
+        logger.info("Semi-supervised: cross-entropy (weight %g) on %d labelled images (%d per class), the rest "
+                    "unlabelled.", self.tcfg.CE_WEIGHT, int(mask.sum()), shots)
+        return mask
 
     def build_model(self):
         kd, cfg = self.tcfg, self.cfg
@@ -95,7 +154,11 @@ class PromptKD(PromptTrainer):
         logger.info("Class vectors: %s (%d classes x %d, teacher %s %s)", vectors_path, *vectors.vectors.shape,
                     vectors.teacher.get("backbone"), vectors.teacher.get("fingerprint"))
 
-        visual, logit_scale, preprocess = load_image_tower(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
+        self.vocabulary = self.load_vocabulary(side) if kd.VOCABULARY else None
+        if self.paper_student:
+            visual, logit_scale, preprocess = load_image_tower(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
+        else:
+            clip_model, preprocess = load_backbone(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
         self.check_input(preprocess, f"student {cfg.MODEL.BACKBONE.NAME}")
         self.teacher, self.cache, fit = None, None, "from the cache"
         self.cached_in_epoch = 0  # TEACHER_CACHE_WRITE: views this epoch's steps added to the cache
@@ -119,26 +182,106 @@ class PromptKD(PromptTrainer):
                 self.cache = TeacherCache.create(kd.TEACHER_CACHE, identity, len(self.view_dataset),
                                                  cfg.OPTIM.MAX_EPOCH, side.width, kd.TEACHER_CACHE_DTYPE,
                                                  kd.TEACHER_CACHE_SHARD_SIZE)
-        self.model = PromptKDStudent(visual, logit_scale, class_dim=vectors.width,
-                                     n_ctx=kd.N_CTX_VISION, depth=kd.PROMPT_DEPTH_VISION)
-        for tower in [self.model] + ([self.teacher] if self.teacher is not None else []):
+        if self.teacher is not None:
             if backbone_mode == "fp16":
-                to_half(tower.image_encoder.visual)  # the published pure-fp16 backbone
-            tower.to(self.device)
+                to_half(self.teacher.image_encoder.visual)
+            self.teacher.to(self.device)
+        if self.paper_student:
+            self.build_paper_student(visual, logit_scale, vectors.width)
+        else:
+            self.build_method_student(clip_model, vectors.classnames)
+        logger.info("Teacher image side %s (depth %d, input %s); objective %s%s%s%s", side.backbone,
+                    len(side.prompts), fit, kd.LOSS,
+                    f" + {kd.FEATURE_WEIGHT:g} x {kd.FEATURE_LOSS} feature term" if kd.FEATURE_LOSS != "off" else "",
+                    f" + {kd.CE_WEIGHT:g} x cross-entropy" if kd.CE_WEIGHT > 0 else "",
+                    f"; class-agnostic: the teacher's top {kd.TOPK} of {len(self.vocabulary.classnames)} vocabulary "
+                    "names, the dataset's class names unseen in training" if self.vocabulary else "")
+
+    def build_paper_student(self, visual, logit_scale, class_dim: int):
+        kd = self.tcfg
+        self.model = PromptKDStudent(visual, logit_scale, class_dim=class_dim,
+                                     n_ctx=kd.N_CTX_VISION, depth=kd.PROMPT_DEPTH_VISION)
+        if self.backbone_mode == "fp16":
+            to_half(self.model.image_encoder.visual)  # the published pure-fp16 backbone
+        self.model.to(self.device)
         self.register_trainable(self.model)
         image_checkpoint = grad_checkpoint_towers(kd.GRAD_CHECKPOINT)[1]
         self.model.image_encoder.grad_checkpoint = image_checkpoint and self.model.image_encoder.depth > 0
         logger.info("Activation checkpointing (TRAINER.PROMPTKD.GRAD_CHECKPOINT %s): student image tower %s",
                     kd.GRAD_CHECKPOINT, "on" if self.model.image_encoder.grad_checkpoint else "off")
-        logger.info("Student %s -> projector %d -> %d; teacher image side %s (depth %d, input %s)",
-                    cfg.MODEL.BACKBONE.NAME, self.model.image_encoder.output_dim, vectors.width,
-                    side.backbone, len(side.prompts), fit)
+        logger.info("Student %s -> projector %d -> %d", self.cfg.MODEL.BACKBONE.NAME,
+                    self.model.image_encoder.output_dim, class_dim)
+
+    def build_method_student(self, clip_model, classnames: list[str]):
+        """A prompt-learning method as the student, on the teacher's classes in the teacher's
+        order (or on the vocabulary: class-agnostic), with its own text tower."""
+        kd = self.tcfg
+        names = self.vocabulary.classnames if self.vocabulary else classnames
+        self.model, cls = build_method_student(kd.STUDENT, self.cfg, clip_model, names, kd.STUDENT_REGULARISERS)
+        if self.vocabulary and getattr(self.model, "class_specific", False):
+            raise ConfigError(f"A class-specific {cls.__name__} context (CSC) learns one context per class, but "
+                              "class-agnostic distillation scores a different set of vocabulary names every step: "
+                              f"set TRAINER.{cls.CFG_NODE}.CSC False.")
+        if list(self.model.classnames) != list(names):  # the logits' order is the teacher's
+            raise ConfigError(f"The {cls.__name__} student's classes are not the teacher's, in the teacher's order.")
+        if self.backbone_mode == "fp16":
+            to_half(self.model.clip)
+        self.model.to(self.device)
+        self.register_trainable(self.model)
+        text, image = grad_checkpoint_towers(kd.GRAD_CHECKPOINT)
+        on = self.model.set_grad_checkpoint(text, image)
+        logger.info("Student %s on %s (TRAINER.%s.*), %s; scored on its own text features of %d %s, encoded once "
+                    "per step; activation checkpointing (GRAD_CHECKPOINT %s): text %s, image %s", cls.__name__,
+                    self.cfg.MODEL.BACKBONE.NAME, cls.CFG_NODE, regulariser_note(self.model), len(names),
+                    "vocabulary names" if self.vocabulary else "classes", kd.GRAD_CHECKPOINT,
+                    *("on" if on[t] else "off" for t in ("text", "image")))
+
+    def load_vocabulary(self, side) -> ClassVectors:
+        """The teacher's class vectors of a vocabulary (class-agnostic distillation): made by this
+        run's teacher (same fingerprint), for a vocabulary rather than a dataset."""
+        path = self.tcfg.VOCABULARY
+        vocabulary = ClassVectors.load(path, "Write it with the teacher's export: TRAINER.EXPORT_VOCABULARY names.txt.")
+        if not vocabulary.dataset.startswith(VOCABULARY_PREFIX):
+            raise ConfigError(f"TRAINER.PROMPTKD.VOCABULARY {path} holds the class vectors of dataset "
+                              f"{vocabulary.dataset}, not of a vocabulary: export one with TRAINER.EXPORT_VOCABULARY.")
+        if vocabulary.teacher.get("fingerprint") != side.fingerprint:
+            raise ConfigError(f"TRAINER.PROMPTKD.VOCABULARY {path} was exported by a teacher with weights "
+                              f"{vocabulary.teacher.get('fingerprint')}, but the teacher in TEACHER_DIR has "
+                              f"{side.fingerprint}: export the vocabulary with the same teacher.")
+        self.vocabulary_vectors = vocabulary.vectors.to(self.device, torch.float32)
+        logger.info("Class-agnostic: vocabulary %s, %d names (%s)", path, len(vocabulary.classnames),
+                    vocabulary.dataset)
+        return vocabulary
+
+    def record_fields(self) -> dict:
+        """What run.json says of the student and the objective (promptkd.records)."""
+        kd = self.tcfg
+        student = PAPER_STUDENT if self.paper_student else student_trainer(kd.STUDENT).__name__
+        return {"student": student, "objective": kd.LOSS, "objective_label": self.method_label(),
+                "feature_loss": kd.FEATURE_LOSS if kd.FEATURE_LOSS != "off" else None,
+                "ce_weight": kd.CE_WEIGHT, "labels_used": kd.CE_WEIGHT > 0,
+                "class_names_seen": not kd.VOCABULARY, "vocabulary": kd.VOCABULARY or None,
+                "topk": kd.TOPK if kd.VOCABULARY else None,
+                "student_regularisers": None if self.paper_student else bool(getattr(self.model, "regularise", False))}
+
+    def method_label(self) -> str | None:
+        """How the results tables name this run when it is not the paper's recipe,
+        e.g. PromptKD→CoOp (sym-KL); None for the paper's student and objective."""
+        kd = self.tcfg
+        extras = [DISTILL_LOSS_LABELS[kd.LOSS]] * (kd.LOSS != "kl") + [f"+{kd.FEATURE_LOSS}"] * (
+            kd.FEATURE_LOSS != "off") + ["+CE"] * (kd.CE_WEIGHT > 0) + [f"class-agnostic top-{kd.TOPK}"] * bool(
+            kd.VOCABULARY)
+        if self.paper_student and not extras:
+            return None
+        name = "PromptKD" + ("" if self.paper_student else "→" + student_trainer(kd.STUDENT).__name__)
+        return name + (f" ({', '.join(extras)})" if extras else "")
 
     def teacher_identity(self):
         return records.teacher_identity(self.teacher_vectors.teacher, self.vectors_path)
 
     def forward_backward(self, batch):
-        images = batch["img"].to(self.device)  # labels are never read
+        images = batch["img"].to(self.device)  # labels are read only for CE_WEIGHT > 0
+        kd = self.tcfg
         with self.autocast():
             if self.teacher is None:  # from the cache: the views of (epoch, index)
                 embeddings = self.cache.lookup(batch["epoch"], batch["index"]).to(self.device)
@@ -146,12 +289,57 @@ class PromptKD(PromptTrainer):
                 embeddings = self.teacher.embed(images)
                 if self.cache is not None:
                     self.cache_views(batch["epoch"], batch["index"], embeddings)
-            student_logits = self.train_model(images, self.class_vectors)  # DDP wrapper under torchrun
+            terms = {}
+            if self.vocabulary is not None:
+                student_logits, t_logits = self.vocabulary_logits(images, embeddings)
+            elif self.paper_student:
+                if kd.FEATURE_LOSS != "off":
+                    student_logits, features = self.train_model(images, self.class_vectors, with_features=True)
+                    terms["feature_loss"] = feature_loss(features, embeddings, kd.FEATURE_LOSS, kd.FEATURE_WEIGHT)
+                else:
+                    student_logits = self.train_model(images, self.class_vectors)  # DDP wrapper under torchrun
+            else:
+                out = self.train_model(images)  # its own text features of the teacher's classes, once per step
+                student_logits = out["logits"]
+                terms.update(self.model.extra_losses(out, None) if getattr(self.model, "regularise", False) else {})
         # Both sides' logits and the loss are fp32, outside autocast (promptkd.precision).
-        t_logits = teacher_logits(embeddings, self.teacher_logit_scale, self.class_vectors)
-        loss = kd_loss(student_logits, t_logits, self.tcfg.TEMPERATURE, self.kd_weight)
+        if self.vocabulary is None:
+            t_logits = teacher_logits(embeddings, self.teacher_logit_scale, self.class_vectors)
+        if kd.LOSS == "kl" and not terms and kd.CE_WEIGHT == 0:  # the published loss, exactly
+            loss = kd_loss(student_logits, t_logits, kd.TEMPERATURE, self.kd_weight)
+            self.backward_and_step(loss)
+            return {"kd_loss": loss.item()}
+        terms = {"kd_loss": distill_loss(student_logits, t_logits, kd.LOSS, kd.TEMPERATURE, self.kd_weight), **terms}
+        if kd.CE_WEIGHT > 0:
+            terms["ce"] = self.labelled_ce(student_logits, batch)
+        loss = sum(terms.values())
         self.backward_and_step(loss)
-        return {"kd_loss": loss.item()}
+        return {**{k: v.item() for k, v in terms.items()}, "loss": loss.item()}
+
+    def vocabulary_logits(self, images, embeddings):
+        """Class-agnostic: (student, teacher) logits at the teacher's top-K vocabulary entries of
+        each image. A method student encodes only the names some image of the batch needs."""
+        t_full = teacher_logits(embeddings, self.teacher_logit_scale, self.vocabulary_vectors)
+        if self.paper_student:
+            return topk_logits(self.train_model(images, self.vocabulary_vectors), t_full, self.tcfg.TOPK)
+        top, index = t_full.topk(min(self.tcfg.TOPK, t_full.shape[-1]), dim=-1)
+        needed = torch.unique(index)  # sorted
+        self.model.classnames = [self.vocabulary.classnames[i] for i in needed.tolist()]
+        student = self.train_model(images)["logits"]  # [B, len(needed)]
+        return student.gather(-1, torch.searchsorted(needed, index)), top
+
+    def labelled_ce(self, student_logits, batch) -> torch.Tensor:
+        """CE_WEIGHT x cross-entropy over the batch's labelled images (CE_SHOTS), in fp32; 0 (with
+        the graph kept, for DDP) when the batch has none."""
+        labels = batch["label"].to(self.device)
+        with fp32_scoring(student_logits):
+            logits = student_logits.float()
+            if self.labelled is not None:
+                keep = self.labelled[torch.as_tensor(batch["index"])].to(self.device)
+                if not keep.any():
+                    return logits.sum() * 0.0
+                logits, labels = logits[keep], labels[keep]
+            return self.tcfg.CE_WEIGHT * F.cross_entropy(logits, labels)
 
     def cache_views(self, epochs, indices, embeddings):
         """TEACHER_CACHE_WRITE: keep the teacher's embeddings of this step's views. Under DDP
@@ -175,13 +363,26 @@ class PromptKD(PromptTrainer):
             dist_.barrier()  # the other ranks wait while rank 0 embeds them
         super().after_epoch()
 
+    @torch.no_grad()
+    def test(self, split=None):
+        if not self.paper_student:  # its own text features of every class, once per evaluation
+            self.set_model_mode("eval")
+            self.model.prepare_eval(self.all_classnames)
+        return super().test(split)
+
     def model_inference(self, images):
+        if not self.paper_student:
+            return self.model.eval_logits(images)
         return self.model(images, self.class_vectors)
 
     def finalize_model(self, eval_only: bool = False):
-        """The student is final: write its predictor.pt (promptkd.predict / export_model), once."""
+        """The student is final: write its predictor.pt (promptkd.predict / export_model), once;
+        a method student exports like its method (class vectors of every class, image side)."""
         if dist_.is_main():
-            self.save_student_predictor()
+            if self.paper_student:
+                self.save_student_predictor()
+            else:
+                self.export()
         dist_.barrier()
 
     def save_student_predictor(self):
@@ -196,6 +397,8 @@ class PromptKD(PromptTrainer):
 
     def load_published(self, path: str):
         """A published PromptKD student (`VLPromptLearner/model*.pth.tar`; layout in docs/running.md)."""
+        if not self.paper_student:
+            raise ConfigError(f"{path} is a published PromptKD student; load it with TRAINER.PROMPTKD.STUDENT promptkd.")
         load_published_student(self.model, path, self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
         self.backbone_ref = {"kind": "published_student", "path": os.path.abspath(path)}
         logger.info("Loaded published PromptKD student %s (backbone weights from the checkpoint)", path)
