@@ -17,7 +17,7 @@ pytest.importorskip("dassl", reason="Dassl not installed (see README: install Da
 
 from promptkd import cli, hub, records  # noqa: E402
 from promptkd.errors import ConfigError, MissingFileError, UserError  # noqa: E402
-from promptkd.predictor import PREDICTOR_FILE, Predictor, PredictorRecord  # noqa: E402
+from promptkd.predictor import PREDICTOR_FILE, PredictorRecord  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
 from tests.test_predict_export import eval_logits, predictor_logits  # noqa: E402
 from tests.test_trainers import learnable, make_trainer, student_args, teacher_args  # noqa: E402
@@ -183,3 +183,42 @@ def test_an_incomplete_folder_says_how_to_write_it(runs, tmp_path):
     (folder / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(UserError, match="not a readable safetensors file.*promptkd export RUN_DIR DIR --format hf"):
         hub.read_folder(str(folder))
+
+
+def test_push_creates_the_repo_and_uploads_the_folder(runs, monkeypatch, capsys):
+    """Everything up to the network: huggingface_hub's HfApi methods are replaced and their
+    arguments checked (the upload itself was not run here)."""
+    from huggingface_hub import CommitInfo, HfApi
+
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw))
+                        or f"https://huggingface.co/{repo_id}")
+    monkeypatch.setattr(HfApi, "create_branch", lambda self, repo_id, **kw: calls.append(("create_branch", repo_id, kw)))
+
+    def upload_folder(self, **kw):
+        calls.append(("upload_folder", kw["repo_id"], kw))
+        return CommitInfo(commit_url=f"https://huggingface.co/{kw['repo_id']}/commit/abc", commit_message="m",
+                          commit_description="", oid="abc")
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    folder = runs["folders"]["student"]
+    assert cli.main(["push", folder, "me/tiny-student", "--private", "--branch", "v1"]) == 0
+    assert [c[0] for c in calls] == ["create_repo", "create_branch", "upload_folder"]
+    assert calls[0][2] == {"repo_type": "model", "private": True, "exist_ok": True}
+    assert calls[1][2] == {"branch": "v1", "repo_type": "model", "exist_ok": True}
+    up = calls[2][2]
+    assert up["folder_path"] == folder and up["repo_type"] == "model" and up["revision"] == "v1"
+    assert "PromptKD student: PromptKD on DescribableTextures" in up["commit_message"]
+    assert "https://huggingface.co/me/tiny-student/commit/abc" in capsys.readouterr().out
+
+
+def test_push_refuses_a_folder_with_a_pickle_or_not_a_model_folder(runs, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda *a, **k: pytest.fail("no upload may start"))
+    folder = tmp_path / "f"
+    shutil.copytree(runs["folders"]["teacher"], folder)
+    torch.save({"x": 1}, folder / "extra.pt")
+    with pytest.raises(UserError, match="may be pickles: extra.pt"):
+        cli.main(["push", str(folder), "me/x"])
+    with pytest.raises(UserError, match="config.json"):
+        cli.main(["push", str(tmp_path), "me/x"])
