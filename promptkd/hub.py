@@ -124,10 +124,11 @@ def _plain(value):
     return plain(value)
 
 
-def save_pretrained(model, folder: str, *, run_dir: str | None = None) -> str:
+def save_pretrained(model, folder: str, *, run_dir: str | None = None, source: dict | None = None) -> str:
     """Write the model folder `folder` from a Predictor, a PredictorRecord or a run / export folder
     (`run_dir`: where its run.json / result.json are, for the card; found next to predictor.pt by
-    default). Each file is written atomically, config.json last. Returns `folder`."""
+    default; `source`: where the weights came from, e.g. a converted checkpoint). Each file is written
+    atomically, config.json last. Returns `folder`."""
     record, found = _as_record(model)
     run_dir = run_dir or found
     if record.backbone.get("kind") not in PORTABLE_BACKBONES:
@@ -143,6 +144,8 @@ def save_pretrained(model, folder: str, *, run_dir: str | None = None) -> str:
     os.makedirs(folder, exist_ok=True)
     atomic_write(os.path.join(folder, WEIGHTS_FILE), lambda f: f.write(data))
     config = model_config(record, run, result)
+    if source:
+        config["source"] = _plain(source)
     atomic_write_text(os.path.join(folder, CARD_FILE), model_card(config, run, result))
     atomic_write_json(os.path.join(folder, CONFIG_FILE), config, indent=1)
     logger.info("Model folder %s: %s %s (%d classes), backbone %s (fingerprint %s)", folder, config["role"],
@@ -222,7 +225,8 @@ def model_card(config: dict, run: dict | None, result: dict | None) -> str:
         f"- Class vectors from the teacher: {teacher.get('method', 'not recorded')} on `{t_backbone}` "
         f"(fingerprint `{teacher.get('fingerprint')}`)",
         f"- Test preprocessing: {json.dumps(config['preprocess'])}",
-        f"- Code version: {(run or {}).get('code_version')}, run id {(result or run or {}).get('run_id')}",
+        f"- Code version: {(run or {}).get('code_version')}, run id {(result or run or {}).get('run_id')}"
+        + (f"; source: {json.dumps(config['source'])}" if config.get("source") else ""),
         "",
         "## Use",
         "",
