@@ -1,6 +1,8 @@
-"""Export a trained run as one self-contained classifier file (ONNX or TorchScript).
+"""Export a trained run as one self-contained classifier file (ONNX or TorchScript), or a model folder.
 
     promptkd export RUN_DIR OUT --format onnx|torchscript
+    promptkd export RUN_DIR DIR --format hf          a model folder (promptkd.hub): config.json,
+                                                     model.safetensors, README.md model card
 
 The file maps a preprocessed image batch (float32 [batch, 3, H, W], any batch size) to logits
 over the run's classes: the prompted image tower, the projector (PromptKD students) and the
@@ -22,11 +24,12 @@ import torch
 
 from .errors import ConfigError, UserError
 from .io import atomic_write
+from .hub import load_predictor
 from .predictor import Predictor, add_run_arguments
 
 logger = logging.getLogger("promptkd")
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "hf")
 METADATA_KEY = "promptkd"
 TORCHSCRIPT_EXTRA = "promptkd.json"
 ONNX_OPSET = 18  # the oldest opset torch's exporter writes
@@ -115,6 +118,8 @@ def export(predictor: Predictor, out: str, fmt: str) -> float:
     """Write `out` (atomically) and return its checked max relative difference to eager."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'.")
+    if fmt == "hf":
+        return export_folder(predictor, out)
     checked = {}
 
     def write(tmp: str) -> None:  # the file is checked before it is moved into place
@@ -128,11 +133,30 @@ def export(predictor: Predictor, out: str, fmt: str) -> float:
     return checked["diff"]
 
 
+def export_folder(predictor: Predictor, out: str, weights_dir: str | None = None) -> float:
+    """`--format hf`: write the model folder, read it back (`hub.from_pretrained`, safetensors, the
+    backbone rebuilt and its fingerprint checked) and return its max relative difference to eager."""
+    from . import hub
+
+    hub.save_pretrained(predictor, out)
+    again = hub.from_pretrained(out, weights_dir or predictor.record.weights_dir or None)
+    worst = 0.0
+    for b in (1, 3):
+        images = example_input(predictor, b)
+        with torch.no_grad():
+            eager, got = predictor.model.cpu()(images), again.model.cpu()(images)
+        worst = max(worst, float((got - eager).abs().max() / eager.abs().max().clamp_min(1e-12)))
+    if worst > TOLERANCE:
+        raise RuntimeError(f"The model folder {out} gives logits that differ from the run's by {worst:.2e} "
+                           f"(relative), more than {TOLERANCE:.0e}.")
+    return worst
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `export` verb's options."""
     parser.description, parser.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
     add_run_arguments(parser)  # run_dir first, then this command's own
-    parser.add_argument("out", help="file to write (e.g. student.onnx, student.pt)")
+    parser.add_argument("out", help="file to write (e.g. student.onnx, student.pt), or the folder of --format hf")
     parser.add_argument("--format", required=True, choices=FORMATS)
 
 
@@ -141,7 +165,13 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.format == "onnx" and not args.out.endswith(".onnx"):
         raise UserError(f"An ONNX file must end in .onnx (got {args.out}).")
-    predictor = Predictor.from_run(args.run_dir, args.weights_dir or None, args.trust_pickled)
+    predictor = load_predictor(args.run_dir, args.weights_dir or None, args.trust_pickled)
+    if args.format == "hf":
+        diff = export_folder(predictor, args.out, args.weights_dir or None)
+        print(f"wrote the model folder {args.out} ({len(predictor.classnames)} classes; config.json, model.safetensors, "
+              f"README.md; max relative difference to the run's model {diff:.1e}); `promptkd push {args.out} "
+              "OWNER/NAME` uploads it")
+        return 0
     diff = export(predictor, args.out, args.format)
     print(f"wrote {args.out} ({args.format}, {len(predictor.classnames)} classes, input "
           f"[batch, 3, {', '.join(map(str, predictor.record.preprocess['crop']))}]; max relative difference to "

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from .errors import MissingFileError, UserError
 from .io import IMAGE_EXTENSIONS, atomic_write_text
+from .hub import load_predictor
 from .predictor import Predictor, add_run_arguments
 
 logger = logging.getLogger("promptkd")
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.topk < 1 or args.batch_size < 1:
         raise UserError("--topk and --batch-size must be >= 1.")
-    predictor = Predictor.from_run(args.run_dir, args.weights_dir or None, args.trust_pickled)
+    predictor = load_predictor(args.run_dir, args.weights_dir or None, args.trust_pickled)
     predictor.model.to(args.device)
     paths = list_images(args.images)
     if not paths:

@@ -243,8 +243,10 @@ class Predictor:
 
 def add_run_arguments(parser) -> None:
     """The command-line arguments that name a run and how to read it (predict, export_model);
-    `Predictor.from_run(args.run_dir, args.weights_dir or None, args.trust_pickled)` reads them."""
-    parser.add_argument("run_dir", help="run output folder, its export folder, or a predictor.pt")
+    `promptkd.hub.load_predictor(args.run_dir, args.weights_dir or None, args.trust_pickled)` reads them
+    (a run, or a model folder)."""
+    parser.add_argument("run_dir", help="run output folder, its export folder, a predictor.pt, or a model folder "
+                        "(promptkd.hub; hf-hub:OWNER/NAME from the local Hugging Face cache)")
     parser.add_argument("--weights-dir", default="", help="folder holding named CLIP files (ViT-B-16.pt, ...); "
                         "default: the one the run used")
     parser.add_argument("--trust-pickled", action="store_true",

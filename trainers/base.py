@@ -35,6 +35,7 @@ from promptkd.trainers.data import (UNREADABLE, CheckedDatasetWrapper, check_loa
                                     unreadable_error)
 from promptkd.trainers.distributed import check_sampler, distribute_loaders
 from promptkd.trainers.evaluate import EvaluationMixin
+from promptkd.trainers.tracking import Tracker, check_cfg as check_tracking
 
 logger = logging.getLogger("promptkd")
 
@@ -43,6 +44,7 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
     CFG_NODE = ""  # e.g. "PROMPTKD": the trainer's own TRAINER.<node> settings
     run_record = None  # train.py's run.json record (promptkd.records); evaluation then writes result.json
     model_epoch, checkpoint = 0, None  # the epoch / file of the weights now in the model (0, None: as built)
+    tracker = None  # LOG.WANDB: the W&B run (rank 0), trainers/tracking.py
 
     def __init__(self, cfg):
         super().__init__(cfg)  # Dassl builds the data and the model here
@@ -60,6 +62,7 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
     # --- configuration ------------------------------------------------------------------
     def check_cfg(self, cfg):
         node = cfg.TRAINER[self.CFG_NODE]
+        check_tracking(cfg)
         _allowed(f"TRAINER.{self.CFG_NODE}.PREC", node.PREC, PRECISIONS)
         _allowed(f"TRAINER.{self.CFG_NODE}.GRAD_CHECKPOINT", node.get("GRAD_CHECKPOINT", "off"), GRAD_CHECKPOINTS)
         _allowed("TRAINER.MODAL", cfg.TRAINER.MODAL, MODALS)
@@ -301,6 +304,7 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
             n_iter = self.epoch * self.num_batches + self.batch_idx
             for k, v in summary.items():
                 self.write_scalar(f"train/{k}", v, n_iter)
+            self.track({f"train/{k}": v for k, v in summary.items()}, iteration=n_iter, epoch=self.epoch + 1)
         if steps == 0:  # the same on every rank (they step in lockstep)
             raise self.no_steps_error(self.train_loader_x, skipped, unreadable)
         dist_.sync_buffers(self.model)  # rank 0's BatchNorm statistics on every rank, as DDP would use next
@@ -308,6 +312,7 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
         self.report_unreadable(f"epoch {self.epoch + 1}")
         means = {k: v / steps for k, v in totals.items()}
         self.epoch_losses = means
+        self.track({"lr": lr, **{f"train/epoch_{k}": v for k, v in means.items()}}, epoch=self.epoch + 1)
         logger.info("epoch [%d/%d] %s lr %.4e time %.1fs", self.epoch + 1, self.max_epoch,
                     " ".join(f"{k} {v:.4f}" for k, v in means.items()), lr, time.time() - start)
 
@@ -318,6 +323,7 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
         self.start_epoch = self.resume_model_if_exist(directory)
         if dist_.is_main():  # one TensorBoard writer (write_scalar is a no-op without one)
             self.init_writer(os.path.join(self.output_dir, "tensorboard"))
+        self.tracker = Tracker.start(self, resumed=self.start_epoch > 0)  # LOG.WANDB (rank 0), else None
         logger.info("Model selection: %s", self.selection_description())
 
     def selection_description(self) -> str:
@@ -344,6 +350,17 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
         elapsed = datetime.timedelta(seconds=round(time.time() - self.time_start))
         logger.info("Elapsed: %s", elapsed)
         self.close_writer()
+        self.finish_tracking()
+
+    def track(self, metrics: dict, **axes):
+        """Log to the W&B run, if there is one (LOG.WANDB)."""
+        if self.tracker is not None:
+            self.tracker.log(metrics, **axes)
+
+    def finish_tracking(self):
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
 
     def finalize_model(self, eval_only: bool = False):
         """Hook run once the model is final (after training, or after loading for --eval-only)."""
@@ -367,9 +384,11 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
                 "it would evaluate an untrained model. Give --model-dir RUN_DIR (the --output-dir of a training run, "
                 f"holding {MODEL_NAME}/model.pth.tar-N or model-best.pth.tar; --load-epoch N picks an epoch), or drop "
                 "--eval-only to train.")
+        self.tracker = Tracker.start(self, resumed=False, job_type="eval")
         self.finalize_model(eval_only=True)
         if not self.cfg.TEST.NO_TEST:
             self.test()
+        self.finish_tracking()
 
 
 

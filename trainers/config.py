@@ -86,6 +86,19 @@ def extend_cfg(cfg):
     # of rank 0 are broadcast). GPU only (DDP cannot run SyncBatchNorm on CPU).
     cfg.DISTRIBUTED.SYNC_BN = False
 
+    # --- experiment tracking (trainers/tracking.py) -------------------------------------------
+    # Weights & Biases, off by default (needs `pip install wandb`): rank 0 logs losses, LR,
+    # evaluation metrics, the full config and run record, and the final base / novel / HM. A
+    # resumed run continues the same W&B run (its id: OUTPUT_DIR/wandb-run-id).
+    cfg.LOG = CN()
+    cfg.LOG.WANDB = CN()
+    cfg.LOG.WANDB.ENABLED = False
+    cfg.LOG.WANDB.PROJECT = "promptkd"
+    cfg.LOG.WANDB.ENTITY = ""  # "" = wandb's default entity
+    cfg.LOG.WANDB.NAME = ""  # "" = <trainer>-<dataset>-seed<seed>
+    cfg.LOG.WANDB.TAGS = []
+    cfg.LOG.WANDB.MODE = ""  # "" (wandb's default: WANDB_MODE, else online) | online | offline | disabled
+
     # --- reproducibility ------------------------------------------------------------------
     # True: deterministic GPU kernels (cuDNN benchmark off, torch.use_deterministic_algorithms,
     # CUBLAS_WORKSPACE_CONFIG=:4096:8), needed for bit-exact resumes and "N processes equal 1"
@@ -165,7 +178,8 @@ def extend_cfg(cfg):
     # auto: the published weight of DATASET.NAME (PUBLISHED_KD_WEIGHTS above), or a number.
     cfg.TRAINER.PROMPTKD.KD_WEIGHT = AUTO
     cfg.TRAINER.PROMPTKD.TEMPERATURE = 1.0
-    # The teacher's export directory (class_vectors_<Dataset>.pt + image_side.pt).
+    # The teacher's export directory (class_vectors_<Dataset>.pt + image_side.pt), or a teacher's
+    # model folder (promptkd.hub: config.json + model.safetensors; `hf-hub:OWNER/NAME` from the local HF cache).
     cfg.TRAINER.PROMPTKD.TEACHER_DIR = ""
     # Explicit class-vector file; "" = TEACHER_DIR/class_vectors_<DATASET.NAME>.pt
     cfg.TRAINER.PROMPTKD.CLASS_VECTORS = ""

@@ -84,6 +84,9 @@ class EvaluationMixin:
                 "selection": self.cfg.TEST.MODEL_SELECTION, "backbone": self.cfg.MODEL.BACKBONE.NAME}
         logger.info("RESULT %s", json.dumps(line))
         self.last_report = report
+        if getattr(self, "tracker", None) is not None:  # LOG.WANDB (trainers/tracking.py)
+            self.tracker.log({f"test/{k}": report[k] for k in keys}, epoch=self.model_epoch)
+            self.tracker.report(self, {k: line[k] for k in keys})
         if self.run_record is not None:
             records.write_result(self.cfg, self.run_record, {k: line[k] for k in keys}, split="test",
                                  n_images=report["n"], classes=len(self.all_classnames), base_classes=self.num_base,

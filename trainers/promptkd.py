@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from dassl.engine import TRAINER_REGISTRY
 
 from promptkd import distributed as dist_
-from promptkd import records
+from promptkd import hub, records
 from promptkd.backbones import backbone_reference, load_backbone, load_image_tower, to_half
 from promptkd.class_vectors import (IMAGE_SIDE_FILE, VOCABULARY_PREFIX, ClassVectors, ImageSide, check_pair,
                                     class_vectors_file, visual_fingerprint)
@@ -138,11 +138,16 @@ class PromptKD(MethodExport, PromptTrainer):
     def build_model(self):
         kd, cfg = self.tcfg, self.cfg
         backbone_mode = self.backbone_mode = self.setup_precision()
-        vectors_path = self.vectors_path = kd.CLASS_VECTORS or class_vectors_file(kd.TEACHER_DIR, cfg.DATASET.NAME)
-        side_path = os.path.join(kd.TEACHER_DIR or os.path.dirname(vectors_path), IMAGE_SIDE_FILE)
-        vectors = ClassVectors.load(vectors_path, TEACHER_HINT)
-        vectors.check_dataset(cfg.DATASET.NAME, self.all_classnames, source=f"class vectors in {vectors_path}")
-        side = ImageSide.load(side_path, TEACHER_HINT)
+        if not kd.CLASS_VECTORS and hub.names_model_folder(kd.TEACHER_DIR):  # a teacher's model folder
+            vectors, side, folder = hub.teacher_export(kd.TEACHER_DIR)
+            vectors_path = self.vectors_path = side_path = os.path.join(folder, hub.CONFIG_FILE)
+            vectors.check_dataset(cfg.DATASET.NAME, self.all_classnames, source=f"class vectors in {folder}")
+        else:
+            vectors_path = self.vectors_path = kd.CLASS_VECTORS or class_vectors_file(kd.TEACHER_DIR, cfg.DATASET.NAME)
+            side_path = os.path.join(kd.TEACHER_DIR or os.path.dirname(vectors_path), IMAGE_SIDE_FILE)
+            vectors = ClassVectors.load(vectors_path, TEACHER_HINT)
+            vectors.check_dataset(cfg.DATASET.NAME, self.all_classnames, source=f"class vectors in {vectors_path}")
+            side = ImageSide.load(side_path, TEACHER_HINT)
         check_pair(vectors, side, vectors_path, side_path)
         exported = side.backbone.get("name") or side.backbone.get("path")
         if kd.TEACHER_NAME and kd.TEACHER_NAME != exported:
