@@ -12,6 +12,12 @@ On disk, one folder:
                             float16 (default) or float32, written to a temp file, fsynced and
                             renamed, then listed in the manifest (a half-written shard is never
                             listed, so never read)
+    v000-00000000.npy ...   with a view bank (views_per_image K > 0): shard = view v of each
+                            image, v in [0, K), whatever the number of epochs
+
+The cache's "slots" are its epochs (K = 0: one view per epoch and image) or the K views of
+each image; `lookup`, `add` and `plan` take slot numbers (`promptkd.views.view_number` maps an
+epoch to an image's view).
 
 `TeacherCache.create` starts or resumes a cache (refusing other settings, or a disk that cannot
 hold what is left); `add` takes embeddings of views in any order and writes each shard as soon
@@ -47,9 +53,12 @@ IDENTITY_NAMES = {
     "n_images": "number of train images",
     "image_list": "train image list (hash of the paths; DATASET.NUM_SHOTS / SUBSAMPLE_CLASSES / split)",
     "view_seed": "view seed (TRAINER.PROMPTKD.VIEW_SEED, default: --seed)",
+    "views_per_image": "views per image (TRAINER.PROMPTKD.VIEWS_PER_IMAGE; 0 = a fresh view every epoch)",
     "transform": "train transform (INPUT.SIZE / TRANSFORMS / INTERPOLATION / RRCROP_SCALE / PIXEL_MEAN / PIXEL_STD)",
     "precision": "teacher precision (TRAINER.PROMPTKD.PREC)",
 }
+# identity keys added later: the value a cache made before them has
+IDENTITY_DEFAULTS = {"views_per_image": 0}
 WRITE_HINT = ("Write it with `promptkd cache <the student run's train.py arguments>` "
               "(it resumes where it stopped), or fill it from an online run with "
               "TRAINER.PROMPTKD.TEACHER_CACHE_WRITE True.")
@@ -68,7 +77,7 @@ def estimate_bytes(n_images: int, epochs: int, width: int, dtype: str) -> int:
 def _differences(stored: dict, wanted: dict) -> list[str]:
     out = []
     for key in sorted(set(stored) | set(wanted), key=lambda k: list(IDENTITY_NAMES).index(k) if k in IDENTITY_NAMES else 99):
-        a, b = stored.get(key), wanted.get(key)
+        a, b = stored.get(key, IDENTITY_DEFAULTS.get(key)), wanted.get(key, IDENTITY_DEFAULTS.get(key))
         if a != b:
             name = IDENTITY_NAMES.get(key, key)
             if isinstance(a, list) or isinstance(b, list):
@@ -89,6 +98,7 @@ class TeacherCache:
         self.width = int(manifest["width"])
         self.dtype = manifest["dtype"]
         self.shard_size = int(manifest["shard_size"])
+        self.views_per_image = int(manifest.get("views_per_image", 0))
         self._buffers: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._maps: dict[str, np.ndarray] = {}
 
@@ -97,7 +107,7 @@ class TeacherCache:
         return range(0, self.n_images, self.shard_size)
 
     def shard_name(self, epoch: int, start: int) -> str:
-        return f"e{epoch:03d}-{start:08d}.npy"
+        return f"{'v' if self.views_per_image else 'e'}{epoch:03d}-{start:08d}.npy"
 
     def shard_rows(self, start: int) -> int:
         return min(self.shard_size, self.n_images - start)
@@ -118,8 +128,9 @@ class TeacherCache:
     # --- creating / opening ------------------------------------------------------------------
     @classmethod
     def create(cls, directory: str, identity: dict, n_images: int, epochs: int, width: int,
-               dtype: str = "fp16", shard_size: int = 4096) -> "TeacherCache":
-        """Start a cache in `directory`, or resume the one there (same settings only)."""
+               dtype: str = "fp16", shard_size: int = 4096, views_per_image: int = 0) -> "TeacherCache":
+        """Start a cache in `directory`, or resume the one there (same settings only).
+        `epochs` is the number of slots: the run's epochs, or views_per_image when that is > 0."""
         if dtype not in DTYPES:
             raise ConfigError(f"teacher cache dtype '{dtype}': use one of {', '.join(DTYPES)}.")
         if shard_size < 1:
@@ -142,6 +153,8 @@ class TeacherCache:
                 manifest = {"format": FORMAT, "identity": identity, "n_images": int(n_images),
                             "epochs": int(epochs), "width": int(width), "dtype": dtype,
                             "shard_size": int(shard_size), "shards": {}}
+                if views_per_image:
+                    manifest["views_per_image"] = int(views_per_image)
                 _write_manifest(directory, manifest)
                 cache = cls(directory, manifest)
         left = len(cache.missing_shards(range(cache.epochs)))
@@ -149,9 +162,9 @@ class TeacherCache:
             * np.dtype(DTYPES[dtype]).itemsize
         total = estimate_bytes(n_images, epochs, width, dtype)
         free = shutil.disk_usage(directory).free
-        logger.info("Teacher cache %s: %d views (%d images x %d epochs) x %d x %s = %s in all; %d of %d shards "
-                    "to write (%s), %s free on the disk.", directory, n_images * epochs, n_images, epochs, width,
-                    dtype, _human(total), left, cache.n_shards(), _human(need), _human(free))
+        logger.info("Teacher cache %s: %d views (%d images x %d %s) x %d x %s = %s in all; %d of %d shards "
+                    "to write (%s), %s free on the disk.", directory, n_images * epochs, n_images, epochs,
+                    "views each" if cache.views_per_image else "epochs", width, dtype, _human(total), left, cache.n_shards(), _human(need), _human(free))
         if need > free:
             raise DataError(f"The teacher cache needs {_human(need)} more in {directory} but the disk has only "
                             f"{_human(free)} free. Free space, choose another TRAINER.PROMPTKD.TEACHER_CACHE folder, "
@@ -194,15 +207,29 @@ class TeacherCache:
             batches += [[(e, i) for i in todo[k:k + batch_size]] for k in range(0, len(todo), batch_size)]
         return batches
 
-    def add(self, epochs, indices, embeddings: torch.Tensor) -> None:
-        """Store embeddings [B, width] of views (epochs[b], indices[b]); write finished shards."""
+    def has(self, slot: int, index: int) -> bool:
+        """Whether view (slot, index) is stored: in a written shard or in this process's buffers."""
+        start = index - index % self.shard_size
+        name = self.shard_name(slot, start)
+        if name in self.done or name in self._maps:
+            return True
+        buf = self._buffers.get((slot, start))
+        return buf is not None and bool(buf[1][index - start])
+
+    def refresh(self) -> None:
+        """Re-read the manifest (shards another process has written since)."""
+        self.manifest = _read_manifest(os.path.join(self.directory, MANIFEST))
+
+    def add(self, epochs, indices, embeddings: torch.Tensor, write: bool = True) -> None:
+        """Store embeddings [B, width] of views (epochs[b], indices[b]); write finished shards.
+        write=False (a DDP rank other than the writer): a finished shard stays in memory."""
         values = embeddings.detach().to("cpu", torch.float32).numpy().astype(DTYPES[self.dtype])
         if values.shape[1:] != (self.width,):
             raise ValueError(f"embeddings of width {values.shape[1:]} for a cache of width {self.width}.")
         touched = set()
         for e, i, v in zip(_ints(epochs), _ints(indices), values):
             start = i - i % self.shard_size
-            if self.shard_name(e, start) in self.done:
+            if self.shard_name(e, start) in self.done or self.shard_name(e, start) in self._maps:
                 continue
             if (e, start) not in self._buffers:
                 rows = self.shard_rows(start)
@@ -213,7 +240,10 @@ class TeacherCache:
         for key in sorted(touched):
             buf, filled = self._buffers[key]
             if filled.all():
-                self._write_shard(*key, buf)
+                if write:
+                    self._write_shard(*key, buf)
+                else:
+                    self._maps[self.shard_name(*key)] = buf
                 del self._buffers[key]
 
     def _write_shard(self, epoch: int, start: int, values: np.ndarray) -> None:
@@ -232,10 +262,16 @@ class TeacherCache:
         out = np.empty((len(indices), self.width), np.float32)
         for b, (e, i) in enumerate(zip(_ints(epochs), _ints(indices))):
             if not (0 <= e < self.epochs and 0 <= i < self.n_images):
-                raise DataError(f"The teacher cache in {self.directory} has no view for epoch {e + 1}, image {i}: "
-                                f"it holds {self.epochs} epochs of {self.n_images} images.")
+                what = f"view {e}" if self.views_per_image else f"epoch {e + 1}"
+                holds = f"{self.epochs} views" if self.views_per_image else f"{self.epochs} epochs"
+                raise DataError(f"The teacher cache in {self.directory} has no view for {what}, image {i}: "
+                                f"it holds {holds} of {self.n_images} images.")
             start = i - i % self.shard_size
-            out[b] = self._shard(e, start)[i - start]
+            buf = self._buffers.get((e, start))
+            if buf is not None and buf[1][i - start]:  # embedded by this run, shard not finished yet
+                out[b] = buf[0][i - start]
+            else:
+                out[b] = self._shard(e, start)[i - start]
         return torch.from_numpy(out)
 
     def _shard(self, epoch: int, start: int) -> np.ndarray:

@@ -171,6 +171,12 @@ def extend_cfg(cfg):
     # and so is each epoch's image order; -1 = the run's --seed. Runs with different student
     # seeds can share one view stream (and one teacher cache) by setting it.
     cfg.TRAINER.PROMPTKD.VIEW_SEED = -1
+    # The view bank: K > 0 gives every image K views, a pure function of (VIEW_SEED, image, view
+    # number), and epoch e draws one of them (each once per cycle of K epochs); the teacher cache
+    # then holds K views per image whatever the epochs, and an online run filling it
+    # (TEACHER_CACHE_WRITE) runs the teacher only on views it has not embedded yet.
+    # 0 = a fresh view every epoch (docs/teacher_cache.md).
+    cfg.TRAINER.PROMPTKD.VIEWS_PER_IMAGE = 0
     # A teacher-cache folder (promptkd cache ...): the run reads the
     # teacher's stored image embeddings and never builds the teacher tower. "" = online teacher.
     cfg.TRAINER.PROMPTKD.TEACHER_CACHE = ""

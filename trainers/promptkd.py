@@ -10,6 +10,9 @@ Evaluation and inference run the student and the class vectors only.
 Views are reproducible (`trainers/view_data.py`): with TRAINER.PROMPTKD.TEACHER_CACHE the
 teacher's embeddings of each view are read from a cache (`promptkd cache` writes
 it) and the teacher tower is never built; TEACHER_CACHE_WRITE fills the cache online.
+With a view bank (VIEWS_PER_IMAGE = K > 0) each image has K views and epoch e draws one; an
+online run filling the cache runs the teacher only on views not embedded yet (after the first K
+epochs, on none), reading the others back from the cache.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from promptkd.teacher_cache import DTYPES, TeacherCache
 from promptkd.trainers.base import PromptTrainer, _allowed
 from promptkd.trainers.config import grad_checkpoint_towers, kd_weight
 from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predictor
-from promptkd.trainers.cache_views import cache_identity, fill_views
+from promptkd.trainers.cache_views import cache_identity, cache_slots, fill_views
 from promptkd.trainers.view_data import build_view_loader, resolve_view_seed
 
 logger = logging.getLogger("promptkd")
@@ -73,8 +76,14 @@ class PromptKD(PromptTrainer):
         transform = self.dm.train_loader_x.dataset.transform  # Dassl's train transform (INPUT.*)
         self.view_dataset, self.view_sampler, self.train_loader_x = build_view_loader(
             self.cfg, self.dm.dataset.train_x, transform, seed)
-        logger.info("Training views: a pure function of (view seed %d, epoch, image); %d images.",
-                    seed, len(self.view_dataset))
+        k = self.view_dataset.views_per_image
+        logger.info("Training views: a pure function of (view seed %d, %s, image); %d images.",
+                    seed, f"view number in a bank of {k} per image, one drawn per epoch" if k else "epoch",
+                    len(self.view_dataset))
+        if k and not self.tcfg.TEACHER_CACHE:
+            logger.info("TRAINER.PROMPTKD.VIEWS_PER_IMAGE %d without TRAINER.PROMPTKD.TEACHER_CACHE: the teacher "
+                        "still runs on every step; set TEACHER_CACHE (and TEACHER_CACHE_WRITE True) to pay it "
+                        "once per view.", k)
 
     def build_model(self):
         kd, cfg = self.tcfg, self.cfg
@@ -103,7 +112,7 @@ class PromptKD(PromptTrainer):
         if kd.TEACHER_CACHE:
             identity = cache_identity(cfg, side, self.dm.dataset.train_x, self.view_dataset, self.prec)
         if kd.TEACHER_CACHE and not kd.TEACHER_CACHE_WRITE:
-            self.cache = TeacherCache.open(kd.TEACHER_CACHE, identity, cfg.OPTIM.MAX_EPOCH)
+            self.cache = TeacherCache.open(kd.TEACHER_CACHE, identity, cache_slots(cfg))
             logger.info("Teacher: embeddings read from the cache %s; the teacher image tower is not built "
                         "(no teacher weights are loaded).", kd.TEACHER_CACHE)
         else:
@@ -117,8 +126,8 @@ class PromptKD(PromptTrainer):
                                                   input_adapter=None if fit.identity else fit)
             if kd.TEACHER_CACHE:
                 self.cache = TeacherCache.create(kd.TEACHER_CACHE, identity, len(self.view_dataset),
-                                                 cfg.OPTIM.MAX_EPOCH, side.width, kd.TEACHER_CACHE_DTYPE,
-                                                 kd.TEACHER_CACHE_SHARD_SIZE)
+                                                 cache_slots(cfg), side.width, kd.TEACHER_CACHE_DTYPE,
+                                                 kd.TEACHER_CACHE_SHARD_SIZE, kd.VIEWS_PER_IMAGE)
         self.model = PromptKDStudent(visual, logit_scale, class_dim=vectors.width,
                                      n_ctx=kd.N_CTX_VISION, depth=kd.PROMPT_DEPTH_VISION)
         for tower in [self.model] + ([self.teacher] if self.teacher is not None else []):
@@ -141,7 +150,9 @@ class PromptKD(PromptTrainer):
         images = batch["img"].to(self.device)  # labels are never read
         with self.autocast():
             if self.teacher is None:  # from the cache: the views of (epoch, index)
-                embeddings = self.cache.lookup(batch["epoch"], batch["index"]).to(self.device)
+                embeddings = self.cache.lookup(batch["view"], batch["index"]).to(self.device)
+            elif self.cache is not None and self.view_dataset.views_per_image:
+                embeddings = self.bank_embed(batch, images)
             else:
                 embeddings = self.teacher.embed(images)
                 if self.cache is not None:
@@ -153,26 +164,53 @@ class PromptKD(PromptTrainer):
         self.backward_and_step(loss)
         return {"kd_loss": loss.item()}
 
+    def bank_embed(self, batch, images):
+        """TEACHER_CACHE_WRITE with a view bank: the teacher embeds only the views of this batch
+        that are not stored yet (and stores them); the others are read back from the cache."""
+        views, indices = batch["view"].tolist(), batch["index"].tolist()
+        new = [b for b, (v, i) in enumerate(zip(views, indices)) if not self.cache.has(v, i)]
+        out = torch.empty(len(indices), self.cache.width, dtype=torch.float32, device=self.device)
+        fresh = self.teacher.embed(images[new]) if new else None
+        self.cache_views(torch.tensor([views[b] for b in new], dtype=torch.long),
+                         torch.tensor([indices[b] for b in new], dtype=torch.long), fresh)
+        old = [b for b in range(len(indices)) if b not in set(new)]
+        if new:
+            out[new] = fresh.float()
+        if old:
+            out[old] = self.cache.lookup([views[b] for b in old], [indices[b] for b in old]).to(self.device)
+        return out
+
     def cache_views(self, epochs, indices, embeddings):
         """TEACHER_CACHE_WRITE: keep the teacher's embeddings of this step's views. Under DDP
         every rank's views go to rank 0, which alone writes the cache (each rank holds only
         its share of a shard, so none could complete it). They travel as tensors (`gather_rows`)."""
+        bank = bool(self.view_dataset.views_per_image)
         if dist_.is_distributed():
-            epochs, indices, embeddings = dist_.gather_rows(torch.as_tensor(epochs), torch.as_tensor(indices),
-                                                            embeddings.float())
+            some = embeddings is not None and len(indices) > 0
+            epochs, indices, embeddings = dist_.gather_rows(torch.as_tensor(epochs) if some else None,
+                                                            torch.as_tensor(indices) if some else None,
+                                                            embeddings.float() if some else None)
             if not dist_.is_main():
+                # With a view bank every rank must know which views are stored (it skips their
+                # teacher forward), so it keeps them too; only rank 0 writes.
+                if bank and len(indices):
+                    self.cache.add(epochs, indices, embeddings, write=False)
                 return
+        if embeddings is None or not len(indices):
+            return
         self.cache.add(epochs, indices, embeddings)
         self.cached_in_epoch += len(indices)
 
     def after_epoch(self):
         if self.cache is not None and self.teacher is not None:  # TEACHER_CACHE_WRITE
             if dist_.is_main():  # the views training did not reach (the tail it dropped)
-                dropped = fill_views(self, [self.epoch])
+                dropped = fill_views(self, [self.epoch], drawn=True)
                 logger.info("Teacher cache, epoch %d: %d views embedded in training, %d that it dropped after it",
                             self.epoch + 1, self.cached_in_epoch, dropped)
                 self.cached_in_epoch = 0
             dist_.barrier()  # the other ranks wait while rank 0 embeds them
+            if not dist_.is_main() and self.view_dataset.views_per_image:
+                self.cache.refresh()  # the shards rank 0 has written (with the views it just added)
         super().after_epoch()
 
     def model_inference(self, images):
