@@ -159,3 +159,35 @@ def test_a_cache_with_another_k_is_refused(setup, online_k2, tmp_path, k):
         make_trainer(args(setup, str(tmp_path / "o"), *bank(k, online_k2["cache"], write=False)))
     with pytest.raises(ConfigError, match="other settings: .*views per image"):  # nor resumed by a writer
         make_trainer(args(setup, str(tmp_path / "o"), *bank(k, online_k2["cache"])))
+
+
+def test_a_resumed_run_gives_the_uninterrupted_student_and_cache(setup, online_k2, tmp_path):
+    """Killed after epoch 1 (the views it embedded not, or only partly, on disk) and re-run: the views are
+    the same (a pure function of the epoch), the ones lost with the process are embedded again
+    when drawn, and the cache and the student end as the uninterrupted run's (fp32 rounding of
+    other batch shapes aside)."""
+
+    def run_args(name):
+        return args(setup, str(tmp_path / name), *bank(2, tmp_path / (name + "-cache")),
+                    "TRAINER.PROMPTKD.TEACHER_CACHE_SHARD_SIZE", "7")
+    cut = make_trainer(run_args("cut"))
+    after_epoch = cut.after_epoch
+
+    def crash():
+        after_epoch()
+        if cut.epoch == 0:
+            raise KeyboardInterrupt("killed after epoch 1")
+    cut.after_epoch = crash
+    with pytest.raises(KeyboardInterrupt):
+        cut.train()
+    partial = json.load(open(tmp_path / "cut-cache" / MANIFEST))["shards"]
+    assert len(partial) < 6  # of 2 views x 3 shards of 7 images: the rest was in memory, lost
+    resumed = make_trainer(run_args("cut"))
+    resumed.train()
+    assert resumed.cache.is_complete()
+    n = resumed.cache.n_images
+    idx, views = torch.arange(n).repeat(2), torch.arange(2).repeat_interleave(n)
+    assert (resumed.cache.lookup(views, idx) - online_k2["trainer"].cache.lookup(views, idx)).abs().max() \
+        <= FP32_ACROSS_BATCH_SIZES
+    init = learnable(make_trainer(args(setup, str(tmp_path / "init"))))
+    assert relative_distance(learnable(resumed), online_k2["weights"], init) <= FP32_STUDENT_SHARE
