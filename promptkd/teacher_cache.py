@@ -44,6 +44,12 @@ logger = logging.getLogger("promptkd")
 FORMAT = "promptkd-teacher-cache/1"
 MANIFEST = "manifest.json"
 DTYPES = {"fp16": np.float16, "fp32": np.float32}
+#: every storage format (TEACHER_CACHE_DTYPE): the embeddings as fp16 / fp32, or int8 with one
+#: fp32 scale per vector (`encode` / `decode`; accepted only within a measured logit error,
+#: `logit_error_check`)
+FORMATS = ("fp16", "fp32", "int8")
+#: int8: the largest |component| of a vector maps to 127
+INT8_LEVELS = 127
 # identity key -> how to name it to the user
 IDENTITY_NAMES = {
     "teacher_fingerprint": "teacher weights (fingerprint)",
@@ -70,8 +76,68 @@ RESUME_HINT = ("run the same command again: the cache writer resumes where it st
                "(`promptkd cache ...`, or the online run).")
 
 
+def row_dtype(fmt: str, width: int) -> np.dtype:
+    """The numpy dtype of one stored view (a shard is an array of `rows` of them, or for fp16 /
+    fp32 a [rows, width] array of that dtype)."""
+    if fmt == "int8":
+        return np.dtype([("q", np.int8, (int(width),)), ("scale", np.float32)])
+    return np.dtype(DTYPES[fmt])
+
+
+def bytes_per_view(fmt: str, width: int) -> int:
+    return row_dtype(fmt, width).itemsize * (1 if fmt == "int8" else int(width))
+
+
+def shard_shape(fmt: str, rows: int, width: int) -> tuple:
+    return (int(rows),) if fmt == "int8" else (int(rows), int(width))
+
+
+def encode(fmt: str, values: np.ndarray) -> np.ndarray:
+    """float32 embeddings [B, width] -> stored rows. int8: q = round(e / s), s = max|e| / 127 per
+    vector, so |e_i - s q_i| <= s / 2 for every component."""
+    if fmt != "int8":
+        return values.astype(DTYPES[fmt])
+    out = np.zeros(len(values), row_dtype(fmt, values.shape[1]))
+    peak = np.abs(values).max(axis=1)
+    scale = np.where(peak > 0, peak / INT8_LEVELS, 1.0).astype(np.float32)
+    out["q"] = np.clip(np.rint(values / scale[:, None]), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
+    out["scale"] = scale
+    return out
+
+
+def decode(fmt: str, rows: np.ndarray) -> np.ndarray:
+    """Stored rows -> float32 embeddings [B, width]."""
+    if fmt != "int8":
+        return rows.astype(np.float32)
+    return rows["q"].astype(np.float32) * rows["scale"][:, None].astype(np.float32)
+
+
+def logit_error_check(fmt: str, vectors: torch.Tensor, logit_scale: float, temperature: float, bound: float):
+    """For a compact format (int8): a check that `TeacherCache.add` runs on every batch it stores,
+    refusing the format when its measured error of the teacher's softmax input, max over views
+    and classes of |Δlogit| / T (logit = exp(logit scale) · e · v against the run's class
+    vectors), exceeds `bound` (TRAINER.PROMPTKD.TEACHER_CACHE_MAX_LOGIT_ERROR). None for fp16 /
+    fp32, which are kept as they are."""
+    if fmt in DTYPES:
+        return None
+    v = vectors.detach().to("cpu", torch.float32)
+    factor = float(np.exp(logit_scale)) / float(temperature)
+
+    def check(original: np.ndarray, stored: np.ndarray) -> float:
+        delta = torch.from_numpy(decode(fmt, stored) - original) @ v.t()
+        error = float(delta.abs().max()) * factor if len(delta) else 0.0
+        if error > bound:
+            raise ConfigError(
+                f"The {fmt} teacher cache moves the teacher's logits / T by up to {error:.4f} on these views, more "
+                f"than TRAINER.PROMPTKD.TEACHER_CACHE_MAX_LOGIT_ERROR {bound:g}: this teacher's embeddings are "
+                f"too peaked for {fmt}. Store fp16 (TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE fp16), or raise the "
+                "bound knowingly (docs/teacher_cache.md, Compact formats).")
+        return error
+    return check
+
+
 def estimate_bytes(n_images: int, epochs: int, width: int, dtype: str) -> int:
-    return int(n_images) * int(epochs) * int(width) * np.dtype(DTYPES[dtype]).itemsize
+    return int(n_images) * int(epochs) * bytes_per_view(dtype, width)
 
 
 def _differences(stored: dict, wanted: dict) -> list[str]:
@@ -101,6 +167,10 @@ class TeacherCache:
         self.views_per_image = int(manifest.get("views_per_image", 0))
         self._buffers: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._maps: dict[str, np.ndarray] = {}
+        #: compact formats: a check(original, stored) run on every batch `add` stores
+        #: (`logit_error_check`); the largest error it measured
+        self.check = None
+        self.max_error = 0.0
 
     # --- layout ------------------------------------------------------------------------------
     def shard_starts(self) -> range:
@@ -131,8 +201,8 @@ class TeacherCache:
                dtype: str = "fp16", shard_size: int = 4096, views_per_image: int = 0) -> "TeacherCache":
         """Start a cache in `directory`, or resume the one there (same settings only).
         `epochs` is the number of slots: the run's epochs, or views_per_image when that is > 0."""
-        if dtype not in DTYPES:
-            raise ConfigError(f"teacher cache dtype '{dtype}': use one of {', '.join(DTYPES)}.")
+        if dtype not in FORMATS:
+            raise ConfigError(f"teacher cache dtype '{dtype}': use one of {', '.join(FORMATS)}.")
         if shard_size < 1:
             raise ConfigError(f"teacher cache shard size must be >= 1, got {shard_size}.")
         os.makedirs(directory, exist_ok=True)
@@ -158,8 +228,8 @@ class TeacherCache:
                 _write_manifest(directory, manifest)
                 cache = cls(directory, manifest)
         left = len(cache.missing_shards(range(cache.epochs)))
-        need = sum(cache.shard_rows(s) for _, s in cache.missing_shards(range(cache.epochs))) * width \
-            * np.dtype(DTYPES[dtype]).itemsize
+        need = sum(cache.shard_rows(s) for _, s in cache.missing_shards(range(cache.epochs))) \
+            * bytes_per_view(dtype, width)
         total = estimate_bytes(n_images, epochs, width, dtype)
         free = shutil.disk_usage(directory).free
         logger.info("Teacher cache %s: %d views (%d images x %d %s) x %d x %s = %s in all; %d of %d shards "
@@ -223,9 +293,12 @@ class TeacherCache:
     def add(self, epochs, indices, embeddings: torch.Tensor, write: bool = True) -> None:
         """Store embeddings [B, width] of views (epochs[b], indices[b]); write finished shards.
         write=False (a DDP rank other than the writer): a finished shard stays in memory."""
-        values = embeddings.detach().to("cpu", torch.float32).numpy().astype(DTYPES[self.dtype])
-        if values.shape[1:] != (self.width,):
-            raise ValueError(f"embeddings of width {values.shape[1:]} for a cache of width {self.width}.")
+        original = embeddings.detach().to("cpu", torch.float32).numpy()
+        if original.shape[1:] != (self.width,):
+            raise ValueError(f"embeddings of width {original.shape[1:]} for a cache of width {self.width}.")
+        values = encode(self.dtype, original)
+        if self.check is not None:
+            self.max_error = max(self.max_error, self.check(original, values))
         touched = set()
         for e, i, v in zip(_ints(epochs), _ints(indices), values):
             start = i - i % self.shard_size
@@ -233,7 +306,8 @@ class TeacherCache:
                 continue
             if (e, start) not in self._buffers:
                 rows = self.shard_rows(start)
-                self._buffers[(e, start)] = (np.zeros((rows, self.width), DTYPES[self.dtype]), np.zeros(rows, bool))
+                self._buffers[(e, start)] = (np.zeros(shard_shape(self.dtype, rows, self.width),
+                                                      row_dtype(self.dtype, self.width)), np.zeros(rows, bool))
             buf, filled = self._buffers[(e, start)]
             buf[i - start], filled[i - start] = v, True
             touched.add((e, start))
@@ -260,6 +334,7 @@ class TeacherCache:
     def lookup(self, epochs, indices) -> torch.Tensor:
         """Embeddings [B, width] (float32) of views (epochs[b], indices[b])."""
         out = np.empty((len(indices), self.width), np.float32)
+        one = row_dtype(self.dtype, self.width) if self.dtype == "int8" else None
         for b, (e, i) in enumerate(zip(_ints(epochs), _ints(indices))):
             if not (0 <= e < self.epochs and 0 <= i < self.n_images):
                 what = f"view {e}" if self.views_per_image else f"epoch {e + 1}"
@@ -269,9 +344,10 @@ class TeacherCache:
             start = i - i % self.shard_size
             buf = self._buffers.get((e, start))
             if buf is not None and buf[1][i - start]:  # embedded by this run, shard not finished yet
-                out[b] = buf[0][i - start]
+                row = buf[0][i - start]
             else:
-                out[b] = self._shard(e, start)[i - start]
+                row = self._shard(e, start)[i - start]
+            out[b] = row if one is None else decode(self.dtype, np.array([row], one))[0]
         return torch.from_numpy(out)
 
     def _shard(self, epoch: int, start: int) -> np.ndarray:
@@ -286,9 +362,10 @@ class TeacherCache:
                     f"shards are written. {WRITE_HINT}")
             path = os.path.join(self.directory, name)
             values = load_npy(path, what="teacher cache shard (.npy)", fix=DAMAGED_HINT, mmap_mode="r")
-            if values.shape != (self.shard_rows(start), self.width) or values.dtype != DTYPES[self.dtype]:
+            shape, dtype = shard_shape(self.dtype, self.shard_rows(start), self.width), row_dtype(self.dtype, self.width)
+            if values.shape != shape or values.dtype != dtype:
                 raise DataError(f"Teacher cache shard {path} holds {values.dtype} {values.shape}, expected "
-                                f"{np.dtype(DTYPES[self.dtype])} {(self.shard_rows(start), self.width)}. "
+                                f"{dtype} {shape}. "
                                 + DAMAGED_HINT)
             self._maps[name] = values
         return self._maps[name]

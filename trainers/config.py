@@ -182,8 +182,11 @@ def extend_cfg(cfg):
     cfg.TRAINER.PROMPTKD.TEACHER_CACHE = ""
     # True: run the teacher online and fill TEACHER_CACHE as the run goes (resumable).
     cfg.TRAINER.PROMPTKD.TEACHER_CACHE_WRITE = False
-    # Storage of the cached embeddings when writing: fp16 (half the size) | fp32 (exact).
+    # Storage of the cached embeddings when writing: fp16 (half the size) | fp32 (exact) | int8
+    # (a quarter of fp32 + 4 B per view: one scale per vector; accepted only while its measured
+    # error of the teacher's logits / T stays within TEACHER_CACHE_MAX_LOGIT_ERROR).
     cfg.TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE = "fp16"
+    cfg.TRAINER.PROMPTKD.TEACHER_CACHE_MAX_LOGIT_ERROR = 0.1
     # Views per cache shard file (one epoch, consecutive images).
     cfg.TRAINER.PROMPTKD.TEACHER_CACHE_SHARD_SIZE = 4096
     # Teacher batch size of the cache writer; 0 = 4 x DATALOADER.TRAIN_X.BATCH_SIZE.

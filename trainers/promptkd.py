@@ -32,7 +32,7 @@ from promptkd.image_inputs import TowerInput
 from promptkd.losses import kd_loss
 from promptkd.predictor import PredictorRecord, reference_tower
 from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student, teacher_logits
-from promptkd.teacher_cache import DTYPES, TeacherCache
+from promptkd.teacher_cache import FORMATS, TeacherCache, logit_error_check
 from promptkd.trainers.base import PromptTrainer, _allowed
 from promptkd.trainers.config import grad_checkpoint_towers, kd_weight
 from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predictor
@@ -64,7 +64,7 @@ class PromptKD(PromptTrainer):
                               "the student's image tower trains): use off or image.")
         if not kd.TEACHER_DIR and not kd.CLASS_VECTORS:
             raise ConfigError("TRAINER.PROMPTKD.TEACHER_DIR is not set. " + TEACHER_HINT)
-        _allowed("TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", kd.TEACHER_CACHE_DTYPE, tuple(DTYPES))
+        _allowed("TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", kd.TEACHER_CACHE_DTYPE, FORMATS)
         if kd.TEACHER_CACHE_WRITE and not kd.TEACHER_CACHE:
             raise ConfigError("TRAINER.PROMPTKD.TEACHER_CACHE_WRITE needs TRAINER.PROMPTKD.TEACHER_CACHE (the folder).")
 
@@ -128,6 +128,8 @@ class PromptKD(PromptTrainer):
                 self.cache = TeacherCache.create(kd.TEACHER_CACHE, identity, len(self.view_dataset),
                                                  cache_slots(cfg), side.width, kd.TEACHER_CACHE_DTYPE,
                                                  kd.TEACHER_CACHE_SHARD_SIZE, kd.VIEWS_PER_IMAGE)
+                self.cache.check = logit_error_check(self.cache.dtype, self.class_vectors, side.logit_scale,
+                                                     kd.TEMPERATURE, kd.TEACHER_CACHE_MAX_LOGIT_ERROR)
         self.model = PromptKDStudent(visual, logit_scale, class_dim=vectors.width,
                                      n_ctx=kd.N_CTX_VISION, depth=kd.PROMPT_DEPTH_VISION)
         for tower in [self.model] + ([self.teacher] if self.teacher is not None else []):
