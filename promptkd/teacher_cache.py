@@ -45,11 +45,13 @@ FORMAT = "promptkd-teacher-cache/1"
 MANIFEST = "manifest.json"
 DTYPES = {"fp16": np.float16, "fp32": np.float32}
 #: every storage format (TEACHER_CACHE_DTYPE): the embeddings as fp16 / fp32, or int8 with one
-#: fp32 scale per vector (`encode` / `decode`; accepted only within a measured logit error,
-#: `logit_error_check`)
-FORMATS = ("fp16", "fp32", "int8")
+#: fp32 scale per vector, or the teacher's top-k logits (`encode` / `decode`); the compact ones
+#: are accepted only within a measured error (`error_check`)
+FORMATS = ("fp16", "fp32", "int8", "topk")
 #: int8: the largest |component| of a vector maps to 127
 INT8_LEVELS = 127
+#: topk: the identity key holding what its logits depend on (k, classes, temperature, class vectors)
+TOPK_KEY = "topk_scoring"
 # identity key -> how to name it to the user
 IDENTITY_NAMES = {
     "teacher_fingerprint": "teacher weights (fingerprint)",
@@ -62,6 +64,8 @@ IDENTITY_NAMES = {
     "views_per_image": "views per image (TRAINER.PROMPTKD.VIEWS_PER_IMAGE; 0 = a fresh view every epoch)",
     "transform": "train transform (INPUT.SIZE / TRANSFORMS / INTERPOLATION / RRCROP_SCALE / PIXEL_MEAN / PIXEL_STD)",
     "precision": "teacher precision (TRAINER.PROMPTKD.PREC)",
+    TOPK_KEY: "top-k logits (TEACHER_CACHE_DTYPE topk: TEACHER_CACHE_TOPK, classes, TRAINER.PROMPTKD.TEMPERATURE, "
+              "class vectors)",
 }
 # identity keys added later: the value a cache made before them has
 IDENTITY_DEFAULTS = {"views_per_image": 0}
@@ -76,68 +80,113 @@ RESUME_HINT = ("run the same command again: the cache writer resumes where it st
                "(`promptkd cache ...`, or the online run).")
 
 
-def row_dtype(fmt: str, width: int) -> np.dtype:
+def row_dtype(fmt: str, width: int, spec: dict | None = None) -> np.dtype:
     """The numpy dtype of one stored view (a shard is an array of `rows` of them, or for fp16 /
-    fp32 a [rows, width] array of that dtype)."""
+    fp32 a [rows, width] array of that dtype). topk: `spec` = {"k", "classes", ...}: k logits
+    (fp16), their class indices (int16, int32 beyond 32767 classes) and the tail's logit (fp32)."""
     if fmt == "int8":
         return np.dtype([("q", np.int8, (int(width),)), ("scale", np.float32)])
+    if fmt == "topk":
+        k, index = int(spec["k"]), np.int16 if int(spec["classes"]) <= np.iinfo(np.int16).max else np.int32
+        return np.dtype([("v", np.float16, (k,)), ("i", index, (k,)), ("rest", np.float32)])
     return np.dtype(DTYPES[fmt])
 
 
-def bytes_per_view(fmt: str, width: int) -> int:
-    return row_dtype(fmt, width).itemsize * (1 if fmt == "int8" else int(width))
+def bytes_per_view(fmt: str, width: int, spec: dict | None = None) -> int:
+    return row_dtype(fmt, width, spec).itemsize * (int(width) if fmt in DTYPES else 1)
 
 
 def shard_shape(fmt: str, rows: int, width: int) -> tuple:
-    return (int(rows),) if fmt == "int8" else (int(rows), int(width))
+    return (int(rows), int(width)) if fmt in DTYPES else (int(rows),)
 
 
-def encode(fmt: str, values: np.ndarray) -> np.ndarray:
-    """float32 embeddings [B, width] -> stored rows. int8: q = round(e / s), s = max|e| / 127 per
-    vector, so |e_i - s q_i| <= s / 2 for every component."""
-    if fmt != "int8":
+def topk_spec(k: int, classes: int, temperature: float, vectors_id: str) -> dict:
+    """The identity entry of a topk cache (k is capped at the number of classes)."""
+    return {"k": min(int(k), int(classes)), "classes": int(classes), "temperature": float(temperature),
+            "class_vectors": vectors_id}
+
+
+def encode(fmt: str, values: np.ndarray, spec: dict | None = None) -> np.ndarray:
+    """float32 embeddings [B, width] (topk: the teacher's logits [B, classes]) -> stored rows.
+
+    int8: q = round(e / s), s = max|e| / 127 per vector, so |e_i - s q_i| <= s / 2.
+    topk: the k largest logits and their classes; the other C - k classes share the rest of the
+    teacher's probability mass at temperature T uniformly, which one logit `rest` for all of
+    them gives: (C - k) exp(rest / T) = sum of exp(l_j / T) over the other classes."""
+    if fmt in DTYPES:
         return values.astype(DTYPES[fmt])
-    out = np.zeros(len(values), row_dtype(fmt, values.shape[1]))
-    peak = np.abs(values).max(axis=1)
-    scale = np.where(peak > 0, peak / INT8_LEVELS, 1.0).astype(np.float32)
-    out["q"] = np.clip(np.rint(values / scale[:, None]), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
-    out["scale"] = scale
+    out = np.zeros(len(values), row_dtype(fmt, values.shape[1], spec))
+    if fmt == "int8":
+        peak = np.abs(values).max(axis=1)
+        scale = np.where(peak > 0, peak / INT8_LEVELS, 1.0).astype(np.float32)
+        out["q"] = np.clip(np.rint(values / scale[:, None]), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
+        out["scale"] = scale
+        return out
+    k, T, C = spec["k"], spec["temperature"], values.shape[1]
+    t = torch.from_numpy(values).double()
+    top = t.topk(k, dim=1)
+    out["v"], out["i"] = top.values.numpy().astype(np.float16), top.indices.numpy()
+    if k < C:
+        rest = (t / T).scatter(1, top.indices, float("-inf")).logsumexp(1)
+        out["rest"] = (T * (rest - np.log(C - k))).numpy()
     return out
 
 
-def decode(fmt: str, rows: np.ndarray) -> np.ndarray:
-    """Stored rows -> float32 embeddings [B, width]."""
-    if fmt != "int8":
+def decode(fmt: str, rows: np.ndarray, spec: dict | None = None) -> np.ndarray:
+    """Stored rows -> float32 embeddings [B, width] (topk: logits [B, classes], the tail's
+    classes all at `rest`)."""
+    if fmt in DTYPES:
         return rows.astype(np.float32)
-    return rows["q"].astype(np.float32) * rows["scale"][:, None].astype(np.float32)
+    if fmt == "int8":
+        return rows["q"].astype(np.float32) * rows["scale"][:, None].astype(np.float32)
+    out = np.repeat(rows["rest"].astype(np.float32)[:, None], int(spec["classes"]), axis=1)
+    np.put_along_axis(out, rows["i"].astype(np.int64), rows["v"].astype(np.float32), axis=1)
+    return out
 
 
-def logit_error_check(fmt: str, vectors: torch.Tensor, logit_scale: float, temperature: float, bound: float):
-    """For a compact format (int8): a check that `TeacherCache.add` runs on every batch it stores,
-    refusing the format when its measured error of the teacher's softmax input, max over views
-    and classes of |Δlogit| / T (logit = exp(logit scale) · e · v against the run's class
-    vectors), exceeds `bound` (TRAINER.PROMPTKD.TEACHER_CACHE_MAX_LOGIT_ERROR). None for fp16 /
-    fp32, which are kept as they are."""
+def error_check(fmt: str, vectors: torch.Tensor, logit_scale: float, temperature: float, bound: float,
+                mass_bound: float, spec: dict | None = None):
+    """For a compact format: a check that `TeacherCache.add` runs on every batch it stores,
+    refusing the format when its measured error exceeds the stated bound. int8: max over views
+    and classes of |Δlogit| / T against the run's class vectors (logit = exp(logit scale) e · v)
+    <= `bound` (TEACHER_CACHE_MAX_LOGIT_ERROR). topk: the stored logits' |Δlogit| / T <= `bound`
+    too, and ||p_topk - p||_1 of the teacher's distribution at T (what sets the KD gradient's
+    error) <= `mass_bound` (TEACHER_CACHE_MAX_PROB_ERROR). None for fp16 / fp32, kept as they are."""
     if fmt in DTYPES:
         return None
     v = vectors.detach().to("cpu", torch.float32)
-    factor = float(np.exp(logit_scale)) / float(temperature)
+    factor = float(np.exp(logit_scale))
+    fix = ("store fp16 (TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE fp16), or raise the bound knowingly "
+           "(docs/teacher_cache.md, Compact formats).")
 
     def check(original: np.ndarray, stored: np.ndarray) -> float:
-        delta = torch.from_numpy(decode(fmt, stored) - original) @ v.t()
-        error = float(delta.abs().max()) * factor if len(delta) else 0.0
+        if not len(original):
+            return 0.0
+        if fmt == "int8":
+            error = float((torch.from_numpy(decode(fmt, stored) - original) @ v.t()).abs().max()) * factor / temperature
+        else:
+            logits = torch.from_numpy(original)
+            error = float((torch.from_numpy(stored["v"].astype(np.float32))
+                           - logits.gather(1, torch.from_numpy(stored["i"].astype(np.int64)))).abs().max()) / temperature
+            p = torch.softmax(logits.double() / temperature, 1)
+            q = torch.softmax(torch.from_numpy(decode(fmt, stored, spec)).double() / temperature, 1)
+            mass = float((q - p).abs().sum(1).max())
+            if mass > mass_bound:
+                raise ConfigError(
+                    f"The topk teacher cache (k = {spec['k']}) moves the teacher's distribution by ||dp||_1 up to "
+                    f"{mass:.4f} on these views, more than TRAINER.PROMPTKD.TEACHER_CACHE_MAX_PROB_ERROR "
+                    f"{mass_bound:g}: too much of it is outside the top {spec['k']}. Raise "
+                    f"TRAINER.PROMPTKD.TEACHER_CACHE_TOPK, or " + fix)
         if error > bound:
             raise ConfigError(
                 f"The {fmt} teacher cache moves the teacher's logits / T by up to {error:.4f} on these views, more "
-                f"than TRAINER.PROMPTKD.TEACHER_CACHE_MAX_LOGIT_ERROR {bound:g}: this teacher's embeddings are "
-                f"too peaked for {fmt}. Store fp16 (TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE fp16), or raise the "
-                "bound knowingly (docs/teacher_cache.md, Compact formats).")
+                f"than TRAINER.PROMPTKD.TEACHER_CACHE_MAX_LOGIT_ERROR {bound:g}: " + fix)
         return error
     return check
 
 
-def estimate_bytes(n_images: int, epochs: int, width: int, dtype: str) -> int:
-    return int(n_images) * int(epochs) * bytes_per_view(dtype, width)
+def estimate_bytes(n_images: int, epochs: int, width: int, dtype: str, spec: dict | None = None) -> int:
+    return int(n_images) * int(epochs) * bytes_per_view(dtype, width, spec)
 
 
 def _differences(stored: dict, wanted: dict) -> list[str]:
@@ -165,6 +214,12 @@ class TeacherCache:
         self.dtype = manifest["dtype"]
         self.shard_size = int(manifest["shard_size"])
         self.views_per_image = int(manifest.get("views_per_image", 0))
+        #: topk: what its logits depend on (k, classes, temperature, class vectors); else None
+        self.spec = manifest["identity"].get(TOPK_KEY) if self.dtype == "topk" else None
+        #: lookup gives the teacher's logits [B, classes] (topk), not embeddings [B, width]
+        self.gives_logits = self.dtype == "topk"
+        #: topk, writing: embeddings [B, width] (numpy) -> the teacher's logits [B, classes]
+        self.scorer = None
         self._buffers: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._maps: dict[str, np.ndarray] = {}
         #: compact formats: a check(original, stored) run on every batch `add` stores
@@ -203,6 +258,9 @@ class TeacherCache:
         `epochs` is the number of slots: the run's epochs, or views_per_image when that is > 0."""
         if dtype not in FORMATS:
             raise ConfigError(f"teacher cache dtype '{dtype}': use one of {', '.join(FORMATS)}.")
+        spec = identity.get(TOPK_KEY)
+        if dtype == "topk" and not spec:
+            raise ValueError(f"a topk teacher cache needs identity[{TOPK_KEY!r}] (topk_spec).")
         if shard_size < 1:
             raise ConfigError(f"teacher cache shard size must be >= 1, got {shard_size}.")
         os.makedirs(directory, exist_ok=True)
@@ -229,8 +287,8 @@ class TeacherCache:
                 cache = cls(directory, manifest)
         left = len(cache.missing_shards(range(cache.epochs)))
         need = sum(cache.shard_rows(s) for _, s in cache.missing_shards(range(cache.epochs))) \
-            * bytes_per_view(dtype, width)
-        total = estimate_bytes(n_images, epochs, width, dtype)
+            * bytes_per_view(dtype, width, spec)
+        total = estimate_bytes(n_images, epochs, width, dtype, spec)
         free = shutil.disk_usage(directory).free
         logger.info("Teacher cache %s: %d views (%d images x %d %s) x %d x %s = %s in all; %d of %d shards "
                     "to write (%s), %s free on the disk.", directory, n_images * epochs, n_images, epochs,
@@ -296,7 +354,11 @@ class TeacherCache:
         original = embeddings.detach().to("cpu", torch.float32).numpy()
         if original.shape[1:] != (self.width,):
             raise ValueError(f"embeddings of width {original.shape[1:]} for a cache of width {self.width}.")
-        values = encode(self.dtype, original)
+        if self.dtype == "topk":
+            if self.scorer is None:
+                raise ValueError("a topk teacher cache needs its scorer (the teacher's logits) to store views.")
+            original = self.scorer(original)
+        values = encode(self.dtype, original, self.spec)
         if self.check is not None:
             self.max_error = max(self.max_error, self.check(original, values))
         touched = set()
@@ -307,7 +369,8 @@ class TeacherCache:
             if (e, start) not in self._buffers:
                 rows = self.shard_rows(start)
                 self._buffers[(e, start)] = (np.zeros(shard_shape(self.dtype, rows, self.width),
-                                                      row_dtype(self.dtype, self.width)), np.zeros(rows, bool))
+                                                      row_dtype(self.dtype, self.width, self.spec)),
+                                             np.zeros(rows, bool))
             buf, filled = self._buffers[(e, start)]
             buf[i - start], filled[i - start] = v, True
             touched.add((e, start))
@@ -333,8 +396,8 @@ class TeacherCache:
     # --- reading -----------------------------------------------------------------------------
     def lookup(self, epochs, indices) -> torch.Tensor:
         """Embeddings [B, width] (float32) of views (epochs[b], indices[b])."""
-        out = np.empty((len(indices), self.width), np.float32)
-        one = row_dtype(self.dtype, self.width) if self.dtype == "int8" else None
+        out = np.empty((len(indices), int(self.spec["classes"]) if self.gives_logits else self.width), np.float32)
+        one = None if self.dtype in DTYPES else row_dtype(self.dtype, self.width, self.spec)
         for b, (e, i) in enumerate(zip(_ints(epochs), _ints(indices))):
             if not (0 <= e < self.epochs and 0 <= i < self.n_images):
                 what = f"view {e}" if self.views_per_image else f"epoch {e + 1}"
@@ -347,7 +410,7 @@ class TeacherCache:
                 row = buf[0][i - start]
             else:
                 row = self._shard(e, start)[i - start]
-            out[b] = row if one is None else decode(self.dtype, np.array([row], one))[0]
+            out[b] = row if one is None else decode(self.dtype, np.array([row], one), self.spec)[0]
         return torch.from_numpy(out)
 
     def _shard(self, epoch: int, start: int) -> np.ndarray:
@@ -362,7 +425,8 @@ class TeacherCache:
                     f"shards are written. {WRITE_HINT}")
             path = os.path.join(self.directory, name)
             values = load_npy(path, what="teacher cache shard (.npy)", fix=DAMAGED_HINT, mmap_mode="r")
-            shape, dtype = shard_shape(self.dtype, self.shard_rows(start), self.width), row_dtype(self.dtype, self.width)
+            shape = shard_shape(self.dtype, self.shard_rows(start), self.width)
+            dtype = row_dtype(self.dtype, self.width, self.spec)
             if values.shape != shape or values.dtype != dtype:
                 raise DataError(f"Teacher cache shard {path} holds {values.dtype} {values.shape}, expected "
                                 f"{dtype} {shape}. "

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from promptkd.teacher_cache import TOPK_KEY, topk_spec
 from promptkd.trainers.data import UNREADABLE, collate_checked
 
 logger = logging.getLogger("promptkd")
@@ -42,13 +43,24 @@ def image_list_id(cfg, data_source) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_identity(cfg, side, data_source, view_dataset, precision: str) -> dict:
-    """What a cached embedding depends on (compared key by key before reading or resuming)."""
-    return {"teacher_fingerprint": side.fingerprint, "teacher_export": teacher_export_id(side),
+def class_vectors_id(vectors) -> str:
+    t = torch.as_tensor(vectors).detach().to("cpu", torch.float32).contiguous()
+    return hashlib.sha256(str(tuple(t.shape)).encode() + t.numpy().tobytes()).hexdigest()[:16]
+
+
+def cache_identity(cfg, side, data_source, view_dataset, precision: str, vectors=None) -> dict:
+    """What a cached embedding depends on (compared key by key before reading or resuming).
+    A topk cache (TEACHER_CACHE_DTYPE topk) stores logits, so it depends on k, the class
+    vectors and the temperature too."""
+    identity = {"teacher_fingerprint": side.fingerprint, "teacher_export": teacher_export_id(side),
             "width": int(side.width), "dataset": cfg.DATASET.NAME, "n_images": len(data_source),
             "image_list": image_list_id(cfg, data_source), "view_seed": view_dataset.view_seed,
             "transform": view_dataset.description, "precision": precision,
             "views_per_image": view_dataset.views_per_image}
+    kd = cfg.TRAINER.PROMPTKD
+    if kd.TEACHER_CACHE_DTYPE == "topk":
+        identity[TOPK_KEY] = topk_spec(kd.TEACHER_CACHE_TOPK, len(vectors), kd.TEMPERATURE, class_vectors_id(vectors))
+    return identity
 
 
 def writer_batch_size(cfg) -> int:

@@ -186,7 +186,12 @@ def extend_cfg(cfg):
     # (a quarter of fp32 + 4 B per view: one scale per vector; accepted only while its measured
     # error of the teacher's logits / T stays within TEACHER_CACHE_MAX_LOGIT_ERROR).
     cfg.TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE = "fp16"
+    # | topk (the teacher's TEACHER_CACHE_TOPK largest logits + classes, the rest of its mass
+    # spread uniformly over the other classes; depends on the class vectors and TEMPERATURE, and
+    # is accepted only while its measured ||dp||_1 stays within TEACHER_CACHE_MAX_PROB_ERROR).
     cfg.TRAINER.PROMPTKD.TEACHER_CACHE_MAX_LOGIT_ERROR = 0.1
+    cfg.TRAINER.PROMPTKD.TEACHER_CACHE_TOPK = 10
+    cfg.TRAINER.PROMPTKD.TEACHER_CACHE_MAX_PROB_ERROR = 0.1
     # Views per cache shard file (one epoch, consecutive images).
     cfg.TRAINER.PROMPTKD.TEACHER_CACHE_SHARD_SIZE = 4096
     # Teacher batch size of the cache writer; 0 = 4 x DATALOADER.TRAIN_X.BATCH_SIZE.

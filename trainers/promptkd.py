@@ -32,7 +32,7 @@ from promptkd.image_inputs import TowerInput
 from promptkd.losses import kd_loss
 from promptkd.predictor import PredictorRecord, reference_tower
 from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student, teacher_logits
-from promptkd.teacher_cache import FORMATS, TeacherCache, logit_error_check
+from promptkd.teacher_cache import FORMATS, TeacherCache, error_check
 from promptkd.trainers.base import PromptTrainer, _allowed
 from promptkd.trainers.config import grad_checkpoint_towers, kd_weight
 from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predictor
@@ -65,6 +65,8 @@ class PromptKD(PromptTrainer):
         if not kd.TEACHER_DIR and not kd.CLASS_VECTORS:
             raise ConfigError("TRAINER.PROMPTKD.TEACHER_DIR is not set. " + TEACHER_HINT)
         _allowed("TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", kd.TEACHER_CACHE_DTYPE, FORMATS)
+        if kd.TEACHER_CACHE_TOPK < 1:
+            raise ConfigError(f"TRAINER.PROMPTKD.TEACHER_CACHE_TOPK must be >= 1, got {kd.TEACHER_CACHE_TOPK}.")
         if kd.TEACHER_CACHE_WRITE and not kd.TEACHER_CACHE:
             raise ConfigError("TRAINER.PROMPTKD.TEACHER_CACHE_WRITE needs TRAINER.PROMPTKD.TEACHER_CACHE (the folder).")
 
@@ -110,7 +112,8 @@ class PromptKD(PromptTrainer):
         self.cached_in_epoch = 0  # TEACHER_CACHE_WRITE: views this epoch's steps added to the cache
         self.teacher_logit_scale = torch.tensor(side.logit_scale, dtype=torch.float32, device=self.device)
         if kd.TEACHER_CACHE:
-            identity = cache_identity(cfg, side, self.dm.dataset.train_x, self.view_dataset, self.prec)
+            identity = cache_identity(cfg, side, self.dm.dataset.train_x, self.view_dataset, self.prec,
+                                      self.class_vectors)
         if kd.TEACHER_CACHE and not kd.TEACHER_CACHE_WRITE:
             self.cache = TeacherCache.open(kd.TEACHER_CACHE, identity, cache_slots(cfg))
             logger.info("Teacher: embeddings read from the cache %s; the teacher image tower is not built "
@@ -128,8 +131,12 @@ class PromptKD(PromptTrainer):
                 self.cache = TeacherCache.create(kd.TEACHER_CACHE, identity, len(self.view_dataset),
                                                  cache_slots(cfg), side.width, kd.TEACHER_CACHE_DTYPE,
                                                  kd.TEACHER_CACHE_SHARD_SIZE, kd.VIEWS_PER_IMAGE)
-                self.cache.check = logit_error_check(self.cache.dtype, self.class_vectors, side.logit_scale,
-                                                     kd.TEMPERATURE, kd.TEACHER_CACHE_MAX_LOGIT_ERROR)
+                self.cache.check = error_check(self.cache.dtype, self.class_vectors, side.logit_scale,
+                                               kd.TEMPERATURE, kd.TEACHER_CACHE_MAX_LOGIT_ERROR,
+                                               kd.TEACHER_CACHE_MAX_PROB_ERROR, self.cache.spec)
+                if self.cache.gives_logits:  # topk: the cache stores the teacher's logits of each view
+                    scale, cpu_vectors = self.teacher_logit_scale.cpu(), self.class_vectors.cpu()
+                    self.cache.scorer = lambda e: teacher_logits(torch.from_numpy(e), scale, cpu_vectors).numpy()
         self.model = PromptKDStudent(visual, logit_scale, class_dim=vectors.width,
                                      n_ctx=kd.N_CTX_VISION, depth=kd.PROMPT_DEPTH_VISION)
         for tower in [self.model] + ([self.teacher] if self.teacher is not None else []):
@@ -151,36 +158,43 @@ class PromptKD(PromptTrainer):
     def forward_backward(self, batch):
         images = batch["img"].to(self.device)  # labels are never read
         with self.autocast():
+            t_logits = None  # the teacher's logits, where a topk cache gives them directly
             if self.teacher is None:  # from the cache: the views of (epoch, index)
                 embeddings = self.cache.lookup(batch["view"], batch["index"]).to(self.device)
+                if self.cache.gives_logits:
+                    t_logits = embeddings
             elif self.cache is not None and self.view_dataset.views_per_image:
-                embeddings = self.bank_embed(batch, images)
+                embeddings, t_logits = self.bank_embed(batch, images)
             else:
                 embeddings = self.teacher.embed(images)
                 if self.cache is not None:
                     self.cache_views(batch["epoch"], batch["index"], embeddings)
             student_logits = self.train_model(images, self.class_vectors)  # DDP wrapper under torchrun
         # Both sides' logits and the loss are fp32, outside autocast (promptkd.precision).
-        t_logits = teacher_logits(embeddings, self.teacher_logit_scale, self.class_vectors)
+        if t_logits is None:
+            t_logits = teacher_logits(embeddings, self.teacher_logit_scale, self.class_vectors)
         loss = kd_loss(student_logits, t_logits, self.tcfg.TEMPERATURE, self.kd_weight)
         self.backward_and_step(loss)
         return {"kd_loss": loss.item()}
 
     def bank_embed(self, batch, images):
         """TEACHER_CACHE_WRITE with a view bank: the teacher embeds only the views of this batch
-        that are not stored yet (and stores them); the others are read back from the cache."""
+        that are not stored yet (and stores them); the others are read back from the cache.
+        Returns (embeddings, None), or for a topk cache (None, the teacher's logits)."""
         views, indices = batch["view"].tolist(), batch["index"].tolist()
         new = [b for b, (v, i) in enumerate(zip(views, indices)) if not self.cache.has(v, i)]
-        out = torch.empty(len(indices), self.cache.width, dtype=torch.float32, device=self.device)
+        logits = self.cache.gives_logits
+        out = torch.empty(len(indices), self.class_vectors.shape[0] if logits else self.cache.width,
+                          dtype=torch.float32, device=self.device)
         fresh = self.teacher.embed(images[new]) if new else None
         self.cache_views(torch.tensor([views[b] for b in new], dtype=torch.long),
                          torch.tensor([indices[b] for b in new], dtype=torch.long), fresh)
         old = [b for b in range(len(indices)) if b not in set(new)]
         if new:
-            out[new] = fresh.float()
+            out[new] = teacher_logits(fresh, self.teacher_logit_scale, self.class_vectors) if logits else fresh.float()
         if old:
             out[old] = self.cache.lookup([views[b] for b in old], [indices[b] for b in old]).to(self.device)
-        return out
+        return (None, out) if logits else (out, None)
 
     def cache_views(self, epochs, indices, embeddings):
         """TEACHER_CACHE_WRITE: keep the teacher's embeddings of this step's views. Under DDP
