@@ -191,3 +191,20 @@ def test_a_resumed_run_gives_the_uninterrupted_student_and_cache(setup, online_k
         <= FP32_ACROSS_BATCH_SIZES
     init = learnable(make_trainer(args(setup, str(tmp_path / "init"))))
     assert relative_distance(learnable(resumed), online_k2["weights"], init) <= FP32_STUDENT_SHARE
+
+
+def test_benchmark_reports_the_total_teacher_cost_per_k(tmp_path, capsys):
+    import importlib.util
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("teacher_cache_benchmark",
+                                                  os.path.join(root, "benchmarks", "teacher_cache.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(["--tiny", "--cost-only", "--repeats", "1", "--warmup", "0", "--write-batch", "4",
+                         "--cache-images", "16", "--sample-images", "50", "--images", "1000"])
+    rows = {r["K"]: r for r in report["total_cost"]["banks"]}
+    assert rows[0]["teacher_forwards"] == 20 * 1000 and rows[4]["teacher_forwards"] == 4 * 1000
+    assert rows[4]["reduction"] == 5.0 and rows[8]["teacher_seconds"] > 0
+    sizes = report["total_cost"]["bytes_per_view"]
+    assert sizes["fp32"] > sizes["fp16"] > sizes["int8"] > sizes["topk10"] > 0
+    assert "total teacher cost of a 20-epoch distillation" in capsys.readouterr().out
