@@ -12,6 +12,12 @@ On disk, one folder:
                             float16 (default) or float32, written to a temp file, fsynced and
                             renamed, then listed in the manifest (a half-written shard is never
                             listed, so never read)
+    v000-00000000.npy ...   with a view bank (views_per_image K > 0): shard = view v of each
+                            image, v in [0, K), whatever the number of epochs
+
+The cache's "slots" are its epochs (K = 0: one view per epoch and image) or the K views of
+each image; `lookup`, `add` and `plan` take slot numbers (`promptkd.views.view_number` maps an
+epoch to an image's view).
 
 `TeacherCache.create` starts or resumes a cache (refusing other settings, or a disk that cannot
 hold what is left); `add` takes embeddings of views in any order and writes each shard as soon
@@ -38,6 +44,14 @@ logger = logging.getLogger("promptkd")
 FORMAT = "promptkd-teacher-cache/1"
 MANIFEST = "manifest.json"
 DTYPES = {"fp16": np.float16, "fp32": np.float32}
+#: every storage format (TEACHER_CACHE_DTYPE): the embeddings as fp16 / fp32, or int8 with one
+#: fp32 scale per vector, or the teacher's top-k logits (`encode` / `decode`); the compact ones
+#: are accepted only within a measured error (`error_check`)
+FORMATS = ("fp16", "fp32", "int8", "topk")
+#: int8: the largest |component| of a vector maps to 127
+INT8_LEVELS = 127
+#: topk: the identity key holding what its logits depend on (k, classes, temperature, class vectors)
+TOPK_KEY = "topk_scoring"
 # identity key -> how to name it to the user
 IDENTITY_NAMES = {
     "teacher_fingerprint": "teacher weights (fingerprint)",
@@ -47,9 +61,14 @@ IDENTITY_NAMES = {
     "n_images": "number of train images",
     "image_list": "train image list (hash of the paths; DATASET.NUM_SHOTS / SUBSAMPLE_CLASSES / split)",
     "view_seed": "view seed (TRAINER.PROMPTKD.VIEW_SEED, default: --seed)",
+    "views_per_image": "views per image (TRAINER.PROMPTKD.VIEWS_PER_IMAGE; 0 = a fresh view every epoch)",
     "transform": "train transform (INPUT.SIZE / TRANSFORMS / INTERPOLATION / RRCROP_SCALE / PIXEL_MEAN / PIXEL_STD)",
     "precision": "teacher precision (TRAINER.PROMPTKD.PREC)",
+    TOPK_KEY: "top-k logits (TEACHER_CACHE_DTYPE topk: TEACHER_CACHE_TOPK, classes, TRAINER.PROMPTKD.TEMPERATURE, "
+              "class vectors)",
 }
+# identity keys added later: the value a cache made before them has
+IDENTITY_DEFAULTS = {"views_per_image": 0}
 WRITE_HINT = ("Write it with `promptkd cache <the student run's train.py arguments>` "
               "(it resumes where it stopped), or fill it from an online run with "
               "TRAINER.PROMPTKD.TEACHER_CACHE_WRITE True.")
@@ -61,14 +80,119 @@ RESUME_HINT = ("run the same command again: the cache writer resumes where it st
                "(`promptkd cache ...`, or the online run).")
 
 
-def estimate_bytes(n_images: int, epochs: int, width: int, dtype: str) -> int:
-    return int(n_images) * int(epochs) * int(width) * np.dtype(DTYPES[dtype]).itemsize
+def row_dtype(fmt: str, width: int, spec: dict | None = None) -> np.dtype:
+    """The numpy dtype of one stored view (a shard is an array of `rows` of them, or for fp16 /
+    fp32 a [rows, width] array of that dtype). topk: `spec` = {"k", "classes", ...}: k logits
+    (fp16), their class indices (int16, int32 beyond 32767 classes) and the tail's logit (fp32)."""
+    if fmt == "int8":
+        return np.dtype([("q", np.int8, (int(width),)), ("scale", np.float32)])
+    if fmt == "topk":
+        k, index = int(spec["k"]), np.int16 if int(spec["classes"]) <= np.iinfo(np.int16).max else np.int32
+        return np.dtype([("v", np.float16, (k,)), ("i", index, (k,)), ("rest", np.float32)])
+    return np.dtype(DTYPES[fmt])
+
+
+def bytes_per_view(fmt: str, width: int, spec: dict | None = None) -> int:
+    return row_dtype(fmt, width, spec).itemsize * (int(width) if fmt in DTYPES else 1)
+
+
+def shard_shape(fmt: str, rows: int, width: int) -> tuple:
+    return (int(rows), int(width)) if fmt in DTYPES else (int(rows),)
+
+
+def topk_spec(k: int, classes: int, temperature: float, vectors_id: str) -> dict:
+    """The identity entry of a topk cache (k is capped at the number of classes)."""
+    return {"k": min(int(k), int(classes)), "classes": int(classes), "temperature": float(temperature),
+            "class_vectors": vectors_id}
+
+
+def encode(fmt: str, values: np.ndarray, spec: dict | None = None) -> np.ndarray:
+    """float32 embeddings [B, width] (topk: the teacher's logits [B, classes]) -> stored rows.
+
+    int8: q = round(e / s), s = max|e| / 127 per vector, so |e_i - s q_i| <= s / 2.
+    topk: the k largest logits and their classes; the other C - k classes share the rest of the
+    teacher's probability mass at temperature T uniformly, which one logit `rest` for all of
+    them gives: (C - k) exp(rest / T) = sum of exp(l_j / T) over the other classes."""
+    if fmt in DTYPES:
+        return values.astype(DTYPES[fmt])
+    out = np.zeros(len(values), row_dtype(fmt, values.shape[1], spec))
+    if fmt == "int8":
+        peak = np.abs(values).max(axis=1)
+        scale = np.where(peak > 0, peak / INT8_LEVELS, 1.0).astype(np.float32)
+        out["q"] = np.clip(np.rint(values / scale[:, None]), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
+        out["scale"] = scale
+        return out
+    k, T, C = spec["k"], spec["temperature"], values.shape[1]
+    t = torch.from_numpy(values).double()
+    top = t.topk(k, dim=1)
+    out["v"], out["i"] = top.values.numpy().astype(np.float16), top.indices.numpy()
+    if k < C:
+        rest = (t / T).scatter(1, top.indices, float("-inf")).logsumexp(1)
+        out["rest"] = (T * (rest - np.log(C - k))).numpy()
+    return out
+
+
+def decode(fmt: str, rows: np.ndarray, spec: dict | None = None) -> np.ndarray:
+    """Stored rows -> float32 embeddings [B, width] (topk: logits [B, classes], the tail's
+    classes all at `rest`)."""
+    if fmt in DTYPES:
+        return rows.astype(np.float32)
+    if fmt == "int8":
+        return rows["q"].astype(np.float32) * rows["scale"][:, None].astype(np.float32)
+    out = np.repeat(rows["rest"].astype(np.float32)[:, None], int(spec["classes"]), axis=1)
+    np.put_along_axis(out, rows["i"].astype(np.int64), rows["v"].astype(np.float32), axis=1)
+    return out
+
+
+def error_check(fmt: str, vectors: torch.Tensor, logit_scale: float, temperature: float, bound: float,
+                mass_bound: float, spec: dict | None = None):
+    """For a compact format: a check that `TeacherCache.add` runs on every batch it stores,
+    refusing the format when its measured error exceeds the stated bound. int8: max over views
+    and classes of |Δlogit| / T against the run's class vectors (logit = exp(logit scale) e · v)
+    <= `bound` (TEACHER_CACHE_MAX_LOGIT_ERROR). topk: the stored logits' |Δlogit| / T <= `bound`
+    too, and ||p_topk - p||_1 of the teacher's distribution at T (what sets the KD gradient's
+    error) <= `mass_bound` (TEACHER_CACHE_MAX_PROB_ERROR). None for fp16 / fp32, kept as they are."""
+    if fmt in DTYPES:
+        return None
+    v = vectors.detach().to("cpu", torch.float32)
+    factor = float(np.exp(logit_scale))
+    fix = ("store fp16 (TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE fp16), or raise the bound knowingly "
+           "(docs/teacher_cache.md, Compact formats).")
+
+    def check(original: np.ndarray, stored: np.ndarray) -> float:
+        if not len(original):
+            return 0.0
+        if fmt == "int8":
+            error = float((torch.from_numpy(decode(fmt, stored) - original) @ v.t()).abs().max()) * factor / temperature
+        else:
+            logits = torch.from_numpy(original)
+            error = float((torch.from_numpy(stored["v"].astype(np.float32))
+                           - logits.gather(1, torch.from_numpy(stored["i"].astype(np.int64)))).abs().max()) / temperature
+            p = torch.softmax(logits.double() / temperature, 1)
+            q = torch.softmax(torch.from_numpy(decode(fmt, stored, spec)).double() / temperature, 1)
+            mass = float((q - p).abs().sum(1).max())
+            if mass > mass_bound:
+                raise ConfigError(
+                    f"The topk teacher cache (k = {spec['k']}) moves the teacher's distribution by ||dp||_1 up to "
+                    f"{mass:.4f} on these views, more than TRAINER.PROMPTKD.TEACHER_CACHE_MAX_PROB_ERROR "
+                    f"{mass_bound:g}: too much of it is outside the top {spec['k']}. Raise "
+                    f"TRAINER.PROMPTKD.TEACHER_CACHE_TOPK, or " + fix)
+        if error > bound:
+            raise ConfigError(
+                f"The {fmt} teacher cache moves the teacher's logits / T by up to {error:.4f} on these views, more "
+                f"than TRAINER.PROMPTKD.TEACHER_CACHE_MAX_LOGIT_ERROR {bound:g}: " + fix)
+        return error
+    return check
+
+
+def estimate_bytes(n_images: int, epochs: int, width: int, dtype: str, spec: dict | None = None) -> int:
+    return int(n_images) * int(epochs) * bytes_per_view(dtype, width, spec)
 
 
 def _differences(stored: dict, wanted: dict) -> list[str]:
     out = []
     for key in sorted(set(stored) | set(wanted), key=lambda k: list(IDENTITY_NAMES).index(k) if k in IDENTITY_NAMES else 99):
-        a, b = stored.get(key), wanted.get(key)
+        a, b = stored.get(key, IDENTITY_DEFAULTS.get(key)), wanted.get(key, IDENTITY_DEFAULTS.get(key))
         if a != b:
             name = IDENTITY_NAMES.get(key, key)
             if isinstance(a, list) or isinstance(b, list):
@@ -89,15 +213,26 @@ class TeacherCache:
         self.width = int(manifest["width"])
         self.dtype = manifest["dtype"]
         self.shard_size = int(manifest["shard_size"])
+        self.views_per_image = int(manifest.get("views_per_image", 0))
+        #: topk: what its logits depend on (k, classes, temperature, class vectors); else None
+        self.spec = manifest["identity"].get(TOPK_KEY) if self.dtype == "topk" else None
+        #: lookup gives the teacher's logits [B, classes] (topk), not embeddings [B, width]
+        self.gives_logits = self.dtype == "topk"
+        #: topk, writing: embeddings [B, width] (numpy) -> the teacher's logits [B, classes]
+        self.scorer = None
         self._buffers: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._maps: dict[str, np.ndarray] = {}
+        #: compact formats: a check(original, stored) run on every batch `add` stores
+        #: (`logit_error_check`); the largest error it measured
+        self.check = None
+        self.max_error = 0.0
 
     # --- layout ------------------------------------------------------------------------------
     def shard_starts(self) -> range:
         return range(0, self.n_images, self.shard_size)
 
     def shard_name(self, epoch: int, start: int) -> str:
-        return f"e{epoch:03d}-{start:08d}.npy"
+        return f"{'v' if self.views_per_image else 'e'}{epoch:03d}-{start:08d}.npy"
 
     def shard_rows(self, start: int) -> int:
         return min(self.shard_size, self.n_images - start)
@@ -118,10 +253,14 @@ class TeacherCache:
     # --- creating / opening ------------------------------------------------------------------
     @classmethod
     def create(cls, directory: str, identity: dict, n_images: int, epochs: int, width: int,
-               dtype: str = "fp16", shard_size: int = 4096) -> "TeacherCache":
-        """Start a cache in `directory`, or resume the one there (same settings only)."""
-        if dtype not in DTYPES:
-            raise ConfigError(f"teacher cache dtype '{dtype}': use one of {', '.join(DTYPES)}.")
+               dtype: str = "fp16", shard_size: int = 4096, views_per_image: int = 0) -> "TeacherCache":
+        """Start a cache in `directory`, or resume the one there (same settings only).
+        `epochs` is the number of slots: the run's epochs, or views_per_image when that is > 0."""
+        if dtype not in FORMATS:
+            raise ConfigError(f"teacher cache dtype '{dtype}': use one of {', '.join(FORMATS)}.")
+        spec = identity.get(TOPK_KEY)
+        if dtype == "topk" and not spec:
+            raise ValueError(f"a topk teacher cache needs identity[{TOPK_KEY!r}] (topk_spec).")
         if shard_size < 1:
             raise ConfigError(f"teacher cache shard size must be >= 1, got {shard_size}.")
         os.makedirs(directory, exist_ok=True)
@@ -142,16 +281,18 @@ class TeacherCache:
                 manifest = {"format": FORMAT, "identity": identity, "n_images": int(n_images),
                             "epochs": int(epochs), "width": int(width), "dtype": dtype,
                             "shard_size": int(shard_size), "shards": {}}
+                if views_per_image:
+                    manifest["views_per_image"] = int(views_per_image)
                 _write_manifest(directory, manifest)
                 cache = cls(directory, manifest)
         left = len(cache.missing_shards(range(cache.epochs)))
-        need = sum(cache.shard_rows(s) for _, s in cache.missing_shards(range(cache.epochs))) * width \
-            * np.dtype(DTYPES[dtype]).itemsize
-        total = estimate_bytes(n_images, epochs, width, dtype)
+        need = sum(cache.shard_rows(s) for _, s in cache.missing_shards(range(cache.epochs))) \
+            * bytes_per_view(dtype, width, spec)
+        total = estimate_bytes(n_images, epochs, width, dtype, spec)
         free = shutil.disk_usage(directory).free
-        logger.info("Teacher cache %s: %d views (%d images x %d epochs) x %d x %s = %s in all; %d of %d shards "
-                    "to write (%s), %s free on the disk.", directory, n_images * epochs, n_images, epochs, width,
-                    dtype, _human(total), left, cache.n_shards(), _human(need), _human(free))
+        logger.info("Teacher cache %s: %d views (%d images x %d %s) x %d x %s = %s in all; %d of %d shards "
+                    "to write (%s), %s free on the disk.", directory, n_images * epochs, n_images, epochs,
+                    "views each" if cache.views_per_image else "epochs", width, dtype, _human(total), left, cache.n_shards(), _human(need), _human(free))
         if need > free:
             raise DataError(f"The teacher cache needs {_human(need)} more in {directory} but the disk has only "
                             f"{_human(free)} free. Free space, choose another TRAINER.PROMPTKD.TEACHER_CACHE folder, "
@@ -194,26 +335,52 @@ class TeacherCache:
             batches += [[(e, i) for i in todo[k:k + batch_size]] for k in range(0, len(todo), batch_size)]
         return batches
 
-    def add(self, epochs, indices, embeddings: torch.Tensor) -> None:
-        """Store embeddings [B, width] of views (epochs[b], indices[b]); write finished shards."""
-        values = embeddings.detach().to("cpu", torch.float32).numpy().astype(DTYPES[self.dtype])
-        if values.shape[1:] != (self.width,):
-            raise ValueError(f"embeddings of width {values.shape[1:]} for a cache of width {self.width}.")
+    def has(self, slot: int, index: int) -> bool:
+        """Whether view (slot, index) is stored: in a written shard or in this process's buffers."""
+        start = index - index % self.shard_size
+        name = self.shard_name(slot, start)
+        if name in self.done or name in self._maps:
+            return True
+        buf = self._buffers.get((slot, start))
+        return buf is not None and bool(buf[1][index - start])
+
+    def refresh(self) -> None:
+        """Re-read the manifest (shards another process has written since)."""
+        self.manifest = _read_manifest(os.path.join(self.directory, MANIFEST))
+
+    def add(self, epochs, indices, embeddings: torch.Tensor, write: bool = True) -> None:
+        """Store embeddings [B, width] of views (epochs[b], indices[b]); write finished shards.
+        write=False (a DDP rank other than the writer): a finished shard stays in memory."""
+        original = embeddings.detach().to("cpu", torch.float32).numpy()
+        if original.shape[1:] != (self.width,):
+            raise ValueError(f"embeddings of width {original.shape[1:]} for a cache of width {self.width}.")
+        if self.dtype == "topk":
+            if self.scorer is None:
+                raise ValueError("a topk teacher cache needs its scorer (the teacher's logits) to store views.")
+            original = self.scorer(original)
+        values = encode(self.dtype, original, self.spec)
+        if self.check is not None:
+            self.max_error = max(self.max_error, self.check(original, values))
         touched = set()
         for e, i, v in zip(_ints(epochs), _ints(indices), values):
             start = i - i % self.shard_size
-            if self.shard_name(e, start) in self.done:
+            if self.shard_name(e, start) in self.done or self.shard_name(e, start) in self._maps:
                 continue
             if (e, start) not in self._buffers:
                 rows = self.shard_rows(start)
-                self._buffers[(e, start)] = (np.zeros((rows, self.width), DTYPES[self.dtype]), np.zeros(rows, bool))
+                self._buffers[(e, start)] = (np.zeros(shard_shape(self.dtype, rows, self.width),
+                                                      row_dtype(self.dtype, self.width, self.spec)),
+                                             np.zeros(rows, bool))
             buf, filled = self._buffers[(e, start)]
             buf[i - start], filled[i - start] = v, True
             touched.add((e, start))
         for key in sorted(touched):
             buf, filled = self._buffers[key]
             if filled.all():
-                self._write_shard(*key, buf)
+                if write:
+                    self._write_shard(*key, buf)
+                else:
+                    self._maps[self.shard_name(*key)] = buf
                 del self._buffers[key]
 
     def _write_shard(self, epoch: int, start: int, values: np.ndarray) -> None:
@@ -229,13 +396,21 @@ class TeacherCache:
     # --- reading -----------------------------------------------------------------------------
     def lookup(self, epochs, indices) -> torch.Tensor:
         """Embeddings [B, width] (float32) of views (epochs[b], indices[b])."""
-        out = np.empty((len(indices), self.width), np.float32)
+        out = np.empty((len(indices), int(self.spec["classes"]) if self.gives_logits else self.width), np.float32)
+        one = None if self.dtype in DTYPES else row_dtype(self.dtype, self.width, self.spec)
         for b, (e, i) in enumerate(zip(_ints(epochs), _ints(indices))):
             if not (0 <= e < self.epochs and 0 <= i < self.n_images):
-                raise DataError(f"The teacher cache in {self.directory} has no view for epoch {e + 1}, image {i}: "
-                                f"it holds {self.epochs} epochs of {self.n_images} images.")
+                what = f"view {e}" if self.views_per_image else f"epoch {e + 1}"
+                holds = f"{self.epochs} views" if self.views_per_image else f"{self.epochs} epochs"
+                raise DataError(f"The teacher cache in {self.directory} has no view for {what}, image {i}: "
+                                f"it holds {holds} of {self.n_images} images.")
             start = i - i % self.shard_size
-            out[b] = self._shard(e, start)[i - start]
+            buf = self._buffers.get((e, start))
+            if buf is not None and buf[1][i - start]:  # embedded by this run, shard not finished yet
+                row = buf[0][i - start]
+            else:
+                row = self._shard(e, start)[i - start]
+            out[b] = row if one is None else decode(self.dtype, np.array([row], one), self.spec)[0]
         return torch.from_numpy(out)
 
     def _shard(self, epoch: int, start: int) -> np.ndarray:
@@ -250,9 +425,11 @@ class TeacherCache:
                     f"shards are written. {WRITE_HINT}")
             path = os.path.join(self.directory, name)
             values = load_npy(path, what="teacher cache shard (.npy)", fix=DAMAGED_HINT, mmap_mode="r")
-            if values.shape != (self.shard_rows(start), self.width) or values.dtype != DTYPES[self.dtype]:
+            shape = shard_shape(self.dtype, self.shard_rows(start), self.width)
+            dtype = row_dtype(self.dtype, self.width, self.spec)
+            if values.shape != shape or values.dtype != dtype:
                 raise DataError(f"Teacher cache shard {path} holds {values.dtype} {values.shape}, expected "
-                                f"{np.dtype(DTYPES[self.dtype])} {(self.shard_rows(start), self.width)}. "
+                                f"{dtype} {shape}. "
                                 + DAMAGED_HINT)
             self._maps[name] = values
         return self._maps[name]

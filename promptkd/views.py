@@ -14,6 +14,13 @@ depend on the worker count, batch order, process count or the global RNG. Two pi
   torchvision's own draws, from a stream named by the view (the same values as before this
   was a generator of its own, so existing teacher caches stay valid). `check_view_transform` refuses transforms
   whose randomness would escape it (numpy / Python RNGs).
+* `view_number(seed, epoch, index, k)`: the view bank (TRAINER.PROMPTKD.VIEWS_PER_IMAGE = k > 0).
+  Image `index` then has k views, view v being the view `seeded_view(seed, v, index)` makes
+  (the same stream as epoch v's view with k = 0), and epoch e draws one of them: epochs come in
+  cycles of k, and in cycle c = e // k the image's k views are drawn in the order of a
+  permutation that is a pure function of (seed, c, index). Every view is drawn exactly once per
+  cycle (so after the first k epochs no view is new) and the choice is independent of batch
+  order, workers and ranks. k = 0: view number = epoch (a fresh view every epoch).
 * `ViewSampler`: the epoch's image order is a permutation that is a pure function of
   (seed, epoch); it yields `(epoch, index)` keys, so a dataset gets the epoch with every item
   (workers never hold a stale epoch). Under DDP each of `num_replicas` ranks takes every
@@ -43,6 +50,19 @@ def stream_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed naming one stream; a hash, so neighbouring views are unrelated."""
     digest = hashlib.blake2b(f"promptkd-view:{int(seed)}:{int(epoch)}:{int(index)}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def view_number(seed: int, epoch: int, index: int, k: int) -> int:
+    """The view of image `index` drawn in `epoch`: `epoch` itself when k = 0 (a fresh view per
+    epoch), else a number in [0, k), each drawn once per cycle of k epochs (module docstring)."""
+    if k <= 0:
+        return int(epoch)
+    if k == 1:
+        return 0
+    cycle, slot = divmod(int(epoch), int(k))
+    digest = hashlib.blake2b(f"promptkd-pick:{int(seed)}:{cycle}:{int(index)}".encode(), digest_size=8).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+    return int(torch.randperm(int(k), generator=gen)[slot])
 
 
 def view_generator(seed: int, epoch: int, index: int) -> torch.Generator:

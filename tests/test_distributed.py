@@ -342,3 +342,34 @@ def test_shards_cover_every_example_once():
         for world in (1, 2, 3, 8):
             shards = [list(distributed.shard_indices(n, r, world)) for r in range(world)]
             assert sorted(i for s in shards for i in s) == list(range(n))
+
+
+def test_ddp_view_bank_embeds_each_view_once_and_writes_the_writers_cache(ivlp, data, clip_files, tmp_path):
+    """VIEWS_PER_IMAGE 2 under DDP: every rank knows which views are stored (it skips their
+    teacher forward), rank 0 writes; the 2 x N views are embedded once over the 3 epochs, none
+    in the third; the cache equals the one-process writer's."""
+    import json
+
+    import numpy as np
+
+    from promptkd import cli
+
+    opts = ["TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", "fp32", "TRAINER.PROMPTKD.TEACHER_CACHE_SHARD_SIZE", "7",
+            "TRAINER.PROMPTKD.VIEWS_PER_IMAGE", "2"]
+    written, online = tmp_path / "writer_cache", tmp_path / "ddp_cache"
+    assert cli.main(["cache", *student_args(data, clip_files, str(tmp_path / "writer_out"), ivlp["export"],
+                                            "TRAINER.PROMPTKD.TEACHER_CACHE", str(written), *opts)]) == 0
+    out = str(tmp_path / "ddp_out")
+    ok(torchrun(str(tmp_path / "probe"), student_args(data, clip_files, out, ivlp["export"], "TEST.NO_TEST", "True",
+                                                      "TRAINER.PROMPTKD.TEACHER_CACHE", str(online),
+                                                      "TRAINER.PROMPTKD.TEACHER_CACHE_WRITE", "True", *opts)))
+    manifests = [json.loads((c / "manifest.json").read_text()) for c in (written, online)]
+    assert sorted(manifests[0]["shards"]) == sorted(manifests[1]["shards"]) and manifests[1]["shards"]
+    for name in manifests[0]["shards"]:
+        np.testing.assert_allclose(np.load(online / name), np.load(written / name), rtol=0, atol=1e-6)
+    with open(os.path.join(out, "log.txt")) as f:
+        counts = re.findall(r"Teacher cache, epoch (\d+): (\d+) views embedded in training, (\d+) that it dropped",
+                            f.read())
+    assert [int(e) for e, _, _ in counts] == [1, 2, 3], counts
+    assert sum(int(t) + int(d) for _, t, d in counts) == 2 * manifests[1]["n_images"], counts
+    assert int(counts[2][1]) + int(counts[2][2]) == 0, counts  # the third epoch only reuses

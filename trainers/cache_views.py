@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from promptkd.teacher_cache import TOPK_KEY, topk_spec
 from promptkd.trainers.data import UNREADABLE, collate_checked
 
 logger = logging.getLogger("promptkd")
@@ -42,12 +43,24 @@ def image_list_id(cfg, data_source) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_identity(cfg, side, data_source, view_dataset, precision: str) -> dict:
-    """What a cached embedding depends on (compared key by key before reading or resuming)."""
-    return {"teacher_fingerprint": side.fingerprint, "teacher_export": teacher_export_id(side),
+def class_vectors_id(vectors) -> str:
+    t = torch.as_tensor(vectors).detach().to("cpu", torch.float32).contiguous()
+    return hashlib.sha256(str(tuple(t.shape)).encode() + t.numpy().tobytes()).hexdigest()[:16]
+
+
+def cache_identity(cfg, side, data_source, view_dataset, precision: str, vectors=None) -> dict:
+    """What a cached embedding depends on (compared key by key before reading or resuming).
+    A topk cache (TEACHER_CACHE_DTYPE topk) stores logits, so it depends on k, the class
+    vectors and the temperature too."""
+    identity = {"teacher_fingerprint": side.fingerprint, "teacher_export": teacher_export_id(side),
             "width": int(side.width), "dataset": cfg.DATASET.NAME, "n_images": len(data_source),
             "image_list": image_list_id(cfg, data_source), "view_seed": view_dataset.view_seed,
-            "transform": view_dataset.description, "precision": precision}
+            "transform": view_dataset.description, "precision": precision,
+            "views_per_image": view_dataset.views_per_image}
+    kd = cfg.TRAINER.PROMPTKD
+    if kd.TEACHER_CACHE_DTYPE == "topk":
+        identity[TOPK_KEY] = topk_spec(kd.TEACHER_CACHE_TOPK, len(vectors), kd.TEMPERATURE, class_vectors_id(vectors))
+    return identity
 
 
 def writer_batch_size(cfg) -> int:
@@ -55,11 +68,27 @@ def writer_batch_size(cfg) -> int:
     return kd.TEACHER_CACHE_BATCH_SIZE if kd.TEACHER_CACHE_BATCH_SIZE > 0 else 4 * cfg.DATALOADER.TRAIN_X.BATCH_SIZE
 
 
-def fill_views(trainer, epochs, progress: bool = False) -> int:
-    """Run the trainer's teacher over the views of `epochs` missing from its cache; returns
-    the number of views embedded. Unreadable images follow DATALOADER.SKIP_UNREADABLE."""
+def cache_slots(cfg) -> int:
+    """The cache's slots per image: VIEWS_PER_IMAGE when > 0 (the view bank), else the epochs."""
+    return cfg.TRAINER.PROMPTKD.VIEWS_PER_IMAGE or cfg.OPTIM.MAX_EPOCH
+
+
+def fill_views(trainer, epochs, progress: bool = False, drawn: bool = False) -> int:
+    """Run the trainer's teacher over the views missing from its cache; returns the number of
+    views embedded. `epochs` are cache slots (all of them: the writer), or with `drawn` the
+    epochs whose drawn views must be stored (an online run's epoch end: the views its last batch
+    dropped; with a view bank, those of epoch e are `view_number(seed, e, image, K)`).
+    Unreadable images follow DATALOADER.SKIP_UNREADABLE."""
     cache, cfg = trainer.cache, trainer.cfg
-    batches = cache.plan(epochs, writer_batch_size(cfg))
+    dataset, size = trainer.view_dataset, writer_batch_size(cfg)
+    if not dataset.views_per_image:  # slot = epoch: keys (epoch, index)
+        batches = cache.plan(epochs, size)
+    elif drawn:  # keys (epoch, index, view), in shard order
+        todo = sorted({(dataset.view_of(e, i), i) for e in epochs for i in range(cache.n_images)})
+        todo = [(-1, i, v) for v, i in todo if not cache.has(v, i)]
+        batches = [todo[k:k + size] for k in range(0, len(todo), size)]
+    else:
+        batches = [[(-1, i, v) for v, i in b] for b in cache.plan(epochs, size)]
     if not batches:
         return 0
     loader = DataLoader(trainer.view_dataset, batch_sampler=batches, num_workers=cfg.DATALOADER.NUM_WORKERS,
@@ -73,7 +102,7 @@ def fill_views(trainer, epochs, progress: bool = False) -> int:
             if batch is not None:
                 with trainer.autocast():
                     embeddings = trainer.teacher.embed(batch["img"].to(trainer.device))
-                cache.add(batch["epoch"], batch["index"], embeddings)
+                cache.add(batch["view"], batch["index"], embeddings)
                 done += len(batch["index"])
             bar.update(n)
     return done

@@ -187,13 +187,27 @@ def extend_cfg(cfg):
     # and so is each epoch's image order; -1 = the run's --seed. Runs with different student
     # seeds can share one view stream (and one teacher cache) by setting it.
     cfg.TRAINER.PROMPTKD.VIEW_SEED = -1
+    # The view bank: K > 0 gives every image K views, a pure function of (VIEW_SEED, image, view
+    # number), and epoch e draws one of them (each once per cycle of K epochs); the teacher cache
+    # then holds K views per image whatever the epochs, and an online run filling it
+    # (TEACHER_CACHE_WRITE) runs the teacher only on views it has not embedded yet.
+    # 0 = a fresh view every epoch (docs/teacher_cache.md).
+    cfg.TRAINER.PROMPTKD.VIEWS_PER_IMAGE = 0
     # A teacher-cache folder (promptkd cache ...): the run reads the
     # teacher's stored image embeddings and never builds the teacher tower. "" = online teacher.
     cfg.TRAINER.PROMPTKD.TEACHER_CACHE = ""
     # True: run the teacher online and fill TEACHER_CACHE as the run goes (resumable).
     cfg.TRAINER.PROMPTKD.TEACHER_CACHE_WRITE = False
-    # Storage of the cached embeddings when writing: fp16 (half the size) | fp32 (exact).
+    # Storage of the cached embeddings when writing: fp16 (half the size) | fp32 (exact) | int8
+    # (a quarter of fp32 + 4 B per view: one scale per vector; accepted only while its measured
+    # error of the teacher's logits / T stays within TEACHER_CACHE_MAX_LOGIT_ERROR).
     cfg.TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE = "fp16"
+    # | topk (the teacher's TEACHER_CACHE_TOPK largest logits + classes, the rest of its mass
+    # spread uniformly over the other classes; depends on the class vectors and TEMPERATURE, and
+    # is accepted only while its measured ||dp||_1 stays within TEACHER_CACHE_MAX_PROB_ERROR).
+    cfg.TRAINER.PROMPTKD.TEACHER_CACHE_MAX_LOGIT_ERROR = 0.1
+    cfg.TRAINER.PROMPTKD.TEACHER_CACHE_TOPK = 10
+    cfg.TRAINER.PROMPTKD.TEACHER_CACHE_MAX_PROB_ERROR = 0.1
     # Views per cache shard file (one epoch, consecutive images).
     cfg.TRAINER.PROMPTKD.TEACHER_CACHE_SHARD_SIZE = 4096
     # Teacher batch size of the cache writer; 0 = 4 x DATALOADER.TRAIN_X.BATCH_SIZE.

@@ -16,6 +16,10 @@ Beyond the paper (docs/students.md): STUDENT names any prompt-learning method as
 same classes), LOSS the objective (forward / reverse / symmetric KL), FEATURE_LOSS and CE_WEIGHT
 optional extra terms, and VOCABULARY class-agnostic distillation over the teacher's top-K
 vocabulary entries (the dataset's class names are then used only to evaluate).
+
+With a view bank (VIEWS_PER_IMAGE = K > 0) each image has K views and epoch e draws one; an
+online run filling the cache runs the teacher only on views not embedded yet (after the first K
+epochs, on none), reading the others back from the cache.
 """
 from __future__ import annotations
 
@@ -40,10 +44,10 @@ from promptkd.losses import (DISTILL_LOSS_LABELS, DISTILL_LOSSES, FEATURE_LOSSES
 from promptkd.precision import fp32_scoring
 from promptkd.predictor import PredictorRecord, reference_tower
 from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student, teacher_logits
-from promptkd.teacher_cache import DTYPES, TeacherCache
+from promptkd.teacher_cache import FORMATS, TeacherCache, error_check
 from promptkd.trainers.base import PromptTrainer, _allowed
 from promptkd.trainers.config import grad_checkpoint_towers, kd_weight
-from promptkd.trainers.cache_views import cache_identity, fill_views
+from promptkd.trainers.cache_views import cache_identity, cache_slots, fill_views
 from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predictor
 from promptkd.trainers.prompt_learning import MethodExport
 from promptkd.trainers.students import PAPER_STUDENT, build_method_student, regulariser_note, student_trainer
@@ -95,13 +99,18 @@ class PromptKD(MethodExport, PromptTrainer):
                                   "of the vocabulary (class_vectors_vocab_<name>.pt), which the teacher's export writes "
                                   "with TRAINER.EXPORT_VOCABULARY <names.txt> (e.g. train.py --trainer PromptKDTeacher "
                                   "--eval-only --model-dir TEACHER_RUN ... TRAINER.EXPORT_VOCABULARY names.txt).")
+        if kd.TEACHER_CACHE_DTYPE == "topk" and (kd.VOCABULARY or kd.FEATURE_LOSS != "off"):
+            raise ConfigError("TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE topk stores the teacher's logits over the dataset's "
+                              "classes, not its embeddings, which FEATURE_LOSS and VOCABULARY need: use fp16 or fp32.")
         if paper and grad_checkpoint_towers(kd.GRAD_CHECKPOINT)[0]:
             raise ConfigError(f"TRAINER.PROMPTKD.GRAD_CHECKPOINT is '{kd.GRAD_CHECKPOINT}', but the PromptKD student "
                               "has no text tower (the teacher's text side is in its stored class vectors; only "
                               "the student's image tower trains): use off or image.")
         if not kd.TEACHER_DIR and not kd.CLASS_VECTORS:
             raise ConfigError("TRAINER.PROMPTKD.TEACHER_DIR is not set. " + TEACHER_HINT)
-        _allowed("TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", kd.TEACHER_CACHE_DTYPE, tuple(DTYPES))
+        _allowed("TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", kd.TEACHER_CACHE_DTYPE, FORMATS)
+        if kd.TEACHER_CACHE_TOPK < 1:
+            raise ConfigError(f"TRAINER.PROMPTKD.TEACHER_CACHE_TOPK must be >= 1, got {kd.TEACHER_CACHE_TOPK}.")
         if kd.TEACHER_CACHE_WRITE and not kd.TEACHER_CACHE:
             raise ConfigError("TRAINER.PROMPTKD.TEACHER_CACHE_WRITE needs TRAINER.PROMPTKD.TEACHER_CACHE (the folder).")
 
@@ -113,8 +122,14 @@ class PromptKD(MethodExport, PromptTrainer):
         transform = self.dm.train_loader_x.dataset.transform  # Dassl's train transform (INPUT.*)
         self.view_dataset, self.view_sampler, self.train_loader_x = build_view_loader(
             self.cfg, self.dm.dataset.train_x, transform, seed)
-        logger.info("Training views: a pure function of (view seed %d, epoch, image); %d images.",
-                    seed, len(self.view_dataset))
+        k = self.view_dataset.views_per_image
+        logger.info("Training views: a pure function of (view seed %d, %s, image); %d images.",
+                    seed, f"view number in a bank of {k} per image, one drawn per epoch" if k else "epoch",
+                    len(self.view_dataset))
+        if k and not self.tcfg.TEACHER_CACHE:
+            logger.info("TRAINER.PROMPTKD.VIEWS_PER_IMAGE %d without TRAINER.PROMPTKD.TEACHER_CACHE: the teacher "
+                        "still runs on every step; set TEACHER_CACHE (and TEACHER_CACHE_WRITE True) to pay it "
+                        "once per view.", k)
         self.labelled = self.labelled_subset(seed) if self.tcfg.CE_WEIGHT > 0 else None
 
     def labelled_subset(self, seed: int) -> torch.Tensor | None:
@@ -169,9 +184,10 @@ class PromptKD(MethodExport, PromptTrainer):
         self.cached_in_epoch = 0  # TEACHER_CACHE_WRITE: views this epoch's steps added to the cache
         self.teacher_logit_scale = torch.tensor(side.logit_scale, dtype=torch.float32, device=self.device)
         if kd.TEACHER_CACHE:
-            identity = cache_identity(cfg, side, self.dm.dataset.train_x, self.view_dataset, self.prec)
+            identity = cache_identity(cfg, side, self.dm.dataset.train_x, self.view_dataset, self.prec,
+                                      self.class_vectors)
         if kd.TEACHER_CACHE and not kd.TEACHER_CACHE_WRITE:
-            self.cache = TeacherCache.open(kd.TEACHER_CACHE, identity, cfg.OPTIM.MAX_EPOCH)
+            self.cache = TeacherCache.open(kd.TEACHER_CACHE, identity, cache_slots(cfg))
             logger.info("Teacher: embeddings read from the cache %s; the teacher image tower is not built "
                         "(no teacher weights are loaded).", kd.TEACHER_CACHE)
         else:
@@ -185,8 +201,14 @@ class PromptKD(MethodExport, PromptTrainer):
                                                   input_adapter=None if fit.identity else fit)
             if kd.TEACHER_CACHE:
                 self.cache = TeacherCache.create(kd.TEACHER_CACHE, identity, len(self.view_dataset),
-                                                 cfg.OPTIM.MAX_EPOCH, side.width, kd.TEACHER_CACHE_DTYPE,
-                                                 kd.TEACHER_CACHE_SHARD_SIZE)
+                                                 cache_slots(cfg), side.width, kd.TEACHER_CACHE_DTYPE,
+                                                 kd.TEACHER_CACHE_SHARD_SIZE, kd.VIEWS_PER_IMAGE)
+                self.cache.check = error_check(self.cache.dtype, self.class_vectors, side.logit_scale,
+                                               kd.TEMPERATURE, kd.TEACHER_CACHE_MAX_LOGIT_ERROR,
+                                               kd.TEACHER_CACHE_MAX_PROB_ERROR, self.cache.spec)
+                if self.cache.gives_logits:  # topk: the cache stores the teacher's logits of each view
+                    scale, cpu_vectors = self.teacher_logit_scale.cpu(), self.class_vectors.cpu()
+                    self.cache.scorer = lambda e: teacher_logits(torch.from_numpy(e), scale, cpu_vectors).numpy()
         if self.teacher is not None:
             if backbone_mode == "fp16":
                 to_half(self.teacher.image_encoder.visual)
@@ -288,8 +310,13 @@ class PromptKD(MethodExport, PromptTrainer):
         images = batch["img"].to(self.device)  # labels are read only for CE_WEIGHT > 0
         kd = self.tcfg
         with self.autocast():
+            t_logits = None  # the teacher's logits, where a topk cache gives them directly
             if self.teacher is None:  # from the cache: the views of (epoch, index)
-                embeddings = self.cache.lookup(batch["epoch"], batch["index"]).to(self.device)
+                embeddings = self.cache.lookup(batch["view"], batch["index"]).to(self.device)
+                if self.cache.gives_logits:
+                    t_logits = embeddings
+            elif self.cache is not None and self.view_dataset.views_per_image:
+                embeddings, t_logits = self.bank_embed(batch, images)
             else:
                 embeddings = self.teacher.embed(images)
                 if self.cache is not None:
@@ -308,7 +335,7 @@ class PromptKD(MethodExport, PromptTrainer):
                 student_logits = out["logits"]
                 terms.update(self.model.extra_losses(out, None) if getattr(self.model, "regularise", False) else {})
         # Both sides' logits and the loss are fp32, outside autocast (promptkd.precision).
-        if self.vocabulary is None:
+        if self.vocabulary is None and t_logits is None:  # a topk cache gives them
             t_logits = teacher_logits(embeddings, self.teacher_logit_scale, self.class_vectors)
         if kd.LOSS == "kl" and not terms and kd.CE_WEIGHT == 0:  # the published loss, exactly
             loss = kd_loss(student_logits, t_logits, kd.TEMPERATURE, self.kd_weight)
@@ -346,26 +373,56 @@ class PromptKD(MethodExport, PromptTrainer):
                 logits, labels = logits[keep], labels[keep]
             return self.tcfg.CE_WEIGHT * F.cross_entropy(logits, labels)
 
+    def bank_embed(self, batch, images):
+        """TEACHER_CACHE_WRITE with a view bank: the teacher embeds only the views of this batch
+        that are not stored yet (and stores them); the others are read back from the cache.
+        Returns (embeddings, None), or for a topk cache (None, the teacher's logits)."""
+        views, indices = batch["view"].tolist(), batch["index"].tolist()
+        new = [b for b, (v, i) in enumerate(zip(views, indices)) if not self.cache.has(v, i)]
+        logits = self.cache.gives_logits
+        out = torch.empty(len(indices), self.class_vectors.shape[0] if logits else self.cache.width,
+                          dtype=torch.float32, device=self.device)
+        fresh = self.teacher.embed(images[new]) if new else None
+        self.cache_views(torch.tensor([views[b] for b in new], dtype=torch.long),
+                         torch.tensor([indices[b] for b in new], dtype=torch.long), fresh)
+        old = [b for b in range(len(indices)) if b not in set(new)]
+        if new:
+            out[new] = teacher_logits(fresh, self.teacher_logit_scale, self.class_vectors) if logits else fresh.float()
+        if old:
+            out[old] = self.cache.lookup([views[b] for b in old], [indices[b] for b in old]).to(self.device)
+        return (None, out) if logits else (out, None)
+
     def cache_views(self, epochs, indices, embeddings):
         """TEACHER_CACHE_WRITE: keep the teacher's embeddings of this step's views. Under DDP
         every rank's views go to rank 0, which alone writes the cache (each rank holds only
         its share of a shard, so none could complete it). They travel as tensors (`gather_rows`)."""
+        bank = bool(self.view_dataset.views_per_image)
         if dist_.is_distributed():
-            epochs, indices, embeddings = dist_.gather_rows(torch.as_tensor(epochs), torch.as_tensor(indices),
-                                                            embeddings.float())
+            some = embeddings is not None and len(indices) > 0
+            epochs, indices, embeddings = dist_.gather_rows(torch.as_tensor(epochs) if some else None,
+                                                            torch.as_tensor(indices) if some else None,
+                                                            embeddings.float() if some else None)
             if not dist_.is_main():
+                # With a view bank every rank must know which views are stored (it skips their
+                # teacher forward), so it keeps them too; only rank 0 writes.
+                if bank and len(indices):
+                    self.cache.add(epochs, indices, embeddings, write=False)
                 return
+        if embeddings is None or not len(indices):
+            return
         self.cache.add(epochs, indices, embeddings)
         self.cached_in_epoch += len(indices)
 
     def after_epoch(self):
         if self.cache is not None and self.teacher is not None:  # TEACHER_CACHE_WRITE
             if dist_.is_main():  # the views training did not reach (the tail it dropped)
-                dropped = fill_views(self, [self.epoch])
+                dropped = fill_views(self, [self.epoch], drawn=True)
                 logger.info("Teacher cache, epoch %d: %d views embedded in training, %d that it dropped after it",
                             self.epoch + 1, self.cached_in_epoch, dropped)
                 self.cached_in_epoch = 0
             dist_.barrier()  # the other ranks wait while rank 0 embeds them
+            if not dist_.is_main() and self.view_dataset.views_per_image:
+                self.cache.refresh()  # the shards rank 0 has written (with the views it just added)
         super().after_epoch()
 
     @torch.no_grad()

@@ -4,7 +4,8 @@
 
 takes exactly a student run's command line (`--root`, `--seed`, configs, `KEY VALUE` ...,
 including TRAINER.PROMPTKD.TEACHER_CACHE DIR) and runs only the teacher's image side, under
-`no_grad` and the run's PREC, over every view of every epoch (OPTIM.MAX_EPOCH) at its own batch
+`no_grad` and the run's PREC, over every view of every epoch (OPTIM.MAX_EPOCH; with a view bank,
+TRAINER.PROMPTKD.VIEWS_PER_IMAGE = K > 0, the K views of every image once) at its own batch
 size (TRAINER.PROMPTKD.TEACHER_CACHE_BATCH_SIZE), storing the normalised embeddings
 (TEACHER_CACHE_DTYPE, fp16 by default) in the core format of `promptkd/teacher_cache.py`.
 Interrupted, the same command resumes. The student run then reads the cache: the same command
@@ -20,7 +21,7 @@ import time
 
 from promptkd.errors import ConfigError, DataError
 from promptkd.trainers import train  # the student run's command line, config files and overrides
-from promptkd.trainers.cache_views import fill_views
+from promptkd.trainers.cache_views import cache_slots, fill_views
 
 logger = logging.getLogger("promptkd")
 
@@ -50,14 +51,15 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     trainer = build_trainer(cfg)
     start = time.time()
-    n = fill_views(trainer, range(cfg.OPTIM.MAX_EPOCH), progress=True)
+    n = fill_views(trainer, range(cache_slots(cfg)), progress=True)
     seconds = time.time() - start
     cache = trainer.cache
     if not cache.is_complete():
         missing = len(cache.missing_shards(range(cache.epochs)))
         raise DataError(f"The teacher cache {cache.directory} is incomplete ({missing} shards missing): some "
                         "images could not be read (see the list above). Fix them and run the command again.")
-    logger.info("Teacher cache %s: complete, %d images x %d epochs, %s; this run embedded %d views in %.1f s%s",
-                cache.directory, cache.n_images, cache.epochs, cache.dtype, n, seconds,
+    logger.info("Teacher cache %s: complete, %d images x %d %s, %s; this run embedded %d views in %.1f s%s",
+                cache.directory, cache.n_images, cache.epochs, "views each" if cache.views_per_image else "epochs",
+                cache.dtype, n, seconds,
                 f" ({n / seconds:.1f} views/s)." if n and seconds > 0 else ".")
     return 0

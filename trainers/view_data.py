@@ -17,25 +17,39 @@ import torch
 from torch.utils.data import DataLoader
 
 from promptkd.errors import ConfigError
-from promptkd.views import ViewSampler, check_view_transform, seeded_view
+from promptkd.views import ViewSampler, check_view_transform, seeded_view, view_number
 from promptkd.trainers.data import CheckedDatasetWrapper, check_loader, collate_checked
 
 logger = logging.getLogger("promptkd")
 
 
 class ViewDatasetWrapper(CheckedDatasetWrapper):
-    """Items are keyed by (epoch, index); the view is a pure function of the key."""
+    """Items are keyed by (epoch, index); the view is a pure function of the key.
 
-    def __init__(self, cfg, data_source, transform=None, is_train=True, view_seed: int = 0):
+    views_per_image = k > 0: epoch e shows view `view_number(seed, e, index, k)` of the image's
+    bank of k views (`promptkd/views.py`); a key (epoch, index, view) names the view itself (the
+    cache writer's keys). Items carry `epoch`, `index` and `view` (the teacher cache's key)."""
+
+    def __init__(self, cfg, data_source, transform=None, is_train=True, view_seed: int = 0,
+                 views_per_image: int = 0):
         super().__init__(cfg, data_source, transform=transform, is_train=is_train)
         self.view_seed = int(view_seed)
+        self.views_per_image = int(views_per_image)
         self.description = check_view_transform(transform)
 
+    def view_of(self, epoch: int, index: int) -> int:
+        return view_number(self.view_seed, epoch, index, self.views_per_image)
+
     def __getitem__(self, key):
-        epoch, index = key
-        with seeded_view(self.view_seed, epoch, index):
+        if len(key) == 3:
+            epoch, index, view = key
+        else:
+            epoch, index = key
+            view = self.view_of(epoch, index)
+        with seeded_view(self.view_seed, view, index):
             item = super().__getitem__(index)
         item["epoch"] = epoch
+        item["view"] = view
         item.setdefault("index", index)
         return item
 
@@ -60,7 +74,11 @@ def build_view_loader(cfg, data_source, transform, view_seed: int):
     if cfg.DATALOADER.K_TRANSFORMS != 1:
         raise ConfigError(f"DATALOADER.K_TRANSFORMS is {cfg.DATALOADER.K_TRANSFORMS}; PromptKD distils one view "
                           "per image and step: set it to 1.")
-    dataset = ViewDatasetWrapper(cfg, data_source, transform=transform, is_train=True, view_seed=view_seed)
+    k = cfg.TRAINER.PROMPTKD.VIEWS_PER_IMAGE if "PROMPTKD" in cfg.TRAINER else 0
+    if k < 0:
+        raise ConfigError(f"TRAINER.PROMPTKD.VIEWS_PER_IMAGE must be >= 0 (0 = a fresh view every epoch), got {k}.")
+    dataset = ViewDatasetWrapper(cfg, data_source, transform=transform, is_train=True, view_seed=view_seed,
+                                 views_per_image=k)
     sampler = ViewSampler(len(data_source), view_seed, shuffle=True, drop_last=True)
     batch_size = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
