@@ -34,6 +34,7 @@ from promptkd.trainers.base import PromptTrainer, _allowed
 from promptkd.trainers.config import grad_checkpoint_towers, kd_weight
 from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predictor
 from promptkd.trainers.cache_views import cache_identity, fill_views
+from promptkd.trainers.pools import SHARD_CACHE_REFUSED, build_pool, build_shard_loader, teacher_data
 from promptkd.trainers.view_data import build_view_loader, resolve_view_seed
 
 logger = logging.getLogger("promptkd")
@@ -71,8 +72,15 @@ class PromptKD(PromptTrainer):
         super().build_data_loader()
         seed = resolve_view_seed(self.cfg, required=bool(self.tcfg.TEACHER_CACHE))
         transform = self.dm.train_loader_x.dataset.transform  # Dassl's train transform (INPUT.*)
-        self.view_dataset, self.view_sampler, self.train_loader_x = build_view_loader(
-            self.cfg, self.dm.dataset.train_x, transform, seed)
+        self.pool = build_pool(self)  # TRAINER.PROMPTKD.POOL (trainers/pools.py); default: train_x itself
+        if self.pool.streamed:
+            if self.tcfg.TEACHER_CACHE:
+                raise ConfigError(SHARD_CACHE_REFUSED)
+            self.view_dataset, self.view_sampler, self.train_loader_x = build_shard_loader(
+                self.cfg, self.pool, transform, seed)
+        else:
+            self.view_dataset, self.view_sampler, self.train_loader_x = build_view_loader(
+                self.cfg, self.pool.items, transform, seed)
         logger.info("Training views: a pure function of (view seed %d, epoch, image); %d images.",
                     seed, len(self.view_dataset))
 
@@ -101,7 +109,7 @@ class PromptKD(PromptTrainer):
         self.cached_in_epoch = 0  # TEACHER_CACHE_WRITE: views this epoch's steps added to the cache
         self.teacher_logit_scale = torch.tensor(side.logit_scale, dtype=torch.float32, device=self.device)
         if kd.TEACHER_CACHE:
-            identity = cache_identity(cfg, side, self.dm.dataset.train_x, self.view_dataset, self.prec)
+            identity = cache_identity(cfg, side, self.pool.items, self.view_dataset, self.prec)
         if kd.TEACHER_CACHE and not kd.TEACHER_CACHE_WRITE:
             self.cache = TeacherCache.open(kd.TEACHER_CACHE, identity, cfg.OPTIM.MAX_EPOCH)
             logger.info("Teacher: embeddings read from the cache %s; the teacher image tower is not built "
@@ -136,6 +144,10 @@ class PromptKD(PromptTrainer):
 
     def teacher_identity(self):
         return records.teacher_identity(self.teacher_vectors.teacher, self.vectors_path)
+
+    def record_fields(self) -> dict:
+        """run.json: the pool (sources, image count, budget, leakage check) and the teacher's data."""
+        return {"pool": self.pool.record(), "teacher_data": teacher_data(self.tcfg.TEACHER_DIR)}
 
     def forward_backward(self, batch):
         images = batch["img"].to(self.device)  # labels are never read
