@@ -3,7 +3,7 @@
 own fp32 teacher cache online (TEACHER_CACHE_WRITE, so K > 0 runs the teacher once per view).
 
     promptkd demo OUT                      # first: the demo's weights, data and teacher export
-    python benchmarks/view_bank_demo.py OUT [--crop]
+    python -m benchmarks.view_bank_demo OUT [--crop]
 
 The demo's student config augments with random_flip only (a view is the image or its mirror, so
 a bank of K >= 2 views holds at most two distinct images); `--crop` adds random_resized_crop

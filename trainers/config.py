@@ -15,7 +15,7 @@ from yacs.config import CfgNode as CN
 from promptkd.datasets.config import extend_data_cfg
 from promptkd.errors import ConfigError
 
-MODALS = ("base2novel", "cross")
+MODALS = ("base2novel", "cross", "few_shot")
 MODEL_SELECTIONS = ("last_epoch", "best_base_test")
 GRAD_CHECKPOINTS = ("off", "text", "image", "both")
 
@@ -121,7 +121,9 @@ def extend_cfg(cfg):
     cfg.TEST.MODEL_SELECTION = "last_epoch"
 
     # --- protocol ------------------------------------------------------------------------
-    cfg.TRAINER.MODAL = "base2novel"  # base2novel | cross
+    # base2novel | cross | few_shot (all classes, DATASET.NUM_SHOTS per class: accuracy over all
+    # classes; scripts/<method>/few_shot.sh). Recorded as run.json's protocol.
+    cfg.TRAINER.MODAL = "base2novel"
     # Where a prompt-learning trainer writes its class vectors + image side when it is final
     # ("" = OUTPUT_DIR/export): every method here can be a PromptKD teacher.
     cfg.TRAINER.EXPORT_DIR = ""
@@ -234,4 +236,22 @@ def extend_cfg(cfg):
     # distils the teacher's top TOPK vocabulary entries per image. "" = the dataset's classes.
     cfg.TRAINER.PROMPTKD.VOCABULARY = ""
     cfg.TRAINER.PROMPTKD.TOPK = 10
+    # --- the unlabelled pool (trainers/pools.py, docs/protocols.md) ---
+    # Sources of the images distilled on: train (the train split as DATASET.* builds it; the
+    # published protocol), train_base (its base classes), folder:PATH (any image tree),
+    # wds:PATTERN (WebDataset .tar shards, brace pattern); several combine (shards alone).
+    cfg.TRAINER.PROMPTKD.POOL = ["train"]
+    # Keep N images of the pool (0: all), by a hash of (POOL_SEED, image name): the same N on every run.
+    cfg.TRAINER.PROMPTKD.POOL_BUDGET = 0
+    # Keep K images per class instead (split sources only: labels select the images; recorded).
+    cfg.TRAINER.PROMPTKD.POOL_BUDGET_PER_CLASS = 0
+    cfg.TRAINER.PROMPTKD.POOL_SEED = 0
+    # Shards: at most this many images an epoch over all processes (0: what the shards give).
+    cfg.TRAINER.PROMPTKD.POOL_EPOCH_IMAGES = 0
+    # Content-hash check of the pool against the test / val images: auto (when the pool has a
+    # folder or shards), on, off. A test image in the pool stops the run unless ALLOW_TEST_OVERLAP.
+    cfg.TRAINER.PROMPTKD.LEAKAGE_CHECK = "auto"
+    cfg.TRAINER.PROMPTKD.ALLOW_TEST_OVERLAP = False
+    # sha256 cache, per (path, size, mtime); "" = $XDG_CACHE_HOME/promptkd/content_hashes.json
+    cfg.TRAINER.PROMPTKD.HASH_CACHE = ""
     return cfg

@@ -51,6 +51,7 @@ from promptkd.trainers.cache_views import cache_identity, cache_slots, fill_view
 from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predictor
 from promptkd.trainers.prompt_learning import MethodExport
 from promptkd.trainers.students import PAPER_STUDENT, build_method_student, regulariser_note, student_trainer
+from promptkd.trainers.pools import SHARD_CACHE_REFUSED, build_pool, build_shard_loader, teacher_data
 from promptkd.trainers.view_data import build_view_loader, resolve_view_seed
 
 logger = logging.getLogger("promptkd")
@@ -120,8 +121,15 @@ class PromptKD(MethodExport, PromptTrainer):
         super().build_data_loader()
         seed = resolve_view_seed(self.cfg, required=bool(self.tcfg.TEACHER_CACHE))
         transform = self.dm.train_loader_x.dataset.transform  # Dassl's train transform (INPUT.*)
-        self.view_dataset, self.view_sampler, self.train_loader_x = build_view_loader(
-            self.cfg, self.dm.dataset.train_x, transform, seed)
+        self.pool = build_pool(self)  # TRAINER.PROMPTKD.POOL (trainers/pools.py); default: train_x itself
+        if self.pool.streamed:
+            if self.tcfg.TEACHER_CACHE:
+                raise ConfigError(SHARD_CACHE_REFUSED)
+            self.view_dataset, self.view_sampler, self.train_loader_x = build_shard_loader(
+                self.cfg, self.pool, transform, seed)
+        else:
+            self.view_dataset, self.view_sampler, self.train_loader_x = build_view_loader(
+                self.cfg, self.pool.items, transform, seed)
         k = self.view_dataset.views_per_image
         logger.info("Training views: a pure function of (view seed %d, %s, image); %d images.",
                     seed, f"view number in a bank of {k} per image, one drawn per epoch" if k else "epoch",
@@ -130,6 +138,9 @@ class PromptKD(MethodExport, PromptTrainer):
             logger.info("TRAINER.PROMPTKD.VIEWS_PER_IMAGE %d without TRAINER.PROMPTKD.TEACHER_CACHE: the teacher "
                         "still runs on every step; set TEACHER_CACHE (and TEACHER_CACHE_WRITE True) to pay it "
                         "once per view.", k)
+        if self.tcfg.CE_WEIGHT > 0 and self.pool.streamed:
+            raise ConfigError("TRAINER.PROMPTKD.CE_WEIGHT needs labelled images, but a WebDataset pool has no labels: "
+                              "use a split pool (train, train_base) or set CE_WEIGHT 0.")
         self.labelled = self.labelled_subset(seed) if self.tcfg.CE_WEIGHT > 0 else None
 
     def labelled_subset(self, seed: int) -> torch.Tensor | None:
@@ -141,9 +152,9 @@ class PromptKD(MethodExport, PromptTrainer):
                         self.tcfg.CE_WEIGHT)
             return None
         by_class: dict[int, list[int]] = {}
-        for index, item in enumerate(self.dm.dataset.train_x):
+        for index, item in enumerate(self.pool.items):
             by_class.setdefault(int(item.label), []).append(index)
-        rng, mask = random.Random(seed), torch.zeros(len(self.dm.dataset.train_x), dtype=torch.bool)
+        rng, mask = random.Random(seed), torch.zeros(len(self.pool.items), dtype=torch.bool)
         for label in sorted(by_class):
             mask[rng.sample(by_class[label], min(shots, len(by_class[label])))] = True
         logger.info("Semi-supervised: cross-entropy (weight %g) on %d labelled images (%d per class), the rest "
@@ -184,7 +195,7 @@ class PromptKD(MethodExport, PromptTrainer):
         self.cached_in_epoch = 0  # TEACHER_CACHE_WRITE: views this epoch's steps added to the cache
         self.teacher_logit_scale = torch.tensor(side.logit_scale, dtype=torch.float32, device=self.device)
         if kd.TEACHER_CACHE:
-            identity = cache_identity(cfg, side, self.dm.dataset.train_x, self.view_dataset, self.prec,
+            identity = cache_identity(cfg, side, self.pool.items, self.view_dataset, self.prec,
                                       self.class_vectors)
         if kd.TEACHER_CACHE and not kd.TEACHER_CACHE_WRITE:
             self.cache = TeacherCache.open(kd.TEACHER_CACHE, identity, cache_slots(cfg))
@@ -281,7 +292,8 @@ class PromptKD(MethodExport, PromptTrainer):
         return vocabulary
 
     def record_fields(self) -> dict:
-        """What run.json says of the student and the objective (promptkd.records)."""
+        """What run.json says of the student, the objective, the pool (sources, image count,
+        budget, leakage check) and the teacher's data (promptkd.records)."""
         kd = self.tcfg
         student = PAPER_STUDENT if self.paper_student else student_trainer(kd.STUDENT).__name__
         return {"student": student, "objective": kd.LOSS, "objective_label": self.method_label(),
@@ -289,7 +301,8 @@ class PromptKD(MethodExport, PromptTrainer):
                 "ce_weight": kd.CE_WEIGHT, "labels_used": kd.CE_WEIGHT > 0,
                 "class_names_seen": not kd.VOCABULARY, "vocabulary": kd.VOCABULARY or None,
                 "topk": kd.TOPK if kd.VOCABULARY else None,
-                "student_regularisers": None if self.paper_student else bool(getattr(self.model, "regularise", False))}
+                "student_regularisers": None if self.paper_student else bool(getattr(self.model, "regularise", False)),
+                "pool": self.pool.record(), "teacher_data": teacher_data(kd.TEACHER_DIR)}
 
     def method_label(self) -> str | None:
         """How the results tables name this run when it is not the paper's recipe,

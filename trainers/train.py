@@ -249,7 +249,7 @@ def main(args):
     run = records.start_run(cfg, eval_only=args.eval_only)  # run.json, before anything else can fail
     trainer = build_trainer(cfg)
     teacher = getattr(trainer, "teacher_identity", lambda: None)()  # a stock Dassl trainer has none
-    fields = getattr(trainer, "record_fields", dict)()  # e.g. PromptKD's student and objective
+    fields = getattr(trainer, "record_fields", dict)()  # e.g. PromptKD's student, objective and pool
     trainer.run_record = records.update_run(cfg, run, teacher=teacher, **fields)  # result.json: PromptTrainer.log_report
     if args.eval_only:
         trainer.run_eval_only(args.model_dir, epoch=args.load_epoch)
