@@ -1,15 +1,15 @@
-"""Turn a folder of training / evaluation runs into the paper's results tables.
+"""`promptkd results`: the paper's results tables from a folder of training / evaluation runs.
 
     promptkd results RUNS_DIR [RUNS_DIR ...] [--seeds 1 2 3] [--out PREFIX]
                                [--plot] [--protocol base2novel|cross] [--newest-log]
 
-A run is read from its records (`run.json`, `result.json`: promptkd.records); a run of an
-earlier version from its log's last `RESULT {json}` line, or, when it has none, from the yacs
-config dump atop the log, else its folder names (`.../base2new/promptkd/imagenet/seed1`). A
-traceback in the log marks a run failed. Runs are grouped by (protocol, method, dataset) and
-reported as mean ± std over seeds (base / novel / HM, or accuracy), with the average over the 11
-base-to-novel datasets or the 10 cross-dataset targets, a method x dataset comparison, and every
-expected seed without a finished run. Writes PREFIX.md, PREFIX.csv (and PREFIX.png); no torch.
+What a run was and what it scored come from its records (`run.json`, `result.json`:
+promptkd.records) or, for a run of an earlier version, from its log's last `RESULT {json}`
+line; a log with neither is listed as unidentified. A traceback in the log marks a run failed.
+pandas groups the runs by (protocol, method, dataset): mean ± std over seeds (base / novel / HM,
+or accuracy), the average over the 11 base-to-novel datasets or the 10 cross-dataset targets,
+a method x dataset comparison, and every expected seed without a finished run. Writes
+PREFIX.md, PREFIX.csv (and PREFIX.png); no torch.
 """
 from __future__ import annotations
 
@@ -19,17 +19,16 @@ import logging
 import math
 import os
 import re
-import sys
+from collections import namedtuple
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 
-from promptkd.records import RESULT_FILE, RUN_FILE, read_json
-
-from .errors import run_cli
+from .errors import MissingFileError, UserError
 from .io import atomic_write, atomic_write_text
+from .records import RESULT_FILE, RUN_FILE, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -42,26 +41,15 @@ DATASET_ORDER = BASE2NOVEL_DATASETS + DG_DATASETS
 DISPLAY_NAMES = {"OxfordFlowers": "Flowers102", "DescribableTextures": "DTD", "ImageNetV2": "ImageNet-V2",
                  "ImageNetSketch": "ImageNet-Sketch", "ImageNetA": "ImageNet-A", "ImageNetR": "ImageNet-R"}
 BASE2NOVEL, CROSS = "base2novel", "cross"
-PROTOCOLS, METRICS, KEYS = (BASE2NOVEL, CROSS), ("base", "novel", "hm", "accuracy"), ["protocol", "method", "dataset"]
-# Spellings in folder names and config dumps (lower case, no separators) -> the name used.
-_DATASETS = {**{d.lower(): d for d in DATASET_ORDER}, "dtd": "DescribableTextures", "fgvc": "FGVCAircraft",
-             "flowers102": "OxfordFlowers", "flowers": "OxfordFlowers"}
-_TRAINERS = {**{t.lower(): t for t in ("PromptKD", "PromptKDTeacher", "PromptSRC", "CoOp", "CoCoOp", "MaPLe",
-                                       "IVLP", "VPT", "ZeroshotCLIP", "ZeroshotCLIP2")},
-             "zsclip": "ZeroshotCLIP", "clip": "ZeroshotCLIP"}
-_PROTOCOLS = {"base2novel": BASE2NOVEL, "base2new": BASE2NOVEL, "b2n": BASE2NOVEL, "cross": CROSS, "xd": CROSS,
-              "crossdataset": CROSS, "dg": CROSS, "domaingeneralization": CROSS, "domaingeneralisation": CROSS}
+PROTOCOLS, METRICS = (BASE2NOVEL, CROSS), ("base", "novel", "hm", "accuracy")
+KEYS = ["protocol", "method", "dataset"]  # a group: one table row, the mean ± std over its seeds
+Issue = namedtuple("Issue", KEYS + ["seed", "status", "detail", "log_path"])  # a seed or run in no mean
+ISSUE_ORDER = ("failed", "unfinished", "missing", "duplicate", "ignored", "unidentified")
 LOG_NAME, RESULT_MARKER, TRACEBACK = "log.txt", "RESULT {", "Traceback (most recent call last)"
 _ROTATED_RE = re.compile(r"^log\.txt-(\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})$")
 _EPOCH_RE = re.compile(r"epoch \[(\d+)/(\d+)\]")
-_CFG_LINE_RE = re.compile(r"^( *)([A-Z][A-Z0-9_]*):(?: (.*))?$")
-_ARG_LINE_RE = re.compile(r"^([a-z][a-z0-9_]*):(?: (.*))?$")
 STD_CAPTION = ("mean ± std over seeds; std is the sample standard deviation (ddof=1), 0 for a single seed. "
                "'(k/n seeds)' marks a mean over fewer seeds than expected.")
-
-
-def _norm(text) -> str:
-    return re.sub(r"[^a-z0-9]", "", str(text).lower())
 
 
 def display_name(dataset: str) -> str:
@@ -76,6 +64,7 @@ def harmonic_mean(base: float, novel: float) -> float:
 
 
 def _order(dataset) -> tuple:
+    """Sort key: the benchmark datasets in the paper's order, then any other by name."""
     return (0, DATASET_ORDER.index(dataset), "") if dataset in DATASET_ORDER else (1, 0, str(dataset))
 
 
@@ -124,84 +113,39 @@ class Run:
     detail: str = ""                 # why a run is unfinished / failed
 
 
-def parse_config_dump(lines) -> tuple[dict, dict]:
-    """A log's yacs config dump (dotted keys) and Dassl's argument dump, as strings. The dump runs
-    from the `** Config **` banner (or the first upper-case top-level key) to the first other line."""
-    config, args, stack, started = {}, {}, [], False
-    for line in (raw.rstrip("\n") for raw in lines):
-        match = _CFG_LINE_RE.match(line)
-        if not started and not ("** Config **" in line or (match and not line.startswith(" "))):
-            if arg := _ARG_LINE_RE.match(line):
-                args.setdefault(arg.group(1), (arg.group(2) or "").strip())
-            continue
-        started = True
-        if not match:
-            if config and line.strip() and set(line.strip()) != {"*"}:
-                break
-            continue
-        indent, key, value = len(match.group(1)), match.group(2), match.group(3)
-        stack = [(i, k) for i, k in stack if i < indent]
-        if value is None:  # a node: its children follow, indented
-            stack.append((indent, key))
-        else:
-            config.setdefault(".".join([k for _, k in stack] + [key]), value.strip())
-    return config, args
-
-
-def infer_from_path(path: Path) -> dict:
-    """Protocol, trainer, dataset and seed from folder names, e.g. output/base2new/promptkd/imagenet/seed1."""
-    found = {}
-    for part in path.parts:
-        if m := re.fullmatch(r"seed[_-]?(\d+)", part, re.IGNORECASE):
-            found["seed"] = m.group(1)
-        elif _norm(part) in _DATASETS:
-            found["dataset"] = part
-        elif part.lower() in _TRAINERS:
-            found["trainer"] = part
-        elif _norm(part) in _PROTOCOLS:
-            found["protocol"] = part
-    return found
-
-
 def parse_log(path) -> Run:
-    """A run folder's records (else its log's last RESULT line), and its status from the log."""
+    """A run folder's identity and metrics from its records (else from its log's last RESULT
+    line); failed when its log has a traceback after the result, unfinished without a result."""
     path = Path(path)
     lines = [] if path.name == RUN_FILE else path.read_text(encoding="utf-8", errors="replace").splitlines()
-    result, at, traceback_at, epoch = None, -1, -1, None
+    result, result_at, traceback_at, epoch = None, -1, -1, None
     for i, line in enumerate(lines):
         if RESULT_MARKER in line:
-            try:
-                result, at = json.JSONDecoder().raw_decode(line[line.index(RESULT_MARKER) + 7:])[0], i
+            try:  # the JSON object after "RESULT "
+                result = json.JSONDecoder().raw_decode(line[line.index(RESULT_MARKER) + len("RESULT "):])[0]
+                result_at = i
             except json.JSONDecodeError:
                 logger.warning("%s:%d: unreadable RESULT line ignored", path, i + 1)
         traceback_at, epoch = i if TRACEBACK in line else traceback_at, _EPOCH_RE.search(line) or epoch
+    identity, source = result or {}, "RESULT line"
     if run := read_json(path.parent / RUN_FILE):  # this version's records: what the run was, what it scored
         record = read_json(path.parent / RESULT_FILE) or {}
-        result = {**record, **record.get("metrics", {})} if record.get("run_id") == run.get("run_id") else None
-        identity = run
-    elif not (identity := result):  # an earlier version's run without a RESULT line
-        config, args = parse_config_dump(lines[:5000])
-        dataset_file = args.get("dataset_config_file") and Path(args["dataset_config_file"]).stem
-        identity = {**infer_from_path(path.parent), **{k: v for k, v in (
-            ("protocol", config.get("TRAINER.MODAL")), ("trainer", config.get("TRAINER.NAME") or args.get("trainer")),
-            ("dataset", config.get("DATASET.NAME") or dataset_file), ("seed", config.get("SEED") or args.get("seed")),
-            ("selection", config.get("TEST.MODEL_SELECTION")), ("backbone", config.get("MODEL.BACKBONE.NAME"))) if v}}
+        identity, source = run, "result.json"
+        result = record.get("metrics", {}) if record.get("run_id") == run.get("run_id") else None
     status, detail = "ok", ""
-    if traceback_at > at:
+    if traceback_at > result_at:
         tail = [ln.strip() for ln in lines[traceback_at + 1:] if ln.strip()]
         status, detail = "failed", (tail[-1] if tail else "traceback")[:160]
-        detail += f" (after {'result.json' if run else 'a RESULT line'})" if result is not None else ""
+        detail += "" if result is None else f" (after {'result.json' if run else 'a RESULT line'})"
         result = None
     elif result is None:
-        status, detail = "unfinished", f"no {'result.json' if run else 'RESULT line'}" + (
-            f", last seen at epoch {epoch.group(1)}/{epoch.group(2)}" if epoch else "")
+        status, detail = "unfinished", f"no {source}" + (f", last seen at epoch {epoch[1]}/{epoch[2]}" if epoch else "")
     metrics = {k: float(v) for k, v in (result or {}).items()
                if k in METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)}
     if "hm" not in metrics and {"base", "novel"} <= set(metrics):
         metrics["hm"] = harmonic_mean(metrics["base"], metrics["novel"])
-    seed, trainer, dataset = str(identity.get("seed")).strip(), *(identity.get(k) or "" for k in ("trainer", "dataset"))
-    return Run(path, status, _PROTOCOLS.get(_norm(identity.get("protocol")), identity.get("protocol")),
-               _TRAINERS.get(trainer.lower(), trainer) or None, _DATASETS.get(_norm(dataset), dataset) or None,
+    seed = str(identity.get("seed"))
+    return Run(path, status, *(identity.get(k) or None for k in ("protocol", "trainer", "dataset")),
                int(seed) if seed.lstrip("-").isdigit() else None, metrics, identity.get("selection"),
                identity.get("backbone"), path.stat().st_mtime, detail)
 
@@ -232,7 +176,7 @@ def _method_labels(runs) -> dict[int, str]:
 class Report:
     groups: pd.DataFrame    # (protocol, method, dataset) -> n, seeds, missing, complete, <m>_mean/_std/_n, hm_of_means
     averages: pd.DataFrame  # (protocol, method) -> label, <m> (mean over the datasets), hm_of_means, missing, short
-    issues: list            # (protocol, method, dataset, seed, status, detail, log_path) of seeds / runs not used
+    issues: list            # Issue per seed / run not used
     expected_seeds: tuple
     used: pd.DataFrame      # the runs behind the means, one per (protocol, method, dataset, seed)
 
@@ -247,71 +191,73 @@ class Report:
         return sorted({m for p, m, _ in self.groups.index if p == protocol})
 
 
+
+def _not_used(run, newest: pd.Series, expected: tuple) -> tuple[str, str]:
+    """(status, detail) of a run that is in no mean; `newest` maps (*KEYS, seed) to the log used."""
+    key = (run.protocol, run.method, run.dataset, run.seed)
+    if not run.known:
+        why = ("not identified: no run.json and no RESULT line" if run.protocol == run.method == run.dataset is None
+               else f"unknown protocol {run.protocol}" if run.protocol not in PROTOCOLS else "trainer or dataset unknown")
+        return "unidentified" if run.status == "ok" else run.status, "; ".join(filter(None, [run.detail, why]))
+    if run.status != "ok":  # failed / unfinished
+        return run.status, run.detail + (f"; the finished run {newest[key]} is used" if key in newest.index else "")
+    if run.seed not in expected:
+        return "ignored", "seed unknown" if run.seed is None else f"seed {run.seed} not in --seeds"
+    return "duplicate", f"older than {newest[key]}; not used"
+
+
 def aggregate(runs, seeds=(1, 2, 3), protocol: str | None = None) -> Report:
     """Mean ± std over seeds per (protocol, method, dataset) of the finished runs with a seed in
     `seeds` (of several runs of one seed, the newest log's); every other run or seed is an issue."""
     expected, runs = tuple(seeds), [r for r in runs if protocol is None or r.protocol in (None, protocol)]
-    spelled = {r.trainer.lower(): r.trainer for r in runs if r.trainer and r.status == "ok"}
-    for run in runs:  # a trainer named from a folder, spelt as its finished runs spell it
-        run.trainer = spelled.get(str(run.trainer).lower(), run.trainer)
-    labels, cols = _method_labels(runs), KEYS + ["seed", "status", "detail", "log_path"]
+    labels, key = _method_labels(runs), KEYS + ["seed"]
     df = pd.DataFrame([(r.protocol, labels.get(i), r.dataset, r.seed, r.status, r.detail, r.log_path, r.mtime)
-                       for i, r in enumerate(runs)], columns=cols + ["mtime"], dtype=object)
+                       for i, r in enumerate(runs)], columns=[*Issue._fields, "mtime"], dtype=object)
     df = df.join(pd.DataFrame([r.metrics for r in runs], columns=list(METRICS), index=df.index, dtype=float))
-    known = df[KEYS].notna().all(axis=1) & df.protocol.isin(PROTOCOLS)
-    ok, key = known & (df.status == "ok"), KEYS + ["seed"]
-    unknown = df[~known].assign(status=lambda f: f.status.where(f.status != "ok", "unidentified"), detail=lambda f: [
-        "; ".join(filter(None, [d, "trainer or dataset unknown" if p in PROTOCOLS else f"unknown protocol {p or ''}"
-                                .strip()])) for d, p in zip(f.detail, f.protocol)])
-    ignored = df[ok & ~df.seed.isin(expected)].assign(status="ignored", detail=lambda f: [
-        "seed unknown" if s is None else f"seed {s} not in --seeds" for s in f.seed])
-    used = df[ok & df.seed.isin(expected)].sort_values("mtime", ascending=False, kind="stable")
-    newest = used.drop_duplicates(key).set_index(key).log_path
-    duplicates = used[used.duplicated(key)].assign(status="duplicate", detail=lambda f: [
-        f"older than {newest[tuple(k)]}; not used" for k in f[key].values])
-    used, problems = used.drop_duplicates(key), df[known & ~ok]
-    problems = problems.assign(detail=[d + (f"; the finished run {newest[k]} is used" if k in newest.index else "")
-                                       for d, k in zip(problems.detail, map(tuple, problems[key].values))])
+    df = df.sort_values("mtime", ascending=False, kind="stable")  # newest first
+    df["known"] = df[KEYS].notna().all(axis=1) & df.protocol.isin(PROTOCOLS)
+    use = df.known & (df.status == "ok") & df.seed.isin(expected)
+    use[use] = ~df[use].duplicated(key)  # of several runs of one seed, the newest
+    used, problems = df[use], df[df.known & (df.status != "ok")]
+    newest = used.set_index(key).log_path
 
-    index = pd.MultiIndex.from_frame(pd.concat([used, problems])[KEYS].drop_duplicates())
-    stats = used.groupby(KEYS)[list(METRICS)].agg(["mean", "std", "count"]).reindex(index)
-    groups = pd.DataFrame({"seeds": used.groupby(KEYS).seed.agg(sorted)}).reindex(index)
+    shown = sorted(set(pd.concat([used, problems])[KEYS].itertuples(index=False, name=None)),
+                   key=lambda k: (k[0], k[1], _order(k[2])))  # groups of failed / unfinished runs too
+    index = pd.MultiIndex.from_frame(pd.DataFrame(shown, columns=KEYS))
+    by_group = used.groupby(KEYS)
+    stats = by_group[list(METRICS)].agg(["mean", "std", "count"]).reindex(index)  # std: ddof=1
+    groups = pd.DataFrame({"seeds": by_group.seed.agg(sorted)}).reindex(index)
     groups["seeds"] = [s if isinstance(s, list) else [] for s in groups.seeds]
-    groups = groups.assign(n=groups.seeds.apply(len), missing=[[s for s in expected if s not in have]
-                                                               for have in groups.seeds])
+    groups["n"], groups["missing"] = groups.seeds.map(len), [[s for s in expected if s not in g] for g in groups.seeds]
     groups["complete"] = groups.n == len(expected)
     for m in METRICS:
-        n = stats[(m, "count")].fillna(0).astype(int)
-        groups[f"{m}_mean"], groups[f"{m}_std"], groups[f"{m}_n"] = stats[(m, "mean")], stats[(m, "std")].where(
-            n != 1, 0.0), n  # pandas' std is the sample std (ddof=1); 0 for one seed
+        groups[f"{m}_n"] = n = stats[(m, "count")].fillna(0).astype(int)
+        groups[f"{m}_mean"], groups[f"{m}_std"] = stats[(m, "mean")], stats[(m, "std")].where(n != 1, 0.0)
     groups["hm_of_means"] = list(map(harmonic_mean, groups.base_mean, groups.novel_mean))
-    groups = groups.iloc[sorted(range(len(index)), key=lambda i: (*index[i][:2], _order(index[i][2])))]
-    bad = set(map(tuple, problems[key].values))
-    missing = pd.DataFrame([(*k, s, "missing", "no run found", None) for k, g in groups.iterrows()
-                            for s in g.missing if (*k, s) not in bad], columns=cols, dtype=object)
-    order = ["failed", "unfinished", "missing", "duplicate", "ignored", "unidentified"]
-    issues = pd.concat([f[cols].astype(object) for f in (unknown, problems, ignored, duplicates, missing) if len(f)]
-                       or [missing])
-    issues = sorted(issues.where(issues.notna(), None).itertuples(index=False), key=lambda x: (
-        str(x.protocol), str(x.method), _order(x.dataset or "~"), x.seed or 0, order.index(x.status)))
+
+    listed = set(problems[key].itertuples(index=False, name=None))
+    issues = [Issue(*k, seed, "missing", "no run found", None)
+              for k, seeds_missing in groups.missing.items() for seed in seeds_missing if (*k, seed) not in listed]
+    issues += [Issue(r.protocol, r.method, r.dataset, r.seed, *_not_used(r, newest, expected), r.log_path)
+               for r in df[~use].itertuples()]
+    issues.sort(key=lambda i: (str(i.protocol), str(i.method), _order(i.dataset or "~"), i.seed or 0,
+                               ISSUE_ORDER.index(i.status)))
     return Report(groups, _averages(groups, expected), issues, expected, used)
 
 
 def _averages(groups: pd.DataFrame, expected: tuple) -> pd.DataFrame:
     """Per (protocol, method) that ran a benchmark dataset: the mean over the 11 base-to-novel
-    datasets (or the 10 cross-dataset targets) of the per-dataset means, when none is missing."""
+    datasets (or the 10 cross-dataset targets) of the per-dataset means, NaN when one is missing."""
     rows = []
-    for (proto, method), sub in groups.groupby(level=[0, 1]):
-        sub = sub.droplevel([0, 1])
-        if set(sub.index) & set(DATASET_ORDER):
-            datasets, label, metrics = ((BASE2NOVEL_DATASETS, "Average (11)", METRICS) if proto == BASE2NOVEL
-                                        else (CROSS_TARGETS, "Average (10 targets)", ("accuracy",)))
-            sub = sub.reindex(list(datasets))
-            missing = [d for d, n in sub.n.items() if not n > 0]
-            rows.append({"protocol": proto, "method": method, "label": label, "missing": missing,
-                         "short": [d for d, n in sub.n.items() if 0 < n < len(expected)], **{
-                             m: math.nan if missing or sub[f"{m}_mean"].isna().any() else sub[f"{m}_mean"].mean()
-                             for m in metrics}})
+    for (protocol, method), sub in groups.groupby(level=["protocol", "method"]):
+        if not set(sub.index.get_level_values("dataset")) & set(DATASET_ORDER):
+            continue  # off the benchmark (the demo's toy data): no average
+        b2n = protocol == BASE2NOVEL
+        sub = sub.droplevel(["protocol", "method"]).reindex(list(BASE2NOVEL_DATASETS if b2n else CROSS_TARGETS))
+        n = sub.n.fillna(0)
+        rows.append({"protocol": protocol, "method": method, "label": "Average (11)" if b2n else "Average (10 targets)",
+                     "missing": list(n.index[n == 0]), "short": list(n.index[(n > 0) & (n < len(expected))]),
+                     **{m: sub[f"{m}_mean"].mean(skipna=False) for m in (METRICS if b2n else ["accuracy"])}})
     averages = pd.DataFrame(rows, columns=["protocol", "method", "label", "missing", "short", *METRICS])
     averages["hm_of_means"] = list(map(harmonic_mean, averages.base, averages.novel))
     return averages.set_index(["protocol", "method"])
@@ -327,10 +273,9 @@ class Table(NamedTuple):
     notes: list = []
 
     def render(self) -> str:
-        table = pd.DataFrame(self.rows, columns=self.headers).to_markdown(index=False, tablefmt="github",
-                                                                          disable_numparse=True)
-        return "\n\n".join([f"## {self.title}"] + [self.caption] * bool(self.caption) + [table] +
-                           ["\n".join(f"- {note}" for note in self.notes)] * bool(self.notes))
+        table = pd.DataFrame(self.rows, columns=self.headers).to_markdown(index=False, tablefmt="github", disable_numparse=True)
+        notes = "\n".join(f"- {note}" for note in self.notes)
+        return "\n\n".join(filter(None, [f"## {self.title}", self.caption, table, notes]))
 
 
 def _num(value) -> str:
@@ -353,15 +298,16 @@ def _short(report: Report, protocol, method, avg) -> str:
 def _base2novel_table(report: Report, e: int) -> Table | None:
     rows = []
     for method in report.methods(BASE2NOVEL):
-        mine = report.groups[[k[:2] == (BASE2NOVEL, method) for k in report.groups.index]]
-        for (_, _, dataset), g in mine.iterrows():
+        for dataset, g in report.groups.xs((BASE2NOVEL, method)).iterrows():
             rows.append([method, display_name(dataset), _cell(g, "base", e), _cell(g, "novel", e),
                          _cell(g, "hm", e, column="hm_of_means"), _cell(g, "hm", e), f"{g.n}/{e}", ""])
-        if (avg := report.average(BASE2NOVEL, method)) is not None:  # none off the 11 datasets (the demo's toy data)
-            short = _short(report, BASE2NOVEL, method, avg)
+        if (avg := report.average(BASE2NOVEL, method)) is not None and avg.missing:
             rows.append([method, avg.label, "—", "—", "—", "—", "", "not computed, missing: " + ", ".join(
-                map(display_name, avg.missing))] if avg.missing else [method, avg.label, *map(
-                    _num, (avg.base, avg.novel, avg.hm_of_means, avg.hm)), "", short and f"fewer seeds: {short}"])
+                map(display_name, avg.missing))])
+        elif avg is not None:
+            short = _short(report, BASE2NOVEL, method, avg)
+            rows.append([method, avg.label, *map(_num, (avg.base, avg.novel, avg.hm_of_means, avg.hm)), "",
+                         short and f"fewer seeds: {short}"])
     caption = ("Base / Novel / 'HM (seeds)': " + STD_CAPTION + " HM = 2·B·N/(B+N) of the mean base and mean novel "
                "accuracy (the paper's convention); 'HM (seeds)' is the mean ± std of the per-seed HM. Average (11): "
                "mean over the 11 datasets of the per-dataset means, its HM is the HM of the averaged base and novel; "
@@ -370,50 +316,48 @@ def _base2novel_table(report: Report, e: int) -> Table | None:
                           rows, caption)
 
 
-def _columns(report: Report, protocol: str) -> list[str]:
-    """The datasets of `protocol` in the paper's order; '__avg__' where the cross table puts its average."""
+def _matrix(report: Report, protocol, cell, avg_key, avg_label, title, caption, avg_last=True, short=False):
+    """Methods x the datasets of `protocol` (`cell(group)`) and the average's `avg_key`: last, or
+    for the cross-dataset table between the 10 targets and domain generalisation."""
     present = {d for p, _, d in report.groups.index if p == protocol}
-    order = [CROSS_SOURCE, *CROSS_TARGETS, "__avg__", *DG_DATASETS]
-    return sorted(present, key=_order) if protocol == BASE2NOVEL else \
-        [d for d in order if d in present or d == "__avg__"] + sorted(present - set(order))
-
-
-def _matrix(report: Report, protocol, columns, cell, avg_key, avg_label, title, caption, short=False):
-    """Methods x `columns` of `protocol`: `cell(group)`, and in '__avg__' the average's `avg_key`."""
+    columns = sorted(present, key=_order) + ["__avg__"]
+    if not avg_last:
+        order = [CROSS_SOURCE, *CROSS_TARGETS, "__avg__", *DG_DATASETS]
+        columns = [d for d in order if d in present or d == "__avg__"] + sorted(present - set(order))
     averages = {m: report.average(protocol, m) for m in report.methods(protocol)}
+    if not averages:
+        return None
     cells = pd.DataFrame([(m, d, ("—" if a is None or a.missing else _num(a[avg_key])) if d == "__avg__" else
                            cell(report.group(protocol, m, d))) for m, a in averages.items() for d in columns],
-                         columns=["method", "dataset", "cell"])
+                         columns=["Method", "dataset", "cell"])
     notes = [f"{m}: {avg_label} not computed, missing: " + ", ".join(map(display_name, a.missing)) if a.missing else
              f"{m} {a.label}: datasets with fewer seeds: {_short(report, protocol, m, a)}"
              for m, a in averages.items() if a is not None and (a.missing or (short and a.short))]
-    return averages and Table(title, ["Method"] + [avg_label if d == "__avg__" else display_name(d) for d in columns],
-                              cells.pivot(index="method", columns="dataset", values="cell")[columns].reset_index()
-                              .values.tolist(), caption, notes)
+    table = cells.pivot_table(index="Method", columns="dataset", values="cell", aggfunc="first")[columns]
+    return Table(title, ["Method"] + [avg_label if d == "__avg__" else display_name(d) for d in columns],
+                              table.reset_index().values.tolist(), caption, notes)
 
 
 def format_tables(report: Report) -> list[Table]:
     """All tables of a report, in print order."""
     e, several = len(report.expected_seeds), {p: len(report.methods(p)) > 1 for p in PROTOCOLS}
-    hm, acc = (lambda g: _cell(g, "hm", e, " ({}/{})", "hm_of_means")), \
-        (lambda g: _cell(g, "accuracy", e, " ({}/{})", "accuracy_mean"))
     compare = "Per method and dataset: {} over seeds; '(k/n)' = fewer seeds than expected."
-    rows = [[i.protocol or "?", i.method or "?", display_name(i.dataset) if i.dataset else "?",
-             "?" if i.seed is None else str(i.seed), i.status, i.detail, str(i.log_path or "")] for i in report.issues]
+    issues = [[i.protocol or "?", i.method or "?", display_name(i.dataset) if i.dataset else "?",
+               "?" if i.seed is None else str(i.seed), i.status, i.detail, str(i.log_path or "")] for i in report.issues]
     return [t for t in [
         _base2novel_table(report, e),
-        several[BASE2NOVEL] and _matrix(report, BASE2NOVEL, _columns(report, BASE2NOVEL) + ["__avg__"], hm,
-                                        "hm_of_means", "Average (11)", "Comparison, base-to-novel HM",
-                                        compare.format("HM of the mean base and mean novel accuracy")),
-        _matrix(report, CROSS, _columns(report, CROSS), lambda g: _cell(g, "accuracy", e), "accuracy", "Average (10)",
+        several[BASE2NOVEL] and _matrix(
+            report, BASE2NOVEL, lambda g: _cell(g, "hm", e, " ({}/{})", "hm_of_means"), "hm_of_means", "Average (11)",
+            "Comparison, base-to-novel HM", compare.format("HM of the mean base and mean novel accuracy")),
+        _matrix(report, CROSS, lambda g: _cell(g, "accuracy", e), "accuracy", "Average (10)",
                 "Cross-dataset and domain generalisation", "Accuracy, " + STD_CAPTION + " Source ImageNet, the 10 "
                 "cross-dataset targets, their average (only when all 10 are present), then domain generalisation.",
-                short=True),
-        several[CROSS] and _matrix(report, CROSS, [d for d in _columns(report, CROSS) if d != "__avg__"] + ["__avg__"],
-                                   acc, "accuracy", "Average (10)", "Comparison, cross-dataset",
-                                   compare.format("mean accuracy")),
+                avg_last=False, short=True),
+        several[CROSS] and _matrix(
+            report, CROSS, lambda g: _cell(g, "accuracy", e, " ({}/{})", "accuracy_mean"), "accuracy", "Average (10)",
+            "Comparison, cross-dataset", compare.format("mean accuracy")),
         Table("Missing / unfinished", ["Protocol", "Method", "Dataset", "Seed", "Status", "Detail", "Log"],
-              rows or [["—", "—", "—", "—", "none", "all expected seeds finished", ""]],
+              issues or [["—", "—", "—", "—", "none", "all expected seeds finished", ""]],
               f"Expected seeds: {' '.join(map(str, report.expected_seeds))}. Failed / unfinished / duplicate / "
               "ignored runs are not used in any mean.")] if t]
 
@@ -472,45 +416,43 @@ def plot(report: Report, path) -> bool:
     return True
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="promptkd results",
-                                     description="Collect the runs' records (or RESULT lines) into mean ± std tables.")
+# --- the verb ---------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `results` verb's options."""
+    parser.description, parser.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
     parser.add_argument("runs_dirs", nargs="+", metavar="RUNS_DIR",
                         help="directories searched recursively for runs (run.json, log.txt)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3],
                         help="expected seeds; runs with other seeds are ignored (default 1 2 3)")
-    parser.add_argument("--out", metavar="PREFIX", help="write PREFIX.csv, PREFIX.md (and PREFIX.png); "
-                                                        "default RUNS_DIR/results")
+    parser.add_argument("--out", metavar="PREFIX",
+                        help="write PREFIX.csv, PREFIX.md (and PREFIX.png); default RUNS_DIR/results")
     parser.add_argument("--plot", action="store_true", help="also write PREFIX.png")
     parser.add_argument("--protocol", choices=PROTOCOLS, help="only this protocol")
     parser.add_argument("--newest-log", action="store_true",
                         help="per run directory use the most recently modified of log.txt and log.txt-<time> "
                              "(stock Dassl writes re-runs to log.txt-<time>) instead of log.txt")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`promptkd results`: print the tables, write them as CSV and Markdown (and --plot: the plot)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    error = None
     if bad := [d for d in args.runs_dirs if not Path(d).is_dir()]:
-        error = f"{bad[0]} is not a directory"
-    elif not (found := find_runs(args.runs_dirs, newest=args.newest_log)):
-        error = f"no log.txt found (and no run.json) under {', '.join(args.runs_dirs)}"
-    elif (report := aggregate([parse_log(p) for p in found], args.seeds, args.protocol)).groups.empty \
-            and not report.issues:
-        error = f"no {args.protocol} run found"
-    if error:
-        sys.stderr.write(f"error: {error}\n")
-        return 2
+        raise MissingFileError(f"{bad[0]} is not a directory: give the folders the runs wrote to (--output-dir).")
+    if not (found := find_runs(args.runs_dirs, newest=args.newest_log)):
+        raise UserError(f"no log.txt found (and no run.json) under {', '.join(args.runs_dirs)}: give the folders "
+                        "the runs wrote to (--output-dir).")
+    report = aggregate([parse_log(p) for p in found], args.seeds, args.protocol)
+    if report.groups.empty and not report.issues:
+        raise UserError(f"no {args.protocol} run found under {', '.join(args.runs_dirs)}; drop --protocol for all.")
     text = render(format_tables(report))
     prefix = Path(args.out) if args.out else Path(args.runs_dirs[0]) / "results"
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    outputs = [prefix.with_name(prefix.name + ext) for ext in (".csv", ".md", ".png")]
-    write_csv(report, outputs[0])
-    atomic_write_text(outputs[1], text)
-    plotted = args.plot and plot(report, outputs[2])
-    if args.plot and not plotted:
+    csv_path, md_path, png_path = (prefix.with_name(prefix.name + ext) for ext in (".csv", ".md", ".png"))
+    write_csv(report, csv_path)
+    atomic_write_text(md_path, text)
+    written = [csv_path, md_path] + ([png_path] if args.plot and plot(report, png_path) else [])
+    if args.plot and png_path not in written:
         logger.warning("nothing to plot: no finished run")
-    print(text + "\nWritten: " + ", ".join(str(p) for p in outputs[:3 if plotted else 2]))
+    print(text + "\nWritten: " + ", ".join(map(str, written)))
     return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

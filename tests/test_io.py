@@ -215,10 +215,9 @@ def _cache(directory, width=8, n=4):
 
 
 def _write_results(tmp_path):
-    from promptkd import results
     from tests.test_results import b2n_metrics, write_run
     write_run(tmp_path / "runs", "PromptKD", DATASET, 1, metrics=b2n_metrics(80, 70))
-    results.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out" / "table")])
+    cli.main(["results", str(tmp_path / "runs"), "--out", str(tmp_path / "out" / "table")])
 
 
 def _writers(run, tmp_path, name):

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from promptkd import distributed, records
+from promptkd import cli, distributed, records
 from promptkd import results as R
 
 
@@ -217,7 +217,7 @@ def test_results_table_from_records_equals_the_one_from_an_old_log(kit, trained,
     (old / "log.txt").write_text("epoch [1/1] kd_loss 0.1\n[2026-01-02 10:00:00] RESULT " + json.dumps(logged) + "\n")
     outputs = {}
     for tag, folder in (("new", new), ("old", old)):
-        assert R.main([str(folder), "--seeds", "1", "--out", str(tmp_path / tag)]) == 0
+        assert cli.main(["results", str(folder), "--seeds", "1", "--out", str(tmp_path / tag)]) == 0
         outputs[tag] = [(tmp_path / f"{tag}{ext}").read_bytes() for ext in (".md", ".csv")]
     capsys.readouterr()
     assert outputs["new"] == outputs["old"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from promptkd import cli, records
 from promptkd import results as R
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,15 +106,25 @@ def b2n_metrics(base, novel):
             "accuracy": round((base + novel) / 2, 2)}
 
 
+def write_run_record(folder, trainer, dataset, seed, protocol="base2novel", selection="last_epoch"):
+    """The run.json this version writes when a run starts (promptkd.records.run_record's identity)."""
+    records.atomic_write_json(Path(folder) / "run.json", {
+        "format": 1, "kind": "run", "run_id": f"{trainer}-{dataset}-{seed}", "trainer": trainer, "dataset": dataset,
+        "protocol": protocol, "seed": seed, "backbone": "ViT-B/16", "selection": selection})
+
+
 def write_run(root, trainer, dataset, seed, protocol="base2novel", metrics=None, *,
               name="log.txt", subdir=None, status="ok", selection="last_epoch", mtime=None):
-    """A run directory output/<protocol>/<trainer>/<dataset>/seed<seed>/log.txt."""
+    """A run directory output/<protocol>/<trainer>/<dataset>/seed<seed>/log.txt; an unfinished
+    run as this version leaves it (run.json, a log without a result), a finished or failed one as
+    an earlier version did (a log with a RESULT line, no records)."""
     proto_dir = "base2new" if protocol == "base2novel" else "cross"
     folder = Path(root) / (subdir or proto_dir) / trainer.lower() / \
         B2N_DIRS.get(dataset, DG_DIRS.get(dataset, dataset)) / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     text = config_dump(trainer, dataset, seed, protocol, selection)
     if status == "unfinished":
+        write_run_record(folder, trainer, dataset, seed, protocol, selection)
         text += training_lines(epochs=20, upto=7)
     else:
         text += training_lines() + "Evaluate on the *test* set\n=> result\n"
@@ -130,7 +141,7 @@ def write_run(root, trainer, dataset, seed, protocol="base2novel", metrics=None,
 
 
 def run_cli(capsys, *argv):
-    code = R.main([str(a) for a in argv])
+    code = cli.main(["results", *map(str, argv)])
     return code, capsys.readouterr().out
 
 
@@ -166,19 +177,6 @@ def test_single_seed_has_zero_std(tmp_path):
     write_run(tmp_path, "PromptKD", "EuroSAT", 1, metrics=b2n_metrics(97.5, 82.0))
     group = report_of(tmp_path, seeds=(1,)).group("base2novel", "PromptKD", "EuroSAT")
     assert (group.base_n, group.base_std) == (1, 0.0)
-
-
-def test_config_dump_parsing(tmp_path):
-    lines = config_dump("PromptKD", "OxfordFlowers", 2, "cross", backbone="ViT-B/16")
-    config, args = R.parse_config_dump(lines.splitlines(keepends=True))
-    assert config["DATASET.NAME"] == "OxfordFlowers"
-    assert config["TRAINER.NAME"] == "PromptKD"
-    assert config["MODEL.BACKBONE.NAME"] == "ViT-B/16"
-    assert config["MODEL.HEAD.NAME"] == ""
-    assert config["SEED"] == "2" and config["TRAINER.MODAL"] == "cross"
-    assert config["DATALOADER.TEST.BATCH_SIZE"] == "100"
-    assert "OS" not in config                      # the env info after the dump is not config
-    assert args["trainer"] == "PromptKD" and args["seed"] == "2"
 
 
 def test_last_result_line_counts_and_prefix_is_ignored(tmp_path):
@@ -250,9 +248,10 @@ def test_unfinished_and_failed_runs_listed(tmp_path, capsys):
     failed = write_run(tmp_path, "PromptKD", "ImageNet", 2, metrics=b2n_metrics(1.0, 1.0),
                        status="failed")
     unfinished = write_run(tmp_path, "PromptKD", "ImageNet", 3, status="unfinished")
-    # an unfinished run whose log has no config dump yet: identity from the path
+    # an unfinished run that has not logged an epoch yet: identity from its run.json
     bare = tmp_path / "base2new" / "promptkd" / "dtd" / "seed2" / "log.txt"
     bare.parent.mkdir(parents=True)
+    write_run_record(bare.parent, "PromptKD", "DescribableTextures", 2)
     bare.write_text("Setting fixed seed: 2\nLoading trainer: PromptKD\n")
 
     bare_run = R.parse_log(bare)
@@ -284,6 +283,19 @@ def test_unfinished_and_failed_runs_listed(tmp_path, capsys):
     assert str(failed) in out and str(unfinished) in out and str(bare) in out
     assert "last seen at epoch 7/20" in out
 
+
+def test_old_log_without_result_or_record_is_listed_unidentified(tmp_path, capsys):
+    """Neither the config dump atop an old log nor its folder names say what a run was."""
+    write_run(tmp_path, "PromptKD", "ImageNet", 1, metrics=b2n_metrics(80.0, 74.0))
+    old = tmp_path / "base2new" / "promptkd" / "dtd" / "seed2" / "log.txt"
+    old.parent.mkdir(parents=True)
+    old.write_text(config_dump("PromptKD", "DescribableTextures", 2, "base2novel") + training_lines(20, 7))
+    run = R.parse_log(old)
+    assert (run.status, run.trainer, run.dataset, run.seed, run.protocol) == ("unfinished", None, None, None, None)
+    (issue,) = [i for i in report_of(tmp_path, seeds=(1,)).issues if i.log_path == old]
+    assert issue.status == "unfinished" and "no run.json and no RESULT line" in issue.detail
+    code, out = run_cli(capsys, tmp_path, "--seeds", "1")
+    assert code == 0 and str(old) in out
 
 def _all_b2n(root, trainer="PromptKD", skip=(), offset=0.0):
     expected = {}
@@ -415,9 +427,11 @@ def test_default_prefix_is_in_runs_dir(tmp_path, capsys):
 
 def test_exit_code_2_without_logs(tmp_path, capsys):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    assert R.main([str(tmp_path / "empty")]) == 2
-    assert "no log.txt found" in capsys.readouterr().err
-    assert R.main([str(tmp_path / "does-not-exist")]) == 2
+    for folder in ("empty", "does-not-exist"):
+        with pytest.raises(SystemExit) as exit:  # the `promptkd` command: error: ..., exit code 2
+            cli.console(["results", str(tmp_path / folder)])
+        assert exit.value.code == 2
+        assert ("no log.txt found" if folder == "empty" else "is not a directory") in capsys.readouterr().err
 
 
 def test_module_entry_point(tmp_path):

@@ -113,10 +113,10 @@ def run_demo(out: str, preset: str = "full", from_scratch: bool = False, epochs:
     print("-- results", flush=True)
     from promptkd import results
 
-    code = results.main([os.path.join(out, "runs"), "--out", os.path.join(out, "results"), "--plot",
-                         "--seeds", str(SEED)])
-    if code:
-        raise UserError(f"promptkd results {out}/runs failed (exit code {code})")
+    parser = argparse.ArgumentParser(prog="promptkd results")  # the verb's own options (cli is a layer above)
+    results.add_arguments(parser)
+    results.run(parser.parse_args([os.path.join(out, "runs"), "--out", os.path.join(out, "results"), "--plot",
+                                   "--seeds", str(SEED)]))  # a user error is raised
     print()
     print(f"Zero-shot probes of the pretrained backbones (fresh images; from {weights}/*.json): what")
     print("each backbone's features allow when prompted in a form it was pretrained on.")
