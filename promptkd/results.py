@@ -145,6 +145,9 @@ def parse_log(path) -> Run:
     if "hm" not in metrics and {"base", "novel"} <= set(metrics):
         metrics["hm"] = harmonic_mean(metrics["base"], metrics["novel"])
     seed = str(identity.get("seed"))
+    # A PromptKD run off the paper's recipe is named by what it distilled into what, and how
+    # (run.json's objective_label, e.g. "PromptKD→CoOp (sym-KL)"), so it is never averaged with the paper's.
+    identity = {**identity, "trainer": identity.get("objective_label") or identity.get("trainer")}
     return Run(path, status, *(identity.get(k) or None for k in ("protocol", "trainer", "dataset")),
                int(seed) if seed.lstrip("-").isdigit() else None, metrics, identity.get("selection"),
                identity.get("backbone"), path.stat().st_mtime, detail)
