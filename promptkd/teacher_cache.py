@@ -166,8 +166,8 @@ def error_check(fmt: str, vectors: torch.Tensor, logit_scale: float, temperature
             error = float((torch.from_numpy(decode(fmt, stored) - original) @ v.t()).abs().max()) * factor / temperature
         else:
             logits = torch.from_numpy(original)
-            error = float((torch.from_numpy(stored["v"].astype(np.float32))
-                           - logits.gather(1, torch.from_numpy(stored["i"].astype(np.int64)))).abs().max()) / temperature
+            kept = logits.gather(1, torch.from_numpy(stored["i"].astype(np.int64)))
+            error = float((torch.from_numpy(stored["v"].astype(np.float32)) - kept).abs().max()) / temperature
             p = torch.softmax(logits.double() / temperature, 1)
             q = torch.softmax(torch.from_numpy(decode(fmt, stored, spec)).double() / temperature, 1)
             mass = float((q - p).abs().sum(1).max())
