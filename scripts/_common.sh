@@ -50,3 +50,16 @@ need_dataset_config() {
 dataset_name() {  # the registered dataset name (DATASET.NAME) of configs/datasets/$1.yaml
   sed -n 's/^ *NAME: *"\{0,1\}\([A-Za-z0-9]*\)"\{0,1\}.*/\1/p' "configs/datasets/$1.yaml"
 }
+
+# Stage 2's student and objective from the environment (docs/students.md):
+#   STUDENT=coop|maple|promptsrc|...  any prompt-learning method as the student (default: the paper's)
+#   LOSS=kl|reverse_kl|sym_kl         the distillation objective (default kl, the published one)
+# They become TRAINER.PROMPTKD.* options in COMMON_OPTS, and the run folder is promptkd_to_<student>
+# (with _<loss>) so that such runs never mix with the paper's in one folder or one table row.
+STUDENT_RUN=promptkd
+if [ -n "${STUDENT:-}" ] && [ "${STUDENT,,}" != promptkd ]; then
+  COMMON_OPTS+=(TRAINER.PROMPTKD.STUDENT "$STUDENT"); STUDENT_RUN=promptkd_to_${STUDENT,,}
+fi
+if [ -n "${LOSS:-}" ] && [ "$LOSS" != kl ]; then
+  COMMON_OPTS+=(TRAINER.PROMPTKD.LOSS "$LOSS"); STUDENT_RUN=${STUDENT_RUN}_$LOSS
+fi

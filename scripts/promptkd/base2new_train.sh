@@ -17,7 +17,7 @@ if [ -z "${TEACHER_DIR:-}" ]; then
     bash scripts/promptkd/teacher_train.sh "$DATASET" "${TEACHER_SEED:-1}" ${TEACHER_OPTS:-}
   fi
 fi
-RUN="$OUTPUT/base2new/promptkd/$DATASET/seed$SEED"
+RUN="$OUTPUT/base2new/$STUDENT_RUN/$DATASET/seed$SEED"
 "${LAUNCH[@]}" --root "$DATA" --seed "$SEED" --trainer PromptKD \
   --dataset-config-file "configs/datasets/$DATASET.yaml" \
   --config-file "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml" \

@@ -34,12 +34,12 @@ COMMON=(--root "$DATA" --seed "$SEED" --trainer PromptKD --dataset-config-file "
 OPTS=(DATASET.NUM_SHOTS 0 DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL cross
       TRAINER.PROMPTKD.TEACHER_DIR "$TEACHER_RUN/export")  # KD_WEIGHT: the config's auto (per dataset)
 if [[ "$DG_DATASETS" == *" $DATASET "* ]]; then
-  RUN="$OUTPUT/cross/promptkd/$DATASET/seed$SEED"
+  RUN="$OUTPUT/cross/$STUDENT_RUN/$DATASET/seed$SEED"
   "${LAUNCH[@]}" "${COMMON[@]}" --output-dir "$RUN" --eval-only \
-    --model-dir "$OUTPUT/cross/promptkd/imagenet/seed$SEED" "${OPTS[@]}" \
+    --model-dir "$OUTPUT/cross/$STUDENT_RUN/imagenet/seed$SEED" "${OPTS[@]}" \
     ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:3}"
 else
-  RUN="$OUTPUT/cross/promptkd/$DATASET/seed$SEED"
+  RUN="$OUTPUT/cross/$STUDENT_RUN/$DATASET/seed$SEED"
   "${LAUNCH[@]}" "${COMMON[@]}" --output-dir "$RUN" "${OPTS[@]}" \
     ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:3}"
 fi
