@@ -1,15 +1,14 @@
 """`promptkd results`: the paper's results tables from a folder of training / evaluation runs.
 
-    promptkd results RUNS_DIR [RUNS_DIR ...] [--seeds 1 2 3] [--out PREFIX]
-                               [--plot] [--protocol base2novel|cross] [--newest-log]
+    promptkd results RUNS_DIR [RUNS_DIR ...] [--seeds 1 2 3] [--out PREFIX] [--plot]
+                     [--protocol base2novel|cross] [--newest-log]
 
-What a run was and what it scored come from its records (`run.json`, `result.json`:
-promptkd.records) or, for a run of an earlier version, from its log's last `RESULT {json}`
-line; a log with neither is listed as unidentified. A traceback in the log marks a run failed.
-pandas groups the runs by (protocol, method, dataset): mean ± std over seeds (base / novel / HM,
-or accuracy), the average over the 11 base-to-novel datasets or the 10 cross-dataset targets,
-a method x dataset comparison, and every expected seed without a finished run. Writes
-PREFIX.md, PREFIX.csv (and PREFIX.png); no torch.
+A run is what its records say (`run.json`, `result.json`: promptkd.records) or, for a run of an
+earlier version, its log's last `RESULT {json}` line; a log with neither is listed as unidentified,
+a traceback in the log marks a run failed. pandas groups the runs by (protocol, method, dataset):
+mean ± std over seeds (base / novel / HM, or accuracy), the average over the 11 base-to-novel
+datasets or the 10 cross-dataset targets, a method x dataset comparison, and every expected seed
+without a finished run. Writes PREFIX.md, PREFIX.csv (and PREFIX.png); no torch.
 """
 from __future__ import annotations
 
@@ -20,9 +19,8 @@ import math
 import os
 import re
 from collections import namedtuple
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import pandas as pd
 
@@ -45,9 +43,10 @@ PROTOCOLS, METRICS = (BASE2NOVEL, CROSS), ("base", "novel", "hm", "accuracy")
 KEYS = ["protocol", "method", "dataset"]  # a group: one table row, the mean ± std over its seeds
 Issue = namedtuple("Issue", KEYS + ["seed", "status", "detail", "log_path"])  # a seed or run in no mean
 ISSUE_ORDER = ("failed", "unfinished", "missing", "duplicate", "ignored", "unidentified")
-LOG_NAME, RESULT_MARKER, TRACEBACK = "log.txt", "RESULT {", "Traceback (most recent call last)"
+Table = namedtuple("Table", "title headers rows caption notes", defaults=("", ()))
+LOG_NAME, TRACEBACK = "log.txt", "Traceback (most recent call last)"
+_RESULT_RE, _EPOCH_RE = re.compile(r"RESULT (\{.*)"), re.compile(r"epoch \[(\d+)/(\d+)\]")
 _ROTATED_RE = re.compile(r"^log\.txt-(\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})$")
-_EPOCH_RE = re.compile(r"epoch \[(\d+)/(\d+)\]")
 STD_CAPTION = ("mean ± std over seeds; std is the sample standard deviation (ddof=1), 0 for a single seed. "
                "'(k/n seeds)' marks a mean over fewer seeds than expected.")
 
@@ -98,19 +97,11 @@ def find_runs(dirs, newest: bool = False) -> list[Path]:
     return found
 
 
-@dataclass
-class Run:
-    log_path: Path                   # the run's log, or its run.json when it has none
-    status: str                      # ok | unfinished | failed
-    protocol: str | None = None
-    trainer: str | None = None
-    dataset: str | None = None       # Dassl registered name
-    seed: int | None = None
-    metrics: dict = field(default_factory=dict)
-    selection: str | None = None     # last_epoch | best_base_test
-    backbone: str | None = None
-    mtime: float = 0.0
-    detail: str = ""                 # why a run is unfinished / failed
+# One run folder: its log (or its run.json when it has none), status ok | unfinished | failed, its
+# identity (dataset: the Dassl registered name; selection: last_epoch | best_base_test), metrics
+# {base, novel, hm, accuracy}, the log's mtime and why a run is unfinished / failed (detail).
+Run = namedtuple("Run", "log_path status protocol trainer dataset seed metrics selection backbone mtime detail",
+                 defaults=(None, None, None, None, {}, None, None, 0.0, ""))
 
 
 def parse_log(path) -> Run:
@@ -120,12 +111,11 @@ def parse_log(path) -> Run:
     lines = [] if path.name == RUN_FILE else path.read_text(encoding="utf-8", errors="replace").splitlines()
     result, result_at, traceback_at, epoch = None, -1, -1, None
     for i, line in enumerate(lines):
-        if RESULT_MARKER in line:
-            try:  # the JSON object after "RESULT "
-                result = json.JSONDecoder().raw_decode(line[line.index(RESULT_MARKER) + len("RESULT "):])[0]
-                result_at = i
-            except json.JSONDecodeError:
-                logger.warning("%s:%d: unreadable RESULT line ignored", path, i + 1)
+        try:
+            if found := _RESULT_RE.search(line):  # the JSON object after "RESULT "
+                result, result_at = json.JSONDecoder().raw_decode(found[1])[0], i
+        except json.JSONDecodeError:
+            logger.warning("%s:%d: unreadable RESULT line ignored", path, i + 1)
         traceback_at, epoch = i if TRACEBACK in line else traceback_at, _EPOCH_RE.search(line) or epoch
     identity, source = result or {}, "RESULT line"
     if run := read_json(path.parent / RUN_FILE):  # this version's records: what the run was, what it scored
@@ -177,9 +167,9 @@ def _method_labels(runs) -> dict[int, str]:
 
 @dataclass
 class Report:
-    groups: pd.DataFrame    # (protocol, method, dataset) -> n, seeds, missing, complete, <m>_mean/_std/_n, hm_of_means
+    groups: pd.DataFrame    # (protocol, method, dataset) -> seeds, n, missing, complete, <m>_mean/_std/_n, hm_of_means
     averages: pd.DataFrame  # (protocol, method) -> label, <m> (mean over the datasets), hm_of_means, missing, short
-    issues: list            # Issue per seed / run not used
+    issues: list            # an Issue per seed / run in no mean
     expected_seeds: tuple
     used: pd.DataFrame      # the runs behind the means, one per (protocol, method, dataset, seed)
 
@@ -194,13 +184,14 @@ class Report:
         return sorted({m for p, m, _ in self.groups.index if p == protocol})
 
 
-
 def _not_used(run, newest: pd.Series, expected: tuple) -> tuple[str, str]:
-    """(status, detail) of a run that is in no mean; `newest` maps (*KEYS, seed) to the log used."""
+    """(status, detail) of a run in no mean; `newest` maps (*KEYS, seed) to the log that is used."""
     key = (run.protocol, run.method, run.dataset, run.seed)
     if not run.known:
-        why = ("not identified: no run.json and no RESULT line" if run.protocol == run.method == run.dataset is None
-               else f"unknown protocol {run.protocol}" if run.protocol not in PROTOCOLS else "trainer or dataset unknown")
+        if all(v is None for v in (run.protocol, run.method, run.dataset)):
+            why = "not identified: no run.json and no RESULT line"
+        else:
+            why = f"unknown protocol {run.protocol}" if run.protocol not in PROTOCOLS else "trainer or dataset unknown"
         return "unidentified" if run.status == "ok" else run.status, "; ".join(filter(None, [run.detail, why]))
     if run.status != "ok":  # failed / unfinished
         return run.status, run.detail + (f"; the finished run {newest[key]} is used" if key in newest.index else "")
@@ -221,21 +212,21 @@ def aggregate(runs, seeds=(1, 2, 3), protocol: str | None = None) -> Report:
     df["known"] = df[KEYS].notna().all(axis=1) & df.protocol.isin(PROTOCOLS)
     use = df.known & (df.status == "ok") & df.seed.isin(expected)
     use[use] = ~df[use].duplicated(key)  # of several runs of one seed, the newest
-    used, problems = df[use], df[df.known & (df.status != "ok")]
+    used, problems = df[use], df[df.known & (df.status != "ok")]  # problems: failed / unfinished
     newest = used.set_index(key).log_path
 
     shown = sorted(set(pd.concat([used, problems])[KEYS].itertuples(index=False, name=None)),
-                   key=lambda k: (k[0], k[1], _order(k[2])))  # groups of failed / unfinished runs too
-    index = pd.MultiIndex.from_frame(pd.DataFrame(shown, columns=KEYS))
-    by_group = used.groupby(KEYS)
-    stats = by_group[list(METRICS)].agg(["mean", "std", "count"]).reindex(index)  # std: ddof=1
-    groups = pd.DataFrame({"seeds": by_group.seed.agg(sorted)}).reindex(index)
+                   key=lambda k: (k[0], k[1], _order(k[2])))  # with the groups of failed / unfinished runs
+    stats = {f"{m}_{name}": (m, how) for m in METRICS
+             for name, how in [("mean", "mean"), ("std", "std"), ("n", "count")]}
+    groups = used.groupby(KEYS).agg(seeds=("seed", sorted), **stats)  # base_mean, base_std, base_n, ...
+    groups = groups.reindex(pd.MultiIndex.from_frame(pd.DataFrame(shown, columns=KEYS)))
     groups["seeds"] = [s if isinstance(s, list) else [] for s in groups.seeds]
     groups["n"], groups["missing"] = groups.seeds.map(len), [[s for s in expected if s not in g] for g in groups.seeds]
     groups["complete"] = groups.n == len(expected)
-    for m in METRICS:
-        groups[f"{m}_n"] = n = stats[(m, "count")].fillna(0).astype(int)
-        groups[f"{m}_mean"], groups[f"{m}_std"] = stats[(m, "mean")], stats[(m, "std")].where(n != 1, 0.0)
+    for m in METRICS:  # pandas' std is the sample std (ddof=1); 0 for one seed
+        groups[f"{m}_n"] = groups[f"{m}_n"].fillna(0).astype(int)
+        groups[f"{m}_std"] = groups[f"{m}_std"].where(groups[f"{m}_n"] != 1, 0.0)
     groups["hm_of_means"] = list(map(harmonic_mean, groups.base_mean, groups.novel_mean))
 
     listed = set(problems[key].itertuples(index=False, name=None))
@@ -267,19 +258,6 @@ def _averages(groups: pd.DataFrame, expected: tuple) -> pd.DataFrame:
 
 
 # --- tables and files -------------------------------------------------------------------------
-
-class Table(NamedTuple):
-    title: str
-    headers: list
-    rows: list
-    caption: str = ""
-    notes: list = []
-
-    def render(self) -> str:
-        table = pd.DataFrame(self.rows, columns=self.headers).to_markdown(index=False, tablefmt="github", disable_numparse=True)
-        notes = "\n".join(f"- {note}" for note in self.notes)
-        return "\n\n".join(filter(None, [f"## {self.title}", self.caption, table, notes]))
-
 
 def _num(value) -> str:
     return "—" if value is None or pd.isna(value) else f"{value:.2f}"
@@ -322,23 +300,22 @@ def _base2novel_table(report: Report, e: int) -> Table | None:
 def _matrix(report: Report, protocol, cell, avg_key, avg_label, title, caption, avg_last=True, short=False):
     """Methods x the datasets of `protocol` (`cell(group)`) and the average's `avg_key`: last, or
     for the cross-dataset table between the 10 targets and domain generalisation."""
+    if not (averages := {m: report.average(protocol, m) for m in report.methods(protocol)}):
+        return None
     present = {d for p, _, d in report.groups.index if p == protocol}
     columns = sorted(present, key=_order) + ["__avg__"]
     if not avg_last:
         order = [CROSS_SOURCE, *CROSS_TARGETS, "__avg__", *DG_DATASETS]
         columns = [d for d in order if d in present or d == "__avg__"] + sorted(present - set(order))
-    averages = {m: report.average(protocol, m) for m in report.methods(protocol)}
-    if not averages:
-        return None
     cells = pd.DataFrame([(m, d, ("—" if a is None or a.missing else _num(a[avg_key])) if d == "__avg__" else
                            cell(report.group(protocol, m, d))) for m, a in averages.items() for d in columns],
                          columns=["Method", "dataset", "cell"])
+    table = cells.pivot_table(index="Method", columns="dataset", values="cell", aggfunc="first")[columns]
     notes = [f"{m}: {avg_label} not computed, missing: " + ", ".join(map(display_name, a.missing)) if a.missing else
              f"{m} {a.label}: datasets with fewer seeds: {_short(report, protocol, m, a)}"
              for m, a in averages.items() if a is not None and (a.missing or (short and a.short))]
-    table = cells.pivot_table(index="Method", columns="dataset", values="cell", aggfunc="first")[columns]
     return Table(title, ["Method"] + [avg_label if d == "__avg__" else display_name(d) for d in columns],
-                              table.reset_index().values.tolist(), caption, notes)
+                 table.reset_index().values.tolist(), caption, notes)
 
 
 def format_tables(report: Report) -> list[Table]:
@@ -346,7 +323,8 @@ def format_tables(report: Report) -> list[Table]:
     e, several = len(report.expected_seeds), {p: len(report.methods(p)) > 1 for p in PROTOCOLS}
     compare = "Per method and dataset: {} over seeds; '(k/n)' = fewer seeds than expected."
     issues = [[i.protocol or "?", i.method or "?", display_name(i.dataset) if i.dataset else "?",
-               "?" if i.seed is None else str(i.seed), i.status, i.detail, str(i.log_path or "")] for i in report.issues]
+               "?" if i.seed is None else str(i.seed), i.status, i.detail, str(i.log_path or "")]
+              for i in report.issues]
     return [t for t in [
         _base2novel_table(report, e),
         several[BASE2NOVEL] and _matrix(
@@ -366,7 +344,10 @@ def format_tables(report: Report) -> list[Table]:
 
 
 def render(tables) -> str:
-    return "# Results\n\n" + "\n\n".join(t.render() for t in tables) + "\n"
+    """The tables as one Markdown document: title, caption, table, notes."""
+    parts = [[f"## {t.title}", t.caption, pd.DataFrame(t.rows, columns=t.headers).to_markdown(
+        index=False, tablefmt="github", disable_numparse=True), "\n".join(f"- {n}" for n in t.notes)] for t in tables]
+    return "# Results\n\n" + "\n\n".join("\n\n".join(filter(None, part)) for part in parts) + "\n"
 
 
 CSV_FIELDS = (["protocol", "method", "dataset", "kind", "n_seeds", "expected_seeds", "seeds"]
@@ -380,9 +361,8 @@ def write_csv(report: Report, path) -> None:
     averages = report.averages[[not m for m in report.averages.missing]].reset_index().assign(kind="average")
     table = pd.concat([groups, averages.rename(columns={"label": "dataset", **{m: f"{m}_mean" for m in METRICS}})])
     table = table.reindex(columns=CSV_FIELDS).assign(expected_seeds=" ".join(map(str, report.expected_seeds)))
-    ints = ["n_seeds"] + [f"{m}_n" for m in METRICS]
-    atomic_write_text(path, table.astype({k: "Int64" for k in ints}).to_csv(
-        index=False, float_format="%.4f", lineterminator="\r\n"))
+    table = table.astype({k: "Int64" for k in ["n_seeds"] + [f"{m}_n" for m in METRICS]})
+    atomic_write_text(path, table.to_csv(index=False, float_format="%.4f", lineterminator="\r\n"))
 
 
 def plot(report: Report, path) -> bool:
@@ -438,16 +418,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`promptkd results`: print the tables, write them as CSV and Markdown (and --plot: the plot)."""
+    """`promptkd results`: print the tables, write them as CSV and Markdown (and with --plot the plot)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    where = ", ".join(args.runs_dirs)
     if bad := [d for d in args.runs_dirs if not Path(d).is_dir()]:
         raise MissingFileError(f"{bad[0]} is not a directory: give the folders the runs wrote to (--output-dir).")
     if not (found := find_runs(args.runs_dirs, newest=args.newest_log)):
-        raise UserError(f"no log.txt found (and no run.json) under {', '.join(args.runs_dirs)}: give the folders "
-                        "the runs wrote to (--output-dir).")
+        raise UserError(f"no log.txt found (and no run.json) under {where}: give the folders the runs wrote to.")
     report = aggregate([parse_log(p) for p in found], args.seeds, args.protocol)
     if report.groups.empty and not report.issues:
-        raise UserError(f"no {args.protocol} run found under {', '.join(args.runs_dirs)}; drop --protocol for all.")
+        raise UserError(f"no {args.protocol} run found under {where}; without --protocol all are shown.")
     text = render(format_tables(report))
     prefix = Path(args.out) if args.out else Path(args.runs_dirs[0]) / "results"
     prefix.parent.mkdir(parents=True, exist_ok=True)
