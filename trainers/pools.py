@@ -275,7 +275,10 @@ class ShardViewDataset(IterableDataset):
     Items are as `ViewDatasetWrapper`'s: img, label (-1), impath (`shard::key`), index (the
     sample's position in the pool's listing, which names its view), epoch; an unreadable image
     is an UNREADABLE marker. Samples are shuffled within each worker by a buffer of
-    `shuffle` samples drawn from (view seed, epoch, rank, worker)."""
+    `shuffle` samples drawn from (view seed, epoch, rank, worker). No view bank: a fresh view
+    every epoch (TRAINER.PROMPTKD.VIEWS_PER_IMAGE needs a listed pool)."""
+
+    views_per_image = 0
 
     def __init__(self, listing: dict[str, list[str]], transform, view_seed: int, rank: int, world: int,
                  shuffle: int = 256):

@@ -125,6 +125,9 @@ class PromptKD(MethodExport, PromptTrainer):
         if self.pool.streamed:
             if self.tcfg.TEACHER_CACHE:
                 raise ConfigError(SHARD_CACHE_REFUSED)
+            if self.tcfg.VIEWS_PER_IMAGE:
+                raise ConfigError("TRAINER.PROMPTKD.VIEWS_PER_IMAGE with a WebDataset pool: a view bank draws views of "
+                                  "a listed pool's images; set it 0, or unpack the shards and use POOL folder:PATH.")
             self.view_dataset, self.view_sampler, self.train_loader_x = build_shard_loader(
                 self.cfg, self.pool, transform, seed)
         else:
