@@ -183,16 +183,8 @@ def test_feature_term_and_semi_supervised_ce(data_root, clip_files, teacher_run,
         trainer = make_trainer(student_args(data_root, clip_files, str(tmp_path / out), teacher_run["export"],
                                             "TRAINER.PROMPTKD.CE_WEIGHT", "1.0", "TRAINER.PROMPTKD.CE_SHOTS", shots,
                                             epochs=1))
-        loader = trainer.train_loader_x
-
-        class Relabelled:
-            def __len__(self):
-                return len(loader)
-
-            def __iter__(self):
-                for b in loader:
-                    yield {**b, "label": relabel(b["label"])}
-        trainer.train_loader_x = Relabelled()
+        step = trainer.forward_backward
+        trainer.forward_backward = lambda batch: step({**batch, "label": relabel(batch["label"])})
         trainer.cfg.defrost()
         trainer.cfg.TEST.NO_TEST = True
         trainer.train()
