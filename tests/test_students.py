@@ -240,3 +240,22 @@ def test_class_agnostic_distillation_from_a_vocabulary(student, vocabulary, data
     assert "class-agnostic top-3" in run["objective_label"]
     if student == "CoOp":
         assert training and not set(training) & set(trainer.all_classnames)
+
+
+def test_method_students_through_the_command_appear_in_the_results_table(data_root, clip_files, teacher_run,
+                                                                         tmp_path):
+    """`promptkd train` with STUDENT CoOp / MaPLe / PromptSRC (label-free), then `promptkd results`:
+    each is a row named by what was distilled into what, beside the paper's student."""
+    from promptkd import cli
+    from tests.cli import train_py
+
+    runs = tmp_path / "runs"
+    for student, objective in (("promptkd", "kl"), ("CoOp", "kl"), ("MaPLe", "sym_kl"), ("PromptSRC", "kl")):
+        out = runs / "base2new" / student.lower() / "dtd" / "seed1"
+        proc = train_py(args_for(data_root, clip_files, teacher_run["export"], str(out), student, objective,
+                                 epochs=1))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert cli.main(["results", str(runs), "--seeds", "1", "--out", str(tmp_path / "table")]) == 0
+    table = (tmp_path / "table.md").read_text(encoding="utf-8")
+    for label in ("| PromptKD ", "PromptKD→CoOp", "PromptKD→MaPLe (sym-KL)", "PromptKD→PromptSRC"):
+        assert label in table, label
