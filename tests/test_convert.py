@@ -8,9 +8,8 @@ import torch.nn.functional as F
 from promptkd import cli, hub
 from promptkd.class_vectors import ClassVectors
 from promptkd.errors import ConfigError, UserError
-from promptkd.student import PromptKDStudent
 from promptkd.teacher import IVLPTeacher
-from tests.test_published import CLASSES, published_student, published_teacher, teacher_logits
+from tests.test_published import CLASSES, published_student, published_teacher, teacher_logits, trained_student
 
 pytestmark = pytest.mark.exact
 
@@ -50,12 +49,7 @@ def test_published_teacher_becomes_a_folder_with_its_logits(teacher, clip_files,
 
 
 def test_published_student_becomes_a_folder_with_its_logits(student_clip, clip_files, tmp_path, monkeypatch):
-    torch.manual_seed(3)
-    trained = PromptKDStudent(student_clip.visual, student_clip.logit_scale, 96, 4, 2)
-    with torch.no_grad():
-        trained.projector[1].running_mean.normal_()
-        trained.projector[1].running_var.uniform_(0.5, 2.0)
-    trained.eval()
+    trained = trained_student(student_clip)
     ckpt, out = str(tmp_path / "model.pth.tar-20"), str(tmp_path / "student-hf")
     published_student(trained, ckpt)
     vectors = ClassVectors(F.normalize(torch.randn(5, 96), dim=-1), CLASSES, "ImageNet",

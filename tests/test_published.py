@@ -123,13 +123,18 @@ def published_student(student: PromptKDStudent, path):
     _save(path, sd)
 
 
-def test_published_student_reproduces_logits(student_clip, tmp_path):
+def trained_student(clip_model) -> PromptKDStudent:
+    """A student as training leaves it: random prompts and projector, BatchNorm statistics set."""
     torch.manual_seed(3)
-    trained = PromptKDStudent(student_clip.visual, student_clip.logit_scale, 96, 4, 2)
+    trained = PromptKDStudent(clip_model.visual, clip_model.logit_scale, 96, 4, 2)
     with torch.no_grad():
         trained.projector[1].running_mean.normal_()
         trained.projector[1].running_var.uniform_(0.5, 2.0)
-    trained.eval()
+    return trained.eval()
+
+
+def test_published_student_reproduces_logits(student_clip, tmp_path):
+    trained = trained_student(student_clip)
     path = str(tmp_path / "model.pth.tar-20")
     published_student(trained, path)
     from promptkd.backbones import clip_from_state_dict

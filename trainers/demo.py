@@ -32,6 +32,33 @@ from promptkd.demo import ROLES, pretrained_weights, probe_table
 from promptkd.errors import UserError, run_cli
 from promptkd.pretrain import PRESETS
 
+
+class _Console(logging.Handler):
+    """A message as it is, on the process's sys.stdout or sys.stderr at the time of writing, so a
+    forked step writes to its own pipes."""
+
+    def __init__(self, stream_name: str):
+        super().__init__()
+        self.stream_name = stream_name
+
+    def emit(self, record):
+        stream = getattr(sys, self.stream_name)
+        stream.write(self.format(record) + "\n")
+        stream.flush()
+
+
+def _console(name: str, stream_name: str) -> logging.Logger:
+    """The demo's console output: a logger of its own that writes plain lines to one stream."""
+    log = logging.getLogger(f"promptkd.demo.{name}")
+    if not log.handlers:
+        log.addHandler(_Console(stream_name))
+        log.setLevel(logging.INFO)
+        log.propagate = False  # not also through a root handler a step may configure
+    return log
+
+
+say, say_err = _console("console", "stdout"), _console("errors", "stderr")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the clone: configs/
 SEED = 1
 # the lines of a run's console output the demo shows (the rest is in its log.txt)
@@ -65,19 +92,19 @@ def train_step(out: str, name: str, *spec) -> forked.Step:
     trainer, backbone = spec[0], spec[1]
 
     def fn():
-        print(f"-- {name}: {trainer} on {os.path.splitext(os.path.basename(backbone))[0]}'s backbone "
-              f"(log: {run_dir(out, name)}/log.txt)", flush=True)
+        say.info("-- %s: %s on %s's backbone (log: %s/log.txt)", name, trainer,
+                 os.path.splitext(os.path.basename(backbone))[0], run_dir(out, name))
         run_cli(lambda: train.run(train.parse_args(argv)), argv)
     return forked.Step(name, fn)
 
 
 def show(name: str, stream: str, line: str) -> None:
     if stream == "stderr":
-        print(f"[{name}] {line}", file=sys.stderr, flush=True)
+        say_err.info("[%s] %s", name, line)
     elif line.startswith("-- "):
-        print(line, flush=True)
+        say.info("%s", line)
     elif PROGRESS.match(line):
-        print(f"[{name}] {line}", flush=True)
+        say.info("[%s] %s", name, line)
 
 
 def run_demo(out: str, preset: str = "full", from_scratch: bool = False, epochs: int | None = None) -> None:
@@ -90,7 +117,7 @@ def run_demo(out: str, preset: str = "full", from_scratch: bool = False, epochs:
     for suffix in (".md", ".csv", ".png"):
         if os.path.exists(os.path.join(out, "results" + suffix)):
             os.remove(os.path.join(out, "results" + suffix))
-    print(f"-- tiny CLIPs pretrained on the toy world (preset {preset}; in {weights})", flush=True)
+    say.info(f"-- tiny CLIPs pretrained on the toy world (preset {preset}; in {weights})")
 
     def lanes(*lanes):
         try:
@@ -110,20 +137,20 @@ def run_demo(out: str, preset: str = "full", from_scratch: bool = False, epochs:
     lanes([train_step(out, "promptkd", "PromptKD", student, 0, "all",
                       "TRAINER.PROMPTKD.TEACHER_DIR", export, *epoch_opts)])
 
-    print("-- results", flush=True)
+    say.info("-- results")
     from promptkd import results
 
     parser = argparse.ArgumentParser(prog="promptkd results")  # the verb's own options (cli is a layer above)
     results.add_arguments(parser)
     results.run(parser.parse_args([os.path.join(out, "runs"), "--out", os.path.join(out, "results"), "--plot",
                                    "--seeds", str(SEED)]))  # a user error is raised
-    print()
-    print(f"Zero-shot probes of the pretrained backbones (fresh images; from {weights}/*.json): what")
-    print("each backbone's features allow when prompted in a form it was pretrained on.")
-    print(probe_table(weights))
-    print()
-    print(f"Results table: {out}/results.md (and {out}/results.csv)")
-    print(f"Plot:          {out}/results.png", flush=True)
+    say.info("")
+    say.info(f"Zero-shot probes of the pretrained backbones (fresh images; from {weights}/*.json): what")
+    say.info("each backbone's features allow when prompted in a form it was pretrained on.")
+    say.info("%s", probe_table(weights))
+    say.info("")
+    say.info(f"Results table: {out}/results.md (and {out}/results.csv)")
+    say.info(f"Plot:          {out}/results.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
