@@ -97,6 +97,8 @@ def run_record(cfg, **fields) -> dict:
             "trainer": cfg.TRAINER.NAME, "dataset": data.NAME, "protocol": cfg.TRAINER.MODAL, "seed": cfg.SEED,
             "backbone": cfg.MODEL.BACKBONE.NAME, "selection": cfg.TEST.MODEL_SELECTION,
             "train_classes": data.SUBSAMPLE_CLASSES, "num_shots": data.NUM_SHOTS, "few_shot": data.NUM_SHOTS > 0,
+            # labelled images per class behind the run (None: not a K-shot run; PromptKD: its teacher's K)
+            "labelled_shots": data.NUM_SHOTS if data.NUM_SHOTS > 0 else None,
             "teacher": None, "processes": _world_size(), "code_version": code_version(),
             "command": list(sys.argv), **plain(fields), "config": plain(cfg)}
 

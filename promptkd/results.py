@@ -1,14 +1,15 @@
 """`promptkd results`: the paper's results tables from a folder of training / evaluation runs.
 
     promptkd results RUNS_DIR [RUNS_DIR ...] [--seeds 1 2 3] [--out PREFIX] [--plot]
-                     [--protocol base2novel|cross] [--newest-log]
+                     [--protocol base2novel|cross|few_shot] [--newest-log]
 
 A run is what its records say (`run.json`, `result.json`: promptkd.records) or, for a run of an
 earlier version, its log's last `RESULT {json}` line; a log with neither is listed as unidentified,
-a traceback in the log marks a run failed. pandas groups the runs by (protocol, method, dataset):
-mean ± std over seeds (base / novel / HM, or accuracy), the average over the 11 base-to-novel
-datasets or the 10 cross-dataset targets, a method x dataset comparison, and every expected seed
-without a finished run. Writes PREFIX.md, PREFIX.csv (and PREFIX.png); no torch.
+a traceback in the log marks a run failed. pandas groups the runs by (protocol, method, dataset,
+shots): mean ± std over seeds (base / novel / HM, or accuracy), the average over the 11 base-to-novel
+datasets or the 10 cross-dataset targets, a method x dataset comparison, accuracy against labelled
+shots for the few-shot protocol, and every expected seed without a finished run. Writes PREFIX.md,
+PREFIX.csv (and PREFIX.png); no torch.
 """
 from __future__ import annotations
 
@@ -38,9 +39,11 @@ DG_DATASETS = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
 DATASET_ORDER = BASE2NOVEL_DATASETS + DG_DATASETS
 DISPLAY_NAMES = {"OxfordFlowers": "Flowers102", "DescribableTextures": "DTD", "ImageNetV2": "ImageNet-V2",
                  "ImageNetSketch": "ImageNet-Sketch", "ImageNetA": "ImageNet-A", "ImageNetR": "ImageNet-R"}
-BASE2NOVEL, CROSS = "base2novel", "cross"
-PROTOCOLS, METRICS = (BASE2NOVEL, CROSS), ("base", "novel", "hm", "accuracy")
-KEYS = ["protocol", "method", "dataset"]  # a group: one table row, the mean ± std over its seeds
+BASE2NOVEL, CROSS, FEW_SHOT = "base2novel", "cross", "few_shot"
+PROTOCOLS, METRICS = (BASE2NOVEL, CROSS, FEW_SHOT), ("base", "novel", "hm", "accuracy")
+# A group: one table cell, the mean ± std over its seeds. shots: the labelled shots per class behind
+# a few-shot run (run.json's labelled_shots; for a PromptKD student, its teacher's); 0 elsewhere.
+KEYS = ["protocol", "method", "dataset", "shots"]
 Issue = namedtuple("Issue", KEYS + ["seed", "status", "detail", "log_path"])  # a seed or run in no mean
 ISSUE_ORDER = ("failed", "unfinished", "missing", "duplicate", "ignored", "unidentified")
 Table = namedtuple("Table", "title headers rows caption notes", defaults=("", ()))
@@ -100,8 +103,8 @@ def find_runs(dirs, newest: bool = False) -> list[Path]:
 # One run folder: its log (or its run.json when it has none), status ok | unfinished | failed, its
 # identity (dataset: the Dassl registered name; selection: last_epoch | best_base_test), metrics
 # {base, novel, hm, accuracy}, the log's mtime and why a run is unfinished / failed (detail).
-Run = namedtuple("Run", "log_path status protocol trainer dataset seed metrics selection backbone mtime detail",
-                 defaults=(None, None, None, None, {}, None, None, 0.0, ""))
+Run = namedtuple("Run", "log_path status protocol trainer dataset seed metrics selection backbone mtime detail shots",
+                 defaults=(None, None, None, None, {}, None, None, 0.0, "", 0))
 
 
 def parse_log(path) -> Run:
@@ -138,9 +141,12 @@ def parse_log(path) -> Run:
     # A PromptKD run off the paper's recipe is named by what it distilled into what, and how
     # (run.json's objective_label, e.g. "PromptKD→CoOp (sym-KL)"), so it is never averaged with the paper's.
     identity = {**identity, "trainer": identity.get("objective_label") or identity.get("trainer")}
+    shots = identity.get("labelled_shots", identity.get("num_shots")) if identity.get("protocol") == FEW_SHOT else 0
+    if identity.get("protocol") == FEW_SHOT and not (type(shots) is int and shots > 0):
+        shots = None  # a few-shot run without its K: listed, in no mean
     return Run(path, status, *(identity.get(k) or None for k in ("protocol", "trainer", "dataset")),
                int(seed) if seed.lstrip("-").isdigit() else None, metrics, identity.get("selection"),
-               identity.get("backbone"), path.stat().st_mtime, detail)
+               identity.get("backbone"), path.stat().st_mtime, detail, shots)
 
 
 # --- aggregation ------------------------------------------------------------------------------
@@ -173,25 +179,32 @@ class Report:
     expected_seeds: tuple
     used: pd.DataFrame      # the runs behind the means, one per (protocol, method, dataset, seed)
 
-    def group(self, protocol, method, dataset) -> pd.Series | None:
-        key = (protocol, method, dataset)
+    def group(self, protocol, method, dataset, shots=0) -> pd.Series | None:
+        key = (protocol, method, dataset, shots)
         return self.groups.loc[key] if key in self.groups.index else None
 
-    def average(self, protocol, method) -> pd.Series | None:
-        return self.averages.loc[(protocol, method)] if (protocol, method) in self.averages.index else None
+    def average(self, protocol, method, shots=0) -> pd.Series | None:
+        key = (protocol, method, shots)
+        return self.averages.loc[key] if key in self.averages.index else None
 
     def methods(self, protocol) -> list[str]:
-        return sorted({m for p, m, _ in self.groups.index if p == protocol})
+        return sorted({m for p, m, *_ in self.groups.index if p == protocol})
+
+    def shots(self, protocol=FEW_SHOT) -> list[int]:
+        return sorted({k for p, *_, k in self.groups.index if p == protocol})
 
 
 def _not_used(run, newest: pd.Series, expected: tuple) -> tuple[str, str]:
     """(status, detail) of a run in no mean; `newest` maps (*KEYS, seed) to the log that is used."""
-    key = (run.protocol, run.method, run.dataset, run.seed)
+    key = (run.protocol, run.method, run.dataset, run.shots, run.seed)
     if not run.known:
         if all(v is None for v in (run.protocol, run.method, run.dataset)):
             why = "not identified: no run.json and no RESULT line"
+        elif run.protocol not in PROTOCOLS:
+            why = f"unknown protocol {run.protocol}"
         else:
-            why = f"unknown protocol {run.protocol}" if run.protocol not in PROTOCOLS else "trainer or dataset unknown"
+            why = "labelled shots unknown (no labelled_shots or num_shots in run.json)" if run.shots is None else \
+                "trainer or dataset unknown"
         return "unidentified" if run.status == "ok" else run.status, "; ".join(filter(None, [run.detail, why]))
     if run.status != "ok":  # failed / unfinished
         return run.status, run.detail + (f"; the finished run {newest[key]} is used" if key in newest.index else "")
@@ -205,7 +218,7 @@ def aggregate(runs, seeds=(1, 2, 3), protocol: str | None = None) -> Report:
     `seeds` (of several runs of one seed, the newest log's); every other run or seed is an issue."""
     expected, runs = tuple(seeds), [r for r in runs if protocol is None or r.protocol in (None, protocol)]
     labels, key = _method_labels(runs), KEYS + ["seed"]
-    df = pd.DataFrame([(r.protocol, labels.get(i), r.dataset, r.seed, r.status, r.detail, r.log_path, r.mtime)
+    df = pd.DataFrame([(r.protocol, labels.get(i), r.dataset, r.shots, r.seed, r.status, r.detail, r.log_path, r.mtime)
                        for i, r in enumerate(runs)], columns=[*Issue._fields, "mtime"], dtype=object)
     df = df.join(pd.DataFrame([r.metrics for r in runs], columns=list(METRICS), index=df.index, dtype=float))
     df = df.sort_values("mtime", ascending=False, kind="stable")  # newest first
@@ -216,7 +229,7 @@ def aggregate(runs, seeds=(1, 2, 3), protocol: str | None = None) -> Report:
     newest = used.set_index(key).log_path
 
     shown = sorted(set(pd.concat([used, problems])[KEYS].itertuples(index=False, name=None)),
-                   key=lambda k: (k[0], k[1], _order(k[2])))  # with the groups of failed / unfinished runs
+                   key=lambda k: (k[0], k[1], _order(k[2]), k[3]))  # with the groups of failed / unfinished runs
     stats = {f"{m}_{name}": (m, how) for m in METRICS
              for name, how in [("mean", "mean"), ("std", "std"), ("n", "count")]}
     groups = used.groupby(KEYS).agg(seeds=("seed", sorted), **stats)  # base_mean, base_std, base_n, ...
@@ -232,29 +245,31 @@ def aggregate(runs, seeds=(1, 2, 3), protocol: str | None = None) -> Report:
     listed = set(problems[key].itertuples(index=False, name=None))
     issues = [Issue(*k, seed, "missing", "no run found", None)
               for k, seeds_missing in groups.missing.items() for seed in seeds_missing if (*k, seed) not in listed]
-    issues += [Issue(r.protocol, r.method, r.dataset, r.seed, *_not_used(r, newest, expected), r.log_path)
+    issues += [Issue(r.protocol, r.method, r.dataset, r.shots, r.seed, *_not_used(r, newest, expected), r.log_path)
                for r in df[~use].itertuples()]
-    issues.sort(key=lambda i: (str(i.protocol), str(i.method), _order(i.dataset or "~"), i.seed or 0,
+    issues.sort(key=lambda i: (str(i.protocol), str(i.method), _order(i.dataset or "~"), i.shots or 0, i.seed or 0,
                                ISSUE_ORDER.index(i.status)))
     return Report(groups, _averages(groups, expected), issues, expected, used)
 
 
 def _averages(groups: pd.DataFrame, expected: tuple) -> pd.DataFrame:
-    """Per (protocol, method) that ran a benchmark dataset: the mean over the 11 base-to-novel
-    datasets (or the 10 cross-dataset targets) of the per-dataset means, NaN when one is missing."""
-    rows = []
-    for (protocol, method), sub in groups.groupby(level=["protocol", "method"]):
+    """Per (protocol, method, shots) that ran a benchmark dataset: the mean over the 11 datasets
+    (base-to-novel, few-shot) or the 10 cross-dataset targets of the per-dataset means, NaN when
+    one is missing."""
+    rows, level = [], ["protocol", "method", "shots"]
+    for (protocol, method, shots), sub in groups.groupby(level=level):
         if not set(sub.index.get_level_values("dataset")) & set(DATASET_ORDER):
             continue  # off the benchmark (the demo's toy data): no average
-        b2n = protocol == BASE2NOVEL
-        sub = sub.droplevel(["protocol", "method"]).reindex(list(BASE2NOVEL_DATASETS if b2n else CROSS_TARGETS))
+        b2n, eleven = protocol == BASE2NOVEL, protocol != CROSS
+        sub = sub.droplevel(level).reindex(list(BASE2NOVEL_DATASETS if eleven else CROSS_TARGETS))
         n = sub.n.fillna(0)
-        rows.append({"protocol": protocol, "method": method, "label": "Average (11)" if b2n else "Average (10 targets)",
+        rows.append({"protocol": protocol, "method": method, "shots": shots,
+                     "label": "Average (11)" if eleven else "Average (10 targets)",
                      "missing": list(n.index[n == 0]), "short": list(n.index[(n > 0) & (n < len(expected))]),
                      **{m: sub[f"{m}_mean"].mean(skipna=False) for m in (METRICS if b2n else ["accuracy"])}})
-    averages = pd.DataFrame(rows, columns=["protocol", "method", "label", "missing", "short", *METRICS])
+    averages = pd.DataFrame(rows, columns=[*level, "label", "missing", "short", *METRICS])
     averages["hm_of_means"] = list(map(harmonic_mean, averages.base, averages.novel))
-    return averages.set_index(["protocol", "method"])
+    return averages.set_index(level)
 
 
 # --- tables and files -------------------------------------------------------------------------
@@ -279,7 +294,7 @@ def _short(report: Report, protocol, method, avg) -> str:
 def _base2novel_table(report: Report, e: int) -> Table | None:
     rows = []
     for method in report.methods(BASE2NOVEL):
-        for dataset, g in report.groups.xs((BASE2NOVEL, method)).iterrows():
+        for (dataset, _), g in report.groups.xs((BASE2NOVEL, method)).iterrows():
             rows.append([method, display_name(dataset), _cell(g, "base", e), _cell(g, "novel", e),
                          _cell(g, "hm", e, column="hm_of_means"), _cell(g, "hm", e), f"{g.n}/{e}", ""])
         if (avg := report.average(BASE2NOVEL, method)) is not None and avg.missing:
@@ -302,7 +317,7 @@ def _matrix(report: Report, protocol, cell, avg_key, avg_label, title, caption, 
     for the cross-dataset table between the 10 targets and domain generalisation."""
     if not (averages := {m: report.average(protocol, m) for m in report.methods(protocol)}):
         return None
-    present = {d for p, _, d in report.groups.index if p == protocol}
+    present = {d for p, _, d, _ in report.groups.index if p == protocol}
     columns = sorted(present, key=_order) + ["__avg__"]
     if not avg_last:
         order = [CROSS_SOURCE, *CROSS_TARGETS, "__avg__", *DG_DATASETS]
@@ -318,11 +333,32 @@ def _matrix(report: Report, protocol, cell, avg_key, avg_label, title, caption, 
                  table.reset_index().values.tolist(), caption, notes)
 
 
+def _few_shot_table(report: Report, e: int) -> Table | None:
+    """Accuracy against labelled shots: a row per method and dataset (then the method's Average
+    (11) when all 11 datasets have results at a number of shots), a column per number of shots."""
+    if not (shots := report.shots()):
+        return None
+    rows = []
+    for method in report.methods(FEW_SHOT):
+        datasets = sorted({d for p, m, d, _ in report.groups.index if (p, m) == (FEW_SHOT, method)}, key=_order)
+        rows += [[method, display_name(d), *(_cell(report.group(FEW_SHOT, method, d, k), "accuracy", e) for k in shots)]
+                 for d in datasets]
+        averages = [report.average(FEW_SHOT, method, k) for k in shots]
+        if any(a is not None and not a.missing for a in averages):  # else no row of dashes
+            rows.append([method, "Average (11)", *("—" if a is None or a.missing else _num(a.accuracy) for a in averages)])
+    caption = ("Few-shot protocol (all classes, K labelled shots per class; a PromptKD student's K is its teacher's): "
+               "accuracy over all classes, " + STD_CAPTION + " Average (11): mean over the 11 datasets of the "
+               "per-dataset means, only where all 11 have results at that K.")
+    return Table("Few-shot: accuracy against shots", ["Method", "Dataset", *(f"{k}-shot" for k in shots)], rows,
+                 caption)
+
+
 def format_tables(report: Report) -> list[Table]:
     """All tables of a report, in print order."""
     e, several = len(report.expected_seeds), {p: len(report.methods(p)) > 1 for p in PROTOCOLS}
     compare = "Per method and dataset: {} over seeds; '(k/n)' = fewer seeds than expected."
-    issues = [[i.protocol or "?", i.method or "?", display_name(i.dataset) if i.dataset else "?",
+    issues = [[i.protocol or "?", i.method or "?", (display_name(i.dataset) if i.dataset else "?") + (
+               f" ({i.shots}-shot)" if i.protocol == FEW_SHOT and i.shots is not None else ""),
                "?" if i.seed is None else str(i.seed), i.status, i.detail, str(i.log_path or "")]
               for i in report.issues]
     return [t for t in [
@@ -337,6 +373,7 @@ def format_tables(report: Report) -> list[Table]:
         several[CROSS] and _matrix(
             report, CROSS, lambda g: _cell(g, "accuracy", e, " ({}/{})", "accuracy_mean"), "accuracy", "Average (10)",
             "Comparison, cross-dataset", compare.format("mean accuracy")),
+        _few_shot_table(report, e),
         Table("Missing / unfinished", ["Protocol", "Method", "Dataset", "Seed", "Status", "Detail", "Log"],
               issues or [["—", "—", "—", "—", "none", "all expected seeds finished", ""]],
               f"Expected seeds: {' '.join(map(str, report.expected_seeds))}. Failed / unfinished / duplicate / "
@@ -350,53 +387,84 @@ def render(tables) -> str:
     return "# Results\n\n" + "\n\n".join("\n\n".join(filter(None, part)) for part in parts) + "\n"
 
 
-CSV_FIELDS = (["protocol", "method", "dataset", "kind", "n_seeds", "expected_seeds", "seeds"]
+CSV_FIELDS = (["protocol", "method", "dataset", "shots", "kind", "n_seeds", "expected_seeds", "seeds"]
               + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")] + ["hm_of_means"])
 
 
 def write_csv(report: Report, path) -> None:
-    """One row per (protocol, method, dataset), then the computed averages (kind=average)."""
+    """One row per (protocol, method, dataset, shots), then the computed averages (kind=average);
+    shots is empty outside the few-shot protocol."""
     groups = report.groups.reset_index().assign(kind="dataset", n_seeds=lambda f: f.n,
                                                 seeds=lambda f: [" ".join(map(str, s)) for s in f.seeds])
     averages = report.averages[[not m for m in report.averages.missing]].reset_index().assign(kind="average")
     table = pd.concat([groups, averages.rename(columns={"label": "dataset", **{m: f"{m}_mean" for m in METRICS}})])
     table = table.reindex(columns=CSV_FIELDS).assign(expected_seeds=" ".join(map(str, report.expected_seeds)))
-    table = table.astype({k: "Int64" for k in ["n_seeds"] + [f"{m}_n" for m in METRICS]})
+    table["shots"] = table.shots.where(table.protocol == FEW_SHOT)
+    table = table.astype({k: "Int64" for k in ["shots", "n_seeds"] + [f"{m}_n" for m in METRICS]})
     atomic_write_text(path, table.to_csv(index=False, float_format="%.4f", lineterminator="\r\n"))
 
 
 def plot(report: Report, path) -> bool:
     """Bars (base / novel / HM, or accuracy) with std error bars, one panel per protocol and method,
     datasets at the same places in a protocol's panels; a protocol with a single dataset gets one
-    panel with the methods side by side. False when there is nothing to plot."""
+    panel with the methods side by side. Few-shot runs: accuracy against shots, a line per method
+    with std error bars, a panel per dataset (and one for Average (11) where computed), four to a
+    row. False when there is nothing to plot."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     done = report.groups[report.groups.n > 0].reset_index().assign(hm_mean=lambda f: f.hm_of_means)
+    few, done = done[done.protocol == FEW_SHOT], done[done.protocol != FEW_SHOT]
     columns = {p: sorted(set(g.dataset), key=_order) for p, g in done.groupby("protocol")}
     panels = sorted({(p, None if len(columns[p]) == 1 else m) for p, m in zip(done.protocol, done.method)},
                     key=lambda pm: (PROTOCOLS.index(pm[0]), pm[1] or ""))
-    if not panels:
+    lines = _few_shot_lines(report, few)
+    if not panels and not lines:
         return False
-    width = max(len(columns[p]) if m else done[done.protocol == p].method.nunique() for p, m in panels)
-    fig = Figure(figsize=(max(8.0, 0.9 * width + 3), 3.2 * len(panels)))
+    width = max([len(columns[p]) if m else done[done.protocol == p].method.nunique() for p, m in panels] or [0])
+    per_row = 4
+    line_rows = -(-len(lines) // per_row)
+    fig = Figure(figsize=(max(8.0, 0.9 * width + 3, 3.2 * min(len(lines), per_row)), 3.2 * (len(panels) + line_rows)))
     FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(len(panels) + line_rows, per_row)
     for index, (protocol, method) in enumerate(panels):
         series = {"base": "Base", "novel": "Novel", "hm": "HM"} if protocol == BASE2NOVEL else {"accuracy": "Accuracy"}
         rows = done[(done.protocol == protocol) & ((done.method == method) if method else True)]
         rows = rows.set_index("dataset").reindex(columns[protocol]) if method else rows.set_index("method").sort_index()
         bars = {s: rows[[f"{m}_{s}" for m in series]].set_axis(list(series.values()), axis=1)
                 for s in ("mean", "std")}  # NaN: no bar (a dataset the panel lacks)
-        ax = fig.add_subplot(len(panels), 1, index + 1)
+        ax = fig.add_subplot(grid[index, :])
         bars["mean"].plot.bar(ax=ax, yerr=bars["std"], capsize=2, width=0.8)
         ax.set_xticklabels([display_name(d) for d in rows.index], rotation=30, ha="right", fontsize=8)
         ax.set(xlabel="", ylabel="accuracy (%)", ylim=(0, 100), xlim=(-0.6, len(rows) - 0.4))
         name = f"{method}, {protocol}" if method else f"{display_name(columns[protocol][0])}, {protocol}"
         ax.set_title(f"{name} (mean ± std over seeds)", fontsize=10)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for index, (title, curves) in enumerate(lines):
+        ax = fig.add_subplot(grid[len(panels) + index // per_row, index % per_row])
+        for method, (shots, mean, std) in curves.items():
+            ax.errorbar(shots, mean, yerr=std, marker="o", capsize=2, label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(report.shots(), [str(k) for k in report.shots()])
+        ax.set(xlabel="labelled shots per class", ylabel="accuracy (%)", ylim=(0, 100))
+        ax.set_title(f"{title}, few-shot", fontsize=10)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     return True
+
+
+def _few_shot_lines(report: Report, few: pd.DataFrame) -> list:
+    """[(panel title, {method: (shots, mean, std)})]: a panel per dataset, then Average (11)."""
+    panels = [(display_name(d), {m: (list(g.shots), list(g.accuracy_mean), list(g.accuracy_std))
+                                 for m, g in rows.sort_values("shots").groupby("method")})
+              for d, rows in sorted(few.groupby("dataset"), key=lambda dr: _order(dr[0]))]
+    averages = report.averages.reset_index()
+    averages = averages[(averages.protocol == FEW_SHOT) & averages.accuracy.notna()].sort_values("shots")
+    if len(averages):
+        panels.append(("Average (11)", {m: (list(g.shots), list(g.accuracy), [0.0] * len(g))
+                                        for m, g in averages.groupby("method")}))
+    return panels
 
 
 # --- the verb ---------------------------------------------------------------------------------

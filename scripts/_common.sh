@@ -47,6 +47,13 @@ need_dataset_config() {
   fi
 }
 
+need_shots() {  # the few-shot protocol's K: a positive integer (the papers use 1 2 4 8 16)
+  if ! [[ "$1" =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: SHOTS is '$1'; give the labelled images per class as a positive integer (1, 2, 4, 8 or 16)." >&2
+    exit 2
+  fi
+}
+
 dataset_name() {  # the registered dataset name (DATASET.NAME) of configs/datasets/$1.yaml
   sed -n 's/^ *NAME: *"\{0,1\}\([A-Za-z0-9]*\)"\{0,1\}.*/\1/p' "configs/datasets/$1.yaml"
 }

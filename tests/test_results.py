@@ -473,3 +473,50 @@ def test_plot_of_one_dataset_puts_methods_side_by_side(tmp_path):
     from PIL import Image
     with Image.open(png) as image:  # one panel, not one per method
         assert image.size[1] < 3.2 * 120 * 1.5
+
+
+def write_few_shot(root, trainer, dataset, seed, shots, accuracy, **record):
+    """A finished few-shot run as this version records it: run.json with labelled_shots, result.json."""
+    folder = Path(root) / "few_shot" / trainer.lower() / dataset / f"shots{shots}" / f"seed{seed}"
+    folder.mkdir(parents=True)
+    run = {"format": 1, "kind": "run", "run_id": f"{trainer}-{dataset}-{shots}-{seed}", "trainer": trainer,
+           "dataset": dataset, "protocol": "few_shot", "seed": seed, "backbone": "ViT-B/16",
+           "selection": "last_epoch", "labelled_shots": shots, **record}
+    records.atomic_write_json(folder / "run.json", run)
+    records.atomic_write_json(folder / "result.json", {"format": 1, "kind": "result", "run_id": run["run_id"],
+                                                        "metrics": {"accuracy": accuracy}})
+
+
+def test_few_shot_accuracy_against_shots_table_csv_and_plot(tmp_path, capsys):
+    for d, dataset in enumerate(R.BASE2NOVEL_DATASETS):  # CoOp: all 11 at K = 1 and 2, two seeds
+        for shots in (1, 2):
+            for seed in (1, 2):
+                write_few_shot(tmp_path, "CoOp", dataset, seed, shots, 50.0 + d + 10 * shots + seed)
+    write_few_shot(tmp_path, "PromptKD", "EuroSAT", 1, 4, 90.0, num_shots=0)  # a student: its teacher's K
+    write_few_shot(tmp_path, "PromptKD", "EuroSAT", 2, None, 91.0, num_shots=0)  # K unknown: in no mean
+    report = report_of(tmp_path, seeds=(1, 2))
+    assert report.shots() == [1, 2, 4]
+    assert report.group("few_shot", "CoOp", "EuroSAT", 2).accuracy_mean == pytest.approx(50 + 9 + 20 + 1.5)
+    assert report.average("few_shot", "CoOp", 1).accuracy == pytest.approx(50 + 5 + 10 + 1.5)  # mean d = 5
+    assert [(i.method, i.seed, i.status) for i in report.issues if i.status != "missing"] == \
+        [("PromptKD", 2, "unidentified")]
+    assert "labelled shots unknown" in next(i.detail for i in report.issues if i.seed == 2 and i.method == "PromptKD")
+    code, out = run_cli(capsys, tmp_path, "--seeds", "1", "2", "--plot", "--protocol", "few_shot")
+    assert code == 0 and "## Few-shot: accuracy against shots" in out
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
+    assert ["Method", "Dataset", "1-shot", "2-shot", "4-shot"] in cells
+    assert ["CoOp", "EuroSAT", "70.50 ± 0.71", "80.50 ± 0.71", "—"] in cells
+    assert ["CoOp", "Average (11)", "66.50", "76.50", "—"] in cells
+    assert ["PromptKD", "EuroSAT", "—", "—", "90.00 ± 0.00 (1/2 seeds)"] in cells
+    assert not any(c[:2] == ["PromptKD", "Average (11)"] for c in cells)  # 10 datasets missing: no row of dashes
+    with open(tmp_path / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    coop = [r for r in rows if r["method"] == "CoOp" and r["dataset"] == "EuroSAT"]
+    assert [(r["shots"], r["accuracy_mean"]) for r in coop] == [("1", "70.5000"), ("2", "80.5000")]
+    assert [r["shots"] for r in rows if r["kind"] == "average"] == ["1", "2"]
+    assert (tmp_path / "results.png").stat().st_size > 1000
+    # outside the few-shot protocol the shots column stays empty
+    write_run(tmp_path / "b2n", "CoOp", "ImageNet", 1, metrics=b2n_metrics(80.0, 70.0))
+    run_cli(capsys, tmp_path / "b2n", "--seeds", "1")
+    with open(tmp_path / "b2n" / "results.csv", newline="") as handle:
+        assert [r["shots"] for r in csv.DictReader(handle)] == [""]

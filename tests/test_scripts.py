@@ -150,3 +150,48 @@ def test_scripts_and_plain_train_py_distil_at_the_same_kd_weight(tmp_path, monke
             assert "TRAINER.PROMPTKD.KD_WEIGHT" not in argv  # nothing computed in bash
             assert weight(argv) == plain, (script, dataset)
             assert weight(script_args(script, dataset, "TRAINER.PROMPTKD.KD_WEIGHT", "500")) == 500.0
+
+
+def test_few_shot_scripts_and_accuracy_against_shots(env, clip_files):
+    """The few-shot protocol: a baseline (CoOp) and the PromptKD pipeline (a K-shot teacher of all
+    classes, then a student on the unlabelled pool) at K = 1 and 2, then `promptkd results` shows
+    accuracy against shots as a table and a plot; each run's record says protocol and shots."""
+    output = os.path.join(env["OUTPUT"], "fs")
+    env = {**env, "OUTPUT": output, "TEACHER_OPTS": teacher_opts(clip_files, "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2",
+                                                                 "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2")}
+    student = TINY + ["MODEL.BACKBONE.NAME", clip_files["student"], "TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", "2",
+                      "TRAINER.PROMPTKD.PREC", "fp32"]
+    coop = TINY + ["MODEL.BACKBONE.NAME", clip_files["teacher"], "TRAINER.COOP.PREC", "fp32"]
+    for shots in ("1", "2"):
+        out = run("../coop/few_shot.sh", "dtd", "1", shots, *coop, env=env)
+        assert (results(out)[-1]["trainer"], results(out)[-1]["protocol"]) == ("CoOp", "few_shot")
+        out = run("few_shot.sh", "dtd", "1", shots, *student, env=env)
+        assert sum(f"training the {shots}-shot teacher first" in line for line in out.splitlines()) == 1
+        teacher, r = results(out)
+        assert (teacher["trainer"], teacher["protocol"], r["trainer"], r["protocol"]) == \
+            ("PromptKDTeacher", "few_shot", "PromptKD", "few_shot") and "accuracy" in r
+        for method in ("coop", "promptkd_teacher", "promptkd"):
+            record = json.load(open(os.path.join(output, "few_shot", method, "dtd", f"shots{shots}", "seed1", "run.json")))
+            assert (record["protocol"], record["labelled_shots"]) == ("few_shot", int(shots)), method
+            assert record["train_classes"] == "all"
+        assert record["num_shots"] == 0 and record["teacher_data"]["num_shots"] == int(shots)  # the student
+    table = subprocess.run([sys.executable, "-m", "promptkd", "results", os.path.join(output, "few_shot"),
+                            "--seeds", "1", "--plot"], cwd=ROOT, capture_output=True, text=True)
+    assert table.returncode == 0, table.stderr
+    assert "## Few-shot: accuracy against shots" in table.stdout
+    header = next(line for line in table.stdout.splitlines() if line.startswith("| Method") and "-shot" in line)
+    assert [c.strip() for c in header.strip("|").split("|")] == ["Method", "Dataset", "1-shot", "2-shot"]
+    rows = {tuple(c.strip() for c in line.strip("|").split("|"))[:2] for line in table.stdout.splitlines()
+            if line.startswith("| ") and "DTD" in line}
+    assert {("CoOp", "DTD"), ("PromptKD", "DTD"), ("PromptKDTeacher", "DTD")} <= rows
+    assert os.path.getsize(os.path.join(output, "few_shot", "results.png")) > 0
+    # a few-shot student refuses a teacher of another protocol, naming it and the script that trains one
+    run("teacher_train.sh", "dtd", "1", *env["TEACHER_OPTS"].split(), env=env)
+    b2n_teacher = os.path.join(output, "base2new/promptkd_teacher/dtd/seed1/export")
+    bad = subprocess.run(["bash", os.path.join(ROOT, "scripts/promptkd/few_shot.sh"), "dtd", "1", "3", *student],
+                         env={**env, "TEACHER_DIR": b2n_teacher}, capture_output=True, text=True)
+    assert bad.returncode == 2 and f"the teacher at {b2n_teacher} was trained under protocol base2novel" in bad.stderr
+    assert "scripts/promptkd/few_shot.sh DATASET SEED K trains one" in bad.stderr
+    bad = subprocess.run(["bash", os.path.join(ROOT, "scripts/coop/few_shot.sh"), "dtd", "1", "0"],
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "SHOTS is '0'" in bad.stderr

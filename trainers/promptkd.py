@@ -178,6 +178,7 @@ class PromptKD(MethodExport, PromptTrainer):
             vectors.check_dataset(cfg.DATASET.NAME, self.all_classnames, source=f"class vectors in {vectors_path}")
             side = ImageSide.load(side_path, TEACHER_HINT)
         check_pair(vectors, side, vectors_path, side_path)
+        self.check_teacher_protocol()
         exported = side.backbone.get("name") or side.backbone.get("path")
         if kd.TEACHER_NAME and kd.TEACHER_NAME != exported:
             logger.warning("TRAINER.PROMPTKD.TEACHER_NAME is %s but the teacher export was made with %s; "
@@ -294,18 +295,38 @@ class PromptKD(MethodExport, PromptTrainer):
                     vocabulary.dataset)
         return vocabulary
 
+    def check_teacher_protocol(self):
+        """A few-shot student (TRAINER.MODAL few_shot) learns from a teacher of the same protocol:
+        K labelled shots of all classes. Its record's labelled_shots is the teacher's K."""
+        if self.cfg.TRAINER.MODAL != "few_shot":
+            return
+        data = teacher_data(self.tcfg.TEACHER_DIR)
+        if data is None:
+            logger.warning("TRAINER.MODAL few_shot: the teacher at %s has no run.json, so its labelled shots are "
+                           "unknown; the results tables list this run as unidentified.",
+                           self.tcfg.TEACHER_DIR or self.tcfg.CLASS_VECTORS)
+        elif data.get("protocol") != "few_shot" or data.get("train_classes") != "all":
+            raise ConfigError(
+                f"TRAINER.MODAL few_shot: the teacher at {self.tcfg.TEACHER_DIR} was trained under protocol "
+                f"{data.get('protocol')} on {data.get('train_classes')} classes; a few-shot student needs a few-shot "
+                "teacher (TRAINER.MODAL few_shot, DATASET.SUBSAMPLE_CLASSES all, DATASET.NUM_SHOTS K). "
+                "scripts/promptkd/few_shot.sh DATASET SEED K trains one.")
+
     def record_fields(self) -> dict:
         """What run.json says of the student, the objective, the pool (sources, image count,
         budget, leakage check) and the teacher's data (promptkd.records)."""
         kd = self.tcfg
         student = PAPER_STUDENT if self.paper_student else student_trainer(kd.STUDENT).__name__
+        data = teacher_data(kd.TEACHER_DIR)
         return {"student": student, "objective": kd.LOSS, "objective_label": self.method_label(),
+                # the labelled shots per class behind this run: its teacher's (the pool's labels are not read)
+                "labelled_shots": (data or {}).get("num_shots"),
                 "feature_loss": kd.FEATURE_LOSS if kd.FEATURE_LOSS != "off" else None,
                 "ce_weight": kd.CE_WEIGHT, "labels_used": kd.CE_WEIGHT > 0,
                 "class_names_seen": not kd.VOCABULARY, "vocabulary": kd.VOCABULARY or None,
                 "topk": kd.TOPK if kd.VOCABULARY else None,
                 "student_regularisers": None if self.paper_student else bool(getattr(self.model, "regularise", False)),
-                "pool": self.pool.record(), "teacher_data": teacher_data(kd.TEACHER_DIR)}
+                "pool": self.pool.record(), "teacher_data": data}
 
     def method_label(self) -> str | None:
         """How the results tables name this run when it is not the paper's recipe,
