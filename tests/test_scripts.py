@@ -195,3 +195,25 @@ def test_few_shot_scripts_and_accuracy_against_shots(env, clip_files):
     bad = subprocess.run(["bash", os.path.join(ROOT, "scripts/coop/few_shot.sh"), "dtd", "1", "0"],
                          env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "SHOTS is '0'" in bad.stderr
+
+
+@pytest.mark.parametrize("method", sorted(m for m in os.listdir(os.path.join(ROOT, "scripts"))
+                                          if m not in ("promptkd", "zsclip")
+                                          and os.path.isfile(os.path.join(ROOT, "scripts", m, "base2new_train.sh"))))
+def test_every_baseline_has_a_few_shot_script(method, tmp_path):
+    """Every trained baseline has scripts/<method>/few_shot.sh; it runs `promptkd train` on K shots
+    of all classes under the few-shot protocol with a config that exists (PYTHON records argv)."""
+    record, stub = tmp_path / "calls.jsonl", tmp_path / "python"
+    stub.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                    f"open({str(record)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    stub.chmod(0o755)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", method, "few_shot.sh"), "dtd", "2", "8"],
+                          env={**os.environ, "PYTHON": str(stub), "OUTPUT": str(tmp_path / "out")},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (argv,) = [json.loads(line) for line in record.read_text().splitlines()]
+    pairs = dict(zip(argv[3::1], argv[4::1]))
+    assert argv[:3] == ["-m", "promptkd", "train"] and os.path.isfile(os.path.join(ROOT, pairs["--config-file"]))
+    assert pairs["--output-dir"].endswith(f"few_shot/{pairs['--trainer'].lower()}/dtd/shots8/seed2")
+    assert (pairs["DATASET.NUM_SHOTS"], pairs["DATASET.SUBSAMPLE_CLASSES"], pairs["TRAINER.MODAL"]) == \
+        ("8", "all", "few_shot")
