@@ -65,6 +65,13 @@ def harmonic_mean(base: float, novel: float) -> float:
     return 0.0 if base + novel == 0 else 2.0 * base * novel / (base + novel)
 
 
+def _method_order(label: str) -> tuple:
+    """Sort key of method labels: by name, a distilled student ("PromptKD→CoOp (sym-KL)") right
+    after the method it was distilled into ("CoOp"), which was trained with labels."""
+    student = label.split("→", 1)[1] if "→" in label else None
+    return ((student or label).split(" (")[0], student is not None, label)
+
+
 def _order(dataset) -> tuple:
     """Sort key: the benchmark datasets in the paper's order, then any other by name."""
     return (0, DATASET_ORDER.index(dataset), "") if dataset in DATASET_ORDER else (1, 0, str(dataset))
@@ -188,7 +195,7 @@ class Report:
         return self.averages.loc[key] if key in self.averages.index else None
 
     def methods(self, protocol) -> list[str]:
-        return sorted({m for p, m, *_ in self.groups.index if p == protocol})
+        return sorted({m for p, m, *_ in self.groups.index if p == protocol}, key=_method_order)
 
     def shots(self, protocol=FEW_SHOT) -> list[int]:
         return sorted({k for p, *_, k in self.groups.index if p == protocol})
@@ -326,6 +333,7 @@ def _matrix(report: Report, protocol, cell, avg_key, avg_label, title, caption, 
                            cell(report.group(protocol, m, d))) for m, a in averages.items() for d in columns],
                          columns=["Method", "dataset", "cell"])
     table = cells.pivot_table(index="Method", columns="dataset", values="cell", aggfunc="first")[columns]
+    table = table.reindex(list(averages))  # the methods' order, not pandas' alphabetical one
     notes = [f"{m}: {avg_label} not computed, missing: " + ", ".join(map(display_name, a.missing)) if a.missing else
              f"{m} {a.label}: datasets with fewer seeds: {_short(report, protocol, m, a)}"
              for m, a in averages.items() if a is not None and (a.missing or (short and a.short))]

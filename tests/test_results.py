@@ -520,3 +520,13 @@ def test_few_shot_accuracy_against_shots_table_csv_and_plot(tmp_path, capsys):
     run_cli(capsys, tmp_path / "b2n", "--seeds", "1")
     with open(tmp_path / "b2n" / "results.csv", newline="") as handle:
         assert [r["shots"] for r in csv.DictReader(handle)] == [""]
+
+
+def test_distilled_students_are_listed_beside_the_method_trained_with_labels(tmp_path):
+    for trainer in ("MaPLe", "PromptKD→MaPLe (sym-KL)", "CoOp", "PromptKD", "PromptKD→CoOp"):
+        write_run(tmp_path, trainer, "ImageNet", 1, metrics=b2n_metrics(70.0, 60.0))
+    report = report_of(tmp_path, seeds=(1,))
+    order = ["CoOp", "PromptKD→CoOp", "MaPLe", "PromptKD→MaPLe (sym-KL)", "PromptKD"]
+    assert report.methods("base2novel") == order
+    comparison = next(t for t in R.format_tables(report) if t.title == "Comparison, base-to-novel HM")
+    assert [row[0] for row in comparison.rows] == order
