@@ -4,7 +4,6 @@ WebDataset shards (one process, 2 gloo processes), recorded in run.json.
 Fake DTD (5 classes x 10 images), tiny CLIPs, 1-2 epochs; the teacher is test_trainers'
 session teacher. Shards are written here with webdataset's TarWriter.
 """
-import io
 import json
 import os
 import shutil
@@ -13,7 +12,6 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
 wds = pytest.importorskip("webdataset")
@@ -186,6 +184,43 @@ def test_shards_split_over_ranks_and_workers_without_duplicates(extra):
     assert seen[0] != seen[1]  # a new shard order and shuffle each epoch
 
 
+def test_shards_stream_with_listed_sources_each_image_once_an_epoch(data_root, extra, tmp_path):
+    from promptkd.trainers.pools import LISTED_UNIT, ShardEpochLoader
+    sources = ["train", f"folder:{extra['folder']}", f"wds:{extra['pattern']}"]
+    pool = build_pool(fake_trainer(data_root, extra["hashes"], POOL=sources))
+    train = fake_trainer(data_root, "").dm.dataset.train_x
+    assert pool.streamed and len(pool) == len(train) + 12 + 20
+    assert pool.record()["images_by_source"] == dict(zip(sources, [len(train), 12, 20]))
+    assert pool.record()["streamed_listed_images"] == len(train) + 12 and pool.record()["streamed_shards"] == 4
+    units = pool.units()
+    listed = [u for u in units if u.startswith(LISTED_UNIT)]
+    assert len(listed) == -(-(len(train) + 12) // 5)  # cut into units of a shard's size (5)
+    everything = set(pool.names())
+    for epoch in (0, 1):
+        names = []
+        for rank in (0, 1):
+            ds = ShardViewDataset(units, transform=_to_tensor(), view_seed=1, rank=rank, world=2, shuffle=3)
+            loader = ShardEpochLoader(ds, 2, 2, ds.steps(batch_size=2, num_workers=2, epochs=2), False)
+            loader.sampler.set_epoch(epoch)
+            batches = list(loader)
+            assert batches and all(b["img"].shape[1:] == (3, 8, 8) and (b["label"] == -1).all() for b in batches)
+            names += [n for b in batches for n in b["impath"]]
+        assert len(names) == len(set(names)) and set(names) <= everything  # nothing twice, no label read
+        assert any("::" in n for n in names) and any(n in {d.impath for d in train} for n in names)
+    # a budget over the mixed pool: the same images on every build, drawn from both kinds
+    again = [build_pool(fake_trainer(data_root, extra["hashes"], POOL=sources, POOL_BUDGET=30)) for _ in range(2)]
+    assert sorted(again[0].names()) == sorted(again[1].names()) and len(again[0]) == 30
+    assert again[0].items and any(again[0].listing.values())
+    # and a test image in the listed part is refused, naming it
+    leaky = tmp_path / "leaky"
+    shutil.copytree(extra["folder"], leaky)
+    test_image = fake_trainer(data_root, "").dm.dataset.test[0].impath
+    shutil.copy(test_image, leaky / "innocent.jpg")
+    with pytest.raises(DataError, match="1 image\\(s\\) of the test split") as err:
+        build_pool(fake_trainer(data_root, extra["hashes"], POOL=[f"folder:{leaky}", f"wds:{extra['pattern']}"]))
+    assert str(leaky / "innocent.jpg") in str(err.value)
+
+
 def _to_tensor():
     from torchvision import transforms as T
     return T.Compose([T.Resize((8, 8)), T.ToTensor()])
@@ -210,6 +245,17 @@ def test_each_listed_pool_distils(pool, data_root, clip_files, teacher_run, extr
     assert set(trainer.last_report) >= {"base", "novel", "hm"}
 
 
+def test_shards_mixed_with_the_train_split_distil_and_resume(data_root, clip_files, teacher_run, extra, tmp_path):
+    from tests.test_trainers import whole_and_resumed
+    keys = ("TRAINER.PROMPTKD.POOL", str(["train", f"wds:{extra['pattern']}"]), "DATALOADER.TRAIN_X.BATCH_SIZE", "2")
+    whole, resumed = whole_and_resumed(lambda run: pool_args(data_root, clip_files, teacher_run, str(tmp_path / run),
+                                                             extra, *keys, epochs=2), 1)
+    assert whole.pool.streamed and len(whole.pool) == 25 + 20 and resumed.start_epoch == 1
+    assert whole.pool.record()["streamed_listed_images"] == 25
+    assert len(whole.train_loader_x) == 45 // 2  # one process, no loader worker: every image each epoch
+    assert set(whole.last_report) >= {"base", "novel", "hm"}
+
+
 def test_shard_pool_distils_records_and_resumes(data_root, clip_files, teacher_run, extra, tmp_path):
     from tests.test_trainers import whole_and_resumed
     keys = ("TRAINER.PROMPTKD.POOL", str([f"wds:{extra['pattern']}"]), "DATALOADER.TRAIN_X.BATCH_SIZE", "2")
@@ -231,13 +277,14 @@ def test_shard_pool_distils_records_and_resumes(data_root, clip_files, teacher_r
 # --- 2 gloo processes --------------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["folder", "wds"])
+@pytest.mark.parametrize("kind", ["folder", "wds", "folder+wds"])
 def test_folder_and_shard_pools_through_ddp(kind, data_root, clip_files, teacher_run, extra, tmp_path):
     from tests.test_distributed import CPU, PROBE, env, ranks, assert_same
-    source = f"folder:{extra['folder']}" if kind == "folder" else f"wds:{extra['pattern']}"
+    sources = {"folder": [f"folder:{extra['folder']}"], "wds": [f"wds:{extra['pattern']}"],
+               "folder+wds": [f"folder:{extra['folder']}", f"wds:{extra['pattern']}"]}[kind]
     out, probe = str(tmp_path / "out"), str(tmp_path / "probe")
     os.makedirs(probe)
-    args = pool_args(data_root, clip_files, teacher_run, out, extra, "TRAINER.PROMPTKD.POOL", str([source]),
+    args = pool_args(data_root, clip_files, teacher_run, out, extra, "TRAINER.PROMPTKD.POOL", str(sources),
                      "DATALOADER.TRAIN_X.BATCH_SIZE", "2", "DATALOADER.NUM_WORKERS", "1", epochs=1)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            PROBE, probe, *args, *CPU], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env())
@@ -245,6 +292,7 @@ def test_folder_and_shard_pools_through_ddp(kind, data_root, clip_files, teacher
     r0, r1 = ranks(probe)
     assert_same(r0["state"], r1["state"])
     run = json.load(open(os.path.join(out, "run.json")))
-    assert run["processes"] == 2 and run["pool"]["images"] == (12 if kind == "folder" else 20)
+    assert run["processes"] == 2 and run["pool"]["images"] == {"folder": 12, "wds": 20, "folder+wds": 32}[kind]
     log = open(os.path.join(out, "log.txt")).read()
-    assert ("5 steps of 2 per process" if kind == "wds" else "12 images") in log
+    assert {"folder": "12 images", "wds": "5 steps of 2 per process",
+            "folder+wds": "32 images in 7 units (4 WebDataset shards, 12 listed images)"}[kind] in log

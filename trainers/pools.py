@@ -14,8 +14,11 @@
   shards' sample counts (counted once, with the content hashes, and cached) as the smallest
   count any rank reaches in any epoch, so all ranks step in lockstep and every epoch has the
   same length (TRAINER.PROMPTKD.POOL_EPOCH_IMAGES caps it). Resume re-enters at the saved
-  epoch: the order is a function of the epoch number. Shards cannot be mixed with other
-  sources nor used with the teacher cache (refused, see docs/protocols.md).
+  epoch: the order is a function of the epoch number. Shards mixed with listed sources
+  (train, train_base, folder:PATH) stream too: the listed images are cut into units of about a
+  shard's size (`listed:NNNNN`, read from disk) that are ordered and split with the shards, so
+  one epoch shows each image of both kinds at most once. Streamed pools are not used with the
+  teacher cache (refused, see docs/protocols.md).
 
 Budgets (POOL_BUDGET, POOL_BUDGET_PER_CLASS) and the leakage check (LEAKAGE_CHECK,
 ALLOW_TEST_OVERLAP) are applied here too; `Pool.record()` is what run.json carries.
@@ -55,8 +58,13 @@ def default_hash_cache() -> str:
     return os.path.join(base, "promptkd", "content_hashes.json")
 
 
+LISTED_UNIT = "listed:"  # the name prefix of a unit of listed images in a streamed pool
+
+
 class Pool:
-    """The images of the pool: `items` (map-style Datum list) or `shards` (+ their listing)."""
+    """The images of the pool: `items` (listed Datum) and/or `shards` (+ their listing).
+
+    A pool with shards is streamed; its listed items, if any, are streamed with them."""
 
     def __init__(self, sources):
         self.sources = sources
@@ -73,17 +81,31 @@ class Pool:
         return bool(self.shards)
 
     def __len__(self) -> int:
-        return sum(len(k) for k in self.listing.values()) if self.streamed else len(self.items)
+        return sum(len(k) for k in self.listing.values()) + len(self.items)
+
+    def shard_names(self) -> list[str]:
+        return [f"{s}::{k}" for s in self.shards for k in self.listing[s]]
 
     def names(self) -> list[str]:
-        if self.streamed:
-            return [f"{s}::{k}" for s in self.shards for k in self.listing[s]]
-        return [it.impath for it in self.items]
+        """Every image's name: the listed items' paths, then the shards' `shard::key`s."""
+        return [it.impath for it in self.items] + self.shard_names()
+
+    def units(self) -> dict[str, list[str]]:
+        """A streamed pool's units, name -> sample keys: each shard, and the listed items cut into
+        chunks of the shards' mean size (`listed:NNNNN`, keys: the image paths)."""
+        units = {s: self.listing[s] for s in self.shards}
+        if self.items:
+            size = max(1, round(sum(map(len, units.values())) / max(len(units), 1)))
+            paths = [it.impath for it in self.items]
+            for n, start in enumerate(range(0, len(paths), size)):
+                units[f"{LISTED_UNIT}{n:05d}"] = paths[start:start + size]
+        return units
 
     def record(self) -> dict:
         return {"sources": [s.name for s in self.sources], "images": len(self), "images_by_source": self.by_source,
                 "budget": self.budget, "labels_used_for_selection": self.labels_used,
-                "streamed_shards": len(self.shards) if self.streamed else None, "leakage_check": self.leakage}
+                "streamed_shards": len(self.shards) if self.streamed else None,
+                "streamed_listed_images": len(self.items) if self.streamed else None, "leakage_check": self.leakage}
 
 
 def teacher_data(teacher_dir: str) -> dict | None:
@@ -131,11 +153,6 @@ def build_pool(trainer) -> Pool:
 
 
 def _collect(trainer, pool: Pool) -> None:
-    kinds = {s.kind for s in pool.sources}
-    if "wds" in kinds and kinds != {"wds"}:
-        raise ConfigError(f"TRAINER.PROMPTKD.POOL {[s.name for s in pool.sources]} mixes WebDataset shards with "
-                          "other sources: streamed shards and listed images cannot share one epoch here. Write the "
-                          "other images into shards too (webdataset's ShardWriter), or use folder sources only.")
     train = trainer.dm.dataset.train_x
     for source in pool.sources:
         if source.kind == "train":
@@ -166,7 +183,8 @@ def _collect(trainer, pool: Pool) -> None:
         pool.member_hashes = members
         pool.listing = {s: [k for k, _ in m] for s, m in members.items()}
         for source in pool.sources:
-            pool.by_source[source.name] = sum(len(pool.listing[s]) for s in expand_shards(source.arg))
+            if source.kind == "wds":
+                pool.by_source[source.name] = sum(len(pool.listing[s]) for s in expand_shards(source.arg))
         empty = [s for s, keys in pool.listing.items() if not keys]
         if empty:
             logger.warning("WebDataset shards without image samples (%s): %s", "/".join(WDS_IMAGE_EXTENSIONS),
@@ -196,11 +214,12 @@ def _apply_budget(cfg, pool: Pool) -> None:
                            kd.POOL_BUDGET, len(names))
     else:
         return
+    listed = len(pool.items)
     if pool.streamed:
-        kept = {pool.names()[i] for i in keep}
+        names = pool.names()
+        kept = {names[i] for i in keep if i >= listed}
         pool.listing = {s: [k for k in keys if f"{s}::{k}" in kept] for s, keys in pool.listing.items()}
-    else:
-        pool.items = [pool.items[i] for i in keep]
+    pool.items = [pool.items[i] for i in keep if i < listed]
 
 
 def _hash_cache_path(cfg) -> str:
@@ -229,12 +248,11 @@ def _check_leakage(trainer, pool: Pool) -> None:
     with dist_.main_first():  # rank 0 hashes (and caches); the other ranks then read the cache
         cache = HashCache(path)
         hashes = {split: {p: cache.file(p) for p in paths} for split, paths in splits.items()}
+        mine = {d.impath: cache.file(d.impath) for d in pool.items}
         if pool.streamed:
             members = getattr(pool, "member_hashes", None) or {s: cache.shard(s) for s in pool.shards}
-            kept = set(pool.names())
-            mine = {f"{s}::{k}": h for s, m in members.items() for k, h in m if f"{s}::{k}" in kept}
-        else:
-            mine = {d.impath: cache.file(d.impath) for d in pool.items}
+            kept = set(pool.shard_names())
+            mine.update({f"{s}::{k}": h for s, m in members.items() for k, h in m if f"{s}::{k}" in kept})
         hashed = cache.hashed
         if dist_.is_main():
             cache.save()
@@ -270,10 +288,12 @@ def worker_shards(shards, seed, epoch, rank, world, worker, workers) -> list[str
 
 
 class ShardViewDataset(IterableDataset):
-    """This rank's views of the pool's shards in one epoch (call `set_epoch` first).
+    """This rank's views of the pool's units in one epoch (call `set_epoch` first).
 
-    Items are as `ViewDatasetWrapper`'s: img, label (-1), impath (`shard::key`), index (the
-    sample's position in the pool's listing, which names its view), epoch; an unreadable image
+    `listing` maps each unit to its sample keys: a `.tar` shard to its image samples' keys, a
+    `listed:NNNNN` unit (`Pool.units`) to image paths read from disk. Items are as
+    `ViewDatasetWrapper`'s: img, label (-1), impath (`shard::key`, or a listed image's path),
+    index (the sample's position in the listing, which names its view), epoch; an unreadable image
     is an UNREADABLE marker. Samples are shuffled within each worker by a buffer of
     `shuffle` samples drawn from (view seed, epoch, rank, worker). No view bank: a fresh view
     every epoch (TRAINER.PROMPTKD.VIEWS_PER_IMAGE needs a listed pool)."""
@@ -298,20 +318,24 @@ class ShardViewDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _samples(self, shards):
+    def _samples(self, units):
+        """(unit, key, image bytes, or None for a listed image read from its path) of the units, in order."""
         import webdataset as wds
 
-        if not shards:
-            return
-        # the shards are this worker's already: no node / worker splitting inside webdataset
-        stream = wds.WebDataset(shards, shardshuffle=False, nodesplitter=None, workersplitter=None,
-                                empty_check=False)
-        for sample in stream:
-            url, key = sample.get("__url__"), sample.get("__key__")
-            if (url, key) not in self.index:  # not an image sample, or left out by the budget
+        for unit in units:
+            if unit.startswith(LISTED_UNIT):
+                for path in self.listing[unit]:
+                    yield unit, path, None
                 continue
-            ext = next((e for e in WDS_IMAGE_EXTENSIONS if e in sample), None)
-            yield url, key, sample[ext]
+            # the shards are this worker's already: no node / worker splitting inside webdataset
+            stream = wds.WebDataset([unit], shardshuffle=False, nodesplitter=None, workersplitter=None,
+                                    empty_check=False)
+            for sample in stream:
+                url, key = sample.get("__url__"), sample.get("__key__")
+                if (url, key) not in self.index:  # not an image sample, or left out by the budget
+                    continue
+                ext = next((e for e in WDS_IMAGE_EXTENSIONS if e in sample), None)
+                yield url, key, sample[ext]
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -329,9 +353,9 @@ class ShardViewDataset(IterableDataset):
 
     def _item(self, sample):
         url, key, data = sample
-        name, index = f"{url}::{key}", self.index[(url, key)]
+        name, index = (key if data is None else f"{url}::{key}"), self.index[(url, key)]
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(key if data is None else io.BytesIO(data)) as image:
                 img0 = image.convert("RGB")
         except MemoryError:
             raise
@@ -378,11 +402,12 @@ def build_shard_loader(cfg, pool: Pool, transform, view_seed: int):
         raise ConfigError(f"DATALOADER.K_TRANSFORMS is {cfg.DATALOADER.K_TRANSFORMS}; PromptKD distils one view "
                           "per image and step: set it to 1.")
     world, rank = dist_.world_size(), dist_.rank()
-    if len(pool.shards) < world:
-        raise ConfigError(f"The pool has {len(pool.shards)} WebDataset shard(s) for {world} processes: each process "
-                          "reads whole shards, so give at least as many shards as processes (more, smaller shards "
-                          "balance better).")
-    dataset = ShardViewDataset(pool.listing, transform, view_seed, rank, world)
+    units = pool.units()
+    if len(units) < world:
+        raise ConfigError(f"The pool has {len(units)} unit(s) ({len(pool.shards)} WebDataset shard(s)) for {world} "
+                          "processes: each process reads whole units, so give at least as many shards as processes "
+                          "(more, smaller shards balance better).")
+    dataset = ShardViewDataset(units, transform, view_seed, rank, world)
     batch, workers = cfg.DATALOADER.TRAIN_X.BATCH_SIZE, cfg.DATALOADER.NUM_WORKERS
     steps = dataset.steps(batch, workers, cfg.OPTIM.MAX_EPOCH)
     cap = cfg.TRAINER.PROMPTKD.POOL_EPOCH_IMAGES
@@ -390,10 +415,11 @@ def build_shard_loader(cfg, pool: Pool, transform, view_seed: int):
         steps = min(steps, cap // (batch * world))
     if steps == 0:
         raise ConfigError(f"The pool's shards give a process no full batch of DATALOADER.TRAIN_X.BATCH_SIZE {batch} "
-                          f"in some epoch ({len(dataset)} images in {len(pool.shards)} shards, {world} process(es), "
+                          f"in some epoch ({len(dataset)} images in {len(units)} units, {world} process(es), "
                           f"{max(workers, 1)} loader worker(s) each, POOL_EPOCH_IMAGES {cap}): use a smaller batch, "
                           "fewer DATALOADER.NUM_WORKERS, or more images per shard.")
-    logger.info("WebDataset pool: %d images in %d shards; %d steps of %d per process and epoch (%d images an epoch "
-                "over %d process(es))", len(dataset), len(pool.shards), steps, batch, steps * batch * world, world)
+    logger.info("Streamed pool: %d images in %d units (%d WebDataset shards, %d listed images); %d steps of %d per "
+                "process and epoch (%d images an epoch over %d process(es))", len(dataset), len(units),
+                len(pool.shards), len(pool.items), steps, batch, steps * batch * world, world)
     loader = ShardEpochLoader(dataset, batch, workers, steps, torch.cuda.is_available() and cfg.USE_CUDA)
     return dataset, dataset, loader
