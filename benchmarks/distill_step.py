@@ -22,9 +22,21 @@ mean CPU use of other processes during the runs is reported. The table ends with
 published/ours ratios of time and FLOPs and "time ratio as % of FLOP ratio" (goal: >= 90%).
 `--settings part/text-encode part/teacher-image part/student-train` time the pieces alone.
 
+Method students (TRAINER.PROMPTKD.STUDENT = a prompt-learning method, docs/students.md), opt-in:
+
+  train/student:<Method>  the same teacher forward (no grad) on the stored class vectors, then the
+                   method (CoOp, CoCoOp, IVLP, MaPLe, PromptSRC, ... : every registered
+                   prompt-learning trainer with prompts, built by its own build_method from its
+                   TRAINER.<NODE> defaults, prompt depths clamped to the towers) on a random
+                   student-architecture CLIP with its text tower: its own text features of the C
+                   classes once per step (per image for image-conditioned CoCoOp), its own
+                   regularisers if it has any, the forward KL, backward and an SGD step
+  `--settings students` measures all of them (needs Dassl); `train/student:CoOp` names one.
+
     python -m benchmarks.distill_step                       # C = 100 and 1000, batch 8, fp32
     python -m benchmarks.distill_step --classes 100 --repeats 1 --json out.json
     python -m benchmarks.distill_step --tiny --classes 10   # seconds: tiny random CLIPs
+    python -m benchmarks.distill_step --classes 100 --settings train/ours students
     # OpenCLIP teachers / students (`open_clip:<architecture>`); a teacher of another input size
     # gets the student's batch resized for it, as in stage 2:
     python -m benchmarks.distill_step --teacher open_clip:ViT-H-14-quickgelu --settings train/ours
@@ -56,6 +68,9 @@ from promptkd.tiny import TINY_STUDENT, TINY_TEACHER
 SETTINGS = ("train/ours", "train/published", "infer/ours", "infer/published")
 # Optional parts, to see where the time goes (--settings ... part/text-encode ...).
 PARTS = ("part/text-encode", "part/teacher-image", "part/student-train")
+# Method students: STUDENT_PREFIX + a registered prompt-learning trainer; STUDENTS = all of them.
+STUDENT_PREFIX = "train/student:"
+STUDENTS = "students"
 TEXT_SETTINGS = ("train/published", "infer/published", "part/text-encode")
 OPEN_CLIP_PREFIX = "open_clip:"
 GOAL_PERCENT = 90.0
@@ -73,6 +88,7 @@ class Models:
     resolution: int
     depths: dict
     names: dict
+    student_clip: torch.nn.Module | None = None  # a whole student CLIP, for method students only
 
 
 def _random_backbone(name: str, tiny_arch: dict | None, need_text: bool, seed: int) -> dict:
@@ -149,7 +165,77 @@ def build_models(args, device: torch.device) -> Models:
     if text_encoder is not None:
         text_encoder.to(device)
     student.to(device)
-    return Models(teacher, text_encoder, student, class_dim, s["preprocess"].size[0], depths, names)
+    student_clip = None
+    if any(n.startswith(STUDENT_PREFIX) for n in args.settings):  # method students: text tower too
+        student_clip = _random_backbone(names["student"], tiny.get("student"), True, args.seed + 2)["clip"]
+        if args.precision == "fp16":
+            to_half(student_clip)
+        student_clip.to(device)
+    return Models(teacher, text_encoder, student, class_dim, s["preprocess"].size[0], depths, names, student_clip)
+
+
+def student_settings() -> list[str]:
+    """train/student:<Method> for every registered prompt-learning trainer (imports Dassl)."""
+    import importlib  # noqa: PLC0415
+
+    for module in ("promptkd.trainers.baselines", "promptkd.trainers.promptkd_teacher"):
+        importlib.import_module(module)  # registers the methods in Dassl's TRAINER_REGISTRY
+    from promptkd.trainers.students import method_students  # noqa: PLC0415
+
+    return [STUDENT_PREFIX + n for n in method_students()]
+
+
+def student_cfg(clip_model, depth: int):
+    """Dassl's default config with this plugin's keys: each method's TRAINER.<NODE> defaults, with
+    every prompt depth clamped to `depth` and to the student CLIP's towers."""
+    from dassl.config import get_cfg_default  # noqa: PLC0415
+
+    from promptkd.trainers.config import extend_cfg  # noqa: PLC0415
+
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    towers = min(len(clip_model.visual.transformer.resblocks), len(text_tower(clip_model).transformer.resblocks))
+    for node in cfg.TRAINER.values():
+        for key in [k for k in node if "PROMPT_DEPTH" in k and isinstance(node[k], int)]:
+            node[key] = min(node[key], depth, towers)
+    return cfg
+
+
+@dataclass
+class MethodStudent:
+    method: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    node: str
+    settings: dict  # its TRAINER.<NODE> keys as built
+    primed: bool = False
+
+
+def build_students(models: Models, args, classnames: list[str], device: torch.device) -> tuple[dict, dict]:
+    """({setting: MethodStudent}, {setting: why skipped}) for the requested method students. One
+    without prompts (ZeroshotCLIP) is skipped when it came from `--settings students`."""
+    from promptkd.errors import ConfigError  # noqa: PLC0415
+    from promptkd.trainers.students import build_method_student  # noqa: PLC0415
+
+    cfg = student_cfg(models.student_clip, args.depth)
+    built, skipped = {}, {}
+    for name in [n for n in args.settings if n.startswith(STUDENT_PREFIX)]:
+        torch.manual_seed(args.seed + 3)
+        try:
+            method, cls = build_method_student(name[len(STUDENT_PREFIX):], cfg, models.student_clip, classnames,
+                                               regularisers=True)
+        except ConfigError as e:
+            if name not in args.explicit_settings:
+                skipped[name] = str(e)
+                continue
+            raise SystemExit(f"--settings {name}: {e}") from e
+        method.to(device)
+        trainable = [p for p in method.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=0.9, weight_decay=5e-4)
+        node = dict(cfg.TRAINER[cls.CFG_NODE])
+        node["regularisers"] = bool(getattr(method, "regularise", False))
+        node["image_conditioned"] = bool(method.image_conditioned)
+        built[name] = MethodStudent(method, optimizer, cls.CFG_NODE, node)
+    return built, skipped
 
 
 class Bench:
@@ -169,6 +255,8 @@ class Bench:
         self.vectors = F.normalize(torch.randn(n_classes, models.class_dim, generator=g), dim=-1).to(device)
         classnames = [f"class number {i}" for i in range(n_classes)]
         self.tokens = models.text_encoder.tokenize(classnames).to(device) if models.text_encoder else None
+        self.students, self.skipped_students = ({}, {}) if models.student_clip is None else \
+            build_students(models, args, classnames, device)
         trainable = [p for p in models.student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=0.9, weight_decay=5e-4)
         self.temperature, self.kd_weight = 1.0, args.kd_weight
@@ -233,6 +321,27 @@ class Bench:
         with self.autocast():
             self.m.teacher(self.images, self.vectors)
 
+    def train_method_student(self, student: MethodStudent) -> None:
+        """A method student's step: the teacher on the stored class vectors (no grad), the method's
+        own text features of the same classes (once per step), its regularisers, KL, SGD."""
+        method = student.method
+        method.train()
+        student.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            t_logits = self.m.teacher(self.images, self.vectors)
+            out = method(self.images)
+            extra = method.extra_losses(out, None) if getattr(method, "regularise", False) else {}
+        # Scored in fp32 outside autocast, as the trainer does.
+        loss = kd_loss(out["logits"].float(), t_logits.float(), self.temperature, self.kd_weight)
+        loss = loss + sum(v.float() for v in extra.values())
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(student.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            student.optimizer.step()
+
     def part_student_train(self) -> None:
         self.m.student.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -246,6 +355,12 @@ class Bench:
         if name == "part/student-train" and not hasattr(self, "_teacher_logits"):
             with self.autocast():  # once, outside the FLOP count and the timing
                 self._teacher_logits = self.m.teacher(self.images, self.vectors)
+        if name.startswith(STUDENT_PREFIX):
+            student = self.students[name]
+            if not student.primed:  # once, outside the FLOP count and the timing: a method builds
+                self.train_method_student(student)  # one-off state at its first step (PromptSRC's
+                student.primed = True  # frozen template-ensemble text features)
+            return (lambda: self.train_method_student(student)), 1, "step"
         return {"train/ours": (self.train_ours, 1, "step"),
                 "train/published": (self.train_published, 1, "step"),
                 "infer/ours": (self.infer_ours, self.test_batch, "image"),
@@ -330,6 +445,18 @@ def ratios(results: dict) -> list[dict]:
     return out
 
 
+def student_ratios(results: dict) -> list[dict]:
+    """Each method student's step against the paper's (train/ours), where both were measured."""
+    out = []
+    for c, settings in results.items():
+        ours = settings.get("train/ours")
+        for name, r in settings.items():
+            if name.startswith(STUDENT_PREFIX) and ours:
+                out.append({"classes": c, "student": name[len(STUDENT_PREFIX):],
+                            "time_ratio": r["seconds"] / ours["seconds"], "flop_ratio": r["flops"] / ours["flops"]})
+    return out
+
+
 def render(report: dict) -> str:
     from tabulate import tabulate
 
@@ -361,7 +488,7 @@ def render(report: dict) -> str:
                                          "GFLOP/s",
                                          "peak mem", "runs", "other load"], tablefmt="github",
                           disable_numparse=True))
-    lines.append("")
+
     def pct(x):
         return "n/a" if x is None else f"{x:.0f}%"
 
@@ -369,10 +496,20 @@ def render(report: dict) -> str:
               pct(r["time_ratio_pct_of_flop_ratio"]), "yes" if r["goal_met"] else "no",
               pct(r["min_time_ratio_pct_of_flop_ratio"]), pct(r["cpu_time_ratio_pct_of_flop_ratio"])]
              for r in report["ratios"]]
-    lines.append(tabulate(rrows, headers=["classes", "published / ours", "time ratio", "FLOP ratio",
-                                          "time ratio as % of FLOP ratio", f">= {GOAL_PERCENT:.0f}%",
-                                          "same, min times", "same, CPU times"],
-                          tablefmt="github", disable_numparse=True))
+    if rrows:  # only where both the published and our settings were measured
+        lines.append("")
+        lines.append(tabulate(rrows, headers=["classes", "published / ours", "time ratio", "FLOP ratio",
+                                              "time ratio as % of FLOP ratio", f">= {GOAL_PERCENT:.0f}%",
+                                              "same, min times", "same, CPU times"],
+                              tablefmt="github", disable_numparse=True))
+    if report.get("student_ratios"):
+        lines.append("")
+        lines.append(tabulate([[r["classes"], r["student"], f"{r['time_ratio']:.2f}x", f"{r['flop_ratio']:.2f}x"]
+                               for r in report["student_ratios"]],
+                              headers=["classes", "method student", "time / train/ours", "FLOPs / train/ours"],
+                              tablefmt="github", disable_numparse=True))
+    for name, why in report["config"].get("students_skipped", {}).items():
+        lines.append(f"{name}: skipped ({why})")
     kinds = {r["memory_kind"] for s in report["results"].values() for r in s.values()}
     lines.append("")
     lines.append("peak mem: " + "; ".join(sorted(kinds)))
@@ -407,8 +544,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text-chunk", type=int, default=256, help="class prompts per text-encoder call")
     p.add_argument("--lr", type=float, default=0.005)
     p.add_argument("--kd-weight", type=float, default=1000.0)
-    p.add_argument("--settings", nargs="+", choices=SETTINGS + PARTS, default=list(SETTINGS),
-                   help="settings to measure (the part/* ones time pieces of a training step)")
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), metavar="SETTING",
+                   help=f"settings to measure: {', '.join(SETTINGS + PARTS)}, {STUDENT_PREFIX}<Method> or "
+                        f"'{STUDENTS}' (every method student; the part/* ones time pieces of a training step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="tiny random CLIPs (promptkd.tiny) for a smoke run")
     p.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON")
@@ -421,6 +559,22 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{role} {name}: use one of {sorted(ARCHITECTURES)} or open_clip:<architecture>.")
     if args.repeats < 1 or args.warmup < 0 or args.text_chunk < 1:
         p.error("--repeats and --text-chunk must be >= 1, --warmup >= 0.")
+    args.explicit_settings = [n for n in args.settings if n != STUDENTS]
+    known = set(SETTINGS + PARTS)
+    if any(n == STUDENTS or n.startswith(STUDENT_PREFIX) for n in args.settings):
+        if args.student.startswith(OPEN_CLIP_PREFIX):
+            p.error(f"--settings {STUDENT_PREFIX}*: method students are built on an OpenAI architecture "
+                    f"({' or '.join(sorted(ARCHITECTURES))}), not --student {args.student}.")
+        known |= set(student_settings())
+    unknown = [n for n in args.explicit_settings if n not in known]
+    if unknown:
+        p.error(f"--settings {' '.join(unknown)}: not a setting; use {', '.join(sorted(known))} or '{STUDENTS}'.")
+    expanded = []
+    for n in args.settings:
+        for m in (student_settings() if n == STUDENTS else [n]):
+            if m not in expanded:
+                expanded.append(m)
+    args.settings = expanded
     return args
 
 
@@ -446,10 +600,13 @@ def main(argv=None) -> dict:
     }
     for c in args.classes:
         bench = Bench(models, args, c, device)
-        names = [s for s in SETTINGS + PARTS if s in args.settings]
+        names = [s for s in SETTINGS + PARTS if s in args.settings] + list(bench.students)
         report["results"][str(c)] = measure(bench, names, device, args.warmup, args.repeats)
+        report["config"]["students"] = {n: st.settings for n, st in bench.students.items()}
+        report["config"]["students_skipped"] = bench.skipped_students
         del bench
     report["ratios"] = ratios(report["results"])
+    report["student_ratios"] = student_ratios(report["results"])
     emit(report, render(report), args.json)
     return report
 

@@ -44,6 +44,35 @@ def test_tiny_benchmark_reports_all_settings(tmp_path, capsys):
     assert report["machine"]["torch"]
 
 
+def test_tiny_benchmark_measures_every_method_student(tmp_path, capsys):
+    """--settings students: one train/student:<Method> row per registered prompt-learning method
+    with prompts (a method added later is picked up), each a full step with a text tower, so
+    more FLOPs than the paper's student on stored class vectors."""
+    pytest.importorskip("dassl")
+    from promptkd.trainers.students import method_students
+
+    bench = load_benchmark()
+    out = tmp_path / "students.json"
+    bench.main(["--tiny", "--classes", "6", "--repeats", "1", "--warmup", "0", "--device", "cpu",
+                "--settings", "train/ours", "students", "--json", str(out)])
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    settings = report["results"]["6"]
+    measured = {n[len(bench.STUDENT_PREFIX):] for n in settings if n.startswith(bench.STUDENT_PREFIX)}
+    skipped = {n[len(bench.STUDENT_PREFIX):] for n in report["config"]["students_skipped"]}
+    assert measured | skipped == set(method_students()) and not measured & skipped
+    assert skipped == {"ZeroshotCLIP"}  # nothing to learn
+    for name in measured:
+        r = settings[bench.STUDENT_PREFIX + name]
+        assert r["seconds"] > 0 and r["unit"] == "step"
+        assert r["flops"] > settings["train/ours"]["flops"], name  # its own text tower, every step
+        assert f"train/student:{name}" in printed
+    # CoCoOp encodes its class prompts per image: the most FLOPs of all
+    assert max(measured, key=lambda n: settings[bench.STUDENT_PREFIX + n]["flops"]) == "CoCoOp"
+    assert report["config"]["students"]["train/student:PromptSRC"]["regularisers"] is True
+    assert {r["student"] for r in report["student_ratios"]} == measured
+
+
 def test_tiny_teacher_memory_benchmark(tmp_path, capsys):
     """benchmarks/teacher_memory.py end to end on a tiny CLIP: one subprocess per run, figures
     for every (classes, mode), the same loss with and without checkpointing, a slope per mode."""
