@@ -69,7 +69,7 @@ def _method_order(label: str) -> tuple:
     """Sort key of method labels: by name, a distilled student ("PromptKD→CoOp (sym-KL)") right
     after the method it was distilled into ("CoOp"), which was trained with labels."""
     student = label.split("→", 1)[1] if "→" in label else None
-    return ((student or label).split(" (")[0], student is not None, label)
+    return ((student or label).split(" (")[0].split(" [")[0], student is not None, label)
 
 
 def _order(dataset) -> tuple:
@@ -110,8 +110,24 @@ def find_runs(dirs, newest: bool = False) -> list[Path]:
 # One run folder: its log (or its run.json when it has none), status ok | unfinished | failed, its
 # identity (dataset: the Dassl registered name; selection: last_epoch | best_base_test), metrics
 # {base, novel, hm, accuracy}, the log's mtime and why a run is unfinished / failed (detail).
-Run = namedtuple("Run", "log_path status protocol trainer dataset seed metrics selection backbone mtime detail shots",
-                 defaults=(None, None, None, None, {}, None, None, 0.0, "", 0))
+# pool: the unlabelled pool of a distilled run (`_pool_label`), pool_images its image count,
+# pool_selection how labels chose the images (None: they did not); None for a run with no pool.
+Run = namedtuple("Run", "log_path status protocol trainer dataset seed metrics selection backbone mtime detail shots "
+                 "pool pool_images pool_selection",
+                 defaults=(None, None, None, None, {}, None, None, 0.0, "", 0, None, None, None))
+DEFAULT_POOL = "train"  # the published protocol: all train images of all classes
+
+
+def _pool_label(pool) -> str | None:
+    """run.json's pool as a short name: its sources joined by '+' (a folder or shard pattern by its
+    last path part), then the budget: 'train', 'train_base', 'train+folder:extra (budget 1000)'."""
+    if not isinstance(pool, dict) or not pool.get("sources"):
+        return None
+    names = [f"{s.partition(':')[0]}:{Path(s.partition(':')[2]).name}" if ":" in s else s for s in pool["sources"]]
+    budget = pool.get("budget") or {}
+    extra = (f" (budget {budget['requested']})" if budget.get("requested") else
+             f" ({budget['per_class']}/class)" if budget.get("per_class") else "")
+    return "+".join(names) + extra
 
 
 def parse_log(path) -> Run:
@@ -147,13 +163,19 @@ def parse_log(path) -> Run:
     seed = str(identity.get("seed"))
     # A PromptKD run off the paper's recipe is named by what it distilled into what, and how
     # (run.json's objective_label, e.g. "PromptKD→CoOp (sym-KL)"), so it is never averaged with the paper's.
-    identity = {**identity, "trainer": identity.get("objective_label") or identity.get("trainer")}
+    # A pool other than the published one makes it a method of its own too: "PromptKD [pool train_base]".
+    pool = _pool_label(identity.get("pool"))
+    trainer = identity.get("objective_label") or identity.get("trainer")
+    identity = {**identity, "trainer": f"{trainer} [pool {pool}]" if trainer and pool not in (None, DEFAULT_POOL)
+                else trainer}
+    images = (identity.get("pool") or {}).get("images") if pool else None
     shots = identity.get("labelled_shots", identity.get("num_shots")) if identity.get("protocol") == FEW_SHOT else 0
     if identity.get("protocol") == FEW_SHOT and not (type(shots) is int and shots > 0):
         shots = None  # a few-shot run without its K: listed, in no mean
     return Run(path, status, *(identity.get(k) or None for k in ("protocol", "trainer", "dataset")),
                int(seed) if seed.lstrip("-").isdigit() else None, metrics, identity.get("selection"),
-               identity.get("backbone"), path.stat().st_mtime, detail, shots)
+               identity.get("backbone"), path.stat().st_mtime, detail, shots, pool,
+               images if type(images) is int else None, (identity.get("pool") or {}).get("labels_used_for_selection"))
 
 
 # --- aggregation ------------------------------------------------------------------------------
@@ -228,6 +250,8 @@ def aggregate(runs, seeds=(1, 2, 3), protocol: str | None = None) -> Report:
     df = pd.DataFrame([(r.protocol, labels.get(i), r.dataset, r.shots, r.seed, r.status, r.detail, r.log_path, r.mtime)
                        for i, r in enumerate(runs)], columns=[*Issue._fields, "mtime"], dtype=object)
     df = df.join(pd.DataFrame([r.metrics for r in runs], columns=list(METRICS), index=df.index, dtype=float))
+    df["pool"], df["pool_selection"] = [r.pool for r in runs], [r.pool_selection for r in runs]
+    df["pool_images"] = pd.Series([r.pool_images for r in runs], index=df.index, dtype=float)
     df = df.sort_values("mtime", ascending=False, kind="stable")  # newest first
     df["known"] = df[KEYS].notna().all(axis=1) & df.protocol.isin(PROTOCOLS)
     use = df.known & (df.status == "ok") & df.seed.isin(expected)
@@ -239,7 +263,9 @@ def aggregate(runs, seeds=(1, 2, 3), protocol: str | None = None) -> Report:
                    key=lambda k: (k[0], k[1], _order(k[2]), k[3]))  # with the groups of failed / unfinished runs
     stats = {f"{m}_{name}": (m, how) for m in METRICS
              for name, how in [("mean", "mean"), ("std", "std"), ("n", "count")]}
-    groups = used.groupby(KEYS).agg(seeds=("seed", sorted), **stats)  # base_mean, base_std, base_n, ...
+    groups = used.groupby(KEYS).agg(seeds=("seed", sorted), **stats,  # base_mean, base_std, base_n, ...
+                                    pool=("pool", "first"), pool_selection=("pool_selection", "first"),
+                                    pool_images_min=("pool_images", "min"), pool_images_max=("pool_images", "max"))
     groups = groups.reindex(pd.MultiIndex.from_frame(pd.DataFrame(shown, columns=KEYS)))
     groups["seeds"] = [s if isinstance(s, list) else [] for s in groups.seeds]
     groups["n"], groups["missing"] = groups.seeds.map(len), [[s for s in expected if s not in g] for g in groups.seeds]
@@ -361,6 +387,25 @@ def _few_shot_table(report: Report, e: int) -> Table | None:
                  caption)
 
 
+def _pool_table(report: Report) -> Table | None:
+    """The unlabelled pool behind each group of distilled runs: sources, images per seed, selection."""
+    done = report.groups[report.groups.pool.notna()]
+    if done.empty:
+        return None
+
+    def images(g):
+        low, high = (f"{int(v):,}" if pd.notna(v) else "?" for v in (g.pool_images_min, g.pool_images_max))
+        return low if low == high else f"{low}–{high}"
+    rows = [[p, m, display_name(d) + (f" ({k}-shot)" if p == FEW_SHOT else ""), g.pool, images(g),
+             g.pool_selection if isinstance(g.pool_selection, str) else "no"] for (p, m, d, k), g in done.iterrows()]
+    caption = ("The unlabelled images each distilled student learnt from (run.json's pool): its sources, their image "
+               "count (a range where seeds differ) and whether labels chose them. A pool other than the published "
+               f"one ({DEFAULT_POOL}: all train images of all classes) is named in the method, e.g. "
+               "'PromptKD [pool train_base]', and never averaged with it.")
+    return Table("Unlabelled pools", ["Protocol", "Method", "Dataset", "Pool", "Images", "Labels chose the images"],
+                 rows, caption)
+
+
 def format_tables(report: Report) -> list[Table]:
     """All tables of a report, in print order."""
     e, several = len(report.expected_seeds), {p: len(report.methods(p)) > 1 for p in PROTOCOLS}
@@ -382,6 +427,7 @@ def format_tables(report: Report) -> list[Table]:
             report, CROSS, lambda g: _cell(g, "accuracy", e, " ({}/{})", "accuracy_mean"), "accuracy", "Average (10)",
             "Comparison, cross-dataset", compare.format("mean accuracy")),
         _few_shot_table(report, e),
+        _pool_table(report),
         Table("Missing / unfinished", ["Protocol", "Method", "Dataset", "Seed", "Status", "Detail", "Log"],
               issues or [["—", "—", "—", "—", "none", "all expected seeds finished", ""]],
               f"Expected seeds: {' '.join(map(str, report.expected_seeds))}. Failed / unfinished / duplicate / "
@@ -396,7 +442,8 @@ def render(tables) -> str:
 
 
 CSV_FIELDS = (["protocol", "method", "dataset", "shots", "kind", "n_seeds", "expected_seeds", "seeds"]
-              + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")] + ["hm_of_means"])
+              + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")] + ["hm_of_means"]
+              + ["pool", "pool_images_min", "pool_images_max", "pool_selection"])
 
 
 def write_csv(report: Report, path) -> None:
@@ -408,7 +455,8 @@ def write_csv(report: Report, path) -> None:
     table = pd.concat([groups, averages.rename(columns={"label": "dataset", **{m: f"{m}_mean" for m in METRICS}})])
     table = table.reindex(columns=CSV_FIELDS).assign(expected_seeds=" ".join(map(str, report.expected_seeds)))
     table["shots"] = table.shots.where(table.protocol == FEW_SHOT)
-    table = table.astype({k: "Int64" for k in ["shots", "n_seeds"] + [f"{m}_n" for m in METRICS]})
+    table = table.astype({k: "Int64" for k in ["shots", "n_seeds", "pool_images_min", "pool_images_max"]
+                          + [f"{m}_n" for m in METRICS]})
     atomic_write_text(path, table.to_csv(index=False, float_format="%.4f", lineterminator="\r\n"))
 
 

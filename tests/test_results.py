@@ -530,3 +530,53 @@ def test_distilled_students_are_listed_beside_the_method_trained_with_labels(tmp
     assert report.methods("base2novel") == order
     comparison = next(t for t in R.format_tables(report) if t.title == "Comparison, base-to-novel HM")
     assert [row[0] for row in comparison.rows] == order
+
+
+def write_distilled(root, folder, dataset, seed, metrics, pool, trainer="PromptKD"):
+    """A finished base-to-novel student as this version records it: run.json with its pool, result.json."""
+    path = Path(root) / folder / dataset / f"seed{seed}"
+    path.mkdir(parents=True)
+    run = {"format": 1, "kind": "run", "run_id": f"{folder}-{dataset}-{seed}", "trainer": trainer,
+           "objective_label": None, "dataset": dataset, "protocol": "base2novel", "seed": seed,
+           "backbone": "ViT-B/16", "selection": "last_epoch", "pool": pool}
+    records.atomic_write_json(path / "run.json", run)
+    records.atomic_write_json(path / "result.json", {"format": 1, "kind": "result", "run_id": run["run_id"],
+                                                      "metrics": metrics})
+
+
+def pool_record(sources, images, budget=None, labels_used=None):
+    return {"sources": sources, "images": images, "images_by_source": {}, "budget": budget,
+            "labels_used_for_selection": labels_used, "streamed_shards": None, "streamed_listed_images": None,
+            "leakage_check": {"checked": False}}
+
+
+def test_each_pool_is_a_method_of_its_own_and_the_pools_table_counts_its_images(tmp_path, capsys):
+    """run.json's pool in the tables: the published pool (train) keeps the method's name; any other
+    pool is named in the method and never averaged with it; the pools table gives each group's
+    sources, image count (a range where seeds differ) and whether labels chose the images."""
+    for seed in (1, 2):
+        write_distilled(tmp_path, "default", "EuroSAT", seed, b2n_metrics(90.0, 80.0), pool_record(["train"], 1200))
+        write_distilled(tmp_path, "base", "EuroSAT", seed, b2n_metrics(91.0, 70.0 + seed),
+                        pool_record(["train_base"], 600 + seed, labels_used="class subset: base classes only"))
+        write_distilled(tmp_path, "budget", "EuroSAT", seed, b2n_metrics(85.0, 75.0),
+                        pool_record(["train", "folder:/data/extra"], 500,
+                                    budget={"images": 500, "requested": 500, "seed": 0}))
+    write_run(tmp_path, "CoOp", "EuroSAT", 1, metrics=b2n_metrics(80.0, 60.0))  # no pool: not in that table
+    report = report_of(tmp_path, seeds=(1, 2))
+    other, base = "PromptKD [pool train+folder:extra (budget 500)]", "PromptKD [pool train_base]"
+    assert report.methods("base2novel") == ["CoOp", "PromptKD", other, base]
+    assert report.group("base2novel", "PromptKD", "EuroSAT").novel_mean == 80.0  # no other pool averaged in
+    assert report.group("base2novel", base, "EuroSAT").novel_mean == 71.5
+    code, out = run_cli(capsys, tmp_path, "--seeds", "1", "2")
+    assert code == 0 and "## Unlabelled pools" in out
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in out.split("## Unlabelled pools")[1]
+             .split("## ")[0].splitlines() if line.startswith("| ")]
+    assert cells == [["Protocol", "Method", "Dataset", "Pool", "Images", "Labels chose the images"],
+                     ["base2novel", "PromptKD", "EuroSAT", "train", "1,200", "no"],
+                     ["base2novel", other, "EuroSAT", "train+folder:extra (budget 500)", "500", "no"],
+                     ["base2novel", base, "EuroSAT", "train_base", "601–602", "class subset: base classes only"]]
+    with open(tmp_path / "results.csv", newline="") as handle:
+        rows = {r["method"]: r for r in csv.DictReader(handle) if r["kind"] == "dataset"}
+    assert (rows[base]["pool"], rows[base]["pool_images_min"], rows[base]["pool_images_max"]) == \
+        ("train_base", "601", "602")
+    assert rows["CoOp"]["pool"] == "" and rows["PromptKD"]["pool_selection"] == ""

@@ -259,6 +259,9 @@ def test_method_students_through_the_command_appear_in_the_results_table(data_ro
     table = (tmp_path / "table.md").read_text(encoding="utf-8")
     for label in ("| PromptKD ", "PromptKD→CoOp", "PromptKD→MaPLe (sym-KL)", "PromptKD→PromptSRC"):
         assert label in table, label
+    pools = table.split("## Unlabelled pools")[1].split("## ")[0]  # each student's pool from its run.json
+    for label in ("PromptKD→CoOp", "PromptKD→MaPLe (sym-KL)", "PromptKD→PromptSRC"):
+        assert f"| {label} " in pools and "| train " in pools, label
 
 
 # --- DDP, activation checkpointing and the teacher cache, for every method student -----------------
