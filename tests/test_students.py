@@ -316,3 +316,20 @@ def test_method_student_under_ddp_with_checkpointing_fills_a_cache_that_replays_
     assert any(not torch.equal(wa[k], init[k]) for k in wa)  # the prompts did train
     for k in wa:
         assert torch.allclose(wa[k], wb[k], rtol=0, atol=SAME_RUN_ATOL), k
+
+
+@pytest.mark.parametrize("student", [s for s in STUDENTS if s not in ("promptkd", "CoCoOp")])
+def test_method_student_export_predicts_what_the_trainer_evaluates(student, data_root, clip_files, teacher_run,
+                                                                    tmp_path):
+    """The run folder alone (export/predictor.pt) gives the trainer's own evaluation logits."""
+    from promptkd.predictor import Predictor
+    from tests.test_predict_export import eval_logits, predictor_logits
+
+    trainer = make_trainer(args_for(data_root, clip_files, teacher_run["export"], str(tmp_path), student, "kl",
+                                    "TEST.NO_TEST", "True", epochs=1))
+    trainer.train()
+    paths, expected = eval_logits(trainer)
+    predictor = Predictor.from_run(str(tmp_path))
+    assert predictor.classnames == trainer.all_classnames
+    # Same weights, other batches: ~10 fp32 ulps of tiny-CLIP logits (tests/test_predict_export.py).
+    assert (predictor_logits(predictor, paths) - expected).abs().max() <= 1e-5
