@@ -207,7 +207,8 @@ def test_records_of_a_training_run(kit, trained):
 
 def test_results_table_from_records_equals_the_one_from_an_old_log(kit, trained, tmp_path, capsys):
     """The run's records, and the same run as an earlier version left it (a log ending with the
-    RESULT line, no records): the same tables, CSV and Markdown."""
+    RESULT line, no records): the same tables, CSV and Markdown, but for the unlabelled pool,
+    which only the records hold."""
     out, logged, _ = trained
     new, old = tmp_path / "new" / "seed1", tmp_path / "old" / "seed1"
     for folder in (new, old):
@@ -220,7 +221,18 @@ def test_results_table_from_records_equals_the_one_from_an_old_log(kit, trained,
         assert cli.main(["results", str(folder), "--seeds", "1", "--out", str(tmp_path / tag)]) == 0
         outputs[tag] = [(tmp_path / f"{tag}{ext}").read_bytes() for ext in (".md", ".csv")]
     capsys.readouterr()
-    assert outputs["new"] == outputs["old"]
+    pools = b"## Unlabelled pools"
+    md, rest = outputs["new"][0].split(pools)
+    images = json.loads((out / "run.json").read_text())["pool"]["images"]  # the fake DTD's train split
+    rows = [[c.strip() for c in line.strip(b"|").split(b"|")] for line in rest.split(b"## ")[0].splitlines()
+            if line.startswith(b"| base2novel")]
+    assert rows == [[b"base2novel", b"PromptKD", b"DTD", b"train", str(images).encode(), b"no"]] and images > 0
+    without_pools = md + b"## " + rest.split(b"## ", 1)[1]
+    assert pools not in outputs["old"][0] and without_pools == outputs["old"][0]
+    csvs = {tag: [line.rsplit(b",", 4) for line in outputs[tag][1].split(b"\r\n")] for tag in outputs}
+    assert [row[0] for row in csvs["new"]] == [row[0] for row in csvs["old"]]
+    assert csvs["new"][0][1:] == [b"pool", b"pool_images_min", b"pool_images_max", b"pool_selection"]
+    assert csvs["new"][1][1:] == [b"train", str(images).encode(), str(images).encode(), b""] and csvs["old"][1][1:] == [b""] * 4
     assert b"| PromptKD | DTD " in outputs["new"][0] and b"all expected seeds finished" in outputs["new"][0]
 
 
