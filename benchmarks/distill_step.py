@@ -284,14 +284,15 @@ class Bench:
             loss = kd_loss(s_logits, t_logits, self.temperature, self.kd_weight)
         self._backward_and_step(loss)
 
-    def _backward_and_step(self, loss: torch.Tensor) -> None:
+    def _backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
+        optimizer = optimizer or self.optimizer
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
+            self.scaler.step(optimizer)
             self.scaler.update()
         else:
             loss.backward()
-            self.optimizer.step()
+            optimizer.step()
 
     def train_ours(self) -> None:
         self._train_step(self.vectors)
@@ -334,13 +335,7 @@ class Bench:
         # Scored in fp32 outside autocast, as the trainer does.
         loss = kd_loss(out["logits"].float(), t_logits.float(), self.temperature, self.kd_weight)
         loss = loss + sum(v.float() for v in extra.values())
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(student.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            student.optimizer.step()
+        self._backward_and_step(loss, student.optimizer)
 
     def part_student_train(self) -> None:
         self.m.student.train()
