@@ -555,18 +555,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.repeats < 1 or args.warmup < 0 or args.text_chunk < 1:
         p.error("--repeats and --text-chunk must be >= 1, --warmup >= 0.")
     args.explicit_settings = [n for n in args.settings if n != STUDENTS]
-    known = set(SETTINGS + PARTS)
+    known, registered = set(SETTINGS + PARTS), []
     if any(n == STUDENTS or n.startswith(STUDENT_PREFIX) for n in args.settings):
         if args.student.startswith(OPEN_CLIP_PREFIX):
             p.error(f"--settings {STUDENT_PREFIX}*: method students are built on an OpenAI architecture "
                     f"({' or '.join(sorted(ARCHITECTURES))}), not --student {args.student}.")
-        known |= set(student_settings())
+        registered = student_settings()
+        known |= set(registered)
     unknown = [n for n in args.explicit_settings if n not in known]
     if unknown:
         p.error(f"--settings {' '.join(unknown)}: not a setting; use {', '.join(sorted(known))} or '{STUDENTS}'.")
     expanded = []
     for n in args.settings:
-        for m in (student_settings() if n == STUDENTS else [n]):
+        for m in (registered if n == STUDENTS else [n]):
             if m not in expanded:
                 expanded.append(m)
     args.settings = expanded

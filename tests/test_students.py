@@ -266,14 +266,6 @@ def test_method_students_through_the_command_appear_in_the_results_table(data_ro
 
 # --- DDP, activation checkpointing and the teacher cache, for every method student -----------------
 
-@pytest.fixture
-def process_group():
-    import torch.distributed as dist
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 # Activation checkpointing recomputes each block's forward with the same ops at the same shapes, and
 # a 1-process DDP all-reduce averages over one rank: both leave every step's gradient as it was, up
 # to fp32 reassociation in the recomputed backward (<= 1e-6 per step, tests/test_grad_checkpoint.py).
@@ -283,7 +275,7 @@ SAME_RUN_ATOL = 1e-5
 
 @pytest.mark.parametrize("student", [s for s in STUDENTS if s != "promptkd"])
 def test_method_student_under_ddp_with_checkpointing_fills_a_cache_that_replays_the_run(
-        student, process_group, data_root, clip_files, teacher_run, tmp_path, monkeypatch):
+        student, data_root, clip_files, teacher_run, tmp_path, monkeypatch):
     """Run A: DDP (a gloo group), activation checkpointing in both towers, the online teacher
     writing an fp32 cache. Run B: one process, no checkpointing, reading that cache without the
     teacher. Both end with the same prompts, so each of the three works for this student."""
@@ -292,25 +284,25 @@ def test_method_student_under_ddp_with_checkpointing_fills_a_cache_that_replays_
 
     cache = str(tmp_path / "cache")
     common = ("TRAINER.PROMPTKD.TEACHER_CACHE", cache, "TEST.NO_TEST", "True")
-    a = make_trainer(args_for(data_root, clip_files, teacher_run["export"], str(tmp_path / "a"), student, "kl",
-                              *common, "TRAINER.PROMPTKD.TEACHER_CACHE_WRITE", "True",
-                              "TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", "fp32",
-                              "TRAINER.PROMPTKD.GRAD_CHECKPOINT", "both"))
-    assert isinstance(a.train_model, torch.nn.parallel.DistributedDataParallel)
-    checkpointed = [m for m in a.model.modules() if getattr(m, "grad_checkpoint", False)]
-    assert checkpointed  # at least the prompted text tower
-    init = {k: v.clone() for k, v in learnable(a).items()}
-    a.train()
-    dist.destroy_process_group()
-    monkeypatch.setattr(ImageSide, "load_visual", lambda *_, **__: pytest.fail("the teacher was loaded"))
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # run A only
     try:
-        b = make_trainer(args_for(data_root, clip_files, teacher_run["export"], str(tmp_path / "b"), student, "kl",
-                                  *common))
-        assert b.teacher is None and b.train_model is b.model
-        assert not any(getattr(m, "grad_checkpoint", False) for m in b.model.modules())
-        b.train()
+        a = make_trainer(args_for(data_root, clip_files, teacher_run["export"], str(tmp_path / "a"), student, "kl",
+                                  *common, "TRAINER.PROMPTKD.TEACHER_CACHE_WRITE", "True",
+                                  "TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", "fp32",
+                                  "TRAINER.PROMPTKD.GRAD_CHECKPOINT", "both"))
+        assert isinstance(a.train_model, torch.nn.parallel.DistributedDataParallel)
+        checkpointed = [m for m in a.model.modules() if getattr(m, "grad_checkpoint", False)]
+        assert checkpointed  # at least the prompted text tower
+        init = {k: v.clone() for k, v in learnable(a).items()}
+        a.train()
     finally:
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # for the fixture
+        dist.destroy_process_group()
+    monkeypatch.setattr(ImageSide, "load_visual", lambda *_, **__: pytest.fail("the teacher was loaded"))
+    b = make_trainer(args_for(data_root, clip_files, teacher_run["export"], str(tmp_path / "b"), student, "kl",
+                              *common))
+    assert b.teacher is None and b.train_model is b.model
+    assert not any(getattr(m, "grad_checkpoint", False) for m in b.model.modules())
+    b.train()
     wa, wb = learnable(a), learnable(b)
     assert wa and wa.keys() == wb.keys()
     assert any(not torch.equal(wa[k], init[k]) for k in wa)  # the prompts did train
