@@ -1,0 +1,3 @@
+from ._openai import openai
+
+SimpleTokenizer = openai.simple_tokenizer.SimpleTokenizer
