@@ -101,19 +101,73 @@ def is_open_clip(module: torch.nn.Module) -> bool:
 
 
 def to_half(module: torch.nn.Module) -> torch.nn.Module:
-    """Frozen backbone weights in fp16 (the published pure-fp16 mode), as each library does it."""
+    """Frozen backbone weights in fp16 (the published pure-fp16 mode), as each library does it,
+    with every op's operands in one dtype (`mixed_dtype_ops` finds the exceptions).
+
+    OpenAI CLIP: `clip.model.convert_weights` (linears, convs, attention, projections in fp16;
+    its `LayerNorm` keeps fp32 weights and computes in fp32 on an fp32 copy of its input).
+    open_clip: `convert_weights_to_lp` does the same for the matrices, but towers built without a
+    `cast_dtype` hold plain `LayerNorm`s, which would run fp16 input against fp32 weights (a
+    mixed-dtype kernel some devices refuse). They become open_clip's `LayerNormFp32` (fp32
+    weights, fp32 compute, output in the input's dtype): what `open_clip.create_model(...,
+    precision="fp16")` builds and what OpenAI's `LayerNorm` does. LayerScale and timm trunks are
+    halved whole."""
     if is_open_clip(module):
         from open_clip.model import convert_weights_to_lp  # noqa: PLC0415
-        from open_clip.transformer import LayerScale  # noqa: PLC0415
+        from open_clip.transformer import LayerNormFp32, LayerScale  # noqa: PLC0415
         convert_weights_to_lp(module, torch.float16)  # linears, convs, attention, projections
         for m in module.modules():  # which leaves LayerScale (it would promote blocks to fp32) and timm trunks
             if isinstance(m, LayerScale):
                 m.gamma.data = m.gamma.data.half()
             elif type(m).__name__ == "TimmModel":
                 m.half()
+        for m in module.modules():  # fp32 LayerNorms compute in fp32 (the timm trunk's are fp16 now)
+            if isinstance(m, torch.nn.LayerNorm) and not isinstance(m, LayerNormFp32) and (
+                    m.weight is None or m.weight.dtype == torch.float32):
+                m.__class__ = LayerNormFp32
     else:
         clip.model.convert_weights(module)
     return module
+
+
+#: aten ops whose kernels take all their floating-point operands in one dtype (on some devices
+#: only): what `mixed_dtype_ops` watches. Elementwise ops promote types everywhere.
+SAME_DTYPE_OPS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "convolution", "cudnn_convolution",
+                  "native_layer_norm", "layer_norm", "native_batch_norm", "_native_batch_norm_legit",
+                  "_native_batch_norm_legit_no_training", "native_group_norm",
+                  "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+                  "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
+                  "scaled_dot_product_attention", "_native_multi_head_attention")
+
+
+class mixed_dtype_ops:  # noqa: N801  (a context manager used like a function)
+    """Records the ops of `SAME_DTYPE_OPS` that get floating-point operands of several dtypes
+    while it is active: `with mixed_dtype_ops() as found: model(x)`; `found` is a list of
+    (op name, dtypes). A device-agnostic check of what a GPU kernel would refuse, run on the CPU
+    (whose kernels accept some mixtures, e.g. fp16 input with fp32 LayerNorm weights)."""
+
+    def __enter__(self) -> list:
+        from torch.utils._python_dispatch import TorchDispatchMode  # noqa: PLC0415
+
+        found = self.found = []
+
+        class _Watch(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = func.overloadpacket.__name__
+                if name in SAME_DTYPE_OPS:
+                    flat = [a for a in (*args, *(kwargs or {}).values()) for a in (a if isinstance(a, (list, tuple))
+                                                                                    else (a,))]
+                    dtypes = {a.dtype for a in flat if isinstance(a, torch.Tensor) and a.is_floating_point()}
+                    if len(dtypes) > 1:
+                        found.append((name, tuple(sorted(str(d) for d in dtypes))))
+                return func(*args, **(kwargs or {}))
+
+        self.mode = _Watch()
+        self.mode.__enter__()
+        return found
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
 
 
 def text_tower(model: torch.nn.Module) -> torch.nn.Module:

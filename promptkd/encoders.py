@@ -337,7 +337,8 @@ class PromptedTextEncoder(nn.Module):
             x = run_block(block, x, self.grad_checkpoint)
         x = x.permute(1, 0, 2) if t.seq_dim == 0 else x
         x = self.ln_final(x).type(self.dtype)
-        return t.project(self, x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)])
+        # the EOT token of each row; the row index is made on x's device (no host-to-device copy)
+        return t.project(self, x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1).to(x.device)])
 
     def encode(self, classnames: list[str]) -> torch.Tensor:
         return self(self.tokenize(classnames).to(self.token_embedding.weight.device))

@@ -5,6 +5,7 @@ KL terms use the published scaling: the summed KL divided by the number of logit
 """
 from __future__ import annotations
 
+import math
 
 import torch
 import torch.nn.functional as F
@@ -133,7 +134,10 @@ class GaussianPromptAggregator:
         w = self.weights[epoch - 1]
         for name, value in params.items():
             contribution = w * value.detach().to(torch.float32)
-            self.sums[name] = self.sums[name] + contribution if name in self.sums else contribution.clone()
+            # A resumed run's sums come from a checkpoint read onto the CPU: they follow the
+            # parameters to their device here (once; afterwards they are already there).
+            self.sums[name] = (self.sums[name].to(contribution.device) + contribution if name in self.sums
+                               else contribution.clone())
         self.epochs_done = epoch
 
     def result(self) -> dict[str, torch.Tensor]:
@@ -154,7 +158,86 @@ def harmonic_mean(base: float, novel: float) -> float:
 
 
 def check_finite(loss: torch.Tensor, where: str, hint: str) -> None:
+    """Raise at once on a non-finite loss (a host sync: the training loop uses `StepLog`)."""
     if not torch.isfinite(loss).all():
         raise FloatingPointError(f"Loss is {loss.item()} at {where}. {hint}")
+
+
+#: Under a GradScaler (PREC amp): skipped steps not counted against TRAIN.MAX_SKIPPED_STEPS_SHARE,
+#: and the most skipped steps in a row. GradScaler starts at a scale of 2^16 and halves it at
+#: every skipped step, so its calibration skips at most ~16 steps; 24 skips in a row leave a
+#: scale of 2^-8, where no fp16 overflow is left to blame: the loss itself is not finite.
+CALIBRATION_SKIPS = 24
+
+
+class StepLog:
+    """The training loop's per-step values, kept on the device and read every `every` steps.
+
+    A GPU step at a small batch is bound by kernel launches; every `.item()` / `if tensor:`
+    waits for the GPU to finish the step (a host sync). The loop hands each step's loss terms
+    (tensors) to `add` and each loss to `watch` instead; `read()` brings all of them to the host
+    with one copy when `due()`, or at the end of an epoch, and raises `FloatingPointError`
+    naming the first step whose loss was not finite (its parameters were updated by then; the
+    last checkpoint on disk is the last good one). `host_reads` counts the copies.
+
+    Under a GradScaler (PREC amp) a non-finite loss is not an error: fp16 overflow in an early
+    step is how the scaler calibrates. `scaler_step(scale)` after `scaler.update()` counts the
+    skipped steps (the scale went down) and raises only when more than `CALIBRATION_SKIPS` were
+    skipped in a row, or more than `max_skipped_share` of the steps beyond the first
+    `CALIBRATION_SKIPS` skipped ones.
+    """
+
+    def __init__(self, every: int = 1, max_skipped_share: float = 0.05, hint: str = ""):
+        self.every, self.max_skipped_share, self.hint = max(1, int(every)), float(max_skipped_share), hint
+        self.pending: list[tuple[int, dict]] = []
+        self.watched: list[tuple[str, torch.Tensor]] = []
+        self.host_reads = 0
+        self.steps = self.skipped = self.in_a_row = 0
+        self.last_scale: float | None = None
+
+    def add(self, n_iter: int, summary: dict) -> None:
+        """One step's values (tensors stay on their device; numbers are kept as given)."""
+        self.pending.append((n_iter, {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in summary.items()}))
+
+    def watch(self, loss: torch.Tensor, where: str) -> None:
+        """A loss that must be finite (checked at the next `read`)."""
+        self.watched.append((where, loss.detach()))
+
+    def due(self) -> bool:
+        return len(self.pending) >= self.every or len(self.watched) >= self.every
+
+    def read(self) -> list[tuple[int, dict]]:
+        """[(n_iter, {name: float})] of the steps added since the last read (one host copy)."""
+        tensors = [v for _, values in self.pending for v in values.values() if isinstance(v, torch.Tensor)]
+        tensors += [loss for _, loss in self.watched]
+        numbers = iter([])
+        if tensors:
+            device = tensors[0].device
+            numbers = iter(torch.stack([t.float().reshape(-1)[0].to(device) for t in tensors]).tolist())
+            self.host_reads += 1
+        out = [(n_iter, {k: next(numbers) if isinstance(v, torch.Tensor) else float(v) for k, v in values.items()})
+               for n_iter, values in self.pending]
+        watched = [(where, next(numbers)) for where, _ in self.watched]
+        self.pending, self.watched = [], []
+        for where, value in watched:
+            if not math.isfinite(value):
+                raise FloatingPointError(f"Loss is {value} at {where}. {self.hint}")
+        return out
+
+    def scaler_step(self, scale: float, where: str) -> bool:
+        """Count one GradScaler step (`scale`: `scaler.get_scale()` after `update()`); returns
+        whether it was skipped. Raises past the limits above."""
+        skipped = self.last_scale is not None and scale < self.last_scale
+        self.last_scale, self.steps = scale, self.steps + 1
+        self.skipped += skipped
+        self.in_a_row = self.in_a_row + 1 if skipped else 0
+        beyond = self.skipped - CALIBRATION_SKIPS
+        if self.in_a_row > CALIBRATION_SKIPS or beyond > self.max_skipped_share * self.steps:
+            why = (f"{self.in_a_row} steps in a row" if self.in_a_row > CALIBRATION_SKIPS else
+                   f"{self.skipped} of {self.steps} steps (more than {self.max_skipped_share:.0%} beyond the first "
+                   f"{CALIBRATION_SKIPS}, TRAIN.MAX_SKIPPED_STEPS_SHARE)")
+            raise FloatingPointError(f"PREC amp: the gradient scaler skipped {why} because the loss or its gradients "
+                                     f"were not finite, at {where} (scale now {scale:g}). {self.hint}")
+        return skipped
 
 

@@ -82,3 +82,18 @@ def class_logits(features: torch.Tensor, class_vectors: torch.Tensor, scale: tor
     with fp32_scoring(features):
         scale = scale.float() if isinstance(scale, torch.Tensor) else scale
         return scale * features.float() @ class_vectors.float().t()
+
+
+def configure_matmul(device: torch.device | str, deterministic: bool) -> str | None:
+    """fp32 matmuls and convolutions on a GPU: TF32 (10-bit mantissa inputs, fp32 accumulation;
+    several times the fp32 rate on Ampere and later) unless the run must be deterministic, where
+    they stay true fp32 so results follow the fp32 reference. Returns the matmul precision set
+    ("high" or "highest"), or None off a GPU (CPU kernels are left as they are)."""
+    if torch.device(device).type != "cuda":
+        return None
+    precision = "highest" if deterministic else "high"
+    torch.set_float32_matmul_precision(precision)
+    torch.backends.cudnn.allow_tf32 = not deterministic
+    logger.info("fp32 matmuls / convolutions on the GPU: %s", "true fp32 (TRAIN.DETERMINISTIC True)" if deterministic
+                else "TF32 (TRAIN.DETERMINISTIC False)")
+    return precision

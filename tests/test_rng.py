@@ -1,5 +1,5 @@
-"""Random state: checkpoints keep this process's CUDA generator only, and views never touch
-torch's global generators. CUDA is mocked (no GPU here): the mock records what is read and
+"""Random state: checkpoints keep this process's CUDA generator only (and none when the run is
+on the CPU, even where a GPU is visible), and views never touch torch's global generators. CUDA is mocked (no GPU here): the mock records what is read and
 written and refuses the every-GPU calls (`get_rng_state_all` / `set_rng_state_all`)."""
 import logging
 import random
@@ -23,11 +23,15 @@ class FakeCuda:
         cuda = torch.cuda
         monkeypatch.setattr(cuda, "is_available", lambda: True)
         monkeypatch.setattr(cuda, "device_count", lambda: visible)
-        monkeypatch.setattr(cuda, "current_device", lambda: self.current)
+        monkeypatch.setattr(cuda, "current_device", self.current_device)
         monkeypatch.setattr(cuda, "get_rng_state", self.get)
         monkeypatch.setattr(cuda, "set_rng_state", self.set)
         for name in ("get_rng_state_all", "set_rng_state_all", "manual_seed", "manual_seed_all", "seed", "seed_all"):
             monkeypatch.setattr(cuda, name, self.refuse(name))
+
+    def current_device(self):
+        self.calls.append(("current_device", self.current))
+        return self.current
 
     def get(self, device="cuda"):
         index = device if isinstance(device, int) else torch.device(device).index
@@ -50,52 +54,68 @@ class FakeCuda:
 
 def test_checkpoint_keeps_only_this_process_gpu_state(monkeypatch):
     fake = FakeCuda(monkeypatch, visible=8, current=3)
-    state = rng.rng_state()
+    state = rng.rng_state(torch.device("cuda"))
     assert torch.equal(state["cuda"], fake.states[3]) and state["cuda_device"] == 3
-    assert fake.calls == [("get", 3)]
+    assert fake.calls == [("current_device", 3), ("get", 3)]
+    fake.calls.clear()
+    assert torch.equal(rng.rng_state("cuda:5")["cuda"], fake.states[5]) and fake.calls == [("get", 5)]
+
+
+def test_a_cpu_run_on_a_machine_with_a_gpu_never_touches_cuda(monkeypatch, caplog):
+    """USE_CUDA False where GPUs are visible (e.g. gloo ranks): reading a CUDA generator would
+    create a CUDA context on cuda:0 in every process. Nothing of CUDA is called, either way."""
+    fake = FakeCuda(monkeypatch, visible=2, current=0)
+    state = rng.rng_state(torch.device("cpu"))
+    assert "cuda" not in state and fake.calls == []
+    gpu_state = {**state, "cuda": fake.states[0].clone(), "cuda_device": 0}  # written by a GPU run
+    with caplog.at_level(logging.INFO, "promptkd"):
+        rng.set_rng_state(gpu_state, torch.device("cpu"))
+    assert fake.calls == [] and "no GPU is used now" in caplog.text
+    rng.set_rng_state(state)  # no device given: a CPU run
+    assert fake.calls == []
 
 
 def test_resume_on_fewer_gpus_restores_this_process_gpu(monkeypatch, caplog):
     """Written on cuda:5 of 8 visible GPUs, resumed as the process on cuda:1 of 2."""
     writer = FakeCuda(monkeypatch, visible=8, current=5)
     writer.states[5] = torch.arange(16, dtype=torch.uint8)
-    state = rng.rng_state()
+    state = rng.rng_state(torch.device("cuda"))
     reader = FakeCuda(monkeypatch, visible=2, current=1)
     with caplog.at_level(logging.INFO, "promptkd"):
-        rng.set_rng_state(state)
-    assert reader.calls == [("set", 1)] and torch.equal(reader.states[1], torch.arange(16, dtype=torch.uint8))
+        rng.set_rng_state(state, torch.device("cuda"))
+    assert reader.calls == [("current_device", 1), ("set", 1)] and torch.equal(reader.states[1], torch.arange(16, dtype=torch.uint8))
     assert "written on cuda:5 restored on cuda:1" in caplog.text
 
 
 def test_old_checkpoints_with_every_gpu_state_are_read(monkeypatch, caplog):
     """An earlier version stored get_rng_state_all() (8 GPUs visible); this process's entry is used."""
     FakeCuda(monkeypatch, visible=8, current=0)
-    state = rng.rng_state()
+    state = rng.rng_state(torch.device("cuda"))
     state.pop("cuda_device")
     state["cuda"] = [torch.full((16,), 100 + i, dtype=torch.uint8) for i in range(8)]
     reader = FakeCuda(monkeypatch, visible=2, current=1)
     with caplog.at_level(logging.INFO, "promptkd"):
-        rng.set_rng_state(state)
-    assert reader.calls == [("set", 1)] and torch.equal(reader.states[1], state["cuda"][1])
+        rng.set_rng_state(state, torch.device("cuda"))
+    assert reader.calls == [("current_device", 1), ("set", 1)] and torch.equal(reader.states[1], state["cuda"][1])
     assert "CUDA random states of 8 GPU(s) (older format): restoring the one of cuda:1" in caplog.text
     short = FakeCuda(monkeypatch, visible=4, current=3)  # the old list has no entry for cuda:3
     state["cuda"] = state["cuda"][:2]
     with caplog.at_level(logging.INFO, "promptkd"):
-        rng.set_rng_state(state)
-    assert short.calls == [] and "none for cuda:3" in caplog.text
+        rng.set_rng_state(state, torch.device("cuda"))
+    assert ("set", 3) not in short.calls and "none for cuda:3" in caplog.text
 
 
 def test_cpu_and_gpu_checkpoints_cross_over(monkeypatch, caplog):
-    cpu_state = rng.rng_state()  # this machine: no GPU
-    assert "cuda" not in cpu_state or torch.cuda.is_available()
+    cpu_state = rng.rng_state(torch.device("cpu"))  # a CPU run
+    assert "cuda" not in cpu_state
     fake = FakeCuda(monkeypatch, visible=1, current=0)
-    gpu_state = rng.rng_state()
+    gpu_state = rng.rng_state(torch.device("cuda"))
     with caplog.at_level(logging.INFO, "promptkd"):
-        rng.set_rng_state({k: v for k, v in cpu_state.items() if not k.startswith("cuda")})
+        rng.set_rng_state(cpu_state, torch.device("cuda"))
     assert ("set", 0) not in fake.calls and "holds no CUDA random state" in caplog.text
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with caplog.at_level(logging.INFO, "promptkd"):
-        rng.set_rng_state(gpu_state)
+        rng.set_rng_state(gpu_state, torch.device("cpu"))
     assert "no GPU is used now" in caplog.text
 
 

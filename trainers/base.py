@@ -26,8 +26,8 @@ from promptkd import distributed as dist_
 from promptkd.backbones import RESIZE_MODES
 from promptkd.errors import ConfigError, DataError, MissingFileError
 from promptkd.evaluation import num_base_classes
-from promptkd.losses import check_finite
-from promptkd.precision import PRECISIONS, Precision
+from promptkd.losses import StepLog
+from promptkd.precision import PRECISIONS, Precision, configure_matmul
 from promptkd.schedule import build_lr_scheduler
 from promptkd.trainers.checkpointing import MODEL_NAME, CheckpointMixin
 from promptkd.trainers.config import GRAD_CHECKPOINTS, MODALS, MODEL_SELECTIONS
@@ -38,6 +38,8 @@ from promptkd.trainers.evaluate import EvaluationMixin
 from promptkd.trainers.tracking import Tracker, check_cfg as check_tracking
 
 logger = logging.getLogger("promptkd")
+#: TRAIN.COMPILE: "" (eager) or a torch.compile mode
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
@@ -74,6 +76,10 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
         for key in ("PROMPT_DEPTH_VISION", "PROMPT_DEPTH_TEXT"):
             if node.get(key, 0) < 0:
                 raise ConfigError(f"TRAINER.{self.CFG_NODE}.{key} must be >= 0, got {node[key]}.")
+        _allowed("TRAIN.COMPILE", cfg.TRAIN.COMPILE, COMPILE_MODES)
+        if cfg.TRAIN.READ_LOSS_EVERY < 1 or not 0 <= cfg.TRAIN.MAX_SKIPPED_STEPS_SHARE <= 1:
+            raise ConfigError(f"TRAIN.READ_LOSS_EVERY must be >= 1 (got {cfg.TRAIN.READ_LOSS_EVERY}) and "
+                              f"TRAIN.MAX_SKIPPED_STEPS_SHARE a share in [0, 1] (got {cfg.TRAIN.MAX_SKIPPED_STEPS_SHARE}).")
         share = cfg.DATALOADER.MAX_UNREADABLE_SHARE
         if not 0 <= share <= 1:
             raise ConfigError(f"DATALOADER.MAX_UNREADABLE_SHARE must be a share in [0, 1] (e.g. 0.01 for 1%), "
@@ -210,6 +216,7 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
         "fp32" or "fp16" weights."""
         self.precision = Precision.resolve(self.tcfg.PREC, self.device)
         self.prec, self.scaler = self.precision.prec, self.precision.scaler
+        configure_matmul(self.device, self.cfg.TRAIN.DETERMINISTIC)  # TF32 on a GPU unless DETERMINISTIC
         return self.precision.backbone_mode
 
     def autocast(self):
@@ -241,6 +248,10 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
         # The training forward goes through the DDP wrapper under torchrun; self.model (what
         # Dassl saves, evaluates and loads into) stays unwrapped: checkpoint keys carry no "module.".
         self.train_model = dist_.wrap(model, sync_bn=self.cfg.DISTRIBUTED.SYNC_BN)
+        if self.cfg.TRAIN.COMPILE:  # the training forward through torch.compile (self.model stays eager)
+            logger.info("TRAIN.COMPILE %s: the training forward is compiled (torch.compile, mode %s)",
+                        self.cfg.TRAIN.COMPILE, self.cfg.TRAIN.COMPILE)
+            self.train_model = torch.compile(self.train_model, mode=self.cfg.TRAIN.COMPILE)
 
     def scaled_lr(self) -> float:
         """OPTIM.LR, times the number of processes with DISTRIBUTED.SCALE_LR (linear scaling:
@@ -257,16 +268,32 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
                     "DISTRIBUTED.SCALE_LR True would use %g)", lr, batch * world, batch, world, lr * world)
         return lr
 
+    @property
+    def step_log(self) -> StepLog:
+        """Per-step values on the device, read every TRAIN.READ_LOSS_EVERY steps (promptkd.losses)."""
+        log = self.__dict__.get("_step_log")
+        if log is None:
+            log = self._step_log = StepLog(self.cfg.TRAIN.READ_LOSS_EVERY, self.cfg.TRAIN.MAX_SKIPPED_STEPS_SHARE)
+        return log
+
     def backward_and_step(self, loss: torch.Tensor):
-        check_finite(loss, f"epoch {self.epoch + 1}, batch {self.batch_idx + 1}",
-                     f"Try a lower OPTIM.LR (now {self.get_current_lr():.2e}), check the loss weights, "
-                     f"or PREC fp32 (now {self.prec}). The last good checkpoint is kept in {self.output_dir}.")
+        """Backward and optimiser step, without a host sync of its own. Without a GradScaler the
+        loss must be finite (checked when the step log is read); under one (PREC amp) a step whose
+        gradients overflow is skipped by the scaler and counted (`StepLog.scaler_step`)."""
+        where = f"epoch {self.epoch + 1}, batch {self.batch_idx + 1}"
+        log = self.step_log
+        log.hint = (f"Try a lower OPTIM.LR (now {self.get_current_lr():.2e}), check the loss weights, or PREC fp32 "
+                    f"(now {self.prec}). The last good checkpoint is kept in {self.output_dir}.")
         self.optim.zero_grad(set_to_none=True)
         if self.scaler is not None:
+            if log.last_scale is None:
+                log.last_scale = self.scaler.get_scale()
             self.scaler.scale(loss).backward()
-            self.scaler.step(self.optim)
+            self.scaler.step(self.optim)  # skips the step when a gradient is not finite (GradScaler reads that: a sync)
             self.scaler.update()
+            log.scaler_step(self.scaler.get_scale(), where)
         else:
+            log.watch(loss, where)
             loss.backward()
             self.optim.step()
 
@@ -281,6 +308,7 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
             raise self.no_steps_error(self.train_loader_x, 0, 0)
         skipping = self.cfg.DATALOADER.SKIP_UNREADABLE
         totals, steps, skipped, start, lr = {}, 0, 0, time.time(), self.get_current_lr()
+        log = self.step_log
         self.unreadable_seen, unreadable = 0, 0
         bar = tqdm(self.train_loader_x, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", leave=False,
                    dynamic_ncols=True, disable=None if dist_.is_main() else True)
@@ -296,15 +324,12 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
             if drop:
                 skipped += 1
                 continue
-            summary = self.forward_backward(batch)
+            summary = self.forward_backward(batch)  # loss terms: device tensors (or numbers)
             steps += 1
-            for k, v in summary.items():
-                totals[k] = totals.get(k, 0.0) + v
-            bar.set_postfix({k: f"{v:.4f}" for k, v in summary.items()})
-            n_iter = self.epoch * self.num_batches + self.batch_idx
-            for k, v in summary.items():
-                self.write_scalar(f"train/{k}", v, n_iter)
-            self.track({f"train/{k}": v for k, v in summary.items()}, iteration=n_iter, epoch=self.epoch + 1)
+            log.add(self.epoch * self.num_batches + self.batch_idx, summary)
+            if log.due():
+                self.log_steps(log, totals, bar)
+        self.log_steps(log, totals, bar)
         if steps == 0:  # the same on every rank (they step in lockstep)
             raise self.no_steps_error(self.train_loader_x, skipped, unreadable)
         dist_.sync_buffers(self.model)  # rank 0's BatchNorm statistics on every rank, as DDP would use next
@@ -315,6 +340,18 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
         self.track({"lr": lr, **{f"train/epoch_{k}": v for k, v in means.items()}}, epoch=self.epoch + 1)
         logger.info("epoch [%d/%d] %s lr %.4e time %.1fs", self.epoch + 1, self.max_epoch,
                     " ".join(f"{k} {v:.4f}" for k, v in means.items()), lr, time.time() - start)
+
+    def log_steps(self, log: StepLog, totals: dict, bar) -> None:
+        """Read the steps' values from the device (one host sync; raises on a non-finite loss)
+        and log each step as it was: epoch totals, progress bar, TensorBoard, W&B."""
+        steps = log.read()
+        for n_iter, summary in steps:
+            for k, v in summary.items():
+                totals[k] = totals.get(k, 0.0) + v
+                self.write_scalar(f"train/{k}", v, n_iter)
+            self.track({f"train/{k}": v for k, v in summary.items()}, iteration=n_iter, epoch=self.epoch + 1)
+        if steps:
+            bar.set_postfix({k: f"{v:.4f}" for k, v in steps[-1][1].items()})
 
     def before_train(self):
         self.time_start = time.time()

@@ -61,7 +61,7 @@ class CheckpointMixin:
             "optimizer": self.optim.state_dict(), "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "val_result": val_result, "best_result": self.best_result if math.isfinite(self.best_result) else None,
-            "extra": self.extra_state(), "rng": rng_state(),
+            "extra": self.extra_state(), "rng": rng_state(self.device),
         }
         if dist_.is_distributed():  # each rank's RNG, so a resumed run draws what it would have
             state["rng_per_rank"] = dist_.all_gather_objects(state["rng"])
@@ -104,7 +104,7 @@ class CheckpointMixin:
             logger.warning("%s was written by %d process(es), this run has %d: training continues from its "
                            "weights, but data order and augmentation differ from an uninterrupted run.",
                            os.path.join(folder, name), len(per_rank), dist_.world_size())
-        set_rng_state(per_rank[dist_.rank()] if len(per_rank) == dist_.world_size() else ckpt["rng"])
+        set_rng_state(per_rank[dist_.rank()] if len(per_rank) == dist_.world_size() else ckpt["rng"], self.device)
         logger.info("Resumed from %s (epoch %d done)", os.path.join(folder, name), ckpt["epoch"])
         return ckpt["epoch"]
 

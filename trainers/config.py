@@ -105,6 +105,19 @@ def extend_cfg(cfg):
     # on a GPU; slower. False (default): cuDNN benchmark on a GPU. No effect on CPU results.
     cfg.TRAIN.DETERMINISTIC = False
 
+    # --- the training step on a GPU (issue 37) ------------------------------------------
+    # Steps between host reads of the loss values: they stay on the device and are read every N
+    # steps in one copy (TensorBoard / W&B / the progress bar still get every step's value), so a
+    # small-batch GPU step does not wait for the GPU; a non-finite loss stops the run at that read.
+    cfg.TRAIN.READ_LOSS_EVERY = 20
+    # PREC amp: the GradScaler skips steps whose gradients overflow (how it calibrates its scale);
+    # stop when more than this share of the steps were skipped, beyond the first 24 skipped ones,
+    # or when 24 are skipped in a row.
+    cfg.TRAIN.MAX_SKIPPED_STEPS_SHARE = 0.05
+    # "" (off) or a torch.compile mode (default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs):
+    # compile the training forward. The first steps are slower (compilation).
+    cfg.TRAIN.COMPILE = ""
+
     # --- CLIP weights ------------------------------------------------------------------
     # Directory holding OpenAI's CLIP files (ViT-B-16.pt, ...); "" = the clip package's cache
     # (~/.cache/clip). MODEL.BACKBONE.NAME is a CLIP name (ViT-B/16) or a path to a file.

@@ -148,9 +148,9 @@ class PromptLearningTrainer(MethodExport, PromptTrainer):
             terms = {"ce": F.cross_entropy(out["logits"].float(), labels), **self.model.extra_losses(out, labels)}
         loss = sum(terms.values())
         self.backward_and_step(loss)
-        summary = {k: v.item() for k, v in terms.items()}
+        summary = {k: v.detach() for k, v in terms.items()}  # read by the loop every N steps (no sync here)
         if len(terms) > 1:
-            summary["loss"] = loss.item()
+            summary["loss"] = loss.detach()
         return summary
 
     def after_epoch(self):

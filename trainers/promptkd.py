@@ -377,13 +377,13 @@ class PromptKD(MethodExport, PromptTrainer):
         if kd.LOSS == "kl" and not terms and kd.CE_WEIGHT == 0:  # the published loss, exactly
             loss = kd_loss(student_logits, t_logits, kd.TEMPERATURE, self.kd_weight)
             self.backward_and_step(loss)
-            return {"kd_loss": loss.item()}
+            return {"kd_loss": loss.detach()}  # read by the loop every N steps (no sync here)
         terms = {"kd_loss": distill_loss(student_logits, t_logits, kd.LOSS, kd.TEMPERATURE, self.kd_weight), **terms}
         if kd.CE_WEIGHT > 0:
             terms["ce"] = self.labelled_ce(student_logits, batch)
         loss = sum(terms.values())
         self.backward_and_step(loss)
-        return {**{k: v.item() for k, v in terms.items()}, "loss": loss.item()}
+        return {**{k: v.detach() for k, v in terms.items()}, "loss": loss.detach()}
 
     def vocabulary_logits(self, images, embeddings):
         """Class-agnostic: (student, teacher) logits at the teacher's top-K vocabulary entries of
