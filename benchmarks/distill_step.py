@@ -176,11 +176,10 @@ def build_models(args, device: torch.device) -> Models:
 
 def student_settings() -> list[str]:
     """train/student:<Method> for every registered prompt-learning trainer (imports Dassl)."""
-    import importlib  # noqa: PLC0415
-
-    for module in ("promptkd.trainers.baselines", "promptkd.trainers.promptkd_teacher"):
-        importlib.import_module(module)  # registers the methods in Dassl's TRAINER_REGISTRY
+    from promptkd.trainers.plugin import register  # noqa: PLC0415
     from promptkd.trainers.students import method_students  # noqa: PLC0415
+
+    register()  # the methods in Dassl's TRAINER_REGISTRY
 
     return [STUDENT_PREFIX + n for n in method_students()]
 

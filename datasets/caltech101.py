@@ -1,10 +1,8 @@
 """Caltech-101 (CoOp layout: ``caltech-101/101_ObjectCategories/<class>/``)."""
-from dassl.data.datasets import DATASET_REGISTRY
 
 from .common import FolderPerClassDataset
 
 
-@DATASET_REGISTRY.register()
 class Caltech101(FolderPerClassDataset):
     """101 object classes; the background and the duplicate face class are left out."""
 

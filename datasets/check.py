@@ -131,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
     import dassl.data  # noqa: F401  (imports wilds, which disables logging below WARNING)
 
     logging.disable(logging.NOTSET)
-    import promptkd.datasets  # noqa: F401  (registers the loaders)
+    import promptkd.datasets
+
+    promptkd.datasets.register()  # our loaders, where no other holds the name
     from promptkd.datasets.common import NoImagesError
     from promptkd.errors import MissingFileError
 

@@ -1,10 +1,8 @@
 """Describable Textures (CoOp layout: ``dtd/images/<class>/``)."""
-from dassl.data.datasets import DATASET_REGISTRY
 
 from .common import FolderPerClassDataset
 
 
-@DATASET_REGISTRY.register()
 class DescribableTextures(FolderPerClassDataset):
     """47 texture classes, split 50/20/30 per class."""
 

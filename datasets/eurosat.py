@@ -1,5 +1,4 @@
 """EuroSAT RGB (CoOp layout: ``eurosat/2750/<Class>/``)."""
-from dassl.data.datasets import DATASET_REGISTRY
 
 from .common import FolderPerClassDataset
 
@@ -18,7 +17,6 @@ NEW_CLASSNAMES = {
 }
 
 
-@DATASET_REGISTRY.register()
 class EuroSAT(FolderPerClassDataset):
     """10 land-use classes of Sentinel-2 patches, split 50/20/30 per class."""
 

@@ -4,12 +4,10 @@ The split is the official one given by the list files; there is no split JSON.
 """
 import os.path as osp
 
-from dassl.data.datasets import DATASET_REGISTRY
 
 from .common import CoOpDataset, read_lines
 
 
-@DATASET_REGISTRY.register()
 class FGVCAircraft(CoOpDataset):
     """100 aircraft variants; label = line index in ``variants.txt``."""
 

@@ -19,7 +19,6 @@ import os
 import os.path as osp
 import random
 
-from dassl.data.datasets import DATASET_REGISTRY
 
 from promptkd.errors import MissingFileError
 
@@ -43,7 +42,6 @@ def _config_error(message):
     return ConfigError(message)
 
 
-@DATASET_REGISTRY.register()
 class ImageFolder(CoOpDataset):
     """A user's folder of class folders (with or without train / val / test folders)."""
 

@@ -1,10 +1,8 @@
 """Food-101 (CoOp layout: ``food-101/images/<class>/``)."""
-from dassl.data.datasets import DATASET_REGISTRY
 
 from .common import FolderPerClassDataset
 
 
-@DATASET_REGISTRY.register()
 class Food101(FolderPerClassDataset):
     """101 dishes, split 50/20/30 per class."""
 

@@ -7,7 +7,6 @@ Scanning 1.28M files is slow, so the full lists are cached in ``imagenet/preproc
 import logging
 import os.path as osp
 
-from dassl.data.datasets import DATASET_REGISTRY
 
 from promptkd.errors import DataError
 from promptkd.io import load_pickle
@@ -17,7 +16,6 @@ from .common import CoOpDataset, read_classnames, read_wnid_folders, write_pickl
 logger = logging.getLogger(__name__)
 
 
-@DATASET_REGISTRY.register()
 class ImageNet(CoOpDataset):
     """1000 classes; label = the wnid's line index in ``classnames.txt``."""
 

@@ -1,10 +1,8 @@
 """ImageNet-R (``imagenet-rendition/imagenet-r/<wnid>/`` + ``classnames.txt``). Test only."""
-from dassl.data.datasets import DATASET_REGISTRY
 
 from .common import EvalOnlyDataset
 
 
-@DATASET_REGISTRY.register()
 class ImageNetR(EvalOnlyDataset):
     """Renditions (art, cartoons, ...) of 200 ImageNet classes, labelled 0..199."""
 

@@ -5,12 +5,10 @@ Test only. The folder number is the ImageNet label; names come from ImageNet's
 """
 import os.path as osp
 
-from dassl.data.datasets import DATASET_REGISTRY
 
 from .common import EvalOnlyDataset, list_images, list_subdirs, read_classnames
 
 
-@DATASET_REGISTRY.register()
 class ImageNetV2(EvalOnlyDataset):
     """10 images for each of the 1000 ImageNet classes."""
 

@@ -1,7 +1,6 @@
 """Oxford 102 Flowers (CoOp layout: ``oxford_flowers/jpg/image_%05d.jpg``)."""
 import os.path as osp
 
-from dassl.data.datasets import DATASET_REGISTRY
 from scipy.io import loadmat
 
 from promptkd.io import load_json
@@ -9,7 +8,6 @@ from promptkd.io import load_json
 from .common import CoOpDataset, docs_anchor, split_by_percentage
 
 
-@DATASET_REGISTRY.register()
 class OxfordFlowers(CoOpDataset):
     """102 flower species, split 50/20/30 per class."""
 

@@ -1,12 +1,10 @@
 """Oxford-IIIT Pets (CoOp layout: ``oxford_pets/images``, ``oxford_pets/annotations``)."""
 import os.path as osp
 
-from dassl.data.datasets import DATASET_REGISTRY
 
 from .common import CoOpDataset, read_lines, split_trainval
 
 
-@DATASET_REGISTRY.register()
 class OxfordPets(CoOpDataset):
     """37 breeds; train/val = 80/20 of the official trainval list, test = the test list."""
 

@@ -3,13 +3,11 @@
 Split-JSON paths are relative to the dataset folder itself (``cars_train/00001.jpg``).
 """
 
-from dassl.data.datasets import DATASET_REGISTRY
 from scipy.io import loadmat
 
 from .common import CoOpDataset, mat_int, mat_str, split_trainval
 
 
-@DATASET_REGISTRY.register()
 class StanfordCars(CoOpDataset):
     """196 car models; train/val = 80/20 of the official train set, test = the test set."""
 

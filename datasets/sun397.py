@@ -2,7 +2,6 @@
 import os.path as osp
 import posixpath
 
-from dassl.data.datasets import DATASET_REGISTRY
 
 from .common import CoOpDataset, read_lines, split_trainval
 
@@ -17,7 +16,6 @@ def sun_classname(class_path):
     return " ".join(reversed(parts))
 
 
-@DATASET_REGISTRY.register()
 class SUN397(CoOpDataset):
     """397 scene classes; train/val = 80/20 of ``Training_01.txt``, test = ``Testing_01.txt``."""
 

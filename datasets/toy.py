@@ -24,7 +24,6 @@ import shutil
 import tempfile
 
 import numpy as np
-from dassl.data.datasets import DATASET_REGISTRY
 from PIL import Image
 
 from promptkd import toyworld
@@ -127,7 +126,6 @@ def ensure_toy_shapes(dataset_dir: str) -> str:
 # ----------------------------------------------------------------------------------------
 # the loader
 # ----------------------------------------------------------------------------------------
-@DATASET_REGISTRY.register()
 class ToyShapes(CoOpDataset):
     """36 colour x shape classes at 32x32 (18 base + 18 novel), generated on first use."""
 

@@ -2,7 +2,6 @@
 import os.path as osp
 import re
 
-from dassl.data.datasets import DATASET_REGISTRY
 
 from .common import CoOpDataset, read_lines, split_trainval
 
@@ -12,7 +11,6 @@ def ucf_classname(action):
     return "_".join(re.findall(r"[A-Z][^A-Z]*", action)) or action
 
 
-@DATASET_REGISTRY.register()
 class UCF101(CoOpDataset):
     """101 actions, one middle frame per video; train/val = 80/20 of ``trainlist01``."""
 

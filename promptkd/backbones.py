@@ -26,11 +26,11 @@ from . import openclip_backbones
 from .errors import CheckpointError, ConfigError, MissingFileError
 from .io import load_torch
 
-with warnings.catch_warnings():
-    # clip-anytorch imports pkg_resources, which warns on every import.
-    warnings.simplefilter("ignore", UserWarning)
-    import clip
-    from clip import clip as _clip_impl
+from .openai_clip import load as _load_openai_clip
+
+# The installed OpenAI `clip` package, even where a host codebase's clip/ folder shadows the name.
+clip = _load_openai_clip()
+_clip_impl = clip.clip  # the module holding _MODELS, load, build_model
 
 DEFAULT_WEIGHTS_DIR = os.path.expanduser("~/.cache/clip")
 #: OpenAI CLIP's input normalisation (the values of every CLIP prompt-learning config)

@@ -113,13 +113,23 @@ def _set_aside(folder: str) -> None:
             os.replace(path, f"{path}-{stamp}")
 
 
+_STARTED: dict = {}  # OUTPUT_DIR (absolute) -> the record this process started there
+
+
 def start_run(cfg, **fields) -> dict:
     """Write `run.json` in cfg.OUTPUT_DIR (rank 0), with `fields` (e.g. eval_only), and return it."""
     record = run_record(cfg, **fields)
     if _is_main():
         _set_aside(cfg.OUTPUT_DIR)
         atomic_write_json(os.path.join(cfg.OUTPUT_DIR, RUN_FILE), record)
+    _STARTED[os.path.abspath(cfg.OUTPUT_DIR)] = record
     return record
+
+
+def started_run(cfg) -> dict | None:
+    """The record `start_run` began in cfg.OUTPUT_DIR in this process (our train.py does before
+    it builds a trainer), or None (a host codebase's train.py built the trainer)."""
+    return _STARTED.get(os.path.abspath(cfg.OUTPUT_DIR))
 
 
 def update_run(cfg, record: dict, **fields) -> dict:

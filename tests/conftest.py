@@ -29,6 +29,15 @@ def pytest_configure(config):
         except Exception as err:
             raise pytest.UsageError(f"PROMPTKD_REQUIRE_DASSL=1 but Dassl cannot be imported ({err}): "
                                     "the Dassl-dependent tests would be skipped.") from err
+    try:
+        import dassl  # noqa: F401
+    except Exception:
+        return
+    # As our train.py does: our trainers and loaders in Dassl's registries (importing them does
+    # not register them; tests that build trainers or datasets directly rely on this).
+    from promptkd.trainers.plugin import register
+
+    register()
 
 
 @pytest.fixture(scope="session")

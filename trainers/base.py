@@ -23,6 +23,7 @@ from dassl.utils import set_random_seed
 from tqdm import tqdm
 
 from promptkd import distributed as dist_
+from promptkd import records
 from promptkd.backbones import RESIZE_MODES
 from promptkd.errors import ConfigError, DataError, MissingFileError
 from promptkd.evaluation import num_base_classes
@@ -35,6 +36,7 @@ from promptkd.trainers.data import (UNREADABLE, CheckedDatasetWrapper, check_loa
                                     unreadable_error)
 from promptkd.trainers.distributed import check_sampler, distribute_loaders
 from promptkd.trainers.evaluate import EvaluationMixin
+from promptkd.trainers.run_logging import ensure_logging
 from promptkd.trainers.tracking import Tracker, check_cfg as check_tracking
 
 logger = logging.getLogger("promptkd")
@@ -47,11 +49,21 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
     run_record = None  # train.py's run.json record (promptkd.records); evaluation then writes result.json
     model_epoch, checkpoint = 0, None  # the epoch / file of the weights now in the model (0, None: as built)
     tracker = None  # LOG.WANDB: the W&B run (rank 0), trainers/tracking.py
+    training_started = False  # before_train ran (so load_model is model selection, not --eval-only)
+    host_eval_only = False  # a host's train.py called load_model for --eval-only (docs/plugin.md)
 
     def __init__(self, cfg):
+        # Under a host codebase's train.py (docs/plugin.md) no run record was started and the
+        # `promptkd` logger has no handler: both are set up here, as our train.py does.
+        self.host_run = records.started_run(cfg) is None
+        if self.host_run and dist_.is_main():
+            ensure_logging()
         super().__init__(cfg)  # Dassl builds the data and the model here
         if dist_.is_distributed() and cfg.SEED >= 0:  # each process draws its own augmentations
             set_random_seed(cfg.SEED + dist_.rank())
+        run = records.started_run(cfg) or records.start_run(cfg, eval_only=False)
+        fields = getattr(self, "record_fields", dict)()  # e.g. PromptKD's student, objective and pool
+        self.run_record = records.update_run(cfg, run, teacher=self.teacher_identity(), **fields)
 
     @property
     def tcfg(self):
@@ -354,6 +366,7 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
             bar.set_postfix({k: f"{v:.4f}" for k, v in steps[-1][1].items()})
 
     def before_train(self):
+        self.training_started = True
         self.time_start = time.time()
         self.best_result = -math.inf
         directory = self.cfg.RESUME or self.output_dir
@@ -407,7 +420,18 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
         """True for a method with nothing to learn (zero-shot): --eval-only needs no checkpoint."""
         return False
 
-    def run_eval_only(self, model_dir: str, epoch=None):
+    def load_model(self, directory, epoch=None, best=False):
+        """Dassl's entry for evaluation. A host's train.py calls it for --eval-only, then `test()`:
+        that first call does what our --eval-only does before evaluating (load, or a method
+        that trains nothing as built; the export; run.json's eval_only)."""
+        if self.host_run and not self.training_started and not self.host_eval_only:
+            self.host_eval_only = True
+            self.run_record = records.update_run(self.cfg, self.run_record, eval_only=True)
+            self.run_eval_only(directory, epoch=epoch, test=False)
+            return
+        super().load_model(directory, epoch=epoch, best=best)
+
+    def run_eval_only(self, model_dir: str, epoch=None, test: bool = True):
         """`--eval-only`: load a saved model, finalise it (e.g. export) and evaluate it. Without
         --model-dir only a method that trains nothing is evaluated (as built)."""
         if model_dir:
@@ -423,9 +447,10 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
                 "--eval-only to train.")
         self.tracker = Tracker.start(self, resumed=False, job_type="eval")
         self.finalize_model(eval_only=True)
-        if not self.cfg.TEST.NO_TEST:
+        if test and not self.cfg.TEST.NO_TEST:
             self.test()
-        self.finish_tracking()
+        if test:
+            self.finish_tracking()
 
 
 

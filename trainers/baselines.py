@@ -3,7 +3,6 @@ evaluation: ZeroshotCLIP, CoOp, CoCoOp, IVLP, MaPLe and PromptSRC (registered in
 TRAINER_REGISTRY under these names). Each only builds its `promptkd.baselines` method from
 its config node; training, evaluation and class-vector export are `PromptLearningTrainer`'s.
 """
-from dassl.engine import TRAINER_REGISTRY
 
 from promptkd.baselines import CoCoOp as CoCoOpMethod
 from promptkd.baselines import CoOp as CoOpMethod
@@ -14,7 +13,6 @@ from promptkd.trainers.prompt_learning import PromptLearningTrainer
 from promptkd.trainers.promptkd_teacher import PromptKDTeacher
 
 
-@TRAINER_REGISTRY.register()
 class ZeroshotCLIP(PromptLearningTrainer):
     CFG_NODE = "ZEROSHOT"
 
@@ -22,7 +20,6 @@ class ZeroshotCLIP(PromptLearningTrainer):
         return ZeroShotCLIP(clip_model, classnames, self.tcfg.TEMPLATE, self.tcfg.ENSEMBLE)
 
 
-@TRAINER_REGISTRY.register()
 class CoOp(PromptLearningTrainer):
     CFG_NODE = "COOP"
 
@@ -31,7 +28,6 @@ class CoOp(PromptLearningTrainer):
         return CoOpMethod(clip_model, classnames, c.N_CTX, c.CTX_INIT, c.CSC, c.CLASS_TOKEN_POSITION)
 
 
-@TRAINER_REGISTRY.register()
 class CoCoOp(PromptLearningTrainer):
     CFG_NODE = "COCOOP"
 
@@ -39,7 +35,6 @@ class CoCoOp(PromptLearningTrainer):
         return CoCoOpMethod(clip_model, classnames, self.tcfg.N_CTX, self.tcfg.CTX_INIT)
 
 
-@TRAINER_REGISTRY.register()
 class IVLP(PromptLearningTrainer):
     """Independent vision-language deep prompts, cross-entropy only (MaPLe's IVLP baseline)."""
 
@@ -51,7 +46,6 @@ class IVLP(PromptLearningTrainer):
                            c.PROMPT_DEPTH_VISION, regularise=False, phrase_may_exceed=True)
 
 
-@TRAINER_REGISTRY.register()
 class MaPLe(PromptLearningTrainer):
     CFG_NODE = "MAPLE"
 
@@ -60,7 +54,6 @@ class MaPLe(PromptLearningTrainer):
         return MaPLeMethod(clip_model, classnames, c.N_CTX, c.PROMPT_DEPTH, c.CTX_INIT)
 
 
-@TRAINER_REGISTRY.register()
 class PromptSRC(PromptKDTeacher):
     """PromptSRC itself (the PromptKD teacher's method) with its ViT-B/16 configs."""
     PHRASE_MAY_EXCEED = True

@@ -30,7 +30,6 @@ import random
 
 import torch
 import torch.nn.functional as F
-from dassl.engine import TRAINER_REGISTRY
 
 from promptkd import distributed as dist_
 from promptkd import hub, records
@@ -62,7 +61,6 @@ TEACHER_HINT = ("Produce it with the teacher: `bash scripts/promptkd/teacher_tra
                 "to its export folder.")
 
 
-@TRAINER_REGISTRY.register()
 class PromptKD(MethodExport, PromptTrainer):
     CFG_NODE = "PROMPTKD"
 

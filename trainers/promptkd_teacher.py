@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 
-from dassl.engine import TRAINER_REGISTRY
 
 from promptkd.teacher import IVLPTeacher, load_published_teacher
 from promptkd.trainers.prompt_learning import PromptLearningTrainer
@@ -23,7 +22,6 @@ from promptkd.errors import ConfigError
 logger = logging.getLogger("promptkd")
 
 
-@TRAINER_REGISTRY.register()
 class PromptKDTeacher(PromptLearningTrainer):
     CFG_NODE = "PROMPTSRC"
     PHRASE_MAY_EXCEED = False  # a CTX_INIT longer than N_CTX_TEXT is an error

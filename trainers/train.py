@@ -16,7 +16,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 import warnings
 
 import yaml
@@ -26,43 +25,19 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 from dassl.config import get_cfg_default  # noqa: E402
 from dassl.engine import build_trainer  # noqa: E402
-from dassl.utils import collect_env_info, set_random_seed, setup_logger  # noqa: E402
+from dassl.utils import collect_env_info, set_random_seed  # noqa: E402
 
 # wilds (imported by dassl.data) disables logging below WARNING for the whole process.
 logging.disable(logging.NOTSET)
 
-import promptkd.datasets  # noqa: E402,F401  (registers the dataset loaders)
-import promptkd.trainers.promptkd  # noqa: E402,F401  (registers PromptKD)
-import promptkd.trainers.baselines  # noqa: E402,F401  (registers the baselines)
-import promptkd.trainers.promptkd_teacher  # noqa: E402,F401  (registers PromptKDTeacher)
 from promptkd.errors import ConfigError, MissingFileError, add_debug_argument  # noqa: E402
 from promptkd.trainers.config import AUTO_NUMBER_KEYS, extend_cfg, kd_weight  # noqa: E402
 from promptkd.trainers.names import check_names, closest_matches  # noqa: E402
+from promptkd.trainers.plugin import register  # noqa: E402
+from promptkd.trainers.run_logging import setup_logging  # noqa: E402
 from promptkd import determinism, distributed, records  # noqa: E402
 
 logger = logging.getLogger("promptkd")
-
-
-class _StdoutHandler(logging.Handler):
-    """Writes to whatever sys.stdout is now (Dassl's logger tees it into log.txt)."""
-
-    def emit(self, record):
-        sys.stdout.write(self.format(record) + "\n")
-        sys.stdout.flush()
-
-
-def setup_logging(output_dir: str) -> None:
-    log = os.path.join(output_dir, "log.txt")
-    if os.path.isfile(log):
-        stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.localtime(os.path.getmtime(log)))
-        os.replace(log, f"{log}-{stamp}")
-    setup_logger(output_dir)
-    root = logging.getLogger()
-    root.handlers = [h for h in root.handlers if not isinstance(h, _StdoutHandler)]
-    handler = _StdoutHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
 
 
 def quiet_logging() -> None:
@@ -219,6 +194,7 @@ def merge_opts(cfg, opts):
 
 
 def setup_cfg(args):
+    register()  # our trainers and loaders in Dassl's registries (where a name is free: promptkd.trainers.plugin)
     cfg = get_cfg_default()
     extend_cfg(cfg)
     for path in (args.dataset_config_file, args.config_file):
@@ -246,11 +222,8 @@ def main(args):
     logger.info("Config:\n%s", cfg)
     logger.info("Environment:\n%s", collect_env_info())
 
-    run = records.start_run(cfg, eval_only=args.eval_only)  # run.json, before anything else can fail
-    trainer = build_trainer(cfg)
-    teacher = getattr(trainer, "teacher_identity", lambda: None)()  # a stock Dassl trainer has none
-    fields = getattr(trainer, "record_fields", dict)()  # e.g. PromptKD's student, objective and pool
-    trainer.run_record = records.update_run(cfg, run, teacher=teacher, **fields)  # result.json: PromptTrainer.log_report
+    records.start_run(cfg, eval_only=args.eval_only)  # run.json, before anything else can fail
+    trainer = build_trainer(cfg)  # a PromptTrainer adds its teacher and fields to that record (trainers/base.py)
     if args.eval_only:
         trainer.run_eval_only(args.model_dir, epoch=args.load_epoch)
     elif not args.no_train:
