@@ -256,3 +256,39 @@ def test_text_encoder_indexes_on_the_device_of_its_activations(teacher_clip):
     with torch.no_grad(), DeviceMix() as mix:
         out = enc(tokens.to("meta"))
     assert out.device.type == "meta" and mix.found == []
+
+
+# --- 12. loaders: persistent workers, pinned memory copied without blocking --------------------
+
+def test_loaders_keep_their_workers_and_copies_do_not_block(setup, tmp_path):
+    from torch.overrides import TorchFunctionMode
+
+    trainer = student(setup, tmp_path, "DATALOADER.NUM_WORKERS", "1")
+    loaders = {n: getattr(trainer, n) for n in ("train_loader_x", "test_loader", "eval_loader")}
+    assert all(loader.num_workers == 1 and loader.persistent_workers for loader in loaders.values()), loaders
+    teacher = make_teacher(setup, tmp_path / "t", "DATALOADER.NUM_WORKERS", "1")
+    assert teacher.train_loader_x.persistent_workers and teacher.eval_loader.persistent_workers
+    assert student(setup, tmp_path / "w0").train_loader_x.persistent_workers is False  # no workers: nothing to keep
+
+    copies = []
+
+    class Copies(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") == "to" and args and isinstance(args[0], torch.Tensor) \
+                    and args[0].dim() == 4:  # the image batch
+                copies.append((kwargs or {}).get("non_blocking", False))
+            return func(*args, **(kwargs or {}))
+
+    for t in (trainer, teacher):
+        t.train_loader_x = student(setup, tmp_path / "w1").train_loader_x if t is trainer else t.train_loader_x
+        batch = next(iter(t.train_loader_x))
+        t.epoch = t.batch_idx = 0
+        t.set_model_mode("train")
+        with Copies():
+            t.forward_backward(batch)
+    assert copies == [True, True], copies
+
+
+def make_teacher(setup, out, *extra):
+    from tests.gpu_kit import make_trainer, teacher_args
+    return make_trainer(teacher_args(setup["data"], setup["weights"], str(out), "USE_CUDA", "False", *extra, epochs=1))

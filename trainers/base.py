@@ -34,7 +34,7 @@ from promptkd.trainers.checkpointing import MODEL_NAME, CheckpointMixin
 from promptkd.trainers.config import GRAD_CHECKPOINTS, MODALS, MODEL_SELECTIONS
 from promptkd.trainers.data import (UNREADABLE, CheckedDatasetWrapper, check_loader, test_transform, too_many_unreadable,
                                     unreadable_error)
-from promptkd.trainers.distributed import check_sampler, distribute_loaders
+from promptkd.trainers.distributed import check_sampler, distribute_loaders, keep_workers
 from promptkd.trainers.evaluate import EvaluationMixin
 from promptkd.trainers.run_logging import ensure_logging
 from promptkd.trainers.tracking import Tracker, check_cfg as check_tracking
@@ -111,6 +111,7 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
             self.build_loaders()
         if dist_.is_distributed():
             distribute_loaders(self)
+        keep_workers(self)  # persistent workers (DATALOADER.NUM_WORKERS > 0)
 
     def build_train_sampler(self, data_source):
         """The training sampler under torchrun: this rank's share of a permutation that depends

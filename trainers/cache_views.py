@@ -101,7 +101,7 @@ def fill_views(trainer, epochs, progress: bool = False, drawn: bool = False) -> 
             batch = trainer.screen_batch(batch, "train")
             if batch is not None:
                 with trainer.autocast():
-                    embeddings = trainer.teacher.embed(batch["img"].to(trainer.device))
+                    embeddings = trainer.teacher.embed(batch["img"].to(trainer.device, non_blocking=True))
                 cache.add(batch["view"], batch["index"], embeddings)
                 done += len(batch["index"])
             bar.update(n)

@@ -48,7 +48,25 @@ def distribute_loaders(trainer) -> None:
 
 
 def reload(loader: DataLoader, sampler, drop_last: bool = False) -> DataLoader:
-    """`loader` with another sampler: same dataset wrapper, batch size, workers, collation."""
+    """`loader` with another sampler: same dataset wrapper, batch size, workers, collation,
+    pinned memory; its workers persist across epochs (see `keep_workers`)."""
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
                       num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                      pin_memory=loader.pin_memory, drop_last=drop_last)
+                      pin_memory=loader.pin_memory, drop_last=drop_last,
+                      persistent_workers=loader.num_workers > 0)
+
+
+def keep_workers(trainer) -> None:
+    """The trainer's loaders with persistent workers (DATALOADER.NUM_WORKERS > 0): Dassl's
+    loaders fork their workers again for every epoch and every evaluation (each worker imports
+    torch and copies the dataset: seconds per fork on a GPU machine's 8 workers). Loaders built
+    elsewhere with persistent workers already, and those without workers, are kept as they are."""
+    for name in ("train_loader_x", "val_loader", "test_loader", "eval_loader"):
+        loader = getattr(trainer, name, None)
+        if loader is None or loader.num_workers == 0 or loader.persistent_workers or loader.batch_sampler is None \
+                or type(loader.batch_sampler).__name__ != "BatchSampler":
+            continue
+        shared = [other for other in ("val_loader", "test_loader", "eval_loader") if getattr(trainer, other, None) is loader]
+        new = reload(loader, loader.sampler, drop_last=loader.drop_last)
+        for other in [name, *shared]:
+            setattr(trainer, other, new)

@@ -50,7 +50,7 @@ class EvaluationMixin:
                 batch = {"img": batch["img"][keep]}
                 label, index = label[keep], index[keep]
             with self.autocast():  # the towers; the logits are fp32 (promptkd.precision)
-                logits = self.model_inference(batch["img"].to(self.device))
+                logits = self.model_inference(batch["img"].to(self.device, non_blocking=True))
             preds.append(predictions(logits, self.num_base).cpu())  # what the report needs, not the logits
             labels.append(label)
             indices.append(index)

@@ -141,7 +141,8 @@ class PromptLearningTrainer(MethodExport, PromptTrainer):
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def forward_backward(self, batch):
-        images, labels = batch["img"].to(self.device), batch["label"].to(self.device)
+        images = batch["img"].to(self.device, non_blocking=True)  # pinned by the loader on a GPU
+        labels = batch["label"].to(self.device, non_blocking=True)
         with self.autocast():
             out = self.train_model(images)  # the DDP wrapper under torchrun
         with fp32_scoring(self.device.type):  # the loss in fp32 (promptkd.precision)

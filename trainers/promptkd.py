@@ -342,12 +342,12 @@ class PromptKD(MethodExport, PromptTrainer):
         return records.teacher_identity(self.teacher_vectors.teacher, self.vectors_path)
 
     def forward_backward(self, batch):
-        images = batch["img"].to(self.device)  # labels are read only for CE_WEIGHT > 0
+        images = batch["img"].to(self.device, non_blocking=True)  # pinned on a GPU; labels only for CE_WEIGHT > 0
         kd = self.tcfg
         with self.autocast():
             t_logits = None  # the teacher's logits, where a topk cache gives them directly
             if self.teacher is None:  # from the cache: the views of (epoch, index)
-                embeddings = self.cache.lookup(batch["view"], batch["index"]).to(self.device)
+                embeddings = self.cache.lookup(batch["view"], batch["index"]).to(self.device, non_blocking=True)
                 if self.cache.gives_logits:
                     t_logits = embeddings
             elif self.cache is not None and self.view_dataset.views_per_image:

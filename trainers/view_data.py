@@ -83,5 +83,6 @@ def build_view_loader(cfg, data_source, transform, view_seed: int):
     batch_size = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
                         drop_last=len(sampler) >= batch_size, collate_fn=collate_checked,
-                        pin_memory=torch.cuda.is_available() and cfg.USE_CUDA)
+                        pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
+                        persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0)  # no re-fork every epoch
     return dataset, sampler, check_loader(loader, "train")
