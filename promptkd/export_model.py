@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, UserError
+from .extras import require, require_torch
 from .io import atomic_write
 from .hub import load_predictor
 from .predictor import Predictor, add_run_arguments
@@ -33,6 +34,8 @@ FORMATS = ("onnx", "torchscript", "hf")
 METADATA_KEY = "promptkd"
 TORCHSCRIPT_EXTRA = "promptkd.json"
 ONNX_OPSET = 18  # the oldest opset torch's exporter writes
+ONNX_MIN_TORCH = "2.6"  # torch.onnx.export(dynamo=True, external_data=..., dynamic_shapes=...)
+ONNX_ALTERNATIVE = ", or use --format torchscript"
 TOLERANCE = 1e-5  # max |exported - eager| relative to max |eager| allowed by the built-in check
 
 
@@ -53,12 +56,9 @@ def export_torchscript(predictor: Predictor, path: str) -> None:
 def export_onnx(predictor: Predictor, path: str, opset: int = ONNX_OPSET) -> None:
     """torch's `torch.export`-based ONNX exporter (`dynamo=True`, which needs `onnxscript`)
     with a symbolic batch size, written as one file (no external data)."""
-    try:
-        import onnx
-        import onnxscript  # noqa: F401  (torch's exporter imports it)
-    except ImportError as err:
-        raise UserError(f"ONNX export needs the onnx and onnxscript packages ({err}): pip install onnx onnxscript, "
-                        "or use --format torchscript.") from err
+    onnx = require("onnx", "export", "ONNX export (--format onnx)", ONNX_ALTERNATIVE)
+    require("onnxscript", "export", "ONNX export (--format onnx)", ONNX_ALTERNATIVE)  # torch's exporter imports it
+    require_torch(ONNX_MIN_TORCH, "ONNX export (--format onnx, torch's dynamo exporter)", ONNX_ALTERNATIVE)
 
     model = predictor.model.float().cpu().eval()
     with torch.no_grad(), warnings.catch_warnings():
@@ -77,8 +77,7 @@ def export_onnx(predictor: Predictor, path: str, opset: int = ONNX_OPSET) -> Non
 def read_metadata(path: str) -> dict:
     """The JSON metadata of an exported file (either format)."""
     if path.endswith(".onnx"):
-        import onnx
-
+        onnx = require("onnx", "export", f"Reading {path}")
         proto = onnx.load(path, load_external_data=False)
         return json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
     files = {TORCHSCRIPT_EXTRA: ""}
@@ -89,8 +88,7 @@ def read_metadata(path: str) -> dict:
 def run_exported(path: str, images: torch.Tensor, providers=("CPUExecutionProvider",)) -> np.ndarray:
     """Logits of an exported file (onnxruntime for .onnx with `providers`, torch.jit otherwise)."""
     if path.endswith(".onnx"):
-        import onnxruntime as ort
-
+        ort = require("onnxruntime", "export", f"Running {path}")
         session = ort.InferenceSession(path, providers=list(providers))
         return session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
     with warnings.catch_warnings():

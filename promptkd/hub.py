@@ -30,6 +30,7 @@ import shlex
 import torch
 
 from .errors import CheckpointError, ConfigError, MissingFileError, UserError
+from .extras import require
 from .io import atomic_write, atomic_write_json, atomic_write_text, load_json
 
 logger = logging.getLogger("promptkd")
@@ -45,12 +46,7 @@ HOW_TO_MAKE = ("Write one with `promptkd export RUN_DIR DIR --format hf` (a publ
 
 
 def _safetensors():
-    try:
-        import safetensors.torch as st
-    except ImportError as err:
-        raise UserError(f"Model folders need the safetensors package ({err}): pip install safetensors "
-                        "(or pip install -e .[hub]).") from err
-    return st
+    return require("safetensors.torch", "hub", "Model folders")
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -278,6 +274,7 @@ def resolve(path_or_repo: str, revision: str | None = None, cache_dir: str | Non
         if os.path.exists(path) or path.count("/") != 1 or path.startswith((".", "/", "~")):
             raise MissingFileError(f"{path} is not a model folder (no such folder). {HOW_TO_MAKE}")
         repo = path
+    require("huggingface_hub", "hub", f"Reading the model {repo} from the Hugging Face cache")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 

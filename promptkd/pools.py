@@ -28,6 +28,7 @@ import tarfile
 from dataclasses import dataclass
 
 from .errors import ConfigError, DataError, MissingFileError
+from .extras import require
 from .io import IMAGE_EXTENSIONS, atomic_write_text
 
 logger = logging.getLogger("promptkd")
@@ -98,7 +99,9 @@ def list_folder_images(folder: str) -> list[str]:
 def expand_shards(pattern: str) -> list[str]:
     """A shard path, brace pattern (`braceexpand`, as webdataset expands it) or glob -> the
     shard files, each checked to exist (in the pattern's order)."""
-    from braceexpand import braceexpand  # webdataset's own dependency
+    what = f"TRAINER.PROMPTKD.POOL wds:{pattern} (.tar shards)"
+    require("webdataset", "shards", what)
+    braceexpand = require("braceexpand", "shards", what).braceexpand  # webdataset's own dependency
 
     paths = []
     for part in braceexpand(pattern):

@@ -17,6 +17,7 @@ import os
 
 from . import hub
 from .errors import UserError
+from .extras import require
 from .io import TMP_PREFIX
 
 logger = logging.getLogger("promptkd")
@@ -26,12 +27,7 @@ PICKLED = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".tar", ".ckpt")
 
 
 def _hf_api(token: str | None):
-    try:
-        from huggingface_hub import HfApi
-    except ImportError as err:
-        raise UserError(f"`promptkd push` needs huggingface_hub ({err}): pip install huggingface_hub "
-                        "(or pip install -e .[hub]).") from err
-    return HfApi(token=token)
+    return require("huggingface_hub", "hub", "`promptkd push`").HfApi(token=token)
 
 
 def check_folder(folder: str) -> dict:

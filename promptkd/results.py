@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import MissingFileError, UserError
+from .extras import require
 from .io import atomic_write, atomic_write_text
 from .records import RESULT_FILE, RUN_FILE, read_json
 
@@ -466,8 +467,8 @@ def plot(report: Report, path) -> bool:
     panel with the methods side by side. Few-shot runs: accuracy against shots, a line per method
     with std error bars, a panel per dataset (and one for Average (11) where computed), four to a
     row. False when there is nothing to plot."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    FigureCanvasAgg = require("matplotlib.backends.backend_agg", "plots", "The plot (--plot)").FigureCanvasAgg
+    Figure = require("matplotlib.figure", "plots", "The plot (--plot)").Figure
 
     done = report.groups[report.groups.n > 0].reset_index().assign(hm_mean=lambda f: f.hm_of_means)
     few, done = done[done.protocol == FEW_SHOT], done[done.protocol != FEW_SHOT]
@@ -544,6 +545,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """`promptkd results`: print the tables, write them as CSV and Markdown (and with --plot the plot)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.plot:  # before any work
+        require("matplotlib", "plots", "The plot (--plot)", ", or leave out --plot")
     where = ", ".join(args.runs_dirs)
     if bad := [d for d in args.runs_dirs if not Path(d).is_dir()]:
         raise MissingFileError(f"{bad[0]} is not a directory: give the folders the runs wrote to (--output-dir).")

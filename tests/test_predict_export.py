@@ -147,7 +147,7 @@ def test_export_matches_eager_with_dynamic_batch(runs, tmp_path, fmt, name):
 
 def test_onnx_export_without_onnxscript_says_what_to_install(runs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript -> ImportError
-    with pytest.raises(UserError, match="pip install onnx onnxscript, or use --format torchscript"):
+    with pytest.raises(UserError, match=r'pip install -e "\.\[export\]"\), or use --format torchscript'):
         cli.main(["export", str(runs["out"] / "student"), str(tmp_path / "s.onnx"), "--format", "onnx"])
     assert os.listdir(tmp_path) == []
 

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from promptkd import distributed as dist_
 from promptkd.errors import ConfigError, DataError
+from promptkd.extras import require
 from promptkd.pools import (WDS_IMAGE_EXTENSIONS, HashCache, budget_keep, expand_shards, find_overlap,
                             list_folder_images, parse_pool, per_class_keep)
 from promptkd.views import check_view_transform, seeded_view, view_generator
@@ -320,8 +321,7 @@ class ShardViewDataset(IterableDataset):
 
     def _samples(self, units):
         """(unit, key, image bytes, or None for a listed image read from its path) of the units, in order."""
-        import webdataset as wds
-
+        wds = require("webdataset", "shards", "Streaming .tar shards (TRAINER.PROMPTKD.POOL wds:...)")
         for unit in units:
             if unit.startswith(LISTED_UNIT):
                 for path in self.listing[unit]:

@@ -19,7 +19,8 @@ import logging
 import os
 
 from promptkd import distributed as dist_
-from promptkd.errors import ConfigError, UserError
+from promptkd.errors import ConfigError
+from promptkd.extras import require
 from promptkd.io import atomic_write_text, read_text
 from promptkd.records import plain
 
@@ -30,12 +31,7 @@ MODES = ("", "online", "offline", "disabled")
 
 
 def _wandb():
-    try:
-        import wandb
-    except ImportError as err:
-        raise UserError(f"LOG.WANDB.ENABLED is True but wandb cannot be imported ({err}): pip install wandb (or "
-                        "pip install -e .[wandb]), or set LOG.WANDB.ENABLED False.") from None
-    return wandb
+    return require("wandb", "tracking", "LOG.WANDB.ENABLED True", ", or set LOG.WANDB.ENABLED False")
 
 
 def check_cfg(cfg) -> None:
