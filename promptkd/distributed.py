@@ -125,7 +125,11 @@ def barrier() -> None:
 
 @contextlib.contextmanager
 def main_first():
-    """Rank 0 runs the block first (e.g. builds split JSON / few-shot caches), then the rest."""
+    """Rank 0 runs the block first (e.g. builds split JSON / few-shot caches), then the rest.
+
+    Global rank 0, not each node's local rank 0: the other ranks read what it wrote, so a run
+    over several nodes needs DATASET.ROOT (and the output folder, where rank 0 alone writes the
+    checkpoints every rank resumes from) on a filesystem all nodes share (docs/gpu.md)."""
     if not is_main():
         barrier()
     yield

@@ -124,20 +124,4 @@ def test_tiny_ddp_scaling_benchmark(tmp_path):
     assert "efficiency" in report["table"] and report["machine"]["torch"]
 
 
-def test_gpu_report_smoke_runs_on_cpu(tmp_path, capsys):
-    """benchmarks/gpu_report.py --smoke: every measurement of the GPU report, tiny shapes, CPU."""
-    from benchmarks import gpu_report as module
-
-    out = tmp_path / "report.json"
-    report = module.main(["--smoke", "--device", "cpu", "--json", str(out)])
-    assert json.loads(out.read_text())["rows"] == report["rows"]
-    rows = report["rows"]
-    teacher = [r for r in rows if r["what"] == "teacher step"]
-    assert {(r["classes"], r["prec"], r["grad_checkpoint"]) for r in teacher} == {
-        (c, p, m) for c in (4, 6) for p in ("fp16", "bf16") for m in ("off", "both")}
-    assert all(r["s_per_step"] > 0 for r in teacher)
-    kinds = {(r["what"], r.get("batch")) for r in rows}
-    assert {("student step online", 2), ("student step cached", 4), ("evaluation", 4)} <= kinds
-    assert all(r["images_per_s"] > 0 for r in rows if "images_per_s" in r)
-    printed = capsys.readouterr().out
-    assert printed.count("| teacher step |") == 8 and "exported student (onnx)" in printed
+# benchmarks/gpu_report.py and its one prepared command (scripts/gpu_check.sh): tests/test_gpu_report.py.

@@ -12,7 +12,11 @@ one GPU). Tiny random-weight CLIPs, fake DTD, nothing downloaded.
 * the teacher cache written from and read back to the device.
 
 Reference runs are true fp32: TF32 is switched off on CUDA for the tier (PyTorch lets cuDNN
-convolutions use TF32 by default, ~1e-3 relative, which would blur every comparison).
+convolutions use TF32 by default, ~1e-3 relative, which would blur every comparison; trainers are
+built with TRAIN.DETERMINISTIC True there, which keeps it off).
+
+The tier must run on a GPU: without Dassl it fails there instead of skipping, and
+`benchmarks/gpu_report.py` fails a tier in which no test ran.
 """
 import os
 
@@ -21,13 +25,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-pytest.importorskip("dassl", reason="Dassl not installed (see README)")
-
 from promptkd import distributed as dist_  # noqa: E402
 from promptkd.evaluation import accuracy_report  # noqa: E402
+from promptkd.losses import CALIBRATION_SKIPS  # noqa: E402
 from promptkd.teacher_cache import TeacherCache  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
-from tests.test_trainers import make_trainer, student_args, teacher_args  # noqa: E402
+from tests.gpu_kit import loss_and_grads, make_trainer, promptsrc, student_args, teacher_args  # noqa: E402
+
+# Dassl: the trainer tests skip without it, but never on a GPU run (the CUDA tier would pass with
+# nothing run: `benchmarks.gpu_report` also counts the tests that ran, and sets
+# PROMPTKD_REQUIRE_DASSL=1, under which tests/conftest.py stops the run instead).
+if torch.cuda.is_available():
+    import dassl  # noqa: E402,F401
+else:
+    pytest.importorskip("dassl", reason="Dassl not installed (see README)")
 
 HAVE_CUDA = torch.cuda.is_available()
 CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA GPU")])
@@ -58,7 +69,9 @@ def true_fp32():
 
 
 def on(device):
-    return ["USE_CUDA", "True" if device == "cuda" else "False"]
+    # On CUDA, TRAIN.DETERMINISTIC True also keeps fp32 matmuls true fp32 (a run without it turns
+    # TF32 on: promptkd.precision.configure_matmul), so the fp32 references are fp32.
+    return ["USE_CUDA", "True", "TRAIN.DETERMINISTIC", "True"] if device == "cuda" else ["USE_CUDA", "False"]
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +94,23 @@ def args_for(setup, stage, out, device, prec, *extra):
 
 
 def one_step(args):
+    """One training step of a fresh trainer: (trainer, loss, gradients of the learnable parameters).
+
+    Under PREC amp the GradScaler starts at 2^16 and a step whose scaled gradients overflow is
+    skipped (the weights do not move) and the scale halved: that is how it calibrates. The step is
+    repeated on the same batch until the scaler takes it, so the gradients compared are those of an
+    accepted step, from the same weights as the fp32 one."""
     trainer = make_trainer(args)
     batch = next(iter(trainer.train_loader_x))
     trainer.epoch = trainer.batch_idx = 0  # what run_epoch sets (the step's error message names them)
     trainer.set_model_mode("train")
-    summary = trainer.forward_backward(batch)
-    loss = summary.get("loss", next(iter(summary.values())))
+    for _ in range(CALIBRATION_SKIPS + 1):
+        skipped = trainer.step_log.skipped
+        summary = trainer.forward_backward(batch)
+        if trainer.scaler is None or trainer.step_log.skipped == skipped:
+            break
+    trainer.step_log.read()  # raises if the loss was not finite (outside a scaler)
+    loss = float(summary.get("loss", next(iter(summary.values()))))
     grads = torch.cat([p.grad.detach().float().flatten().cpu() for p in trainer.model.parameters()
                        if p.requires_grad and p.grad is not None])
     return trainer, loss, grads
@@ -176,8 +200,6 @@ def student_and_batch(student_clip, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_checkpointing_keeps_gradients_on_the_device(student_clip, teacher_clip, device):
     from promptkd.losses import kd_loss
-    from tests.test_baselines import build
-    from tests.test_grad_checkpoint import loss_and_grads
     student, x, vectors = student_and_batch(student_clip, device)
     target = 10 * torch.randn(4, 5).to(device)
     runs = []
@@ -185,7 +207,7 @@ def test_checkpointing_keeps_gradients_on_the_device(student_clip, teacher_clip,
         student.image_encoder.grad_checkpoint = checkpoint
         runs.append(loss_and_grads(student, lambda: kd_loss(student(x, vectors), target, 1.0, 10.0)))
     torch.manual_seed(0)
-    method = build("PromptSRC", teacher_clip).to(device).train()
+    method = promptsrc(teacher_clip).to(device).train()
     y = torch.tensor([0, 1, 2, 0], device=device)
     r = teacher_clip.visual.input_resolution
     xt = torch.randn(4, 3, r, r, generator=torch.Generator().manual_seed(2)).to(device)
