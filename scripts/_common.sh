@@ -9,6 +9,8 @@
 #                 inside a value: "INPUT.SIZE (32,32)")
 #   GPUS=N        train / evaluate with N processes on this node (torchrun, one per GPU)
 #   NNODES=M NODE_RANK=R RDZV_ENDPOINT=HOST:PORT   with GPUS: M nodes (run the script on each)
+#   TRAIN_PY      a host codebase's train.py (CoOp, PromptSRC, a fork) with the two plugin lines
+#                 (docs/plugin.md): runs go through it instead of `promptkd train`; same folders
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DATA=${DATA:-data}
@@ -18,7 +20,16 @@ COMMON_OPTS=()
 if [ -n "${CLIP_WEIGHTS:-}" ]; then COMMON_OPTS+=(MODEL.WEIGHTS_DIR "$CLIP_WEIGHTS"); fi
 if [ "${TRUST:-0}" = 1 ]; then COMMON_OPTS+=(MODEL.TRUST_PICKLED_CHECKPOINTS True); fi
 # How the scripts start a run: "${LAUNCH[@]}" --root ... (`promptkd train`, under plain python or torchrun).
-LAUNCH=("$PYTHON" -m promptkd train)
+ENTRY=(-m promptkd train)
+if [ -n "${TRAIN_PY:-}" ]; then
+  if [ ! -f "$TRAIN_PY" ]; then
+    echo "error: TRAIN_PY=$TRAIN_PY is not a file; give the path of the host codebase's train.py." >&2
+    exit 2
+  fi
+  # `python /host/train.py`: the host's root is sys.path[0], as when it is run from there.
+  ENTRY=("$(cd "$(dirname "$TRAIN_PY")" && pwd)/$(basename "$TRAIN_PY")")
+fi
+LAUNCH=("$PYTHON" "${ENTRY[@]}")
 if [ -n "${GPUS:-}" ] || [ -n "${NNODES:-}" ]; then
   GPUS=${GPUS:-1}; NNODES=${NNODES:-1}
   if ! [[ "$GPUS" =~ ^[1-9][0-9]*$ && "$NNODES" =~ ^[1-9][0-9]*$ ]]; then
@@ -32,9 +43,9 @@ if [ -n "${GPUS:-}" ] || [ -n "${NNODES:-}" ]; then
       exit 2
     fi
     LAUNCH=("$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS"
-            --rdzv_backend c10d --rdzv_endpoint "$RDZV_ENDPOINT" --rdzv_id "${RDZV_ID:-promptkd}" -m promptkd train)
+            --rdzv_backend c10d --rdzv_endpoint "$RDZV_ENDPOINT" --rdzv_id "${RDZV_ID:-promptkd}" "${ENTRY[@]}")
   elif [ "$GPUS" -gt 1 ]; then
-    LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$GPUS" -m promptkd train)
+    LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$GPUS" "${ENTRY[@]}")
   fi
 fi
 DG_DATASETS=" imagenetv2 imagenet_sketch imagenet_a imagenet_r "

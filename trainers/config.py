@@ -147,12 +147,13 @@ def extend_cfg(cfg):
     # --- stage 1: the teacher (PromptSRC-style IVLP) ------------------------------------
     cfg.TRAINER.PROMPTSRC = CN()
     _ivlp_prompt_keys(cfg.TRAINER.PROMPTSRC, depth=9)
-    cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT = 25.0
-    cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT = 10.0
+    # Integers, as in the PromptSRC codebase: one YAML file merges into its config and ours.
+    cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT = 25
+    cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT = 10
     cfg.TRAINER.PROMPTSRC.KL_LOSS_WEIGHT = 1.0
     cfg.TRAINER.PROMPTSRC.GPA = True
-    cfg.TRAINER.PROMPTSRC.GPA_MEAN = 15.0
-    cfg.TRAINER.PROMPTSRC.GPA_STD = 1.0
+    cfg.TRAINER.PROMPTSRC.GPA_MEAN = 15
+    cfg.TRAINER.PROMPTSRC.GPA_STD = 1
     # A teacher that is not trained at all: stock CLIP with "{CTX_INIT} {classname}."
     # (also implied by OPTIM.MAX_EPOCH 0). Prompt depths must then be 0.
     cfg.TRAINER.PROMPTSRC.ZERO_SHOT = False
@@ -198,6 +199,15 @@ def extend_cfg(cfg):
     cfg.TRAINER.PROMPTKD.TEACHER_DIR = ""
     # Explicit class-vector file; "" = TEACHER_DIR/class_vectors_<DATASET.NAME>.pt
     cfg.TRAINER.PROMPTKD.CLASS_VECTORS = ""
+    # A finished run of a host codebase's trainer as the teacher (docs/plugin.md, trainers/host_teacher.py):
+    # TEACHER_TRAINER its registered name ("" = TEACHER_DIR is a PromptKD export, as above); TEACHER_DIR
+    # then the host run's output folder (its Dassl checkpoints), TEACHER_CONFIG the trainer YAML it was
+    # trained with, TEACHER_BACKBONE its MODEL.BACKBONE.NAME ("" = the one TEACHER_CONFIG names),
+    # TEACHER_LOAD_EPOCH the checkpoint (-1: model-best if the run saved one, else its last epoch).
+    cfg.TRAINER.PROMPTKD.TEACHER_TRAINER = ""
+    cfg.TRAINER.PROMPTKD.TEACHER_CONFIG = ""
+    cfg.TRAINER.PROMPTKD.TEACHER_BACKBONE = ""
+    cfg.TRAINER.PROMPTKD.TEACHER_LOAD_EPOCH = -1
     # Training views (crop box, flip) are a pure function of (VIEW_SEED, epoch, image index),
     # and so is each epoch's image order; -1 = the run's --seed. Runs with different student
     # seeds can share one view stream (and one teacher cache) by setting it.

@@ -49,6 +49,8 @@ from promptkd.trainers.config import grad_checkpoint_towers, kd_weight
 from promptkd.trainers.cache_views import cache_identity, cache_slots, fill_views
 from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predictor
 from promptkd.trainers.prompt_learning import MethodExport
+from promptkd.trainers.host_methods import is_host_trainer
+from promptkd.trainers.host_teacher import build_host_teacher, check_cfg as check_host_teacher
 from promptkd.trainers.students import PAPER_STUDENT, build_method_student, regulariser_note, student_trainer
 from promptkd.trainers.pools import SHARD_CACHE_REFUSED, build_pool, build_shard_loader, teacher_data
 from promptkd.trainers.view_data import build_view_loader, resolve_view_seed
@@ -67,6 +69,11 @@ class PromptKD(MethodExport, PromptTrainer):
     @property
     def paper_student(self) -> bool:
         return self.tcfg.STUDENT.lower() == PAPER_STUDENT
+
+    @property
+    def host_student(self) -> bool:
+        """A host codebase's own trainer as the student (trainers/host_methods.py)."""
+        return not self.paper_student and is_host_trainer(student_trainer(self.tcfg.STUDENT))
 
     def check_cfg(self, cfg):
         super().check_cfg(cfg)
@@ -105,6 +112,7 @@ class PromptKD(MethodExport, PromptTrainer):
             raise ConfigError(f"TRAINER.PROMPTKD.GRAD_CHECKPOINT is '{kd.GRAD_CHECKPOINT}', but the PromptKD student "
                               "has no text tower (the teacher's text side is in its stored class vectors; only "
                               "the student's image tower trains): use off or image.")
+        check_host_teacher(cfg)  # TEACHER_TRAINER: a host codebase's run as the teacher
         if not kd.TEACHER_DIR and not kd.CLASS_VECTORS:
             raise ConfigError("TRAINER.PROMPTKD.TEACHER_DIR is not set. " + TEACHER_HINT)
         _allowed("TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", kd.TEACHER_CACHE_DTYPE, FORMATS)
@@ -165,7 +173,13 @@ class PromptKD(MethodExport, PromptTrainer):
     def build_model(self):
         kd, cfg = self.tcfg, self.cfg
         backbone_mode = self.backbone_mode = self.setup_precision()
-        if not kd.CLASS_VECTORS and hub.names_model_folder(kd.TEACHER_DIR):  # a teacher's model folder
+        # TEACHER_TRAINER: a finished run of a host codebase's trainer (trainers/host_teacher.py)
+        self.host_teacher = build_host_teacher(cfg, self.all_classnames, self.device) \
+            if kd.TEACHER_TRAINER else None
+        if self.host_teacher is not None:
+            vectors, side = self.host_teacher.vectors, self.host_teacher.side
+            vectors_path = self.vectors_path = side_path = self.host_teacher.vectors_path
+        elif not kd.CLASS_VECTORS and hub.names_model_folder(kd.TEACHER_DIR):  # a teacher's model folder
             vectors, side, folder = hub.teacher_export(kd.TEACHER_DIR)
             vectors_path = self.vectors_path = side_path = os.path.join(folder, hub.CONFIG_FILE)
             vectors.check_dataset(cfg.DATASET.NAME, self.all_classnames, source=f"class vectors in {folder}")
@@ -188,11 +202,15 @@ class PromptKD(MethodExport, PromptTrainer):
                     vectors.teacher.get("backbone"), vectors.teacher.get("fingerprint"))
 
         self.vocabulary = self.load_vocabulary(side) if kd.VOCABULARY else None
+        clip_model = None
         if self.paper_student:
             visual, logit_scale, preprocess = load_image_tower(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
+        elif self.host_student:  # a host codebase's trainer loads its own backbone (trainers/host_methods.py)
+            preprocess = None
         else:
             clip_model, preprocess = load_backbone(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
-        self.check_input(preprocess, f"student {cfg.MODEL.BACKBONE.NAME}")
+        if preprocess is not None:
+            self.check_input(preprocess, f"student {cfg.MODEL.BACKBONE.NAME}")
         self.teacher, self.cache, fit = None, None, "from the cache"
         self.cached_in_epoch = 0  # TEACHER_CACHE_WRITE: views this epoch's steps added to the cache
         self.teacher_logit_scale = torch.tensor(side.logit_scale, dtype=torch.float32, device=self.device)
@@ -203,13 +221,15 @@ class PromptKD(MethodExport, PromptTrainer):
             self.cache = TeacherCache.open(kd.TEACHER_CACHE, identity, cache_slots(cfg))
             logger.info("Teacher: embeddings read from the cache %s; the teacher image tower is not built "
                         "(no teacher weights are loaded).", kd.TEACHER_CACHE)
+        elif self.host_teacher is not None:  # the host model's own forward, its text features cached
+            self.teacher, fit = self.host_teacher.scorer, self.host_teacher.fit
         else:
             # Built aside from the global RNG: the student starts the same with or without it.
             with torch.random.fork_rng(devices=[]):
                 teacher_visual, teacher_preprocess = side.load_tower(cfg.MODEL.WEIGHTS_DIR,
                                                                      cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
                 # The teacher sees the student's augmented view, resized / re-normalised for it if needed.
-                fit = TowerInput(preprocess, teacher_preprocess)
+                fit = TowerInput(preprocess or teacher_preprocess, teacher_preprocess)
                 self.teacher = TeacherImageScorer(teacher_visual, torch.tensor(side.logit_scale), side.prompts,
                                                   input_adapter=None if fit.identity else fit)
             if kd.TEACHER_CACHE:
@@ -223,7 +243,7 @@ class PromptKD(MethodExport, PromptTrainer):
                     scale, cpu_vectors = self.teacher_logit_scale.cpu(), self.class_vectors.cpu()
                     self.cache.scorer = lambda e: teacher_logits(torch.from_numpy(e), scale, cpu_vectors).numpy()
         if self.teacher is not None:
-            if backbone_mode == "fp16":
+            if backbone_mode == "fp16" and self.host_teacher is None:  # a host teacher keeps its own precision
                 to_half(self.teacher.image_encoder.visual)
             self.teacher.to(self.device)
         if self.paper_student:
@@ -257,14 +277,19 @@ class PromptKD(MethodExport, PromptTrainer):
         order (or on the vocabulary: class-agnostic), with its own text tower."""
         kd = self.tcfg
         names = self.vocabulary.classnames if self.vocabulary else classnames
-        self.model, cls = build_method_student(kd.STUDENT, self.cfg, clip_model, names, kd.STUDENT_REGULARISERS)
+        if self.host_student and self.vocabulary:
+            raise ConfigError(f"TRAINER.PROMPTKD.VOCABULARY: the host's {kd.STUDENT} builds its prompts for a fixed list "
+                              "of classes, but class-agnostic distillation scores other names every step: use one of "
+                              "our methods (PKD.<name>) as the student, or no VOCABULARY.")
+        self.model, cls = build_method_student(kd.STUDENT, self.cfg, clip_model, names, kd.STUDENT_REGULARISERS,
+                                               self.device)
         if self.vocabulary and getattr(self.model, "class_specific", False):
             raise ConfigError(f"A class-specific {cls.__name__} context (CSC) learns one context per class, but "
                               "class-agnostic distillation scores a different set of vocabulary names every step: "
                               f"set TRAINER.{cls.CFG_NODE}.CSC False.")
         if list(self.model.classnames) != list(names):  # the logits' order is the teacher's
             raise ConfigError(f"The {cls.__name__} student's classes are not the teacher's, in the teacher's order.")
-        if self.backbone_mode == "fp16":
+        if self.backbone_mode == "fp16" and not self.host_student:  # a host's model keeps the precision it chose
             to_half(self.model.clip)
         self.model.to(self.device)
         self.register_trainable(self.model)
@@ -272,7 +297,8 @@ class PromptKD(MethodExport, PromptTrainer):
         on = self.model.set_grad_checkpoint(text, image)
         logger.info("Student %s on %s (TRAINER.%s.*), %s; scored on its own text features of %d %s, encoded once "
                     "per step; activation checkpointing (GRAD_CHECKPOINT %s): text %s, image %s", cls.__name__,
-                    self.cfg.MODEL.BACKBONE.NAME, cls.CFG_NODE, regulariser_note(self.model), len(names),
+                    self.cfg.MODEL.BACKBONE.NAME, getattr(cls, "CFG_NODE", cls.__name__.upper()),
+                    regulariser_note(self.model), len(names),
                     "vocabulary names" if self.vocabulary else "classes", kd.GRAD_CHECKPOINT,
                     *("on" if on[t] else "off" for t in ("text", "image")))
 
@@ -478,6 +504,9 @@ class PromptKD(MethodExport, PromptTrainer):
         if dist_.is_main():
             if self.paper_student:
                 self.save_student_predictor()
+            elif self.host_student:
+                logger.info("The host's %s student exports no class vectors (its text side is its own code); its "
+                            "weights are the checkpoints in %s.", self.tcfg.STUDENT, self.output_dir)
             else:
                 self.export()
         dist_.barrier()

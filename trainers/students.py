@@ -16,6 +16,7 @@ import logging
 from dassl.engine import TRAINER_REGISTRY
 
 from promptkd.errors import ConfigError
+from promptkd.trainers.host_methods import build_host_student, is_host_trainer
 from promptkd.trainers.prompt_learning import PromptLearningTrainer
 
 logger = logging.getLogger("promptkd")
@@ -24,12 +25,14 @@ PAPER_STUDENT = "promptkd"
 
 
 def method_students() -> list[str]:
-    """The trainer names that can be a student: every registered prompt-learning method."""
+    """The trainer names that can be a student: every registered prompt-learning method, ours
+    and a host codebase's (trainers/host_methods.py)."""
     return sorted(n for n in TRAINER_REGISTRY.registered_names() if isinstance(TRAINER_REGISTRY.get(n), type)
-                  and issubclass(TRAINER_REGISTRY.get(n), PromptLearningTrainer))
+                  and (issubclass(TRAINER_REGISTRY.get(n), PromptLearningTrainer)
+                       or is_host_trainer(TRAINER_REGISTRY.get(n))))
 
 
-def student_trainer(name: str) -> type[PromptLearningTrainer]:
+def student_trainer(name: str) -> type:
     """The trainer class of a method student (case-insensitive), or a clear error."""
     by_lower = {n.lower(): n for n in method_students()}
     if name.lower() not in by_lower:
@@ -38,12 +41,14 @@ def student_trainer(name: str) -> type[PromptLearningTrainer]:
     return TRAINER_REGISTRY.get(by_lower[name.lower()])
 
 
-def build_method_student(name: str, cfg, clip_model, classnames: list[str], regularisers: bool):
+def build_method_student(name: str, cfg, clip_model, classnames: list[str], regularisers: bool, device=None):
     """The method `name` on `clip_model` for `classnames`, exactly as its own trainer builds it
     (its `build_method` reads `tcfg`, its TRAINER.<CFG_NODE>, and `cfg`), without building that
     trainer (no second Dassl data manager): an instance of the trainer class with only those two
     attributes set."""
     cls = student_trainer(name)
+    if is_host_trainer(cls):  # a host codebase's trainer: its own build_model makes the model
+        return build_host_student(cls, cfg, classnames, device), cls
     builder = cls.__new__(cls)  # not __init__: that would build Dassl's data and a model
     builder.cfg = cfg
     method = cls.build_method(builder, clip_model, classnames)
@@ -59,6 +64,8 @@ def build_method_student(name: str, cfg, clip_model, classnames: list[str], regu
 
 
 def regulariser_note(method) -> str:
+    if getattr(method, "host_trainer", False):
+        return "the terms of its own training branch not used"
     if not hasattr(method, "regularise"):
         return "has no regularisers of its own"
     return "its own regularisers on" if method.regularise else "its own regularisers off"

@@ -126,6 +126,8 @@ def _coerce(key: str, value, current):
         return str(value)
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if type(current) is int and isinstance(value, float) and value.is_integer():  # 25.0 for an int key
+        return int(value)
     if isinstance(current, str) and number:
         return str(value)
     if isinstance(current, bool) and isinstance(value, str) and value.lower() in ("true", "false"):
