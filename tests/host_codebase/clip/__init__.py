@@ -6,3 +6,4 @@ the installed OpenAI `clip` package, loaded by file path (`_openai.py`).
 """
 from .clip import *  # noqa: F401,F403
 from .clip import _MODELS, _download, build_model  # noqa: F401
+from . import design_model as model  # noqa: F401  (clip.model, as a vendored CLIP has it)

@@ -2,7 +2,7 @@
 import os
 
 from ._openai import openai
-from .model import as_host_clip, build_model  # noqa: F401
+from .design_model import as_host_clip, build_model  # noqa: F401
 
 _upstream = openai.clip
 
