@@ -43,6 +43,10 @@ def setup_logging(output_dir: str) -> None:
 def ensure_logging() -> bool:
     """A host's train.py: give the `promptkd` logger a stdout handler at INFO when nothing would
     show its INFO lines. Returns True if it added one."""
+    # wilds (imported by dassl.data) disables logging below WARNING for the whole process, which
+    # no handler can override; our train.py lifts it at import, a host's train.py never does.
+    if logging.root.manager.disable >= logging.INFO:
+        logging.disable(logging.NOTSET)
     ours = logging.getLogger("promptkd")
     if any(isinstance(h, StdoutHandler) for h in ours.handlers):
         return False
