@@ -83,13 +83,6 @@ def test_an_offline_run_holds_losses_lr_metrics_and_config(data_root, clip_files
     folders = glob.glob(str(offline / f"offline-run-*-{run_id}"))
     assert len(folders) == 1
     got = logged(folders[0])
-    import time as _t
-    from tests.test_zz_diag_h4 import kinds
-    seen = []
-    for _ in range(4):
-        seen.append((_t.time(), kinds(folders[0]), sorted(os.listdir(folders[0])), glob.glob(str(offline / "*"))))
-        _t.sleep(1)
-    open("/tmp/h4/diag_fail.jsonl", "a").write(json.dumps(seen) + "\n")
     steps = [h for h in got["history"] if "train/ce" in h]
     assert len(steps) == 2 * trainer.num_batches and {h["epoch"] for h in steps} == {1, 2}
     assert [h["iteration"] for h in steps] == list(range(2 * trainer.num_batches))
