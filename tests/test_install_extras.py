@@ -22,6 +22,7 @@ import pytest
 from promptkd import extras
 from promptkd.errors import UserError
 from promptkd.extras import EXTRAS, MissingExtraError, TorchTooOldError
+from tests import source_kit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE = ("promptkd", "trainers", "datasets")
@@ -74,6 +75,21 @@ def test_a_feature_that_needs_a_newer_torch_names_both_versions(monkeypatch):
     assert extras.version_tuple("2.11.0+cu130") == (2, 11, 0) and extras.version_tuple("2.6.0a0") == (2, 6, 0)
 
 
+def test_onnx_export_on_a_torch_older_than_its_exporter_needs_is_refused(monkeypatch, tmp_path):
+    """torch 2.5 and 2.6 fail inside the exporter (an AttributeError converting the projector's
+    BatchNorm1d); 2.4 has no dynamo exporter at all. Refused before anything is traced."""
+    pytest.importorskip("onnxscript", reason="the export extra is not installed")
+    import torch
+
+    from promptkd import export_model
+
+    monkeypatch.setattr(torch, "__version__", "2.6.0+cu124")
+    with pytest.raises(TorchTooOldError, match=r"needs torch >= 2\.7; this environment has torch 2\.6\.0\+cu124\. "
+                       r"Upgrade torch .*, or use --format torchscript\.$"):
+        export_model.export_onnx(None, str(tmp_path / "m.onnx"))  # no model needed: refused first
+    assert export_model.ONNX_MIN_TORCH == "2.7" and os.listdir(tmp_path) == []
+
+
 def test_the_code_imports_the_extras_only_through_require():
     """No module imports onnx, webdataset, matplotlib, wandb... itself (at module level or in a
     function): a missing extra would be a bare ImportError instead of the pip line. (The hub
@@ -81,10 +97,9 @@ def test_the_code_imports_the_extras_only_through_require():
     guarded = {m for extra in ("export", "shards", "plots", "tracking") for m in EXTRAS[extra]} | {"braceexpand"}
     found = []
     for folder in CODE:
-        for name in sorted(os.listdir(os.path.join(ROOT, folder))):
-            if not name.endswith(".py"):
-                continue
-            with open(os.path.join(ROOT, folder, name), encoding="utf-8") as f:
+        for _, path in source_kit.modules(folder, folder):  # subpackages too
+            name = os.path.relpath(path, os.path.join(ROOT, folder))
+            with open(path, encoding="utf-8") as f:
                 tree = ast.parse(f.read())
             for node in ast.walk(tree):
                 names = ([a.name for a in node.names] if isinstance(node, ast.Import)
