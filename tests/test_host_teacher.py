@@ -134,13 +134,15 @@ for _cls in (HostFakeCoOp, HostFakeCoCoOp, HostFakeFixedScale, HostFakeLoadsNoth
         TRAINER_REGISTRY.register(_cls)
 
 
-def run_cfg(tmp_path, clip_file, trainer="HostFakeCoOp", run_dir="", **keys):
+def run_cfg(tmp_path, clip_file, trainer="HostFakeCoOp", run_dir="", teacher_yaml="", **keys):
     """Our keys plus the host's node (as a host's extend_cfg + the plugin line make it), with
-    the host run as the teacher; TEACHER_CONFIG a YAML file naming the host's N_CTX."""
+    the host run as the teacher; TEACHER_CONFIG a YAML file naming the host's N_CTX (and
+    `teacher_yaml`)."""
     cfg = our_keys()
     cfg.TRAINER.HOSTFAKE = CN({"N_CTX": 16})  # the host's default; its run used 3
     yaml = tmp_path / "hostfake.yaml"
-    yaml.write_text("TRAINER:\n  HOSTFAKE:\n    N_CTX: 3\nOPTIM:\n  NAME: sgd\n  LR: 0.01\n  MAX_EPOCH: 2\n")
+    yaml.write_text("TRAINER:\n  HOSTFAKE:\n    N_CTX: 3\nOPTIM:\n  NAME: sgd\n  LR: 0.01\n  MAX_EPOCH: 2\n"
+                    + teacher_yaml)
     cfg.OUTPUT_DIR, cfg.DATASET.NAME, cfg.DATASET.ROOT = str(tmp_path / "student"), "OxfordPets", str(tmp_path)
     cfg.INPUT.SIZE = (32, 32)
     kd = cfg.TRAINER.PROMPTKD
@@ -207,6 +209,31 @@ def test_class_vectors_and_scorer_reproduce_the_host_models_own_eval_logits(tmp_
     other = reference_model(tmp_path, clip_files["teacher"], run_dir, epoch=1)
     with torch.no_grad():
         assert (other(images) - expected).abs().max().item() > 100 * allowed
+
+
+def test_the_teacher_sees_the_runs_images_fitted_to_its_own_input(tmp_path, clip_files):
+    """The host run was trained on 32 px images normalised with mean / std 0.5 (its
+    TEACHER_CONFIG); this run's loader makes 24 px images with CLIP's normalisation: the
+    teacher gets each batch resized and re-normalised to its own input."""
+    run_dir, _ = finished_run(tmp_path, clip_files["teacher"])
+    theirs = "INPUT:\n  SIZE: (32, 32)\n  INTERPOLATION: bicubic\n  PIXEL_MEAN: [0.5, 0.5, 0.5]\n  PIXEL_STD: [0.5, 0.5, 0.5]\n"
+    cfg = run_cfg(tmp_path, clip_files["teacher"], run_dir=run_dir, teacher_yaml=theirs)
+    cfg.INPUT.SIZE, cfg.INPUT.TRANSFORMS = (24, 24), ["random_flip", "normalize"]
+    teacher = host_teacher.build_host_teacher(cfg, CLASSES, torch.device("cpu"))
+    assert (teacher.fit.size, teacher.fit.resize, teacher.fit.renormalise) == ((32, 32), True, True)
+    images = torch.randn(4, 3, 24, 24, generator=torch.Generator().manual_seed(3))
+    pixels = images * torch.tensor(cfg.INPUT.PIXEL_STD).view(1, 3, 1, 1) + torch.tensor(
+        cfg.INPUT.PIXEL_MEAN).view(1, 3, 1, 1)
+    resized = F.interpolate((pixels - 0.5) / 0.5, size=(32, 32), mode="bicubic", align_corners=False, antialias=True)
+    host = reference_model(tmp_path, clip_files["teacher"], run_dir, epoch=2)
+    with torch.no_grad():
+        expected = host(resized)
+    ours = teacher_logits(teacher.scorer.embed(images), torch.tensor(teacher.side.logit_scale), teacher.vectors.vectors)
+    # Rounding only: the bound above (9.5e-5 logits here; the re-normalisation's two fp32 forms
+    # gave 4.8e-7 on a 2-core EPYC). A batch not fitted, or fitted with the run's settings,
+    # is off by far more (0.07 logits with bilinear interpolation instead of the teacher's bicubic).
+    scale = teacher.scorer.logit_scale.exp().item()
+    assert (ours - expected).abs().max().item() <= scale * host_teacher.logits_tolerance(torch.float32, 96)
 
 
 def test_load_epoch_minus_one_is_model_best_if_saved_else_the_last_epoch(tmp_path, clip_files):
