@@ -312,3 +312,15 @@ def test_host_teacher_keys_without_teacher_trainer_are_an_error(tmp_path, clip_f
     cfg = run_cfg(tmp_path, clip_files["teacher"], run_dir=tmp_path, TEACHER_TRAINER="")
     with pytest.raises(ConfigError, match="TEACHER_CONFIG is set but TEACHER_TRAINER is not"):
         host_teacher.check_cfg(cfg)
+
+
+def test_promptkd_check_cfg_runs_the_host_teacher_checks(tmp_path, clip_files):
+    """PromptKD's own check_cfg (what Dassl calls first when it builds the trainer) refuses a
+    host teacher with the teacher cache before anything is built."""
+    from promptkd.trainers.promptkd import PromptKD
+
+    cfg = run_cfg(tmp_path, clip_files["teacher"], run_dir=tmp_path)
+    PromptKD.check_cfg(PromptKD.__new__(PromptKD), cfg)  # accepted as it is
+    cfg.TRAINER.PROMPTKD.TEACHER_CACHE = str(tmp_path / "cache")
+    with pytest.raises(ConfigError, match="TEACHER_CACHE cannot be used with a host run"):
+        PromptKD.check_cfg(PromptKD.__new__(PromptKD), cfg)
