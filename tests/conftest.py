@@ -60,3 +60,60 @@ def teacher_clip(clip_files):
 def student_clip(clip_files):
     from promptkd.backbones import load_clip
     return load_clip(clip_files["student"])
+
+
+# --- runs shared by the trainer tests (their builders: tests/trainer_kit.py) ---------------------
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """A fake DTD (5 classes x 10 images) that the trainer tests train on; nothing writes into it."""
+    from tests.fake_data import make_dtd
+    root = tmp_path_factory.mktemp("data")
+    make_dtd(str(root), n_classes=5, per_class=10)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def teacher_run(data_root, clip_files, tmp_path_factory):
+    """A PromptKDTeacher trained for 2 epochs on data_root (tests/trainer_kit.teacher_args):
+    {"out", "export", "report", "trainer"}. Built once per test process and shared by the test
+    files it runs: read it, train from its export, never change it."""
+    from tests.trainer_kit import make_trainer, teacher_args
+    out = str(tmp_path_factory.mktemp("teacher"))
+    trainer = make_trainer(teacher_args(data_root, clip_files, out))
+    trainer.train()
+    return {"out": out, "export": os.path.join(out, "export"), "report": trainer.last_report, "trainer": trainer}
+
+
+# --- the order of the run -------------------------------------------------------------------------
+
+#: Test files run first, in this order: the layer tests (a module moved across the layers, or
+#: into a subpackage, fails within seconds) and the suite's house rules.
+FIRST = ("test_packaging.py", "test_house.py")
+
+
+def _first(name: str) -> int:
+    return FIRST.index(name) if name in FIRST else len(FIRST)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """In one process (-n 0): FIRST's files at the head; the rest keep pytest's order."""
+    items.sort(key=lambda item: _first(item.path.name))  # a stable sort
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under xdist's --dist loadfile (pytest.ini), which hands out the files with the most tests
+    first: the same, but FIRST's files before all others."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FirstFilesFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node):
+            for scope in sorted((s for s in self.workqueue if os.path.basename(s) in FIRST),
+                                key=lambda s: -_first(os.path.basename(s))):
+                self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+
+    return FirstFilesFirst(config, log)

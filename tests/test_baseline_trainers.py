@@ -1,36 +1,20 @@
 """Every baseline trainer through train.py's machinery on fake data (timm-style: the same
-checks over all of them), and PromptKD distilling from teachers of two other methods."""
+checks over all of them, taken from the registry, so a newly registered method is tested with no
+change here), and PromptKD distilling from teachers of two other methods."""
 import os
+import shutil
 
 import pytest
 import torch
 
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
 
-from tests.test_trainers import DTD_CFG, ROOT, data_root, make_trainer, student_args  # noqa: E402,F401
-
+from promptkd.baselines import ZeroShotCLIP  # noqa: E402
 from promptkd.class_vectors import ClassVectors, class_vectors_file  # noqa: E402
+from tests.trainer_kit import BASELINES, baseline_args, make_trainer, student_args  # noqa: E402
 
-BASELINES = {
-    "ZeroshotCLIP": ("ZeroshotCLIP/vit_b16.yaml", "ZEROSHOT", []),
-    "CoOp": ("CoOp/vit_b16_ep50_ctxv1.yaml", "COOP", []),
-    "CoCoOp": ("CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml", "COCOOP", []),
-    "IVLP": ("IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml", "IVLP",
-             ["TRAINER.IVLP.PROMPT_DEPTH_TEXT", "2", "TRAINER.IVLP.PROMPT_DEPTH_VISION", "2"]),
-    "MaPLe": ("MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml", "MAPLE", ["TRAINER.MAPLE.PROMPT_DEPTH", "2"]),
-    "PromptSRC": ("PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml", "PROMPTSRC",
-                  ["TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2"]),
-}
-
-
-def baseline_args(name, data_root, weights, out, *extra):
-    cfg, node, opts = BASELINES[name]
-    return ["--root", data_root, "--seed", "1", "--trainer", name, "--dataset-config-file", DTD_CFG,
-            "--config-file", os.path.join(ROOT, "configs/trainers", cfg), "--output-dir", out,
-            "MODEL.BACKBONE.NAME", weights["teacher"], "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0",
-            "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "16", "OPTIM.MAX_EPOCH", "2",
-            "OPTIM.LR", "0.01", "DATASET.NUM_SHOTS", "4", "DATASET.SUBSAMPLE_CLASSES", "base",
-            f"TRAINER.{node}.PREC", "fp32", *opts, *extra]
+# BASELINES: every trainer the plugin registers but PromptKD's own two stages, with the config its
+# scripts train (tests/trainer_kit.py); data_root: a session fixture of tests/conftest.py.
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +39,7 @@ def test_baseline_trains_evaluates_exports_and_reloads(name, runs, data_root, cl
         vectors = ClassVectors.load(vectors_path)
         assert vectors.vectors.shape[0] == 5 and vectors.teacher["method"] == name
     trained = any(p.requires_grad for p in run["trainer"].model.parameters())
-    assert trained == (name != "ZeroshotCLIP")
+    assert trained == (not isinstance(run["trainer"].model, ZeroShotCLIP))  # zero-shot CLIP learns nothing
     if trained:
         again = make_trainer(baseline_args(name, data_root, clip_files, str(tmp_path)))
         again.run_eval_only(run["out"])
@@ -101,3 +85,33 @@ def test_cocoop_trains_at_its_published_batch_of_one(data_root, clip_files, tmp_
     trainer.train()
     assert steps and set(steps) == {1} and len(steps) == len(trainer.dm.dataset.train_x)
     assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if p.requires_grad)
+
+
+def test_a_newly_registered_method_joins_the_grid(monkeypatch, tmp_path):
+    """As timm's tests take its models from its registry: a trainer added to the plugin's
+    (promptkd.trainers.plugin.trainer_classes, which register() puts in Dassl's TRAINER_REGISTRY)
+    joins BASELINES, and so every test above, with the config it ships; without one, the grid
+    stops naming the folder to ship it in."""
+    from dassl.engine import TRAINER_REGISTRY
+
+    from promptkd.trainers import baselines, plugin
+    from tests import trainer_kit
+
+    class WideCoOp(baselines.CoOp):
+        """A new method: CoOp under a name of its own."""
+
+    shipped = plugin.trainer_classes()
+    monkeypatch.setattr(TRAINER_REGISTRY, "_obj_map", dict(TRAINER_REGISTRY._obj_map))  # restored afterwards
+    monkeypatch.setattr(plugin, "trainer_classes", lambda: (*shipped, WideCoOp))
+    repo = tmp_path / "repo"
+    shutil.copytree(os.path.join(trainer_kit.ROOT, "configs"), repo / "configs")
+    os.symlink(os.path.join(trainer_kit.ROOT, "scripts"), repo / "scripts")
+    with pytest.raises(AssertionError, match=r"WideCoOp has no config in .*configs/trainers/WideCoOp \(or its"):
+        trainer_kit.registered_baselines(str(repo))
+    (repo / "configs" / "trainers" / "WideCoOp").mkdir()
+    shutil.copy(repo / "configs" / "trainers" / "CoOp" / "vit_b16_ep50.yaml",
+                repo / "configs" / "trainers" / "WideCoOp" / "vit_b16.yaml")
+    grid = trainer_kit.registered_baselines(str(repo))
+    assert TRAINER_REGISTRY.get("WideCoOp") is WideCoOp
+    assert grid.pop("WideCoOp") == ("WideCoOp/vit_b16.yaml", "COOP", [])
+    assert grid == BASELINES  # the shipped methods as the grid above has them

@@ -21,9 +21,8 @@ from promptkd.errors import ConfigError  # noqa: E402
 from promptkd.losses import kd_loss  # noqa: E402
 from promptkd.student import teacher_logits  # noqa: E402
 from promptkd.teacher_cache import MANIFEST, TeacherCache, bytes_per_view, decode, encode  # noqa: E402
-from tests.test_teacher_cache import relative_distance  # noqa: E402
-from tests.test_trainers import learnable, make_trainer  # noqa: E402
-from tests.test_view_bank import args, setup  # noqa: E402,F401  (the module fixture)
+from tests.cache_kit import args, relative_distance, setup  # noqa: E402,F401  (setup: the module fixture)
+from tests.trainer_kit import learnable, make_trainer  # noqa: E402
 
 pytestmark = pytest.mark.exact
 

@@ -1,5 +1,5 @@
 """`promptkd convert`: published PromptKD / PromptSRC checkpoints (faked in their torch-1.x pickled
-layout, tests/test_published.py) become model folders that load without pickles and give the
+layout, tests/published_kit.py) become model folders that load without pickles and give the
 published models' logits."""
 import pytest
 import torch
@@ -9,7 +9,7 @@ from promptkd import cli, hub
 from promptkd.class_vectors import ClassVectors
 from promptkd.errors import ConfigError, UserError
 from promptkd.teacher import IVLPTeacher
-from tests.test_published import CLASSES, published_student, published_teacher, teacher_logits, trained_student
+from tests.published_kit import CLASSES, published_student, published_teacher, teacher_logits, trained_student
 
 pytestmark = pytest.mark.exact
 

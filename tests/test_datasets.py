@@ -16,13 +16,12 @@ dassl = pytest.importorskip(
     reason="Dassl not installed (see README: install Dassl from GitHub to run the dataset-loader tests)",
 )
 
-from dassl.config import get_cfg_default  # noqa: E402
 from dassl.data.datasets import DATASET_REGISTRY, Datum, build_dataset  # noqa: E402
 
 import promptkd.datasets  # noqa: E402,F401  (registers the loaders)
 from promptkd.datasets import common  # noqa: E402
 from tests import fake_data  # noqa: E402
-from promptkd.trainers.config import extend_cfg  # noqa: E402
+from tests.dataset_kit import EXPECTED_CLASSNAMES, make_cfg  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -48,34 +47,6 @@ JSON_KEYS = [k for k, spec in SPECS.items() if spec[2]]
 FEWSHOT_KEYS = [k for k, spec in SPECS.items() if spec[3]]
 EVAL_ONLY_KEYS = [k for k, spec in SPECS.items() if not spec[3]]
 
-# The class names (in label order) the loaders must give for the default fakes: these encode
-# CoOp's renaming rules.
-EXPECTED_CLASSNAMES = {
-    "imagenet": ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark"],
-    # sorted folders (upper case first), BACKGROUND_Google / Faces_easy dropped, renamed
-    "caltech101": ["face", "leopard", "motorbike", "accordion", "airplane"],
-    "oxford_pets": ["abyssinian", "american_bulldog", "bengal", "basset_hound", "british_shorthair"],
-    # year moved to the front
-    "stanford_cars": ["2000 AM General Hummer SUV", "2012 Acura RL Sedan", "2012 Audi TTS Coupe",
-                      "2012 BMW M3 Coupe", "2012 Chevrolet Corvette ZR1"],
-    "oxford_flowers": ["pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea",
-                       "english marigold"],
-    "food101": ["apple_pie", "baby_back_ribs", "baklava", "beef_carpaccio", "beef_tartare"],
-    "fgvc_aircraft": ["707-320", "Boeing 717", "A300B4", "F/A-18", "Tu-134"],
-    # path parts after the letter, reversed
-    "sun397": ["abbey", "shop bakery", "outdoor apartment_building", "bedroom", "indoor church"],
-    "dtd": ["banded", "blotchy", "braided", "bubbly", "bumpy"],
-    "eurosat": ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Highway or Road",
-                "Industrial Buildings"],
-    # CamelCase -> words joined by "_"
-    "ucf101": ["Apply_Eye_Makeup", "Archery", "Baby_Crawling", "Yo_Yo", "Playing_Daf"],
-    "imagenetv2": ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark"],
-    "imagenet_sketch": ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark"],
-    # only the wnids with a folder, in classnames.txt order, relabelled 0..K-1
-    "imagenet_a": ["tench", "great white shark", "tiger shark", "electric ray", "stingray"],
-    "imagenet_r": ["tench", "great white shark", "tiger shark", "electric ray", "stingray"],
-}
-
 # Files and folders each loader must find before reading (relative to the dataset folder).
 REQUIRED_PATHS = [
     ("imagenet", "classnames.txt"), ("imagenet", "images/val"),
@@ -99,18 +70,6 @@ REQUIRED_PATHS = [
     ("imagenet_sketch", "classnames.txt"), ("imagenet_a", "imagenet-a"),
     ("imagenet_r", "classnames.txt"),
 ]
-
-
-def make_cfg(root, key, subsample="all", shots=0, seed=1):
-    cfg = get_cfg_default()
-    extend_cfg(cfg)
-    cfg.merge_from_file(osp.join(REPO, "configs", "datasets", f"{key}.yaml"))
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.SUBSAMPLE_CLASSES = subsample
-    cfg.DATASET.NUM_SHOTS = shots
-    cfg.SEED = seed
-    cfg.VERBOSE = False
-    return cfg
 
 
 def build(root, key, **kwargs):

@@ -37,34 +37,16 @@ from promptkd import distributed  # noqa: E402
 from promptkd.checkpoints import load_file  # noqa: E402
 from promptkd.class_vectors import ClassVectors, class_vectors_file  # noqa: E402
 from promptkd.errors import ConfigError  # noqa: E402
+from tests.ddp_kit import CPU, assert_same, env, ranks, torchrun  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
-from tests.test_baseline_trainers import baseline_args  # noqa: E402
-from tests.test_trainers import ROOT, learnable, make_trainer, student_args, teacher_args  # noqa: E402
+from tests.trainer_kit import ROOT, baseline_args, learnable, make_trainer, student_args, teacher_args  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.exact]
 
-PROBE = os.path.join(ROOT, "tests", "ddp_probe.py")
-CPU = ["USE_CUDA", "False", "TRAIN.DETERMINISTIC", "True"]  # exactness is checked: deterministic kernels
 DTD = "DescribableTextures"
 # Deterministic inputs (resize + normalise, in order) so that 2 x b and 1 x 2b see the same batches.
 SAME_ORDER = ["DATALOADER.TRAIN_X.SAMPLER", "SequentialSampler", "INPUT.TRANSFORMS", "('normalize',)",
               "OPTIM.WARMUP_EPOCH", "0"]
-
-
-def env(**extra):
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, **extra}
-
-
-def torchrun(probe_dir, args, extra_env=None, timeout=600):
-    os.makedirs(probe_dir, exist_ok=True)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               PROBE, probe_dir, *args, *CPU]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=env(**(extra_env or {})))
-
-
-def ranks(probe_dir):
-    return [torch.load(os.path.join(probe_dir, f"rank{r}.pt"), weights_only=False) for r in (0, 1)]
 
 
 def ok(proc):
@@ -74,12 +56,6 @@ def ok(proc):
 
 def final_state(out, epoch):
     return load_file(os.path.join(out, "VLPromptLearner", f"model.pth.tar-{epoch}"))["state_dict"]
-
-
-def assert_same(a, b, atol=0.0, rtol=0.0):
-    assert sorted(a) == sorted(b)
-    for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), rtol=rtol, atol=atol), (k, (a[k] - b[k]).abs().max())
 
 
 @pytest.fixture(scope="module")

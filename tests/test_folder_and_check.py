@@ -15,7 +15,7 @@ from promptkd.datasets import check  # noqa: E402
 from promptkd.errors import ConfigError  # noqa: E402
 from tests.cli import promptkd  # noqa: E402
 from tests.fake_data import MAKERS, _folder_per_class, make_all  # noqa: E402
-from tests.test_datasets import EXPECTED_CLASSNAMES, make_cfg  # noqa: E402
+from tests.dataset_kit import EXPECTED_CLASSNAMES, make_cfg  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FOLDERS = ["sea_lion", "cat", "dog", "bird", "eel"]  # sorted: bird cat dog eel sea_lion
@@ -65,7 +65,7 @@ def test_train_test_folders_classnames_file_and_errors(tmp_path):
 
 
 def test_folder_dataset_through_teacher_and_student_runs(tmp_path, clip_files):
-    from tests.test_trainers import make_trainer, student_args, teacher_args
+    from tests.trainer_kit import make_trainer, student_args, teacher_args
     _folder_per_class(str(tmp_path / "data" / "pets"), FOLDERS, per_class=10)
     data, folder_yaml = str(tmp_path / "data"), osp.join(REPO, "configs/datasets/folder.yaml")
 

@@ -16,7 +16,7 @@ from promptkd.encoders import PromptedImageEncoder, PromptedTextEncoder, run_blo
 from promptkd.losses import kd_loss
 from promptkd.student import PromptKDStudent
 from promptkd.teacher import ensemble_text_features
-from tests.test_baselines import BASE, build, images
+from tests.method_kit import BASE, build, images
 
 pytestmark = pytest.mark.exact
 

@@ -19,8 +19,8 @@ from promptkd import cli, hub, records  # noqa: E402
 from promptkd.errors import ConfigError, MissingFileError, UserError  # noqa: E402
 from promptkd.predictor import PREDICTOR_FILE, PredictorRecord  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
-from tests.test_predict_export import eval_logits, predictor_logits  # noqa: E402
-from tests.test_trainers import learnable, make_trainer, student_args, teacher_args  # noqa: E402
+from tests.trainer_kit import (eval_logits, learnable, make_trainer, predictor_logits, student_args,  # noqa: E402
+                               teacher_args)
 
 pytestmark = pytest.mark.exact
 

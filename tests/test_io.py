@@ -29,7 +29,7 @@ from promptkd.class_vectors import IMAGE_SIDE_FILE, ClassVectors, ImageSide, cla
 from promptkd.errors import CheckpointError, DiskFullError, UserError, run_cli  # noqa: E402
 from promptkd.predictor import PREDICTOR_FILE, Predictor, PredictorRecord  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
-from tests.test_trainers import make_trainer, teacher_args  # noqa: E402
+from tests.trainer_kit import make_trainer, student_args, teacher_args  # noqa: E402
 
 DATASET = "DescribableTextures"
 DAMAGES = ("truncated", "empty", "text", "zip")
@@ -215,7 +215,7 @@ def _cache(directory, width=8, n=4):
 
 
 def _write_results(tmp_path):
-    from tests.test_results import b2n_metrics, write_run
+    from tests.results_kit import b2n_metrics, write_run
     write_run(tmp_path / "runs", "PromptKD", DATASET, 1, metrics=b2n_metrics(80, 70))
     cli.main(["results", str(tmp_path / "runs"), "--out", str(tmp_path / "out" / "table")])
 
@@ -293,7 +293,6 @@ def test_damaged_class_vectors_and_image_side(run, tmp_path, how):
 
 def test_truncated_class_vectors_stop_the_student_run(run, clip_files, tmp_path):
     """The student's trainer (stage 2) itself: the error names the file and the teacher's command."""
-    from tests.test_trainers import student_args
     export = tmp_path / "export"
     shutil.copytree(run["export"], export)
     vectors = damage(class_vectors_file(str(export), DATASET), "truncated")
@@ -409,7 +408,7 @@ def test_damaged_clip_weights(clip_files, tmp_path, how):
 @pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_published_checkpoint(run, tmp_path, how, trusted):
     from promptkd.checkpoints import split_published_student, split_published_teacher
-    from tests.test_published import FakeScheduler
+    from tests.published_kit import FakeScheduler
     path = str(tmp_path / "model.pth.tar-20")
     torch.save({"state_dict": {"logit_scale": torch.ones(())}, "scheduler": FakeScheduler()}, path)
     damage(path, how)
@@ -446,7 +445,7 @@ def test_a_foreign_json_value_is_named(tmp_path):
 
 
 def test_pickled_torch_files_still_need_trust(tmp_path):
-    from tests.test_published import FakeScheduler
+    from tests.published_kit import FakeScheduler
     path = str(tmp_path / "published.pth.tar")
     torch.save({"state_dict": {}, "scheduler": FakeScheduler()}, path)
     with pytest.raises(CheckpointError, match="MODEL.TRUST_PICKLED_CHECKPOINTS True.*weights_only=False"):

@@ -20,9 +20,10 @@ except ModuleNotFoundError:  # Python 3.10: the test extra installs tomli
 import pytest
 
 from promptkd import cli
+from tests import source_kit
+from tests.source_kit import FOLDERS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FOLDERS = {"promptkd": "promptkd", "trainers": "promptkd.trainers", "datasets": "promptkd.datasets"}
 
 
 def test_requirements_txt_lists_the_pyproject_dependencies():
@@ -75,27 +76,16 @@ def test_the_install_shadows_no_top_level_trainers_or_datasets(tmp_path):
 
 def _imports():
     """{module: {imported module of this project}} for every module of promptkd/, trainers/,
-    datasets/ (all imports, at module level or inside functions)."""
-    graph = {}
-    for folder, package in FOLDERS.items():
-        for name in sorted(os.listdir(os.path.join(ROOT, folder))):
-            if not name.endswith(".py"):
-                continue
-            module = package if name == "__init__.py" else f"{package}.{name[:-3]}"
-            with open(os.path.join(ROOT, folder, name), encoding="utf-8") as f:
-                tree = ast.parse(f.read())
-            found = set()
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Import):
-                    found |= {a.name for a in node.names}
-                elif isinstance(node, ast.ImportFrom):
-                    base = node.module or ""
-                    if node.level:
-                        parent = package.split(".")[:len(package.split(".")) - node.level + 1]
-                        base = ".".join(parent + ([node.module] if node.module else []))
-                    found |= {f"{base}.{a.name}" for a in node.names} | {base}
-            graph[module] = found
+    datasets/, subpackages included (all imports, at module level or inside functions)."""
+    graph = {module: source_kit.imported_names(module, path)
+             for folder, package in FOLDERS.items() for module, path in source_kit.modules(folder, package)}
     return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def _packages():
+    """The packages among those modules (promptkd, promptkd.trainers, their subpackages)."""
+    return {module for folder, package in FOLDERS.items() for module, path in source_kit.modules(folder, package)
+            if os.path.basename(path) == "__init__.py"}
 
 
 def _layer(module: str) -> int:
@@ -115,7 +105,8 @@ def test_layers_import_only_downwards_and_without_cycles():
               if _layer(d) > _layer(m) and not d.endswith("__init__")]
     assert not upward, f"imports against the layers (core < datasets < trainers < cli): {upward}"
     # a cycle among the modules (packages' __init__ re-exports aside)
-    edges = {m: {d for d in deps if d not in FOLDERS.values()} for m, deps in graph.items()}
+    packages = _packages()
+    edges = {m: {d for d in deps if d not in packages} for m, deps in graph.items()}
     state = {}
 
     def visit(node, path):
@@ -133,11 +124,10 @@ def test_layers_import_only_downwards_and_without_cycles():
 
 def test_the_core_imports_no_dassl():
     """The core is plain PyTorch, usable by other projects without Dassl."""
-    for name in os.listdir(os.path.join(ROOT, "promptkd")):
-        if name.endswith(".py"):
-            with open(os.path.join(ROOT, "promptkd", name), encoding="utf-8") as f:
-                text = f.read()
-            assert not re.search(r"^\s*(from|import) dassl\b", text, re.M), name
+    for module, path in source_kit.modules("promptkd", "promptkd"):  # subpackages too
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        assert not re.search(r"^\s*(from|import) dassl\b", text, re.M), module
 
 
 def test_no_sys_path_patching_in_the_code_tests_or_benchmarks():

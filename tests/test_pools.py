@@ -1,14 +1,12 @@
 """The unlabelled pool of stage 2 (TRAINER.PROMPTKD.POOL): sources, budgets, leakage check,
 WebDataset shards (one process, 2 gloo processes), recorded in run.json.
 
-Fake DTD (5 classes x 10 images), tiny CLIPs, 1-2 epochs; the teacher is test_trainers'
-session teacher. Shards are written here with webdataset's TarWriter.
+Fake DTD (5 classes x 10 images), tiny CLIPs, 1-2 epochs; the teacher is conftest.py's
+session teacher (teacher_run). Shards are written here with webdataset's TarWriter.
 """
 import json
 import os
 import shutil
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -24,8 +22,9 @@ from promptkd.trainers.config import extend_cfg  # noqa: E402
 from promptkd.trainers.pools import ShardViewDataset, build_pool  # noqa: E402
 from tests.cli import train_py  # noqa: E402
 from tests.fake_data import _image  # noqa: E402
-from tests.test_trainers import (ROOT, data_root, learnable, make_trainer, student_args,  # noqa: E402,F401
-                                 teacher_run)
+from tests.trainer_kit import make_trainer, student_args, whole_and_resumed  # noqa: E402
+
+# data_root and teacher_run: session fixtures of tests/conftest.py
 
 DTD = "DescribableTextures"
 
@@ -246,7 +245,6 @@ def test_each_listed_pool_distils(pool, data_root, clip_files, teacher_run, extr
 
 
 def test_shards_mixed_with_the_train_split_distil_and_resume(data_root, clip_files, teacher_run, extra, tmp_path):
-    from tests.test_trainers import whole_and_resumed
     keys = ("TRAINER.PROMPTKD.POOL", str(["train", f"wds:{extra['pattern']}"]), "DATALOADER.TRAIN_X.BATCH_SIZE", "2")
     whole, resumed = whole_and_resumed(lambda run: pool_args(data_root, clip_files, teacher_run, str(tmp_path / run),
                                                              extra, *keys, epochs=2), 1)
@@ -257,7 +255,6 @@ def test_shards_mixed_with_the_train_split_distil_and_resume(data_root, clip_fil
 
 
 def test_shard_pool_distils_records_and_resumes(data_root, clip_files, teacher_run, extra, tmp_path):
-    from tests.test_trainers import whole_and_resumed
     keys = ("TRAINER.PROMPTKD.POOL", str([f"wds:{extra['pattern']}"]), "DATALOADER.TRAIN_X.BATCH_SIZE", "2")
     whole, resumed = whole_and_resumed(lambda run: pool_args(data_root, clip_files, teacher_run, str(tmp_path / run),
                                                              extra, *keys, epochs=2), 1)
@@ -279,15 +276,14 @@ def test_shard_pool_distils_records_and_resumes(data_root, clip_files, teacher_r
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["folder", "wds", "folder+wds"])
 def test_folder_and_shard_pools_through_ddp(kind, data_root, clip_files, teacher_run, extra, tmp_path):
-    from tests.test_distributed import CPU, PROBE, env, ranks, assert_same
+    from tests.ddp_kit import assert_same, ranks, torchrun
     sources = {"folder": [f"folder:{extra['folder']}"], "wds": [f"wds:{extra['pattern']}"],
                "folder+wds": [f"folder:{extra['folder']}", f"wds:{extra['pattern']}"]}[kind]
     out, probe = str(tmp_path / "out"), str(tmp_path / "probe")
     os.makedirs(probe)
     args = pool_args(data_root, clip_files, teacher_run, out, extra, "TRAINER.PROMPTKD.POOL", str(sources),
                      "DATALOADER.TRAIN_X.BATCH_SIZE", "2", "DATALOADER.NUM_WORKERS", "1", epochs=1)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           PROBE, probe, *args, *CPU], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env())
+    proc = torchrun(probe, args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = ranks(probe)
     assert_same(r0["state"], r1["state"])

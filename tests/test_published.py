@@ -9,52 +9,9 @@ from promptkd.checkpoints import split_published_student, split_published_teache
 from promptkd.errors import CheckpointError
 from promptkd.student import PromptKDStudent, load_published_student
 from promptkd.teacher import IVLPTeacher, load_published_teacher
+from tests.published_kit import CLASSES, published_student, published_teacher, teacher_logits, trained_student
 
 pytestmark = pytest.mark.exact
-
-CLASSES = ["tench", "goldfish", "great_white_shark", "tiger shark", "hammerhead"]
-
-
-class FakeScheduler:
-    """Stands in for the torch-1.x scheduler object the published files pickle."""
-
-    def __init__(self):
-        self.last_epoch = 20
-
-
-def _visual_keys(visual, prefix, deep):
-    sd = {f"{prefix}.{k}": v.clone() for k, v in visual.state_dict().items()}
-    sd[f"{prefix}.VPT"] = deep[0].detach().clone()
-    for i, p in enumerate(deep[1:], 1):
-        sd[f"{prefix}.transformer.resblocks.{i}.VPT_shallow"] = p.detach().clone()
-    return sd
-
-
-def _save(path, state):
-    torch.save({"state_dict": state, "epoch": 20, "optimizer": None, "scheduler": FakeScheduler(),
-                "val_result": 80.0}, path)
-
-
-def published_teacher(teacher: IVLPTeacher, path):
-    clip_sd = teacher.clip.state_dict()
-    sd = {"logit_scale": clip_sd["logit_scale"].clone(),
-          "prompt_learner.ctx": teacher.text_encoder.prompts[0].detach().clone(),
-          "prompt_learner.token_prefix": torch.randn(3, 1, 128),
-          "prompt_learner.token_suffix": torch.randn(3, 72, 128),
-          "prompt_learner.ZS_image_encoder.conv1.weight": torch.randn(4)}
-    sd.update(_visual_keys(teacher.clip.visual, "image_encoder", list(teacher.image_encoder.prompts)))
-    for k, v in clip_sd.items():
-        if k.startswith(("transformer.", "ln_final.")) or k in ("positional_embedding", "text_projection"):
-            sd[f"text_encoder.{k}"] = v.clone()
-    for i, p in enumerate(list(teacher.text_encoder.prompts)[1:], 1):
-        sd[f"text_encoder.transformer.resblocks.{i}.VPT_shallow"] = p.detach().clone()
-    _save(path, sd)
-
-
-def teacher_logits(teacher, images):
-    with torch.no_grad():
-        f = F.normalize(teacher.image_encoder(images).float(), dim=-1)
-        return teacher.logit_scale * f @ teacher.class_vectors(CLASSES).t()
 
 
 @pytest.fixture
@@ -106,31 +63,6 @@ def test_unknown_keys_are_listed(trained_teacher, tmp_path):
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match="prompt_learner.meta_net.linear1.weight"):
         split_published_teacher(path, trusted=True)
-
-
-def published_student(student: PromptKDStudent, path):
-    sd = _visual_keys(student.image_encoder.visual, "image_encoder", list(student.image_encoder.prompts))
-    proj = student.projector
-    sd.update({
-        "logit_scale": student.logit_scale.clone(),
-        "VPT_image_trans.conv1.0.weight": proj[0].weight.detach()[:, :, None, None].clone(),
-        "VPT_image_trans.conv1.0.bias": proj[0].bias.detach().clone(),
-        "VPT_image_trans.conv1.3.weight": proj[3].weight.detach()[:, :, None, None].clone(),
-        "VPT_image_trans.conv1.3.bias": proj[3].bias.detach().clone(),
-    })
-    for k, v in proj[1].state_dict().items():
-        sd[f"VPT_image_trans.conv1.1.{k}"] = v.clone()
-    _save(path, sd)
-
-
-def trained_student(clip_model) -> PromptKDStudent:
-    """A student as training leaves it: random prompts and projector, BatchNorm statistics set."""
-    torch.manual_seed(3)
-    trained = PromptKDStudent(clip_model.visual, clip_model.logit_scale, 96, 4, 2)
-    with torch.no_grad():
-        trained.projector[1].running_mean.normal_()
-        trained.projector[1].running_var.uniform_(0.5, 2.0)
-    return trained.eval()
 
 
 def test_published_student_reproduces_logits(student_clip, tmp_path):

@@ -11,23 +11,13 @@ pytest.importorskip("dassl", reason="Dassl not installed (see README: install Da
 
 from tests.fake_data import make_dtd, make_imagenet, make_imagenet_a  # noqa: E402
 from tests.pyserver import python_server  # noqa: E402
+from tests.script_kit import results, run  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
         "DATALOADER.TEST.BATCH_SIZE", "16", "OPTIM.MAX_EPOCH", "2"]
-
-
-def run(script, *args, env):
-    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts/promptkd", script), *args], cwd="/",
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
-
-
-def results(stdout):
-    return [json.loads(l.split("RESULT ", 1)[1]) for l in stdout.splitlines() if "RESULT {" in l]
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
 
-from tests.test_baseline_trainers import BASELINES  # noqa: E402
-from tests.test_trainers import data_root, learnable, make_trainer, student_args  # noqa: E402,F401
-from tests.test_trainers import teacher_run  # noqa: E402,F401
+from tests.trainer_kit import (BASELINES, eval_logits, learnable, make_trainer, predictor_logits,  # noqa: E402
+                               student_args, teacher_args)
 
 from promptkd.class_vectors import ClassVectors, class_vectors_file, vocabulary_vectors_file  # noqa: E402
 from promptkd.errors import ConfigError  # noqa: E402
@@ -204,8 +203,6 @@ def test_feature_term_and_semi_supervised_ce(data_root, clip_files, teacher_run,
 @pytest.fixture(scope="module")
 def vocabulary(teacher_run, data_root, clip_files, tmp_path_factory):
     """The teacher's class vectors of a vocabulary holding none of DTD's class names."""
-    from tests.test_trainers import teacher_args
-
     folder = tmp_path_factory.mktemp("vocab")
     names = folder / "words.txt"
     names.write_text("# a vocabulary without the test classes\n" + "\n".join(
@@ -315,7 +312,6 @@ def test_method_student_export_predicts_what_the_trainer_evaluates(student, data
                                                                     tmp_path):
     """The run folder alone (export/predictor.pt) gives the trainer's own evaluation logits."""
     from promptkd.predictor import Predictor
-    from tests.test_predict_export import eval_logits, predictor_logits
 
     trainer = make_trainer(args_for(data_root, clip_files, teacher_run["export"], str(tmp_path), student, "kl",
                                     "TEST.NO_TEST", "True", epochs=1))

@@ -20,8 +20,9 @@ from promptkd.errors import ConfigError, DataError  # noqa: E402
 from promptkd.teacher_cache import MANIFEST, TeacherCache  # noqa: E402
 from promptkd.views import ViewSampler, stream_seed  # noqa: E402
 from tests.cli import promptkd  # noqa: E402
+from tests.cache_kit import FP32_ACROSS_BATCH_SIZES, FP32_STUDENT_SHARE, relative_distance  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
-from tests.test_trainers import learnable, make_trainer, student_args, teacher_args  # noqa: E402
+from tests.trainer_kit import learnable, make_trainer, student_args, teacher_args  # noqa: E402
 
 pytestmark = pytest.mark.exact
 
@@ -122,30 +123,6 @@ def run_from_cache(setup, out, cache, monkeypatch, *extra):
     assert trainer.teacher is None
     trainer.train()
     return learnable(trainer)
-
-
-def relative_distance(weights, ref, init):
-    """|weights - ref| / |ref - init| over all learnable floating-point weights: how far apart two
-    students are, as a share of how far training moved them."""
-    keys = [k for k in ref if ref[k].is_floating_point()]
-    moved = torch.cat([(ref[k] - init[k]).flatten() for k in keys]).norm()
-    assert moved > 0
-    return (torch.cat([(weights[k] - ref[k]).flatten() for k in keys]).norm() / moved).item()
-
-
-# fp32 embeddings computed at another batch size differ by rounding only: a GEMM of another
-# shape may sum in another order (MKL and ATen pick kernels by shape and CPU), which moves a
-# result by a few ulps per operation. Through the tiny towers (<= 4 layers, inner sizes <= 256)
-# that stays far below 64 ulps of a unit component (2^-17 = 7.6e-6); a real difference (another
-# view, image or teacher) moves components by 1e-2 or more.
-FP32_ACROSS_BATCH_SIZES = 2.0**-17
-# A student trained on embeddings perturbed by rho ends a fraction ~ c * rho of its training
-# distance away (linear response: SGD for a few steps is smooth in its targets). The fp16 cache
-# (rho = 2^-11) stays within 1% (next test), so c <= 0.01 / 2^-11 ~ 20, and fp32 rounding across
-# batch sizes (rho <= 2^-17) gives <= 1.6e-4. We allow 1e-3 for curvature. Measured on an
-# Intel Xeon: 0 (same kernels); with MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2
-# the embeddings differ and the students stay well inside the bound.
-FP32_STUDENT_SHARE = 1e-3
 
 
 def test_fp32_cache_gives_the_online_student(setup, online, tmp_path, monkeypatch, caplog):

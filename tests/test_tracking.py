@@ -15,7 +15,7 @@ pytest.importorskip("wandb", reason="wandb not installed (pip install -e .[test]
 from promptkd import records  # noqa: E402
 from promptkd.errors import ConfigError, UserError  # noqa: E402
 from promptkd.trainers.tracking import RUN_ID_FILE  # noqa: E402
-from tests.test_trainers import data_root, make_trainer, teacher_args  # noqa: E402,F401  (data_root: a fixture)
+from tests.trainer_kit import make_trainer, teacher_args  # noqa: E402  (data_root: a conftest.py fixture)
 
 
 def wandb_records(path):

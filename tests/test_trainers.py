@@ -15,63 +15,17 @@ import torch
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
 
 from promptkd.trainers import train  # noqa: E402  (registers datasets and trainers)
-from dassl.engine import build_trainer  # noqa: E402
-from dassl.utils import set_random_seed  # noqa: E402
 
 from promptkd.checkpoints import load_file  # noqa: E402
 from promptkd.class_vectors import ClassVectors, class_vectors_file  # noqa: E402
 from promptkd.errors import CheckpointError, ConfigError  # noqa: E402
 from tests.cli import train_py  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
+from tests.published_kit import published_student, published_teacher  # noqa: E402
+from tests.trainer_kit import (ROOT, STUDENT_CFG, TEACHER_CFG, DTD_CFG, baseline_args, learnable,  # noqa: E402
+                               make_trainer, student_args, teacher_args, whole_and_resumed)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEACHER_CFG = os.path.join(ROOT, "configs/trainers/PromptKDTeacher/vit_l14_c2_ep20_batch8_4+4ctx.yaml")
-STUDENT_CFG = os.path.join(ROOT, "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml")
-DTD_CFG = os.path.join(ROOT, "configs/datasets/dtd.yaml")
-TINY = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
-        "DATALOADER.TEST.BATCH_SIZE", "16", "PREC_KEY", "fp32"]
-
-
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_dtd(str(root), n_classes=5, per_class=10)
-    return str(root)
-
-
-def teacher_args(data_root, weights, out, *extra, epochs=2):
-    opts = [o if o != "PREC_KEY" else "TRAINER.PROMPTSRC.PREC" for o in TINY]
-    return ["--root", data_root, "--seed", "1", "--trainer", "PromptKDTeacher", "--dataset-config-file", DTD_CFG,
-            "--config-file", TEACHER_CFG, "--output-dir", out, "MODEL.BACKBONE.NAME", weights["teacher"], *opts,
-            "OPTIM.MAX_EPOCH", str(epochs), "DATASET.NUM_SHOTS", "4", "DATASET.SUBSAMPLE_CLASSES", "base",
-            "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2", "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "2", *extra]
-
-
-def student_args(data_root, weights, out, teacher_dir, *extra, epochs=3):
-    opts = [o if o != "PREC_KEY" else "TRAINER.PROMPTKD.PREC" for o in TINY]
-    return ["--root", data_root, "--seed", "1", "--trainer", "PromptKD", "--dataset-config-file", DTD_CFG,
-            "--config-file", STUDENT_CFG, "--output-dir", out, "MODEL.BACKBONE.NAME", weights["student"], *opts,
-            "OPTIM.MAX_EPOCH", str(epochs), "DATASET.NUM_SHOTS", "0", "TRAINER.PROMPTKD.TEACHER_DIR", teacher_dir,
-            "TRAINER.PROMPTKD.PROMPT_DEPTH_VISION", "2", "TRAINER.PROMPTKD.KD_WEIGHT", "100", *extra]
-
-
-def make_trainer(args):
-    cfg = train.setup_cfg(train.parse_args(args))
-    set_random_seed(cfg.SEED)
-    return build_trainer(cfg)
-
-
-def learnable(trainer):
-    from promptkd.checkpoints import learnable_state_dict
-    return learnable_state_dict(trainer.model)
-
-
-@pytest.fixture(scope="session")
-def teacher_run(data_root, clip_files, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("teacher"))
-    trainer = make_trainer(teacher_args(data_root, clip_files, out))
-    trainer.train()
-    return {"out": out, "export": os.path.join(out, "export"), "report": trainer.last_report, "trainer": trainer}
+# data_root and teacher_run: session fixtures of tests/conftest.py
 
 
 @pytest.fixture(scope="session")
@@ -101,27 +55,6 @@ def test_teacher_exports_all_classes_and_reports_base_novel(teacher_run):
     ckpt = load_file(os.path.join(teacher_run["out"], "VLPromptLearner", "model.pth.tar-2"))
     assert sorted(ckpt["state_dict"]) == [f"{s}.prompts.{i}" for s in ("image_encoder", "text_encoder") for i in (0, 1)]
     assert ckpt["extra"]["gpa_applied"] is True
-
-
-def whole_and_resumed(args_for, crash_after_epoch):
-    """Train once straight through, and once interrupted after an epoch then re-run."""
-    whole = make_trainer(args_for("whole"))
-    whole.train()
-    cut = make_trainer(args_for("cut"))
-    after_epoch = cut.after_epoch
-
-    def crash():
-        after_epoch()
-        if cut.epoch + 1 == crash_after_epoch:
-            raise KeyboardInterrupt(f"killed after epoch {crash_after_epoch}")
-    cut.after_epoch = crash
-    with pytest.raises(KeyboardInterrupt):
-        cut.train()
-    resumed = make_trainer(args_for("cut"))
-    resumed.train()
-    a, b = learnable(whole), learnable(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    return whole, resumed
 
 
 @pytest.mark.exact
@@ -165,7 +98,6 @@ def test_zero_shot_teacher_exports_stock_clip_vectors(data_root, clip_files, tmp
 
 
 def test_teacher_eval_only_export_from_published_checkpoint(data_root, clip_files, teacher_run, tmp_path):
-    from tests.test_published import published_teacher
     model_dir = tmp_path / "published"
     (model_dir / "VLPromptLearner").mkdir(parents=True)
     published_teacher(teacher_run["trainer"].model, str(model_dir / "VLPromptLearner" / "model-best.pth.tar"))
@@ -255,7 +187,6 @@ def test_missing_teacher_export_names_file_and_command(data_root, clip_files, tm
 
 
 def test_published_student_checkpoint_evaluates(data_root, clip_files, teacher_run, student_run, tmp_path):
-    from tests.test_published import published_student
     model_dir = tmp_path / "pub"
     (model_dir / "VLPromptLearner").mkdir(parents=True)
     published_student(student_run["trainer"].model, str(model_dir / "VLPromptLearner" / "model.pth.tar-20"))
@@ -554,7 +485,6 @@ def test_the_student_distils_at_the_published_kd_weight(data_root, clip_files, t
 
 
 def test_eval_only_needs_a_checkpoint_unless_nothing_is_trained(data_root, clip_files, teacher_run, tmp_path):
-    from tests.test_baseline_trainers import baseline_args
     student = make_trainer(student_args(data_root, clip_files, str(tmp_path / "s"), teacher_run["export"]))
     with pytest.raises(ConfigError, match=r"^--eval-only needs --model-dir: PromptKD learns its weights, and without a "
                                           r"checkpoint it would evaluate an untrained model\. Give --model-dir RUN_DIR"):

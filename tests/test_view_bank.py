@@ -19,27 +19,11 @@ from promptkd.errors import ConfigError  # noqa: E402
 from promptkd.student import TeacherImageScorer  # noqa: E402
 from promptkd.teacher_cache import MANIFEST, TeacherCache  # noqa: E402
 from promptkd.views import view_number  # noqa: E402
-from tests.fake_data import make_dtd  # noqa: E402
-from tests.test_teacher_cache import FP32_ACROSS_BATCH_SIZES, FP32_STUDENT_SHARE, relative_distance  # noqa: E402
-from tests.test_trainers import learnable, make_trainer, student_args, teacher_args  # noqa: E402
+from tests.cache_kit import (FP32_ACROSS_BATCH_SIZES, FP32_STUDENT_SHARE, args, relative_distance,  # noqa: E402,F401
+                             setup)  # (setup: the module fixture of the teacher every test here distils from)
+from tests.trainer_kit import learnable, make_trainer  # noqa: E402
 
 pytestmark = pytest.mark.exact
-
-EPOCHS = 4  # with K = 2: two cycles, so the second reuses every view
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory, clip_files):
-    root = str(tmp_path_factory.mktemp("data"))
-    make_dtd(root, n_classes=5, per_class=8)
-    out = str(tmp_path_factory.mktemp("teacher"))
-    make_trainer(teacher_args(root, clip_files, out, epochs=1)).train()
-    return {"root": root, "export": os.path.join(out, "export"), "clip": clip_files}
-
-
-def args(setup, out, *extra, epochs=EPOCHS):
-    return student_args(setup["root"], setup["clip"], out, setup["export"], "TEST.NO_TEST", "True", *extra,
-                        epochs=epochs)
 
 
 def bank(k, cache=None, write=True):
