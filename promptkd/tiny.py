@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass
 
 import torch
-from clip.model import CLIP, convert_weights
 
+from .backbones import clip  # the installed OpenAI clip, even where a host's clip/ shadows the name
 from .io import atomic_save, atomic_write_json
 
 
@@ -37,7 +37,7 @@ def tiny_clip_state_dict(spec: TinySpec = TinySpec(), seed: int = 0) -> dict:
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = CLIP(
+        model = clip.model.CLIP(
             embed_dim=spec.embed_dim,
             image_resolution=spec.image_resolution,
             vision_layers=spec.vision_layers,
@@ -51,7 +51,7 @@ def tiny_clip_state_dict(spec: TinySpec = TinySpec(), seed: int = 0) -> dict:
         )
     finally:
         torch.random.set_rng_state(generator_state)
-    convert_weights(model)  # fp16 like OpenAI's released files, so every loading path agrees
+    clip.model.convert_weights(model)  # fp16 like OpenAI's released files, so every loading path agrees
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
