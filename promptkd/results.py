@@ -46,7 +46,7 @@ PROTOCOLS, METRICS = (BASE2NOVEL, CROSS, FEW_SHOT), ("base", "novel", "hm", "acc
 # a few-shot run (run.json's labelled_shots; for a PromptKD student, its teacher's); 0 elsewhere.
 KEYS = ["protocol", "method", "dataset", "shots"]
 Issue = namedtuple("Issue", KEYS + ["seed", "status", "detail", "log_path"])  # a seed or run in no mean
-ISSUE_ORDER = ("failed", "unfinished", "missing", "duplicate", "ignored", "unidentified")
+ISSUE_ORDER = ("invalid", "failed", "unfinished", "missing", "duplicate", "ignored", "unidentified")
 Table = namedtuple("Table", "title headers rows caption notes", defaults=("", ()))
 LOG_NAME, TRACEBACK = "log.txt", "Traceback (most recent call last)"
 _RESULT_RE, _EPOCH_RE = re.compile(r"RESULT (\{.*)"), re.compile(r"epoch \[(\d+)/(\d+)\]")
@@ -131,6 +131,45 @@ def _pool_label(pool) -> str | None:
     return "+".join(names) + extra
 
 
+#: what each protocol's mean needs of a run's metrics
+REQUIRED_METRICS = {BASE2NOVEL: ("base", "novel"), CROSS: ("accuracy",), FEW_SHOT: ("accuracy",)}
+#: run.json's fields that name a table cell: strings (or absent)
+NAME_FIELDS = ("protocol", "trainer", "dataset", "objective_label", "selection", "backbone")
+
+
+def _identity_problem(identity: dict, where) -> str:
+    """Why a record's identity cannot name a table cell ("" if it can): a name that is not a
+    string, a pool that is not an object."""
+    for key in NAME_FIELDS:
+        value = identity.get(key)
+        if value is not None and not isinstance(value, str):
+            return f"{where}: {key} is {json.dumps(value)[:60]}, not a string"
+    pool = identity.get("pool")
+    if pool is not None and not (isinstance(pool, dict) and isinstance(pool.get("sources"), list)
+                                 and all(isinstance(x, str) for x in pool["sources"])):
+        return f"{where}: pool is {json.dumps(pool)[:60]}, not a pool record (an object with a list of sources)"
+    return ""
+
+
+def _metrics_problem(metrics: dict, protocol, where) -> str:
+    """Why a run's metrics cannot enter a mean ("" if they can): every metric it holds is a finite
+    number of percent in [0, 100] (not a string, a bool, NaN), and it holds what its protocol's table
+    needs (base and novel; accuracy). A run dropped from one column but kept in another would make
+    the columns means over different seeds, and HM of their means wrong."""
+    for key in METRICS:
+        if key not in metrics:
+            continue
+        value = metrics[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{where}: metric {key} is {json.dumps(value)[:40]}, not a number"
+        if not math.isfinite(value) or not 0 <= value <= 100:
+            return f"{where}: metric {key} is {value}, not an accuracy in percent (0 to 100)"
+    missing = [k for k in REQUIRED_METRICS.get(protocol, ()) if k not in metrics]
+    if missing:
+        return f"{where}: no metric {' or '.join(missing)} (a {protocol} run records {', '.join(REQUIRED_METRICS[protocol])})"
+    return ""
+
+
 def parse_log(path) -> Run:
     """A run folder's identity and metrics from its records (else from its log's last RESULT
     line); failed when its log has a traceback after the result, unfinished without a result."""
@@ -144,21 +183,41 @@ def parse_log(path) -> Run:
         except json.JSONDecodeError:
             logger.warning("%s:%d: unreadable RESULT line ignored", path, i + 1)
         traceback_at, epoch = i if TRACEBACK in line else traceback_at, _EPOCH_RE.search(line) or epoch
-    identity, source = result or {}, "RESULT line"
-    if run := read_json(path.parent / RUN_FILE):  # this version's records: what the run was, what it scored
-        record = read_json(path.parent / RESULT_FILE) or {}
-        identity, source = run, "result.json"
-        result = record.get("metrics", {}) if record.get("run_id") == run.get("run_id") else None
+    if result is not None and not isinstance(result, dict):
+        logger.warning("%s:%d: RESULT line is not a JSON object; ignored", path, result_at + 1)
+        result = None
+    identity, source, problem = result or {}, "RESULT line", ""
+    metrics_where = f"{path.name}:{result_at + 1} (RESULT line)"
+    if (run := read_json(path.parent / RUN_FILE)) is not None:  # this version's records: what the run was, what it scored
+        record = read_json(path.parent / RESULT_FILE)
+        identity, source, result, metrics_where = run, "result.json", None, str(path.parent / RESULT_FILE)
+        if record is not None and record.get("run_id") != run.get("run_id"):
+            source = (f"result.json of this run (result.json holds run {record.get('run_id')!r}, run.json "
+                      f"{run.get('run_id')!r}: a re-run's result is missing, or the files were mixed)")
+        elif record is not None:
+            result = record.get("metrics")
+            if not isinstance(result, dict):  # `"metrics": null`, a list, a number: not a result
+                problem = (f"{metrics_where}: metrics is {json.dumps(result)[:60]}, not an object of metrics "
+                           "(a finished run writes {\"base\": ..., \"novel\": ..., ...})")
+                result = None
+    if why := _identity_problem(identity, path.parent / RUN_FILE if run is not None else metrics_where):
+        problem = problem or why  # listed under what of its identity is readable
+        identity = {k: v for k, v in identity.items() if k != "pool" and (k not in NAME_FIELDS or isinstance(v, str))}
     status, detail = "ok", ""
-    if traceback_at > result_at:
+    if problem:
+        status, detail, result = "invalid", problem, None
+        logger.warning("%s: not used in any mean: %s", path.parent, problem)
+    elif traceback_at > result_at:
         tail = [ln.strip() for ln in lines[traceback_at + 1:] if ln.strip()]
         status, detail = "failed", (tail[-1] if tail else "traceback")[:160]
         detail += "" if result is None else f" (after {'result.json' if run else 'a RESULT line'})"
         result = None
     elif result is None:
         status, detail = "unfinished", f"no {source}" + (f", last seen at epoch {epoch[1]}/{epoch[2]}" if epoch else "")
-    metrics = {k: float(v) for k, v in (result or {}).items()
-               if k in METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    elif problem := _metrics_problem(result, identity.get("protocol"), metrics_where):
+        status, detail, result = "invalid", problem, None
+        logger.warning("%s: not used in any mean: %s", path.parent, problem)
+    metrics = {k: float(v) for k, v in (result or {}).items() if k in METRICS}
     if "hm" not in metrics and {"base", "novel"} <= set(metrics):
         metrics["hm"] = harmonic_mean(metrics["base"], metrics["novel"])
     seed = str(identity.get("seed"))
