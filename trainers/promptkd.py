@@ -150,19 +150,37 @@ class PromptKD(MethodExport, PromptTrainer):
         if self.tcfg.CE_WEIGHT > 0 and self.pool.streamed:
             raise ConfigError("TRAINER.PROMPTKD.CE_WEIGHT needs labelled images, but a WebDataset pool has no labels: "
                               "use a split pool (train, train_base) or set CE_WEIGHT 0.")
+        # the split's labels count from 0 within its class subset; the student scores all classes
+        self.label_offset = self.num_base if self.cfg.DATASET.SUBSAMPLE_CLASSES == "new" else 0
         self.labelled = self.labelled_subset(seed) if self.tcfg.CE_WEIGHT > 0 else None
 
     def labelled_subset(self, seed: int) -> torch.Tensor | None:
-        """CE_SHOTS K > 0: a mask over the train images, K per class, drawn with the view seed
-        (the same images on every run); None: every image's label is used."""
-        shots = self.tcfg.CE_SHOTS
+        """The pool images whose label the cross-entropy reads: those of the split sources (a
+        folder's images carry label -1, no label); CE_SHOTS K > 0: K per class of them, drawn
+        with the view seed (the same images on every run). None: every image's label is used."""
+        shots, items = self.tcfg.CE_SHOTS, self.pool.items
+        has_label = [int(item.label) >= 0 for item in items]
+        if not any(has_label):
+            raise ConfigError(f"TRAINER.PROMPTKD.CE_WEIGHT needs labelled images, but the pool "
+                              f"{[s.name for s in self.pool.sources]} has none (folder images carry no labels"
+                              f"{', and the budget kept no image of the train split' if self.pool.budget else ''}): "
+                              "add a split source (e.g. POOL \"['train', 'folder:DIR']\") or set CE_WEIGHT 0.")
+        if shots == 0:
+            raise ConfigError("TRAINER.PROMPTKD.CE_SHOTS 0 labels no image, so CE_WEIGHT would never apply: give "
+                              "K > 0 images per class, -1 for every labelled image, or set CE_WEIGHT 0.")
         if shots < 0:
-            logger.info("Semi-supervised: cross-entropy (weight %g) on the labels of every training image.",
-                        self.tcfg.CE_WEIGHT)
-            return None
+            if all(has_label):
+                logger.info("Semi-supervised: cross-entropy (weight %g) on the labels of every training image.",
+                            self.tcfg.CE_WEIGHT)
+                return None
+            logger.info("Semi-supervised: cross-entropy (weight %g) on the labels of the %d images of the split "
+                        "sources; the pool's other %d images are unlabelled.", self.tcfg.CE_WEIGHT, sum(has_label),
+                        len(items) - sum(has_label))
+            return torch.tensor(has_label, dtype=torch.bool)
         by_class: dict[int, list[int]] = {}
-        for index, item in enumerate(self.pool.items):
-            by_class.setdefault(int(item.label), []).append(index)
+        for index, item in enumerate(items):
+            if has_label[index]:
+                by_class.setdefault(int(item.label), []).append(index)
         rng, mask = random.Random(seed), torch.zeros(len(self.pool.items), dtype=torch.bool)
         for label in sorted(by_class):
             mask[rng.sample(by_class[label], min(shots, len(by_class[label])))] = True
@@ -310,6 +328,11 @@ class PromptKD(MethodExport, PromptTrainer):
         if not vocabulary.dataset.startswith(VOCABULARY_PREFIX):
             raise ConfigError(f"TRAINER.PROMPTKD.VOCABULARY {path} holds the class vectors of dataset "
                               f"{vocabulary.dataset}, not of a vocabulary: export one with TRAINER.EXPORT_VOCABULARY.")
+        from promptkd.class_vectors import indistinct_message, indistinct_names
+        groups = indistinct_names(vocabulary.classnames)
+        if groups:  # exported before such names were refused at export
+            raise ConfigError(f"TRAINER.PROMPTKD.VOCABULARY {path} holds {indistinct_message(groups)}. Keep one name "
+                              "of each group in the names file and export it again (TRAINER.EXPORT_VOCABULARY).")
         if vocabulary.teacher.get("fingerprint") != side.fingerprint:
             raise ConfigError(f"TRAINER.PROMPTKD.VOCABULARY {path} was exported by a teacher with weights "
                               f"{vocabulary.teacher.get('fingerprint')}, but the teacher in TEACHER_DIR has "
@@ -427,12 +450,14 @@ class PromptKD(MethodExport, PromptTrainer):
         labels = batch["label"].to(self.device)
         with fp32_scoring(student_logits):
             logits = student_logits.float()
+            keep = labels >= 0  # a pool folder's images carry label -1
             if self.labelled is not None:
-                keep = self.labelled[torch.as_tensor(batch["index"])].to(self.device)
-                if not keep.any():
-                    return logits.sum() * 0.0
+                keep &= self.labelled[torch.as_tensor(batch["index"])].to(self.device)
+            if not keep.any():
+                return logits.sum() * 0.0
+            if not keep.all():
                 logits, labels = logits[keep], labels[keep]
-            return self.tcfg.CE_WEIGHT * F.cross_entropy(logits, labels)
+            return self.tcfg.CE_WEIGHT * F.cross_entropy(logits, labels + self.label_offset)
 
     def bank_embed(self, batch, images):
         """TEACHER_CACHE_WRITE with a view bank: the teacher embeds only the views of this batch
