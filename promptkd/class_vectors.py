@@ -37,11 +37,47 @@ def class_vectors_file(export_dir: str, dataset: str) -> str:
 VOCABULARY_PREFIX = "vocabulary:"
 
 
+def clip_text_key(name: str) -> str:
+    """A class name as CLIP's tokenizers see it: '_' read as a space (as the prompts write class
+    names), text fixed and HTML entities unescaped (`basic_clean`: ftfy, html.unescape), runs of
+    whitespace joined and the ends trimmed (`whitespace_clean`), lower-cased (OpenAI CLIP's and
+    open_clip's tokenizers both lower-case). Two names with the same key are one class to CLIP."""
+    import html
+
+    text = name.replace("_", " ")
+    try:
+        import ftfy  # CLIP's own dependency
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    return " ".join(html.unescape(html.unescape(text)).split()).lower()
+
+
+def indistinct_names(names) -> list[list[str]]:
+    """Groups of names (in order) that CLIP's tokenizer cannot tell apart (`clip_text_key`)."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(clip_text_key(name), []).append(name)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def indistinct_message(groups: list[list[str]]) -> str:
+    shown = "; ".join(" / ".join(repr(n) for n in group) for group in groups[:5])
+    return (f"{len(groups)} group(s) of names that CLIP's tokenizer cannot tell apart ({shown}"
+            f"{'; ...' if len(groups) > 5 else ''}): it lower-cases, reads '_' as a space and joins whitespace, so "
+            "each group would be one class twice, its probability split between two rows")
+
+
 def read_vocabulary(path: str) -> list[str]:
-    """Class names of a vocabulary file: one per line; blank lines and `#` comments skipped."""
+    """Class names of a vocabulary file: one per line; blank lines and `#` comments skipped.
+    Names CLIP cannot tell apart (the same but for case, '_' or spaces) are refused like exact
+    duplicates."""
     try:
         with open(path, encoding="utf-8") as f:
             names = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"The vocabulary {path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as "
+                          "UTF-8, one class name per line.") from None
     except OSError as err:
         raise ConfigError(f"Cannot read the vocabulary {path}: {err.strerror}. Give a text file with one class "
                           "name per line.") from None
@@ -51,6 +87,9 @@ def read_vocabulary(path: str) -> list[str]:
     if duplicates:
         raise ConfigError(f"The vocabulary {path} names {len(duplicates)} classes more than once "
                           f"({', '.join(duplicates[:5])}): keep each name once.")
+    groups = indistinct_names(names)
+    if groups:
+        raise ConfigError(f"The vocabulary {path} holds {indistinct_message(groups)}. Keep one name of each group.")
     return names
 
 
