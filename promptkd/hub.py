@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shlex
 
@@ -287,6 +288,97 @@ def resolve(path_or_repo: str, revision: str | None = None, cache_dir: str | Non
                                "folder.") from None
 
 
+#: config.json: key -> (its types, what it holds); checked before any tensor is read
+CONFIG_KEYS = {
+    "method": (str, "the method that trained it"), "dataset": (str, "the dataset name"),
+    "backbone": (dict, "the backbone reference"), "fingerprint": (str, "the backbone's weight fingerprint"),
+    "prompts": (dict, "the prompt settings"), "projector": ((dict, type(None)), "the projector's sizes, or null"),
+    "class_vectors": (dict, "the class vectors' count and width"), "logit_scale": ((int, float), "a number"),
+    "preprocess": (dict, "the test preprocessing"), "classnames": (list, "the class names"),
+    "teacher": ((dict, type(None)), "the teacher's identity"),
+}
+
+
+def _is_int(value) -> bool:
+    return type(value) is int
+
+
+def _check_config(config: dict, path: str) -> None:
+    """Every key read from config.json is there and of its type (a hand-edited or foreign file is
+    named, never a KeyError / TypeError)."""
+    def bad(key, why):
+        return CheckpointError(f"{path}: {key} {why}. The folder's config.json was edited or comes from elsewhere; "
+                               f"{HOW_TO_MAKE}")
+    for key, (types, what) in CONFIG_KEYS.items():
+        if key not in config and key != "teacher":
+            raise bad(key, f"is missing (it holds {what})")
+        value = config.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise bad(key, f"is {json.dumps(value)[:80]}, not {what}")
+    if not math.isfinite(config["logit_scale"]):
+        raise bad("logit_scale", f"is {config['logit_scale']}, not a finite number")
+    prompts, vectors, projector = config["prompts"], config["class_vectors"], config["projector"]
+    if not (_is_int(prompts.get("depth_vision")) and prompts["depth_vision"] >= 0):
+        raise bad("prompts.depth_vision", f"is {prompts.get('depth_vision')!r}, not a prompt depth (an integer >= 0)")
+    if prompts["depth_vision"] and not (_is_int(prompts.get("n_ctx_vision")) and _is_int(prompts.get("width"))):
+        raise bad("prompts", f"is {prompts}: n_ctx_vision and width must be integers")
+    if not (_is_int(vectors.get("count")) and _is_int(vectors.get("width"))):
+        raise bad("class_vectors", f"is {vectors}: count and width must be integers")
+    if projector is not None and not (_is_int(projector.get("in_dim")) and _is_int(projector.get("out_dim"))):
+        raise bad("projector", f"is {projector}: in_dim and out_dim must be integers")
+    if not all(isinstance(c, str) for c in config["classnames"]):
+        raise bad("classnames", "holds entries that are not strings")
+    if not isinstance(config["backbone"].get("name") or config["backbone"].get("path"), str):
+        raise bad("backbone", f"is {config['backbone']}: it names no backbone (name)")
+
+
+def _account_for_tensors(config: dict, tensors: dict, folder: str):
+    """(prompts, projector state or None, class vectors) of model.safetensors: every tensor in the
+    file is one config.json describes, with the shape it describes. A tensor too many (prompts of
+    more layers, a projector the config has not) or too few is an error naming them: a file that
+    does not match its config would classify with a model that matches neither."""
+    from .student import Projector
+
+    weights_path = os.path.join(folder, WEIGHTS_FILE)
+    prompts_cfg, vectors_cfg, projector_cfg = config["prompts"], config["class_vectors"], config["projector"]
+    depth = prompts_cfg["depth_vision"]
+    expected = {PROMPT_KEY.format(i): (prompts_cfg.get("n_ctx_vision"), prompts_cfg.get("width")) for i in range(depth)}
+    expected[VECTORS_KEY] = (vectors_cfg["count"], vectors_cfg["width"])
+    if projector_cfg is not None:
+        layout = Projector(projector_cfg["in_dim"], projector_cfg["out_dim"]).state_dict()
+        expected.update({PROJECTOR_PREFIX + k: tuple(v.shape) for k, v in layout.items()})
+    extra, missing = sorted(set(tensors) - set(expected)), sorted(set(expected) - set(tensors))
+    if extra or missing:
+        parts = ([f"tensors config.json does not describe: {', '.join(extra[:8])}" + (" ..." if len(extra) > 8 else "")]
+                 if extra else []) + ([f"no tensor {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else "")]
+                                      if missing else [])
+        raise CheckpointError(
+            f"{weights_path} does not match {os.path.join(folder, CONFIG_FILE)} (prompt depth {depth}, "
+            f"{'a projector' if projector_cfg else 'no projector'}, {vectors_cfg['count']} class vectors): it holds "
+            f"{'; and '.join(parts)}. The two files come from different models (or one was edited); write the folder "
+            f"again, both files together. {HOW_TO_MAKE}")
+    for key, shape in expected.items():
+        tensor = tensors[key]
+        if tuple(tensor.shape) != tuple(shape):
+            raise CheckpointError(f"{weights_path}: tensor {key} has shape {list(tensor.shape)}, but config.json "
+                                  f"describes {list(shape)}. The two files come from different models (or one was "
+                                  f"edited). {HOW_TO_MAKE}")
+        if key != PROJECTOR_PREFIX + "1.num_batches_tracked" and not tensor.is_floating_point():
+            raise CheckpointError(f"{weights_path}: tensor {key} is {tensor.dtype}, not a floating-point tensor. "
+                                  f"{HOW_TO_MAKE}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{weights_path}: tensor {key} holds NaN or infinite values. {HOW_TO_MAKE}")
+    if len(config["classnames"]) != vectors_cfg["count"]:
+        raise CheckpointError(f"{folder}: config.json lists {len(config['classnames'])} class names for "
+                              f"{vectors_cfg['count']} class vectors. {HOW_TO_MAKE}")
+    if projector_cfg is not None and projector_cfg["out_dim"] != vectors_cfg["width"]:
+        raise CheckpointError(f"{folder}: the projector maps to width {projector_cfg['out_dim']}, but the class vectors "
+                              f"have width {vectors_cfg['width']}. {HOW_TO_MAKE}")
+    prompts = [tensors[PROMPT_KEY.format(i)] for i in range(depth)]
+    projector = {k[len(PROJECTOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(PROJECTOR_PREFIX)}
+    return prompts, projector or None, tensors[VECTORS_KEY]
+
+
 def read_folder(folder: str):
     """(PredictorRecord, config) of a model folder, checked; the tensors are read with safetensors
     (no pickle)."""
@@ -294,31 +386,21 @@ def read_folder(folder: str):
 
     config_path, weights_path = os.path.join(folder, CONFIG_FILE), os.path.join(folder, WEIGHTS_FILE)
     config = load_json(config_path, what="model folder config", fix=HOW_TO_MAKE, error=CheckpointError)
-    if config.get("format") != FORMAT:
-        raise CheckpointError(f"{config_path} is not a PromptKD model folder config (format {config.get('format')!r}, "
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else f"a JSON {type(config).__name__}"
+        raise CheckpointError(f"{config_path} is not a PromptKD model folder config (format {found!r}, "
                               f"expected {FORMAT!r}). {HOW_TO_MAKE}")
     if config.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{config_path} has format version {config.get('format_version')}; this code reads "
                               f"version {FORMAT_VERSION}. {HOW_TO_MAKE}")
+    _check_config(config, config_path)
     if not os.path.isfile(weights_path):
         raise MissingFileError(f"{weights_path} is missing: the model folder is incomplete. {HOW_TO_MAKE}")
     try:
         tensors = _safetensors().load_file(weights_path)
     except Exception as err:  # a truncated or foreign file: safetensors' own error
         raise CheckpointError(f"{weights_path} is not a readable safetensors file ({err}). {HOW_TO_MAKE}") from None
-    depth = config["prompts"]["depth_vision"]
-    try:
-        prompts = [tensors[PROMPT_KEY.format(i)] for i in range(depth)]
-        vectors = tensors[VECTORS_KEY]
-    except KeyError as err:
-        raise CheckpointError(f"{weights_path} has no tensor {err}; it holds {sorted(tensors)[:12]}. {HOW_TO_MAKE}") from None
-    projector = {k[len(PROJECTOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(PROJECTOR_PREFIX)}
-    if (config.get("projector") is None) != (not projector):
-        raise CheckpointError(f"{folder}: config.json and {WEIGHTS_FILE} disagree on the projector. {HOW_TO_MAKE}")
-    if list(vectors.shape) != [config["class_vectors"]["count"], config["class_vectors"]["width"]] or \
-            len(config["classnames"]) != vectors.shape[0]:
-        raise CheckpointError(f"{folder}: the class vectors {list(vectors.shape)} do not match config.json "
-                              f"({len(config['classnames'])} class names). {HOW_TO_MAKE}")
+    prompts, projector, vectors = _account_for_tensors(config, tensors, folder)
     record = PredictorRecord(method=config["method"], dataset=config["dataset"], backbone=dict(config["backbone"]),
                              fingerprint=config["fingerprint"], weights={"prompts": prompts,
                                                                          "projector": projector or None},
@@ -353,9 +435,25 @@ def from_pretrained(path_or_repo: str, weights_dir: str | None = None, *, backbo
     name = backbone or record.backbone["name"]
     visual = load_image_tower(name, weights_dir)[0]
     check_backbone(visual, record, name if not weights_dir else f"{name} (weights dir {weights_dir})")
+    _check_fit(visual, record, folder, name)
     model = ImageClassifier(visual, record.weights["prompts"], record.weights.get("projector"),
                             record.class_vectors, record.logit_scale)
     return Predictor(record, model, os.path.join(folder, CONFIG_FILE))
+
+
+def _check_fit(visual, record, folder: str, name: str) -> None:
+    """The folder's prompts and projector fit the backbone's image tower (its width and output
+    width); a folder made for another backbone is named, not a shape error inside torch."""
+    prompts, projector = record.weights["prompts"], record.weights.get("projector")
+    width = getattr(getattr(visual, "class_embedding", None), "shape", [None])[0]
+    if prompts and width is not None and prompts[0].shape[-1] != width:
+        raise CheckpointError(f"{folder}: its visual prompts have width {prompts[0].shape[-1]}, but the backbone "
+                              f"{name} has width {width}: the folder was made for another backbone. {HOW_TO_MAKE}")
+    out_dim = getattr(visual, "output_dim", None)
+    if projector is not None and out_dim is not None and projector["0.weight"].shape[1] != out_dim:
+        raise CheckpointError(f"{folder}: its projector takes features of width {projector['0.weight'].shape[1]}, "
+                              f"but the backbone {name} gives {out_dim}: the folder was made for another backbone. "
+                              f"{HOW_TO_MAKE}")
 
 
 def load_predictor(path: str, weights_dir: str | None = None, trusted: bool = False):
