@@ -9,11 +9,14 @@ built-in exception, so callers that catch `ValueError` / `FileNotFoundError` kee
     error: <message>
 
 on stderr and exit code 2, without a traceback. `--debug` on the command line or
-`PROMPTKD_DEBUG=1` in the environment shows the traceback. Any other exception is a bug and
-keeps its traceback.
+`PROMPTKD_DEBUG=1` in the environment shows the traceback. No error path prints a traceback
+without it: a file the process may not read or write (or a full disk) met where no guard
+named it is reported the same way (exit 2), Ctrl-C as `error: interrupted` (exit 130), and any
+other exception, a bug, as `error: unexpected <type>: <message> (at file:line)` (exit 1).
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Callable, Sequence
@@ -50,6 +53,11 @@ class DiskFullError(UserError, OSError):
     """A write that failed because the disk or quota is full (ENOSPC / EDQUOT)."""
 
 
+class NotWritableError(UserError, PermissionError):
+    """A write to a place this process may not write: a read-only file system (EROFS) or no
+    permission (EACCES / EPERM)."""
+
+
 def debug_requested(argv: Sequence[str] | None = None) -> bool:
     argv = sys.argv[1:] if argv is None else argv
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
@@ -71,7 +79,52 @@ def run_cli(main: Callable[[], int | None], argv: Sequence[str] | None = None) -
     except UserError as err:
         if debug_requested(argv):
             raise
-        print(f"error: {err}", file=sys.stderr)
-        print(f"(run with --debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        _report(str(err))
         sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:  # Ctrl-C: a resumable run resumes from its last checkpoint
+        if debug_requested(argv):
+            raise
+        _report("interrupted (Ctrl-C).")
+        sys.exit(EXIT_INTERRUPTED)
+    except OSError as err:
+        if debug_requested(argv):
+            raise
+        if err.errno not in _ENVIRONMENT_ERRNOS:
+            _unexpected(err)
+        # a file the process may not read or write, a full disk, ... met where no guard named it
+        what = f" {err.filename}" if err.filename else ""
+        _report(f"{err.strerror or err}:{what}. Check the path and its permissions (a read-only file system, "
+                "another user's folder, a full disk) and run the command again.")
+        sys.exit(EXIT_USER_ERROR)
+    except Exception as err:  # noqa: BLE001  (a bug: named in one line, the traceback under --debug)
+        if debug_requested(argv):
+            raise
+        _unexpected(err)
     sys.exit(code or 0)
+
+
+EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
+EXIT_BUG = 1
+
+
+#: errno values of an environment the user can fix: read-only, no permission, disk or quota full
+_ENVIRONMENT_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
+
+
+def _report(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    print(f"(run with --debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+
+
+def _unexpected(err: BaseException) -> None:
+    """A failure no check anticipated: its type and message in one line, exit code 1; the
+    traceback (for a bug report) with --debug."""
+    where = ""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None:
+        where = f" (at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno})"
+    _report(f"unexpected {type(err).__name__}: {err}{where}. This is a bug, or an input no check "
+            "anticipated; please report it with the traceback.")
+    sys.exit(EXIT_BUG)

@@ -33,7 +33,7 @@ from typing import BinaryIO, Callable
 import numpy as np
 import torch
 
-from .errors import CheckpointError, DataError, DiskFullError, MissingFileError, UserError
+from .errors import CheckpointError, DataError, DiskFullError, MissingFileError, NotWritableError, UserError
 
 TRUST_KEY = "MODEL.TRUST_PICKLED_CHECKPOINTS"
 #: image files, by extension (lower case): dataset folders and `promptkd.predict`'s inputs
@@ -42,6 +42,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 TMP_PREFIX = ".tmp-"
 #: errno values of a full disk: no space left, quota exceeded
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+#: errno values of a place that cannot be written: read-only file system, no permission
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def human_size(n: float | None) -> str:
@@ -155,6 +157,9 @@ def atomic_write(path: str, write: Callable, *, fix: str = "", exclusive: bool =
         os.replace(tmp, path)
         return size
     except OSError as err:
+        if err.errno in NOT_WRITABLE:
+            raise NotWritableError(f"Cannot write {path}: {os.strerror(err.errno)} ({err.filename or folder}). "
+                                   "Write to a folder this user can write, or make this one writable.") from None
         if err.errno not in FULL_DISK:
             raise
         written = os.path.getsize(tmp) if tmp and os.path.exists(tmp) else None

@@ -36,8 +36,9 @@ import shutil
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError, MissingFileError
-from .io import atomic_write, atomic_write_json, human_size as _human, load_json, load_npy, remove_stale_tmp
+from .errors import ConfigError, DataError, MissingFileError, NotWritableError
+from .io import (NOT_WRITABLE, atomic_write, atomic_write_json, human_size as _human, load_json, load_npy,
+                 remove_stale_tmp)
 
 logger = logging.getLogger("promptkd")
 
@@ -263,8 +264,10 @@ class TeacherCache:
             raise ValueError(f"a topk teacher cache needs identity[{TOPK_KEY!r}] (topk_spec).")
         if shard_size < 1:
             raise ConfigError(f"teacher cache shard size must be >= 1, got {shard_size}.")
-        os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, MANIFEST)
+        why = _write_problem(directory)
+        if why:
+            return cls._read_only(directory, identity, epochs, dtype, shard_size, why)
         with _locked(directory):
             if os.path.isfile(path):
                 cache = cls(directory, _read_manifest(path))
@@ -297,6 +300,35 @@ class TeacherCache:
             raise DataError(f"The teacher cache needs {_human(need)} more in {directory} but the disk has only "
                             f"{_human(free)} free. Free space, choose another TRAINER.PROMPTKD.TEACHER_CACHE folder, "
                             "or store fp16 (TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE fp16).")
+        return cache
+
+    @classmethod
+    def _read_only(cls, directory: str, identity: dict, epochs: int, dtype: str, shard_size: int,
+                   why: str) -> "TeacherCache":
+        """A cache folder this process cannot write (a read-only mount, another user's folder): a
+        complete cache made with these settings is used as it is (nothing is left to write);
+        anything else is an error naming the folder and the way out."""
+        path = os.path.join(directory, MANIFEST)
+        fix = ("Give TRAINER.PROMPTKD.TEACHER_CACHE a folder this user can write (or make this one writable)"
+               ", or, to read a finished cache from a read-only location, run the student without "
+               "TRAINER.PROMPTKD.TEACHER_CACHE_WRITE (`promptkd train` reads it and writes nothing there).")
+        if not os.path.isfile(path):
+            raise NotWritableError(f"The teacher cache folder {directory} cannot be written ({why}), and it holds no "
+                                   f"cache yet ({MANIFEST}): nothing can be cached there. {fix}")
+        cache = cls(directory, _read_manifest(path))
+        diff = _differences(cache.manifest["identity"], identity)
+        for key, want in (("epochs", epochs), ("dtype", dtype), ("shard_size", shard_size)):
+            if cache.manifest[key] != want:
+                diff.append(f"{key}: cache {cache.manifest[key]!r}, this run {want!r}")
+        if diff:
+            raise NotWritableError(f"The teacher cache in {directory} was made with other settings ("
+                                   + "; ".join(diff) + f"), and the folder cannot be written ({why}). {fix}")
+        missing = cache.missing_shards(range(cache.epochs))
+        if missing:
+            raise NotWritableError(f"The teacher cache in {directory} is incomplete ({len(missing)} of "
+                                   f"{cache.n_shards()} shards missing), and the folder cannot be written ({why}), so "
+                                   f"the missing views cannot be added. {fix}")
+        logger.info("Teacher cache %s: complete and read-only (%s); nothing to write.", directory, why)
         return cache
 
     @classmethod
@@ -437,6 +469,24 @@ class TeacherCache:
 
 def _ints(values) -> list[int]:
     return [int(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+
+
+def _write_problem(directory: str) -> str | None:
+    """Create `directory` if needed; why this process cannot create files in it ("Read-only file
+    system", "Permission denied"), or None when it can. Found by creating its lock file: as root
+    the mode bits alone do not say."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, ".lock"), "a"):
+            pass
+    except OSError as err:
+        if err.errno in NOT_WRITABLE:
+            return os.strerror(err.errno)
+        if isinstance(err, (FileExistsError, NotADirectoryError)):
+            raise ConfigError(f"TRAINER.PROMPTKD.TEACHER_CACHE {directory}: {err.strerror} (a file is in the way). "
+                              "Give a folder.") from None
+        raise
+    return None
 
 
 @contextlib.contextmanager
