@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import tarfile
+import zlib
 from dataclasses import dataclass
 
 from .errors import ConfigError, DataError, MissingFileError
@@ -160,10 +161,26 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+#: a shard folder's sample counts, {shard file name: samples} (open_clip's / LAION's convention)
+SIZES_FILE = "sizes.json"
+TAR_BLOCK = 512
+
+
 def shard_members(path: str) -> list[tuple[str, str]]:
     """[(sample key, sha256 of its image member)] of a WebDataset shard, in shard order (the
     key is the member name up to its first dot in the basename, as webdataset splits it)."""
-    out, seen = [], set()
+    return shard_contents(path)[0]
+
+
+def shard_contents(path: str) -> tuple[list[tuple[str, str]], int]:
+    """(`shard_members`, the number of samples of any kind) of a WebDataset shard, read in full.
+
+    A shard must end with the tar end-of-archive block: Python's tarfile (and webdataset, which
+    reads shards with it) stops without a word at a header that was cut off or is garbage, so a
+    shard cut at a member boundary would otherwise read as a shorter, valid one. Where the shard's
+    folder has a `sizes.json` ({file name: samples}), the count read must be the one it states."""
+    out, seen, samples = [], set(), set()
+    fix = "Replace it (copy or download it again), or drop it from TRAINER.PROMPTKD.POOL."
     try:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
@@ -172,14 +189,56 @@ def shard_members(path: str) -> list[tuple[str, str]]:
                 folder, _, base = member.name.rpartition("/")
                 stem, dot, ext = base.partition(".")
                 key = f"{folder}/{stem}" if folder else stem
+                samples.add(key)
                 if not dot or ext.lower() not in WDS_IMAGE_EXTENSIONS or key in seen:
                     continue
                 seen.add(key)
                 out.append((key, sha256_bytes(tar.extractfile(member).read())))
-    except (tarfile.TarError, OSError) as err:
-        raise DataError(f"WebDataset shard {path} cannot be read as a tar file: {err}. Replace it, or drop it "
-                        "from TRAINER.PROMPTKD.POOL.") from None
-    return out
+            end = tar.offset  # where tarfile stopped looking for the next header
+            tar.fileobj.seek(end)
+            tail = tar.fileobj.read(TAR_BLOCK)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        raise DataError(f"WebDataset shard {path} cannot be read as a tar file (damaged, or cut short): {err}. "
+                        f"{fix}") from None
+    if len(tail) < TAR_BLOCK or any(tail):
+        what = "ends" if not tail else ("is cut off inside a header" if len(tail) < TAR_BLOCK else
+                                        "holds bytes that are not a tar header")
+        raise DataError(f"WebDataset shard {path} {what} at byte {end} after {len(samples)} samples ({len(out)} "
+                        f"images), without the tar end-of-archive block: it was cut short or damaged (an interrupted "
+                        f"copy or download), so it holds fewer samples than it was written with. {fix}")
+    check_stated_size(path, len(samples))
+    return out, len(samples)
+
+
+def check_stated_size(path: str, samples: int) -> None:
+    """A shard's sample count against its folder's `sizes.json`, where there is one."""
+    stated = shard_size_stated(path)
+    if stated is not None and stated != samples:
+        raise DataError(f"WebDataset shard {path} holds {samples} samples, but "
+                        f"{os.path.join(os.path.dirname(os.path.abspath(path)), SIZES_FILE)} says {stated}: the shard "
+                        "is not the one the counts were written for (damaged, or replaced). Replace it, fix the "
+                        "count, or drop the shard from TRAINER.PROMPTKD.POOL.")
+
+
+def shard_size_stated(path: str) -> int | None:
+    """The sample count `sizes.json` in the shard's folder states for it, if there is one."""
+    sizes_path = os.path.join(os.path.dirname(os.path.abspath(path)), SIZES_FILE)
+    if not os.path.isfile(sizes_path):
+        return None
+    try:
+        with open(sizes_path, encoding="utf-8") as f:
+            sizes = json.load(f)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{sizes_path} (the shards' sample counts) cannot be read: {err}. Fix it as "
+                        "{\"shard-000000.tar\": 10000, ...}, or remove it.") from None
+    if not isinstance(sizes, dict):
+        raise DataError(f"{sizes_path} is not a JSON object of shard file names and sample counts.")
+    count = sizes.get(os.path.basename(path))
+    if count is None:
+        return None
+    if type(count) is not int or count < 0:
+        raise DataError(f"{sizes_path}: the count of {os.path.basename(path)} is {count!r}, not a number of samples.")
+    return count
 
 
 class HashCache:
@@ -222,10 +281,11 @@ class HashCache:
         path = os.path.abspath(path)
         size, mtime = self._stamp(path)
         entry = self.shards.get(path)
-        if entry and entry[0] == size and entry[1] == mtime:
+        if entry and entry[0] == size and entry[1] == mtime and len(entry) > 3:  # older entries: read again
+            check_stated_size(path, entry[3])
             return [tuple(m) for m in entry[2]]
-        members = shard_members(path)
-        self.shards[path] = [size, mtime, [list(m) for m in members]]
+        members, samples = shard_contents(path)
+        self.shards[path] = [size, mtime, [list(m) for m in members], samples]
         self.hashed, self.dirty = self.hashed + 1, True
         return members
 

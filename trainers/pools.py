@@ -52,6 +52,11 @@ SHARD_CACHE_REFUSED = (
     "of a listed pool, and shards are streamed, so it is not supported. Run the teacher online (drop "
     "TRAINER.PROMPTKD.TEACHER_CACHE), or unpack the shards into a folder and use POOL folder:PATH.")
 SHOWN = 10  # overlapping files named in the error
+#: a streamed shard that yields fewer image samples than it was counted with: the marker item's key
+SHARD_PROBLEM = "shard_problem"
+SHARD_FIX = ("Replace the shard (copy or download it again), or drop it from TRAINER.PROMPTKD.POOL; the pool counts "
+             "each shard in full when it first reads it (and checks it against sizes.json where the shards' folder "
+             "has one).")
 
 
 def default_hash_cache() -> str:
@@ -300,6 +305,7 @@ class ShardViewDataset(IterableDataset):
     every epoch (TRAINER.PROMPTKD.VIEWS_PER_IMAGE needs a listed pool)."""
 
     views_per_image = 0
+    batch_size = 1  # the loader's (build_shard_loader sets it): a short shard's marker fills a batch
 
     def __init__(self, listing: dict[str, list[str]], transform, view_seed: int, rank: int, world: int,
                  shuffle: int = 256):
@@ -330,12 +336,29 @@ class ShardViewDataset(IterableDataset):
             # the shards are this worker's already: no node / worker splitting inside webdataset
             stream = wds.WebDataset([unit], shardshuffle=False, nodesplitter=None, workersplitter=None,
                                     empty_check=False)
-            for sample in stream:
-                url, key = sample.get("__url__"), sample.get("__key__")
-                if (url, key) not in self.index:  # not an image sample, or left out by the budget
-                    continue
-                ext = next((e for e in WDS_IMAGE_EXTENSIONS if e in sample), None)
-                yield url, key, sample[ext]
+            seen, expected = set(), len(self.listing[unit])
+            try:
+                for sample in stream:
+                    url, key = sample.get("__url__"), sample.get("__key__")
+                    if (url, key) not in self.index:  # not an image sample, or left out by the budget
+                        continue
+                    ext = next((e for e in WDS_IMAGE_EXTENSIONS if e in sample), None) or next(
+                        (k for k in sample if k.lower() in WDS_IMAGE_EXTENSIONS), None)
+                    if ext is None:
+                        continue  # counted as an image sample, streamed without one: named below
+                    seen.add(key)
+                    yield url, key, sample[ext]
+            except Exception as err:  # noqa: BLE001  (webdataset / tarfile on a damaged shard)
+                yield SHARD_PROBLEM, unit, (f"WebDataset shard {unit} could not be read to its end ({type(err).__name__}: "
+                                            f"{err}) after {len(seen)} of its {expected} image samples. {SHARD_FIX}")
+                return
+            if len(seen) < expected:
+                lost = [k for k in self.listing[unit] if k not in seen]
+                yield SHARD_PROBLEM, unit, (
+                    f"WebDataset shard {unit} yielded {len(seen)} of the {expected} image samples the pool counted "
+                    f"in it (missing: {', '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}): it was cut short or "
+                    f"changed since it was counted. {SHARD_FIX}")
+                return
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -344,6 +367,9 @@ class ShardViewDataset(IterableDataset):
         rng = random.Random(f"{self.view_seed}:{self.epoch}:{self.rank}:{worker}")
         buffer = []
         for sample in self._samples(shards):
+            if sample[0] == SHARD_PROBLEM:  # a full batch of markers, so drop_last cannot drop it
+                yield from ({SHARD_PROBLEM: sample[2]} for _ in range(self.batch_size))
+                return
             buffer.append(sample)
             if len(buffer) >= max(self.shuffle, 1):
                 yield self._item(buffer.pop(rng.randrange(len(buffer))))
@@ -378,6 +404,12 @@ class ShardViewDataset(IterableDataset):
         return min(counts)
 
 
+def collate_shard_batch(items: list[dict]) -> dict:
+    """`collate_checked`, or {SHARD_PROBLEM: [messages]} for a batch holding a short shard's marker."""
+    problems = [it[SHARD_PROBLEM] for it in items if SHARD_PROBLEM in it]
+    return {SHARD_PROBLEM: problems} if problems else collate_checked(items)
+
+
 class ShardEpochLoader:
     """A DataLoader over a `ShardViewDataset` that yields exactly `steps` batches an epoch;
     `sampler.set_epoch` (what the epoch loop calls) sets the dataset's epoch."""
@@ -386,14 +418,22 @@ class ShardEpochLoader:
         self.dataset, self.batch_size, self.steps, self.drop_last = dataset, batch_size, steps, True
         self.sampler = dataset  # has set_epoch
         self.loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, drop_last=True,
-                                 collate_fn=collate_checked, pin_memory=pin_memory)
+                                 collate_fn=collate_shard_batch, pin_memory=pin_memory)
         self.num_workers, self.collate_fn, self.pin_memory = num_workers, collate_checked, pin_memory
 
     def __len__(self) -> int:
         return self.steps
 
     def __iter__(self):
-        return itertools.islice(iter(self.loader), self.steps)
+        got = 0
+        for batch in itertools.islice(iter(self.loader), self.steps):
+            if SHARD_PROBLEM in batch:
+                raise DataError(batch[SHARD_PROBLEM][0])
+            got += 1
+            yield batch
+        if got < self.steps:  # a shard's marker can only be missed if it ended a worker's stream
+            raise DataError(f"The pool's shards gave {got} of the epoch's {self.steps} batches: a WebDataset shard "
+                            f"yielded fewer images than the pool counted in it. {SHARD_FIX}")
 
 
 def build_shard_loader(cfg, pool: Pool, transform, view_seed: int):
@@ -409,6 +449,7 @@ def build_shard_loader(cfg, pool: Pool, transform, view_seed: int):
                           "(more, smaller shards balance better).")
     dataset = ShardViewDataset(units, transform, view_seed, rank, world)
     batch, workers = cfg.DATALOADER.TRAIN_X.BATCH_SIZE, cfg.DATALOADER.NUM_WORKERS
+    dataset.batch_size = batch
     steps = dataset.steps(batch, workers, cfg.OPTIM.MAX_EPOCH)
     cap = cfg.TRAINER.PROMPTKD.POOL_EPOCH_IMAGES
     if cap:
