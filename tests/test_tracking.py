@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+import time
 
 import pytest
 
@@ -43,12 +44,35 @@ def wandb_records(path):
     return out
 
 
+def closed_log(path, timeout=120.0):
+    """The records of a run's `.wandb` file once wandb has closed it (its `exit` record is there).
+
+    `run.finish()` returns before the file is complete: wandb's service process (wandb-core)
+    buffers the log in 32 KiB blocks and writes the rest when it closes the run's stream, a moment
+    later. Read at once, the file can hold only its 7-byte header (seen here: 0 history records,
+    then all of them a second later), which made this file fail on most runs under xdist. The
+    user loses nothing: the service finishes the file on its own, also when the training process
+    exits (or is SIGKILLed) right after `finish()`. So the test waits for the exit record."""
+    deadline, records = time.monotonic() + timeout, []
+    while True:
+        try:
+            records = wandb_records(path)
+        except Exception:  # noqa: BLE001  (a block being written: read again)
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert any(r.WhichOneof("record_type") == "exit" for r in records), \
+        f"{path}: no exit record {timeout:g} s after run.finish() ({os.path.getsize(path)} bytes)"
+    return records
+
+
 def logged(folder):
     """{"history": [{key: value}], "config": {key: value}, "summary": {key: value}} of an offline run."""
     files = glob.glob(os.path.join(folder, "run-*.wandb"))
     assert len(files) == 1, os.listdir(folder)
     out = {"history": [], "config": {}, "summary": {}}
-    for r in wandb_records(files[0]):
+    for r in closed_log(files[0]):
         kind = r.WhichOneof("record_type")
         if kind == "history":
             out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
