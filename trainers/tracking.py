@@ -11,7 +11,10 @@ A resumed run continues the same W&B run: its id is kept in `<OUTPUT_DIR>/wandb-
 and reused (`resume="allow"`) whenever training resumes from a checkpoint there; a run
 trained from scratch starts a new W&B run. LOG.WANDB.MODE "" leaves the mode to wandb (the
 WANDB_MODE environment variable, else online); "offline" writes the run under the W&B folder
-(WANDB_DIR, default the run's OUTPUT_DIR) for a later `wandb sync`.
+(WANDB_DIR, default the run's OUTPUT_DIR) for a later `wandb sync`. wandb's service process
+writes the end of an offline run's `.wandb` log a moment after `finish()` returns; it completes
+the file on its own, also when this process exits (or is killed) right after, so no history is
+lost, but a reader in the same process waits for the file's `exit` record (tests/test_tracking.py).
 """
 from __future__ import annotations
 
