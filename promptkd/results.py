@@ -315,7 +315,8 @@ def aggregate(runs, seeds=(1, 2, 3), protocol: str | None = None) -> Report:
     df = df.sort_values("mtime", ascending=False, kind="stable")  # newest first
     df["known"] = df[KEYS].notna().all(axis=1) & df.protocol.isin(PROTOCOLS)
     use = df.known & (df.status == "ok") & df.seed.isin(expected)
-    use[use] = ~df[use].duplicated(key)  # of several runs of one seed, the newest
+    # of several runs of one seed, the newest (a boolean mask: pandas 2 made `use` object by assigning into it)
+    use &= ~df[use].duplicated(key).reindex(df.index, fill_value=False).astype(bool)
     used, problems = df[use], df[df.known & (df.status != "ok")]  # problems: failed / unfinished
     newest = used.set_index(key).log_path
 
