@@ -268,7 +268,9 @@ def test_shard_pool_distils_records_and_resumes(data_root, clip_files, teacher_r
     run = json.load(open(out / "run.json"))
     assert run["pool"]["sources"] == [f"wds:{extra['pattern']}"] and run["pool"]["images"] == 20
     assert run["pool"]["streamed_shards"] == 4 and run["pool"]["leakage_check"]["checked"] is True
-    assert run["teacher_data"] is None  # the session teacher ran in-process, without a run.json
+    # the session teacher's run.json (an in-process trainer writes its own, trainers/base.py)
+    assert run["teacher_data"] == {"protocol": "base2novel", "dataset": "DescribableTextures", "train_classes": "base",
+                                   "num_shots": 4, "seed": 1, "trainer": "PromptKDTeacher"}
 
 
 # --- 2 gloo processes --------------------------------------------------------------------------
