@@ -256,7 +256,8 @@ class HashCache:
             try:
                 with open(path, encoding="utf-8") as f:
                     data = json.load(f)
-                if data.get("format") == HASH_CACHE_FORMAT:
+                if data.get("format") == HASH_CACHE_FORMAT and all(isinstance(data.get(k, {}), dict)
+                                                                   for k in ("files", "shards")):
                     self.files, self.shards = data.get("files", {}), data.get("shards", {})
             except (OSError, ValueError, AttributeError) as err:  # a cache only: rebuilt, never trusted half-read
                 logger.warning("Content-hash cache %s is unreadable (%s): hashing again.", path, err)
@@ -270,7 +271,7 @@ class HashCache:
         path = os.path.abspath(path)
         size, mtime = self._stamp(path)
         entry = self.files.get(path)
-        if entry and entry[0] == size and entry[1] == mtime:
+        if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [size, mtime] and isinstance(entry[2], str):
             return entry[2]
         digest = sha256_file(path)
         self.files[path] = [size, mtime, digest]
@@ -281,7 +282,8 @@ class HashCache:
         path = os.path.abspath(path)
         size, mtime = self._stamp(path)
         entry = self.shards.get(path)
-        if entry and entry[0] == size and entry[1] == mtime and len(entry) > 3:  # older entries: read again
+        if (isinstance(entry, list) and len(entry) == 4 and entry[:2] == [size, mtime]  # older entries: read again
+                and isinstance(entry[2], list) and type(entry[3]) is int):
             check_stated_size(path, entry[3])
             return [tuple(m) for m in entry[2]]
         members, samples = shard_contents(path)
