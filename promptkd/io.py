@@ -121,6 +121,14 @@ def _publish_once(tmp: str, path: str) -> bool:
     return True
 
 
+def _about(filename, folder: str) -> bool:
+    """Whether an OSError's file is `folder`, a folder above it or a file in it."""
+    if not filename:
+        return False
+    name = os.path.abspath(os.fsdecode(filename))
+    return name == folder or folder.startswith(name + os.sep) or os.path.dirname(name) == folder
+
+
 def atomic_write(path: str, write: Callable, *, fix: str = "", exclusive: bool = False,
                  suffix: str = "", to_path: bool = False) -> int | None:
     """Write `path` atomically: `write(f)` fills a temporary file `f` (binary) in the same
@@ -157,7 +165,7 @@ def atomic_write(path: str, write: Callable, *, fix: str = "", exclusive: bool =
         os.replace(tmp, path)
         return size
     except OSError as err:
-        if err.errno in NOT_WRITABLE:
+        if err.errno in NOT_WRITABLE and _about(err.filename, folder):  # not an error of `write`'s own reads
             raise NotWritableError(f"Cannot write {path}: {os.strerror(err.errno)} ({err.filename or folder}). "
                                    "Write to a folder this user can write, or make this one writable.") from None
         if err.errno not in FULL_DISK:
