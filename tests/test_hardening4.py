@@ -419,3 +419,22 @@ def test_no_error_path_prints_a_traceback_without_debug(exc, code, needle, tmp_p
     assert "Traceback" not in plain.stderr and "--debug" in plain.stderr
     debugged = run(True)
     assert "Traceback" in debugged.stderr and debugged.returncode != 0
+
+
+def test_a_read_only_output_dir_is_one_line(data_root, clip_files, teacher_run, tmp_path):
+    """Sibling of the cache case: --output-dir on a read-only location (Dassl's own logger and
+    mkdir, unguarded by this plugin) ends in one `error:` line naming the path, not a traceback."""
+    out = tmp_path / "out"
+    proc = read_only(out, "train", student(data_root, clip_files, teacher_run, out))
+    refused(proc, str(out), "Read-only file system" if os.geteuid() == 0 else "Permission denied")
+
+
+def test_a_hand_edited_hash_cache_is_hashed_again(data_root, clip_files, teacher_run, tmp_path):
+    """The pool's content-hash cache with entries of the wrong type: read again, not a TypeError."""
+    pytest.importorskip("webdataset")
+    shard = write_shard(str(tmp_path / "shards" / "pool-0.tar"), [f"s0_{j}" for j in range(5)], 0)
+    write_shard(str(tmp_path / "shards" / "pool-1.tar"), [f"s1_{j}" for j in range(5)], 100)
+    (tmp_path / "hashes.json").write_text(json.dumps({"format": 1, "files": {}, "shards": {shard: 7}}))
+    proc = train_py(shard_pool(data_root, clip_files, teacher_run, tmp_path / "run",
+                               str(tmp_path / "shards" / "pool-{0..1}.tar"), tmp_path / "hashes.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
