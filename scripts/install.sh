@@ -73,7 +73,23 @@ for name in ("torch", "torchvision"):
                  "environment.")
     print(f"{name}=={version}")
 EOF
-if grep -q '^torch==' "$WORK/keep-torch.txt"; then
+TORCH=$(sed -n 's/^torch==//p' "$WORK/keep-torch.txt")
+if [ -n "$TORCH" ] && ! grep -q '^torchvision==' "$WORK/keep-torch.txt"; then
+  # torchvision's binary must match torch's build: only a PyPI torch (no +label) gets the right one from PyPI
+  vision=$("$PYTHON" -c "import re; m = re.match(r'2\.(\d+)\.(\d+)', '$TORCH'); print(f'0.{int(m[1]) + 15}.{m[2]}')")
+  if [ -n "$OFFLINE" ] && ! ls "$OFFLINE"/torchvision-*.whl > /dev/null 2>&1; then
+    echo "error: torch $TORCH is installed but torchvision is not, and the wheelhouse $OFFLINE has none: install" \
+         "the torchvision build made for this torch ($vision), or build the wheelhouse with --torchvision $vision" \
+         "(docs/install.md)." >&2
+    exit 2
+  elif [ -z "$OFFLINE" ] && [[ "$TORCH" == *+* ]]; then
+    echo "error: torch $TORCH (a build from PyTorch's own index) is installed but torchvision is not; PyPI's" \
+         "torchvision is another build. Install the matching one first, e.g. pip install torchvision==$vision" \
+         "--index-url https://download.pytorch.org/whl/${TORCH#*+}, then run this again." >&2
+    exit 2
+  fi
+fi
+if [ -n "$TORCH" ]; then
   echo "Using the installed $(paste -sd ' ' "$WORK/keep-torch.txt") (kept: pinned while the rest is installed)"
 elif [ -n "$OFFLINE" ] && ! ls "$OFFLINE"/torch-*.whl > /dev/null 2>&1; then
   echo "error: no torch in this environment and none in the wheelhouse $OFFLINE: install torch >= $TORCH_MIN and" \

@@ -89,3 +89,12 @@ def fresh_env(path, torch: bool = True) -> str:
 def site_packages(python: str) -> str:
     return subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+
+
+def fake_distribution(site: str, name: str, version: str) -> str:
+    """Metadata only (what pip and importlib.metadata read) of `name` `version` in `site`; its folder."""
+    info = os.path.join(site, f"{name}-{version}.dist-info")
+    os.makedirs(info)
+    with open(os.path.join(info, "METADATA"), "w", encoding="utf-8") as f:
+        f.write(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    return info

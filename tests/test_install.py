@@ -10,6 +10,7 @@ and skips where no package index can be reached.
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
 from glob import glob
@@ -21,7 +22,7 @@ except ModuleNotFoundError:  # Python 3.10: the test extra installs tomli
 
 import pytest
 
-from tests.install_kit import fresh_env, site_packages
+from tests.install_kit import fake_distribution, fresh_env, site_packages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTALL = os.path.join(ROOT, "scripts", "install.sh")
@@ -62,20 +63,35 @@ def _installed(python):
 def test_install_refuses_a_torch_older_than_the_floor(bare_env, tmp_path):
     """An environment with torch 2.3.1: nothing is installed over it, the error says what to do."""
     site, before = site_packages(bare_env), _installed(bare_env)
-    info = os.path.join(site, "torch-2.3.1.dist-info")
-    os.makedirs(info)
+    info = fake_distribution(site, "torch", "2.3.1")
     try:
-        with open(os.path.join(info, "METADATA"), "w") as f:
-            f.write("Metadata-Version: 2.1\nName: torch\nVersion: 2.3.1\n")
         for offline in ([], ["--offline", tmp_path]):
             proc = bash(INSTALL, *offline, env={"PYTHON": bare_env, "PIP_NO_INDEX": "1"})
             assert proc.returncode == 1, proc.stdout + proc.stderr
             assert "torch 2.3.1 is installed; this project needs torch >= 2.4" in proc.stderr
             assert "does not replace an installed torch" in proc.stderr
-        assert _installed(bare_env) == sorted(before + ["torch-2.3.1.dist-info"])
+        assert _installed(bare_env) == sorted(before + [os.path.basename(info)])
     finally:
-        os.remove(os.path.join(info, "METADATA"))
-        os.rmdir(info)
+        shutil.rmtree(info)
+
+
+def test_install_refuses_to_guess_the_torchvision_of_a_torch_from_pytorchs_index(bare_env, tmp_path):
+    """torch 2.13.0+cpu without torchvision: PyPI's torchvision 0.28.0 is a CUDA build that fails to
+    load with it (`operator torchvision::nms does not exist`), so the script names the matching one."""
+    before = _installed(bare_env)
+    info = fake_distribution(site_packages(bare_env), "torch", "2.13.0+cpu")
+    try:
+        proc = bash(INSTALL, env={"PYTHON": bare_env, "PIP_NO_INDEX": "1"})
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert ("pip install torchvision==0.28.0 --index-url https://download.pytorch.org/whl/cpu"
+                in proc.stderr)
+        (tmp_path / "wheelhouse.txt").write_text(f"python={PY}\n")
+        proc = bash(INSTALL, "--offline", tmp_path, env={"PYTHON": bare_env})
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "torchvision is not, and the wheelhouse" in proc.stderr and "--torchvision 0.28.0" in proc.stderr
+        assert _installed(bare_env) == sorted(before + [os.path.basename(info)])
+    finally:
+        shutil.rmtree(info)
 
 
 def test_offline_install_names_what_is_missing(bare_env, tmp_path):
