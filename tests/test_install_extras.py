@@ -112,7 +112,7 @@ def test_the_code_imports_the_extras_only_through_require():
 def test_core_only_trains_evaluates_predicts_and_names_the_missing_extras(clip_files, tmp_path):
     """In an interpreter without the extras' modules: a teacher and a student train and are
     evaluated, the student predicts and exports to TorchScript; `export --format onnx` and
-    `results --plot` refuse naming the extra to install."""
+    `results --plot` and the demo refuse naming the extra to install, before any work."""
     pytest.importorskip("dassl", reason="Dassl not installed (see README)")
     from tests.fake_data import make_dtd
 
@@ -138,7 +138,8 @@ def test_core_only_trains_evaluates_predicts_and_names_the_missing_extras(clip_f
                 ["predict", out / "student", images, "--topk", "1", "--out", tmp_path / "pred.csv"],
                 ["export", out / "student", tmp_path / "s.pt", "--format", "torchscript"],
                 ["export", out / "student", tmp_path / "s.onnx", "--format", "onnx"],
-                ["results", out, "--seeds", "1", "--out", tmp_path / "table", "--plot"]]
+                ["results", out, "--seeds", "1", "--out", tmp_path / "table", "--plot"],
+                ["demo", tmp_path / "demo"]]
     argv = [sys.executable, "-m", "tests.core_only", str(tmp_path / "result.json")]
     for command in commands:
         argv += [*map(str, command), "--then"]
@@ -152,9 +153,11 @@ def test_core_only_trains_evaluates_predicts_and_names_the_missing_extras(clip_f
     assert os.path.isfile(out / "student" / "export" / "predictor.pt") and os.path.getsize(tmp_path / "s.pt") > 0
     with open(tmp_path / "pred.csv", encoding="utf-8") as f:
         assert len(f.read().splitlines()) == 1 + 10  # a header and the 10 images of the class
-    (_, onnx_code, onnx_error), (_, plot_code, plot_error) = codes[4:]
+    (_, onnx_code, onnx_error), (_, plot_code, plot_error), (_, demo_code, demo_error) = codes[4:]
     assert onnx_code == 2 and 'pip install "promptkd-dassl[export]"' in onnx_error, onnx_error
     assert "use --format torchscript" in onnx_error and not os.path.exists(tmp_path / "s.onnx")
     assert plot_code == 2 and 'pip install "promptkd-dassl[plots]"' in plot_error, plot_error
     assert not os.path.exists(tmp_path / "table.csv"), "--plot without matplotlib refuses before any work"
+    assert demo_code == 2 and "The demo (its results plot) needs" in demo_error and "[plots]" in demo_error
+    assert not os.path.exists(tmp_path / "demo"), "the demo refuses before it trains"
     assert result["loaded"] == []  # nothing took a blocked module out of sys.modules and imported it

@@ -30,6 +30,7 @@ from promptkd.trainers import train  # imports Dassl and registers this project'
 from promptkd import forked
 from promptkd.demo import ROLES, pretrained_weights, probe_table
 from promptkd.errors import UserError, run_cli
+from promptkd.extras import require
 from promptkd.pretrain import PRESETS
 
 
@@ -108,6 +109,7 @@ def show(name: str, stream: str, line: str) -> None:
 
 
 def run_demo(out: str, preset: str = "full", from_scratch: bool = False, epochs: int | None = None) -> None:
+    require("matplotlib", "plots", "The demo (its results plot)")  # before minutes of training
     out = os.path.abspath(out)
     weights = os.path.join(out, "weights")
     teacher, student = (os.path.join(weights, f"{role}.pt") for role in ROLES)
