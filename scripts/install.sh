@@ -9,8 +9,9 @@
 #
 # An installed torch >= 2.4 (and its torchvision) is kept: pip gets a constraint that pins the
 # installed versions, so nothing is installed over them, and the first line says which torch
-# is used. An older torch is refused (this script never replaces one). Without a torch, pip
-# installs the newest torch / torchvision (only from the package index: a wheelhouse has none).
+# is used. An older torch is refused (this script never replaces one), and so is a torch from
+# PyTorch's own index (+cpu, +cu130) without torchvision (PyPI's torchvision is another build).
+# Without a torch, pip installs the newest torch / torchvision (only from the package index).
 # Dassl's setup.py imports numpy (hence --no-build-isolation) and pins tools it does not need
 # at run time (hence --no-deps plus the packages it imports, DASSL_IMPORTS).
 set -euo pipefail
@@ -21,7 +22,7 @@ DASSL_COMMIT=c61a1b570ac6333bd50fb5ae06aea59002fb20bb
 # What Dassl imports (its setup.py pins other things; scripts/wheelhouse.sh downloads the same).
 DASSL_IMPORTS=(gdown scikit-learn pandas wilds tensorboard)
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 OFFLINE=""
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 DASSL_COMMIT=c61a1b570ac6333bd50fb5ae06aea59002fb20bb
 DASSL_IMPORTS=(gdown scikit-learn pandas wilds tensorboard)  # the same as scripts/install.sh's
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 DIR="" TARGET="" PLATFORM=manylinux_2_28_x86_64 TORCH=2.4.1 TORCHVISION=""
 while [ $# -gt 0 ]; do
   case "$1" in
