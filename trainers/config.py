@@ -87,7 +87,7 @@ def extend_cfg(cfg):
     cfg.DISTRIBUTED.SYNC_BN = False
 
     # --- experiment tracking (trainers/tracking.py) -------------------------------------------
-    # Weights & Biases, off by default (needs `pip install wandb`): rank 0 logs losses, LR,
+    # Weights & Biases, off by default (needs the `tracking` extra): rank 0 logs losses, LR,
     # evaluation metrics, the full config and run record, and the final base / novel / HM. A
     # resumed run continues the same W&B run (its id: OUTPUT_DIR/wandb-run-id).
     cfg.LOG = CN()
