@@ -14,6 +14,7 @@ import os
 
 import pytest
 import yaml
+from yacs.config import CfgNode
 
 from tests import source_kit
 
@@ -91,12 +92,13 @@ def _leaves(node, prefix=""):
 
 
 def _same(merged, given) -> bool:
+    """Whether the merged value is the file's, read as yacs reads it (a string through
+    literal_eval: `1e-5` is a float, `"'200'"` the string '200')."""
+    given = CfgNode._decode_cfg_value(given)  # noqa: SLF001  (as train.py's merge decodes it)
     if isinstance(merged, (list, tuple)) and isinstance(given, (list, tuple)):
         return len(merged) == len(given) and all(_same(a, b) for a, b in zip(merged, given))
     if isinstance(merged, (int, float)) and isinstance(given, (int, float)) and not isinstance(given, bool):
         return float(merged) == float(given)
-    if isinstance(merged, float) and isinstance(given, str):  # `1e-5`: a string to YAML 1.1, a float to yacs
-        return merged == float(given)
     return merged == given or str(merged) == str(given)  # a number given for a string key (KD_WEIGHT)
 
 
