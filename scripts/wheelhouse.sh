@@ -104,7 +104,8 @@ for attempt in 1 2 3 4 5 6 7 8; do
     exit 1
   fi
   echo "No wheel of $missing for Python $TARGET: building one from its source"
-  "$PYTHON" -m pip wheel -q --no-deps -w "$WORK/built" "$missing" 2>&1 | grep -v "^WARNING: Location" || true
+  "$PYTHON" -m pip wheel -q --no-deps -w "$WORK/built" "$missing" > "$WORK/built.log" 2>&1 \
+    || { tail -n 30 "$WORK/built.log" >&2; echo "error: no wheel of $missing could be built" >&2; exit 1; }
   built=$(ls -t "$WORK"/built/*.whl | head -n 1)
   case "$built" in
     *-none-any.whl) mv "$built" "$DIR/" ;;
@@ -116,7 +117,9 @@ rm -f "$DIR"/torch-*+wheelhouse.stub-*.whl "$DIR"/torchvision-*+wheelhouse.stub-
 
 if [ -n "$TORCHVISION" ]; then
   "$PYTHON" -m pip download -q -d "$DIR" --no-deps --only-binary=:all: --python-version "$TARGET" \
-    --implementation cp --abi "$ABI" "${PLATFORMS[@]}" "torchvision==$TORCHVISION" 2>&1 | grep -v "^WARNING: Location" || true
+    --implementation cp --abi "$ABI" "${PLATFORMS[@]}" "torchvision==$TORCHVISION" > "$WORK/torchvision.log" 2>&1 \
+    || { grep -v "^WARNING: Location" "$WORK/torchvision.log" | tail -n 20 >&2
+         echo "error: no torchvision $TORCHVISION wheel for Python $TARGET / $PLATFORM" >&2; exit 1; }
 fi
 
 {
