@@ -129,9 +129,17 @@ class HostFakeLoadsNothing(HostFakeCoOp):
         pass
 
 
-for _cls in (HostFakeCoOp, HostFakeCoCoOp, HostFakeFixedScale, HostFakeLoadsNothing):
-    if _cls.__name__ not in TRAINER_REGISTRY.registered_names():
-        TRAINER_REGISTRY.register(_cls)
+@pytest.fixture(scope="module", autouse=True)
+def host_fakes():
+    """The fake host trainers in Dassl's registry for this file's tests only: registered at import
+    they would be students in every other test file of the worker (test_students' grid)."""
+    added = [c for c in (HostFakeCoOp, HostFakeCoCoOp, HostFakeFixedScale, HostFakeLoadsNothing)
+             if c.__name__ not in TRAINER_REGISTRY.registered_names()]
+    for cls in added:
+        TRAINER_REGISTRY.register(cls)
+    yield
+    for cls in added:  # Dassl's Registry has no way to unregister: its map is the registry
+        TRAINER_REGISTRY._obj_map.pop(cls.__name__, None)
 
 
 def run_cfg(tmp_path, clip_file, trainer="HostFakeCoOp", run_dir="", teacher_yaml="", **keys):
