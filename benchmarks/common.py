@@ -19,7 +19,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from promptkd.tiny import TinySpec
+from promptkd.demo.tiny import TinySpec
 
 MiB = 2**20
 #: The repository root: the working directory of a benchmark's own subprocesses (`python -m benchmarks.X`).

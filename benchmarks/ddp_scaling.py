@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--student", choices=sorted(distill_step.ARCHITECTURES), default="ViT-B/16")
     p.add_argument("--depth", type=int, default=9)
     p.add_argument("--n-ctx", type=int, default=4)
-    p.add_argument("--tiny", action="store_true", help="tiny random CLIPs (promptkd.tiny)")
+    p.add_argument("--tiny", action="store_true", help="tiny random CLIPs (promptkd.demo.tiny)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON")
     p.add_argument("--worker", default=None, metavar="PATH", help=argparse.SUPPRESS)  # set by the launcher

@@ -63,7 +63,7 @@ from promptkd.image_inputs import TowerInput
 from promptkd.encoders import PromptedTextEncoder
 from promptkd.losses import kd_loss
 from promptkd.student import PromptKDStudent, TeacherImageScorer
-from promptkd.tiny import TINY_STUDENT, TINY_TEACHER
+from promptkd.demo.tiny import TINY_STUDENT, TINY_TEACHER
 
 SETTINGS = ("train/ours", "train/published", "infer/ours", "infer/published")
 # Optional parts, to see where the time goes (--settings ... part/text-encode ...).
@@ -542,7 +542,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"settings to measure: {', '.join(SETTINGS + PARTS)}, {STUDENT_PREFIX}<Method> or "
                         f"'{STUDENTS}' (every method student; the part/* ones time pieces of a training step)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="tiny random CLIPs (promptkd.tiny) for a smoke run")
+    p.add_argument("--tiny", action="store_true", help="tiny random CLIPs (promptkd.demo.tiny) for a smoke run")
     p.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON")
     args = p.parse_args(argv)
     if args.batch < 2:

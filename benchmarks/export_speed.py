@@ -2,7 +2,7 @@
 
 A full-size random-weight PromptKD student (ViT-B/16 image tower, depth-9 visual prompts of 4
 tokens, the 512 -> 768 projector, `--classes` class vectors of width 768) is built as
-`promptkd.predictor.ImageClassifier`, exported with `promptkd.export_model` (the same code as
+`promptkd.deploy.predictor.ImageClassifier`, exported with `promptkd.deploy.export_model` (the same code as
 `promptkd export`), and each of
 
   eager        the PyTorch module under torch.no_grad()
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 
-from promptkd import export_model
+from promptkd.deploy import export_model
 from promptkd.backbones import clip
-from promptkd.predictor import ImageClassifier, Predictor, PredictorRecord, preprocess_settings
+from promptkd.deploy.predictor import ImageClassifier, Predictor, PredictorRecord, preprocess_settings
 from promptkd.student import Projector
 
 # clip.model.VisionTransformer arguments (heads = width // 64 as in clip) and the class width.

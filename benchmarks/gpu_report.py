@@ -50,7 +50,7 @@ from promptkd.losses import kd_loss
 from promptkd.precision import Precision, configure_matmul
 from promptkd.student import PromptKDStudent, TeacherImageScorer, teacher_logits
 from promptkd.teacher import IVLPTeacher
-from promptkd.tiny import TINY_STUDENT, TINY_TEACHER
+from promptkd.demo.tiny import TINY_STUDENT, TINY_TEACHER
 
 TEACHER_CONFIG = "configs/trainers/PromptKDTeacher/vit_l14_c2_ep20_batch8_4+4ctx.yaml"
 STUDENT_CONFIG = "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml"
@@ -400,7 +400,7 @@ def exported_rows(args, device, folder) -> list[dict]:
     except ImportError as err:
         return [{"what": "exported student (ONNX)", "skipped": str(err)}]
     from benchmarks import export_speed as es
-    from promptkd.export_model import export_onnx
+    from promptkd.deploy.export_model import export_onnx
     predictor = es.build_predictor("tiny" if args.smoke else "ViT-B/16", args.eval_classes, depth=2 if args.smoke else 9)
     path = os.path.join(folder, "student.onnx")
     export_onnx(predictor, path)

@@ -46,7 +46,7 @@ from promptkd.losses import kd_loss
 from promptkd.student import PromptKDStudent, TeacherImageScorer, teacher_logits
 from promptkd.teacher_cache import FORMATS, TeacherCache, topk_spec
 from promptkd.views import view_number
-from promptkd.tiny import TINY_STUDENT, TINY_TEACHER
+from promptkd.demo.tiny import TINY_STUDENT, TINY_TEACHER
 
 SETTINGS = ("step/online", "step/cached", "write/teacher", "teacher/online-batch")
 GOAL = 2.5

@@ -43,7 +43,7 @@ from benchmarks.common import (REPO, ARCHITECTURES, OtherLoad, emit, machine_inf
 
 from promptkd.backbones import clip
 from promptkd.teacher import IVLPTeacher
-from promptkd.tiny import TINY_TEACHER
+from promptkd.demo.tiny import TINY_TEACHER
 
 MODES = ("off", "text", "image", "both")
 GOAL_MEMORY_FRACTION = 0.25
@@ -268,7 +268,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "tensors leave the RSS at once and its peak follows the live tensors, as CUDA's "
                         "max_memory_allocated does; 0 (default): glibc's own, which keeps freed memory")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="tiny random CLIP (promptkd.tiny) for a smoke run")
+    p.add_argument("--tiny", action="store_true", help="tiny random CLIP (promptkd.demo.tiny) for a smoke run")
     p.add_argument("--json", default=None, metavar="PATH", help="write the figures as JSON")
     p.add_argument("--worker", default=None, metavar="PATH", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

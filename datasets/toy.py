@@ -1,8 +1,8 @@
 """ToyShapes: the demo's generated dataset (no download, 32x32 images), in the CoOp layout.
 
-The images come from the toy world of `promptkd.toyworld` (6 colours x 6 shapes = 36 classes,
+The images come from the toy world of `promptkd.demo.toyworld` (6 colours x 6 shapes = 36 classes,
 labels 0-17 base and 18-35 novel, every colour and shape in both halves), the world the demo's
-tiny CLIPs are pretrained on (`promptkd.pretrain`), drawn from a random stream of their own.
+tiny CLIPs are pretrained on (`promptkd.demo.pretrain`), drawn from a random stream of their own.
 
 On first use the loader writes them as ``<DATASET.ROOT>/toy_shapes/images/<class_folder>/
 <split>_<nnn>.png`` (per class: 32 train, 4 val, 25 test). From then on it behaves like every
@@ -26,7 +26,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from promptkd import toyworld
+from promptkd.demo import toyworld
 from promptkd.io import atomic_write_json, load_json
 
 from .common import CoOpDataset, list_images

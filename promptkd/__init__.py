@@ -13,15 +13,15 @@
     checkpoints    atomic save, learnable-only state, readers for the published checkpoints
     schedule       warm-up + cosine LR schedule from torch's own schedulers
     distributed    torchrun process group, rank-0 helpers, sharded evaluation, DDP wrapper
-    tiny           random-weight tiny CLIP checkpoints (tests)
-    toyworld       the demo's generated colour x shape world (images and captions)
-    pretrain       contrastive pretraining of tiny CLIPs on it, cached (the demo's backbones)
-    demo           promptkd demo-weights pretrain (used by scripts/promptkd/demo.sh)
     records        run.json / result.json, the records every train.py run writes
     results        the results-table command (promptkd results), from those records
-    predictor      a run's predictor.pt record -> a stand-alone image classifier
-    predict        classify images with a run (promptkd predict)
-    export_model   one ONNX / TorchScript classifier file (promptkd export)
+
+    deploy/        using a trained run: predictor, predict, export_model, hub, push, convert
+    demo/          the offline demo's kit: toyworld, pretrain, weights, tiny, forked, demo_weights/
 
 The Dassl trainers in `trainers/` wire these to configs and data loaders.
 """
+
+from .moved import install as _install_moved
+
+_install_moved()  # old paths of modules moved into deploy/ and demo/ import, with a FutureWarning

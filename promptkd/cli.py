@@ -27,12 +27,12 @@ VERBS = {
               "write the teacher-embedding cache of a PromptKD student run (that run's train arguments)"),
     "check": ("promptkd.datasets.check", "check datasets on disk: every split's images are there and readable"),
     "results": ("promptkd.results", "tables (Markdown, CSV, plot) of finished runs: base / novel / HM, mean ± std"),
-    "predict": ("promptkd.predict", "classify images with an exported student or teacher (no Dassl)"),
-    "export": ("promptkd.export_model", "export a finished run for deployment (TorchScript, ONNX, or a model folder)"),
-    "convert": ("promptkd.convert", "turn a published PromptKD / PromptSRC checkpoint into a model folder (no pickle)"),
-    "push": ("promptkd.push", "upload a model folder (export --format hf) to the Hugging Face Hub"),
+    "predict": ("promptkd.deploy.predict", "classify images with an exported student or teacher (no Dassl)"),
+    "export": ("promptkd.deploy.export_model", "export a finished run for deployment (TorchScript, ONNX, or a model folder)"),
+    "convert": ("promptkd.deploy.convert", "turn a published PromptKD / PromptSRC checkpoint into a model folder (no pickle)"),
+    "push": ("promptkd.deploy.push", "upload a model folder (export --format hf) to the Hugging Face Hub"),
     "demo": ("promptkd.trainers.demo", "the offline demo: tiny CLIPs, a toy dataset, the whole pipeline"),
-    "demo-weights": ("promptkd.demo", "pretrain the demo's tiny CLIPs, or regenerate the shipped ones"),
+    "demo-weights": ("promptkd.demo.weights", "pretrain the demo's tiny CLIPs, or regenerate the shipped ones"),
 }
 
 INSTALL_HINT = ("run `pip install -e .` in the repository (scripts/install.sh also installs Dassl): the trainers "

@@ -36,7 +36,7 @@ import torch
 from .errors import CheckpointError, DataError, DiskFullError, MissingFileError, NotWritableError, UserError
 
 TRUST_KEY = "MODEL.TRUST_PICKLED_CHECKPOINTS"
-#: image files, by extension (lower case): dataset folders and `promptkd.predict`'s inputs
+#: image files, by extension (lower case): dataset folders and `promptkd.deploy.predict`'s inputs
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 #: what a temporary file of `atomic_write` starts with (a killed writer may leave one behind)
 TMP_PREFIX = ".tmp-"

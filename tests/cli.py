@@ -1,4 +1,4 @@
-"""Command lines run as a forked child of the test process (promptkd.forked), not a new Python.
+"""Command lines run as a forked child of the test process (promptkd.demo.forked), not a new Python.
 
 `promptkd train ...` (or `python train.py ...`) spends seconds importing torch, Dassl and the trainers before it does
 anything; the test process has imported them already, so a forked child runs the same command
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from promptkd import forked
+from promptkd.demo import forked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,7 +15,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from promptkd.tiny import TINY_STUDENT, TINY_TEACHER, write_tiny_clip  # noqa: E402
+from promptkd.demo.tiny import TINY_STUDENT, TINY_TEACHER, write_tiny_clip  # noqa: E402
 
 torch.set_num_threads(1)
 

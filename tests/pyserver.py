@@ -23,7 +23,7 @@ import struct
 import sys
 import threading
 
-from promptkd import forked
+from promptkd.demo import forked
 
 CLIENT = """#!{python} -IS
 import json, os, signal, socket, struct, sys

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from promptkd import cli, hub
+from promptkd import cli
+from promptkd.deploy import hub
 from promptkd.class_vectors import ClassVectors
 from promptkd.errors import ConfigError, UserError
 from promptkd.teacher import IVLPTeacher

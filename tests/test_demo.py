@@ -289,7 +289,7 @@ def test_pretraining_from_scratch_regenerates_the_shipped_weights(tmp_path):
     sidecar's `made_on`). Elsewhere pretraining's 800 AdamW steps grow fp32 rounding
     differences of other kernels, so only the probes are compared: within 2 points of HM (on
     a 2-core AMD EPYC the distilled student's HM moved 0.45 points with the old recipe)."""
-    from promptkd import pretrain
+    from promptkd.demo import pretrain
 
     weights, shipped = tmp_path / "weights", tmp_path / "shipped"
     for role in ("teacher", "student"):

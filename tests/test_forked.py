@@ -1,4 +1,4 @@
-"""promptkd.forked: a function run in a forked child (what the demo and the CLI tests use)."""
+"""promptkd.demo.forked: a function run in a forked child (what the demo and the CLI tests use)."""
 import os
 import signal
 import sys
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from promptkd import forked
+from promptkd.demo import forked
 
 
 def test_run_gives_exit_code_and_both_streams():

@@ -54,7 +54,7 @@ def half_tower_ops(model, size):
 
 def test_half_open_clip_towers_run_every_op_in_one_dtype(tmp_path):
     pytest.importorskip("open_clip")
-    from promptkd.tiny import write_tiny_open_clip
+    from promptkd.demo.tiny import write_tiny_open_clip
     name = write_tiny_open_clip(str(tmp_path), "tiny-oc-teacher", seed=3)  # LayerScale, GELU, plain LayerNorm
     reference, _ = load_backbone(name)
     model, _ = load_backbone(name)

@@ -24,7 +24,8 @@ import torch
 
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
 
-from promptkd import forked, hub  # noqa: E402
+from promptkd.demo import forked  # noqa: E402
+from promptkd.deploy import hub  # noqa: E402
 from promptkd.class_vectors import ClassVectors, class_vectors_file  # noqa: E402
 from promptkd.errors import DataError  # noqa: E402
 from tests.cli import promptkd, train_py  # noqa: E402

@@ -1,4 +1,4 @@
-"""Model folders in the Hugging Face layout (promptkd.hub): written from a finished run, read back
+"""Model folders in the Hugging Face layout (promptkd.deploy.hub): written from a finished run, read back
 into the predictor and into stage 2 (TEACHER_DIR), from a path or the local HF cache (offline).
 
 A tiny teacher and student are trained through Dassl on a fake DTD (tiny CLIPs), as in
@@ -15,9 +15,10 @@ import torch
 
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
 
-from promptkd import cli, hub, records  # noqa: E402
+from promptkd import cli, records  # noqa: E402
+from promptkd.deploy import hub  # noqa: E402
 from promptkd.errors import ConfigError, MissingFileError, UserError  # noqa: E402
-from promptkd.predictor import PREDICTOR_FILE, PredictorRecord  # noqa: E402
+from promptkd.deploy.predictor import PREDICTOR_FILE, PredictorRecord  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
 from tests.trainer_kit import (eval_logits, learnable, make_trainer, predictor_logits, student_args,  # noqa: E402
                                teacher_args)

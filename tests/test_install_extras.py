@@ -81,7 +81,7 @@ def test_onnx_export_on_a_torch_older_than_its_exporter_needs_is_refused(monkeyp
     pytest.importorskip("onnxscript", reason="the export extra is not installed")
     import torch
 
-    from promptkd import export_model
+    from promptkd.deploy import export_model
 
     monkeypatch.setattr(torch, "__version__", "2.6.0+cu124")
     with pytest.raises(TorchTooOldError, match=r"needs torch >= 2\.7; this environment has torch 2\.6\.0\+cu124\. "

@@ -27,7 +27,7 @@ from promptkd import io as pio  # noqa: E402
 from promptkd import cli  # noqa: E402
 from promptkd.class_vectors import IMAGE_SIDE_FILE, ClassVectors, ImageSide, class_vectors_file  # noqa: E402
 from promptkd.errors import CheckpointError, DiskFullError, UserError, run_cli  # noqa: E402
-from promptkd.predictor import PREDICTOR_FILE, Predictor, PredictorRecord  # noqa: E402
+from promptkd.deploy.predictor import PREDICTOR_FILE, Predictor, PredictorRecord  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
 from tests.trainer_kit import make_trainer, student_args, teacher_args  # noqa: E402
 
@@ -223,7 +223,8 @@ def _write_results(tmp_path):
 def _writers(run, tmp_path, name):
     """(write through the real writer into tmp_path/out, the path the error must name)."""
     from promptkd.datasets.common import write_json_atomic, write_pickle_atomic
-    from promptkd import export_model, predict, pretrain
+    from promptkd.deploy import export_model, predict
+    from promptkd.demo import pretrain
     from promptkd.trainers.checkpointing import _write_pointer
     out = tmp_path / "out"
     if name == "checkpoint":
@@ -320,7 +321,7 @@ def test_a_file_of_another_kind_is_named(run, tmp_path):
 
 @pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_predictor(run, tmp_path, how, capsys):
-    from promptkd import predict
+    from promptkd.deploy import predict
     export = tmp_path / "export"
     shutil.copytree(run["export"], export)
     path = damage(export / PREDICTOR_FILE, how)
@@ -371,7 +372,7 @@ def test_damaged_teacher_cache(tmp_path, how):
 
 @pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_shipped_and_pretrained_demo_weights(tmp_path, monkeypatch, how):
-    from promptkd import pretrain
+    from promptkd.demo import pretrain
     shipped = tmp_path / "shipped"
     shutil.copytree(pretrain.SHIPPED_DIR, shipped)
     monkeypatch.setattr(pretrain, "SHIPPED_DIR", str(shipped))
@@ -379,7 +380,7 @@ def test_damaged_shipped_and_pretrained_demo_weights(tmp_path, monkeypatch, how)
         intact = (shipped / name).read_bytes()
         damaged = damage(shipped / name, how)
         raises_naming(lambda: pretrain.ensure_pretrained(str(tmp_path / "weights"), "teacher"), damaged,
-                      "git checkout -- promptkd/demo_weights", error=CheckpointError)
+                      "git checkout -- promptkd/demo/demo_weights", error=CheckpointError)
         (shipped / name).write_bytes(intact)
     pretrained = tmp_path / "pretrained"  # `demo ship` reads a from-scratch pretraining
     pretrained.mkdir()

@@ -14,7 +14,7 @@ from promptkd.backbones import (Preprocess, backbone_reference, fingerprint, loa
 from promptkd.encoders import PromptedImageEncoder, PromptedTextEncoder, freeze_clip  # noqa: E402
 from promptkd.errors import ConfigError, MissingFileError  # noqa: E402
 from promptkd.image_inputs import TowerInput  # noqa: E402
-from promptkd.tiny import TINY_OPEN_CLIP, write_tiny_open_clip  # noqa: E402
+from promptkd.demo.tiny import TINY_OPEN_CLIP, write_tiny_open_clip  # noqa: E402
 
 pytestmark = pytest.mark.exact
 

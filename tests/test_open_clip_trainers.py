@@ -9,12 +9,12 @@ import pytest
 pytest.importorskip("open_clip")
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the script tests)")
 
-from promptkd import export_model  # noqa: E402
+from promptkd.deploy import export_model  # noqa: E402
 from promptkd import cli  # noqa: E402
 from promptkd.checkpoints import load_file  # noqa: E402
 from promptkd.errors import ConfigError  # noqa: E402
 from promptkd.extras import torch_at_least  # noqa: E402
-from promptkd.tiny import write_tiny_open_clip  # noqa: E402
+from promptkd.demo.tiny import write_tiny_open_clip  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
 from tests.pyserver import python_server  # noqa: E402
 from tests.script_kit import results, run  # noqa: E402

@@ -1,4 +1,4 @@
-"""Using a trained run: predictor.pt, `promptkd.predict` and `promptkd.export_model`.
+"""Using a trained run: predictor.pt, `promptkd.deploy.predict` and `promptkd.deploy.export_model`.
 
 A tiny teacher and student are trained through Dassl on a fake DTD (tiny CLIPs); the
 predictor rebuilt from the student's run folder alone must give the trainer's evaluation
@@ -16,11 +16,11 @@ import torch
 
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
 
-from promptkd import export_model  # noqa: E402
+from promptkd.deploy import export_model  # noqa: E402
 from promptkd import cli  # noqa: E402
 from promptkd.errors import UserError  # noqa: E402
 from promptkd.extras import torch_at_least  # noqa: E402
-from promptkd.predictor import PREDICTOR_FILE, Predictor, PredictorRecord  # noqa: E402
+from promptkd.deploy.predictor import PREDICTOR_FILE, Predictor, PredictorRecord  # noqa: E402
 from tests.cli import promptkd  # noqa: E402
 from tests.fake_data import make_dtd  # noqa: E402
 from tests.published_kit import published_student  # noqa: E402
@@ -184,7 +184,7 @@ def test_resize_mode_is_the_same_in_evaluation_and_in_the_predictor(mode):
     from PIL import Image
     from torchvision import transforms as T
 
-    from promptkd.predictor import image_transform
+    from promptkd.deploy.predictor import image_transform
     from promptkd.trainers.config import extend_cfg
     from promptkd.trainers.data import test_transform
     from promptkd.trainers.predictor_export import preprocess_from_cfg

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from promptkd import pretrain, toyworld
+from promptkd.demo import pretrain, toyworld
 from promptkd.backbones import load_clip
-from promptkd.tiny import TinySpec
+from promptkd.demo.tiny import TinySpec
 
 MICRO = pretrain.Model(TinySpec(embed_dim=16, vision_layers=1, vision_width=64, text_width=64, text_layers=1),
                        pretrain.Recipe(steps=6, batch_size=24, lr=1e-3, warmup_steps=2, seed=3, threads=1))
@@ -102,7 +102,7 @@ def test_bad_recipe_is_a_config_error():
 
 
 def test_probe_table_needs_the_pretrained_sidecars(tmp_path):
-    from promptkd import demo
+    from promptkd.demo import weights as demo
     from promptkd.errors import MissingFileError
 
     with pytest.raises(MissingFileError, match="teacher.json: pretrain first"):

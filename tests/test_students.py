@@ -18,7 +18,7 @@ from tests.trainer_kit import (BASELINES, eval_logits, learnable, make_trainer, 
 
 from promptkd.class_vectors import ClassVectors, class_vectors_file, vocabulary_vectors_file  # noqa: E402
 from promptkd.errors import ConfigError  # noqa: E402
-from promptkd.predictor import PREDICTOR_FILE  # noqa: E402
+from promptkd.deploy.predictor import PREDICTOR_FILE  # noqa: E402
 from promptkd.losses import distill_loss, feature_loss, kd_loss, topk_logits  # noqa: E402
 from promptkd.trainers.students import method_students  # noqa: E402
 
@@ -311,7 +311,7 @@ def test_method_student_under_ddp_with_checkpointing_fills_a_cache_that_replays_
 def test_method_student_export_predicts_what_the_trainer_evaluates(student, data_root, clip_files, teacher_run,
                                                                     tmp_path):
     """The run folder alone (export/predictor.pt) gives the trainer's own evaluation logits."""
-    from promptkd.predictor import Predictor
+    from promptkd.deploy.predictor import Predictor
 
     trainer = make_trainer(args_for(data_root, clip_files, teacher_run["export"], str(tmp_path), student, "kl",
                                     "TEST.NO_TEST", "True", epochs=1))

@@ -164,7 +164,7 @@ def eval_logits(trainer):
 
 
 def predictor_logits(predictor, paths):
-    from promptkd import predict
+    from promptkd.deploy import predict
     rows = {}
     for path, row, error in predict.predict(predictor, paths, batch_size=7, progress=False):
         assert error is None

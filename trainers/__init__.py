@@ -10,7 +10,7 @@
     baselines.py         ZeroshotCLIP, CoOp, CoCoOp, IVLP, MaPLe, PromptSRC registered through it
     promptkd_teacher.py  PromptKDTeacher, stage 1: PromptSRC-style teacher + class-vector export
     promptkd.py          PromptKD, stage 2: label-free distillation from stored class vectors
-    predictor_export.py  writes a finished run's predictor.pt (for promptkd.predict / export_model)
+    predictor_export.py  writes a finished run's predictor.pt (for promptkd.deploy.predict / export_model)
     distributed.py       the per-rank training / evaluation loaders under torchrun
     view_data.py         PromptKD's train loader: views a pure function of (view seed, epoch, image)
     cache_views.py       the teacher cache's side of a run: its identity, filling views

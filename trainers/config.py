@@ -195,7 +195,7 @@ def extend_cfg(cfg):
     cfg.TRAINER.PROMPTKD.KD_WEIGHT = AUTO
     cfg.TRAINER.PROMPTKD.TEMPERATURE = 1.0
     # The teacher's export directory (class_vectors_<Dataset>.pt + image_side.pt), or a teacher's
-    # model folder (promptkd.hub: config.json + model.safetensors; `hf-hub:OWNER/NAME` from the local HF cache).
+    # model folder (promptkd.deploy.hub: config.json + model.safetensors; `hf-hub:OWNER/NAME` from the local HF cache).
     cfg.TRAINER.PROMPTKD.TEACHER_DIR = ""
     # Explicit class-vector file; "" = TEACHER_DIR/class_vectors_<DATASET.NAME>.pt
     cfg.TRAINER.PROMPTKD.CLASS_VECTORS = ""

@@ -9,7 +9,7 @@ pretrained), `data/toy_shapes` the generated dataset, `runs/base2new/<run>/toy_s
 the five runs (cleared first, so a re-run redoes them), `results.md|csv|png` the table.
 
 It imports Dassl and the trainers once and runs every step in a forked child of itself
-(`promptkd.forked`): a child starts in milliseconds where a new `python train.py` spends
+(`promptkd.demo.forked`): a child starts in milliseconds where a new `python train.py` spends
 seconds importing, and it is still a process of its own (Dassl's logger, seeds, exit code).
 Two steps run side by side, each on `--threads` torch threads (default 1): the teacher's
 pretraining beside the student's and its zero-shot run, then the PromptSRC teacher beside
@@ -27,11 +27,11 @@ import shutil
 import sys
 
 from promptkd.trainers import train  # imports Dassl and registers this project's trainers and datasets
-from promptkd import forked
-from promptkd.demo import ROLES, pretrained_weights, probe_table
+from promptkd.demo import forked
+from promptkd.demo.weights import ROLES, pretrained_weights, probe_table
 from promptkd.errors import UserError, run_cli
 from promptkd.extras import require
-from promptkd.pretrain import PRESETS
+from promptkd.demo.pretrain import PRESETS
 
 
 class _Console(logging.Handler):

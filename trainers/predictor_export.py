@@ -1,4 +1,4 @@
-"""Writing a run's `predictor.pt` (see `promptkd.predictor`) from a trainer's config.
+"""Writing a run's `predictor.pt` (see `promptkd.deploy.predictor`) from a trainer's config.
 
 Trainers call `save_predictor(cfg, record)` once their model is final; the record's test
 transform comes from the run's own INPUT settings (`preprocess_from_cfg`), i.e. exactly what
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-from promptkd.predictor import PREDICTOR_FILE, PredictorRecord, preprocess_settings
+from promptkd.deploy.predictor import PREDICTOR_FILE, PredictorRecord, preprocess_settings
 
 logger = logging.getLogger("promptkd")
 

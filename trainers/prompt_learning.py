@@ -22,7 +22,7 @@ from promptkd.class_vectors import (IMAGE_SIDE_FILE, class_vectors_file, read_vo
 from promptkd.errors import ConfigError
 from promptkd.losses import GaussianPromptAggregator
 from promptkd.precision import fp32_scoring
-from promptkd.predictor import PredictorRecord
+from promptkd.deploy.predictor import PredictorRecord
 from promptkd.trainers.base import MODEL_NAME, PromptTrainer
 from promptkd.trainers.config import grad_checkpoint_towers
 from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predictor

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from promptkd import distributed as dist_
-from promptkd import hub, records
+from promptkd.deploy import hub
+from promptkd import records
 from promptkd.backbones import backbone_reference, load_backbone, load_image_tower, to_half
 from promptkd.class_vectors import (IMAGE_SIDE_FILE, VOCABULARY_PREFIX, ClassVectors, ImageSide, check_pair,
                                     class_vectors_file, visual_fingerprint)
@@ -41,7 +42,7 @@ from promptkd.image_inputs import TowerInput
 from promptkd.losses import (DISTILL_LOSS_LABELS, DISTILL_LOSSES, FEATURE_LOSSES, distill_loss, feature_loss,
                              kd_loss, topk_logits)
 from promptkd.precision import fp32_scoring
-from promptkd.predictor import PredictorRecord, reference_tower
+from promptkd.deploy.predictor import PredictorRecord, reference_tower
 from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student, teacher_logits
 from promptkd.teacher_cache import FORMATS, TeacherCache, error_check
 from promptkd.trainers.base import PromptTrainer, _allowed
@@ -524,7 +525,7 @@ class PromptKD(MethodExport, PromptTrainer):
         return self.model(images, self.class_vectors)
 
     def finalize_model(self, eval_only: bool = False):
-        """The student is final: write its predictor.pt (promptkd.predict / export_model), once;
+        """The student is final: write its predictor.pt (promptkd.deploy.predict / export_model), once;
         a method student exports like its method (class vectors of every class, image side)."""
         if dist_.is_main():
             if self.paper_student:

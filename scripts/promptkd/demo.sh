@@ -4,12 +4,12 @@
 #   bash scripts/promptkd/demo.sh [OUT]          (OUT defaults to $OUTPUT/demo, OUTPUT to output)
 #
 # 1. OUT/weights: two tiny CLIPs pretrained contrastively from scratch on captioned images of
-#    the toy world (6 colours x 6 shapes, promptkd/toyworld.py): a teacher (image tower 4
+#    the toy world (6 colours x 6 shapes, promptkd/demo/toyworld.py): a teacher (image tower 4
 #    layers, embedding 64; captions in four forms) and a student (image tower 2 layers,
 #    embedding 32; captions in one form, "a red circle.", so the zero-shot prompt "a photo of
 #    a ..." is new to its text tower), as OpenAI CLIP state dicts (promptkd demo-weights
 #    pretrain; fixed seeds; reused while the world, model and recipe are unchanged). The
-#    repository ships the full preset's two, made by that command (promptkd/demo_weights, a
+#    repository ships the full preset's two, made by that command (promptkd/demo/demo_weights, a
 #    small form), so they are unpacked in a second; DEMO_PRETRAIN=1 pretrains them here
 #    instead (minutes);
 # 2. OUT/data/toy_shapes: the ToyShapes dataset, the same world's images in the CoOp layout,

@@ -229,8 +229,8 @@ def test_checkpointing_keeps_gradients_on_the_device(student_clip, teacher_clip,
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_predictor_and_export_equal_eager_on_the_device(setup, tmp_path, device):
-    from promptkd import export_model
-    from promptkd.predictor import Predictor
+    from promptkd.deploy import export_model
+    from promptkd.deploy.predictor import Predictor
     run = str(tmp_path / "student")
     trainer = make_trainer(args_for(setup, "student", run, device, "fp32"))
     trainer.save_student_predictor()

@@ -3,7 +3,7 @@
     path = ensure_pretrained(folder, "teacher")      # trains once, then reuses the file
 
 builds a stock `clip.model.CLIP` (the real BPE vocabulary, context 77, patch 8 on 32 px),
-trains it on image / caption pairs drawn from `promptkd.toyworld` (captions of all 36 classes
+trains it on image / caption pairs drawn from `promptkd.demo.toyworld` (captions of all 36 classes
 in the caption forms of its `Recipe`, "a photo of a red circle.") and writes it as an
 OpenAI-format state dict (fp16, like the released files), so it loads through
 `promptkd.backbones.load_clip` exactly like real weights.
@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from . import toyworld
-from .backbones import OPENAI_MEAN, OPENAI_STD, clip  # CLIP's mean / std: the demo configs use them too
-from .errors import CheckpointError, ConfigError, UserError
-from .io import atomic_save, atomic_write_json, load_json, load_torch
+from ..backbones import OPENAI_MEAN, OPENAI_STD, clip  # CLIP's mean / std: the demo configs use them too
+from ..errors import CheckpointError, ConfigError, UserError
+from ..io import atomic_save, atomic_write_json, load_json, load_torch
 from .tiny import TinySpec
 
 logger = logging.getLogger(__name__)
@@ -362,7 +362,7 @@ def _write_json_atomic(obj, path: str) -> None:
 
 
 #: what to do when the shipped small forms cannot be read
-SHIPPED_FIX = ("Restore them from the repository (`git checkout -- promptkd/demo_weights`), or write them again "
+SHIPPED_FIX = ("Restore them from the repository (`git checkout -- promptkd/demo/demo_weights`), or write them again "
                "with `promptkd demo-weights ship FOLDER` from a from-scratch pretraining.")
 
 

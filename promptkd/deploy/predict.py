@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .errors import MissingFileError, UserError
-from .io import IMAGE_EXTENSIONS, atomic_write_text
+from ..errors import MissingFileError, UserError
+from ..io import IMAGE_EXTENSIONS, atomic_write_text
 from .hub import load_predictor
 from .predictor import Predictor, add_run_arguments
 

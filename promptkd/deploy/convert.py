@@ -8,7 +8,7 @@ objects, so they are read only with --trust-pickled (layout: docs/running.md, "P
 checkpoint layout"); teacher or student is told from the keys. They also carry a copy of the
 frozen CLIP image tower: it must be the stock backbone named by --backbone (the weight
 fingerprints are compared and a mismatch is refused, naming both), which the folder then
-references instead of copying. What is written is `promptkd.hub`'s folder: config.json,
+references instead of copying. What is written is `promptkd.deploy.hub`'s folder: config.json,
 model.safetensors, README.md.
 
 * A teacher: its class vectors are computed here, with the checkpoint's own text tower and
@@ -27,11 +27,11 @@ import os
 import torch
 
 from . import hub
-from .backbones import backbone_reference, load_backbone, load_image_tower, visual_from_state_dict
-from .checkpoints import read_published, split_published_student, split_published_teacher
-from .class_vectors import ClassVectors, visual_fingerprint
-from .errors import ConfigError, MissingFileError, UserError
-from .io import read_text
+from ..backbones import backbone_reference, load_backbone, load_image_tower, visual_from_state_dict
+from ..checkpoints import read_published, split_published_student, split_published_teacher
+from ..class_vectors import ClassVectors, visual_fingerprint
+from ..errors import ConfigError, MissingFileError, UserError
+from ..io import read_text
 from .predictor import PredictorRecord, preprocess_settings
 
 logger = logging.getLogger("promptkd")
@@ -76,7 +76,7 @@ def teacher_vectors(teacher: str) -> ClassVectors:
 
 def convert_teacher(path: str, backbone: str, classnames: list[str], dataset: str,
                     weights_dir: str | None = None) -> PredictorRecord:
-    from .teacher import IVLPTeacher, load_published_teacher
+    from ..teacher import IVLPTeacher, load_published_teacher
 
     clip_model, pp = load_backbone(backbone, weights_dir)
     stock = visual_fingerprint(clip_model.visual)  # before the checkpoint's weights replace it
@@ -94,7 +94,7 @@ def convert_teacher(path: str, backbone: str, classnames: list[str], dataset: st
 
 
 def convert_student(path: str, backbone: str, vectors: ClassVectors, weights_dir: str | None = None) -> PredictorRecord:
-    from .student import PromptKDStudent, load_published_student
+    from ..student import PromptKDStudent, load_published_student
 
     pub = split_published_student(path, trusted=True)
     published = visual_from_state_dict({**pub["visual_state"], "logit_scale": pub["logit_scale"]})[0]
@@ -154,5 +154,5 @@ def run(args: argparse.Namespace) -> int:
                      teacher=args.teacher)
     print(f"wrote the model folder {args.out}: {hub.role(record)} {record.method} on {record.dataset} "
           f"({len(record.classnames)} classes), backbone {record.backbone['name']} (fingerprint {record.fingerprint}); "
-          "it loads without pickles (promptkd.hub.from_pretrained)")
+          "it loads without pickles (promptkd.deploy.hub.from_pretrained)")
     return 0

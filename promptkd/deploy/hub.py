@@ -4,7 +4,7 @@
     from_pretrained(DIR | "hf-hub:owner/name")           -> Predictor (the image classifier)
     teacher_export(DIR)                                  -> (ClassVectors, ImageSide): stage 2's TEACHER_DIR
 
-The folder holds what a run's `predictor.pt` holds (`promptkd.predictor`), split the way
+The folder holds what a run's `predictor.pt` holds (`promptkd.deploy.predictor`), split the way
 open_clip / timm / `huggingface_hub.ModelHubMixin` do it:
 
 * `config.json`: the method, the backbone by reference (a CLIP name or file, or an
@@ -30,9 +30,9 @@ import shlex
 
 import torch
 
-from .errors import CheckpointError, ConfigError, MissingFileError, UserError
-from .extras import require
-from .io import atomic_write, atomic_write_json, atomic_write_text, load_json
+from ..errors import CheckpointError, ConfigError, MissingFileError, UserError
+from ..extras import require
+from ..io import atomic_write, atomic_write_json, atomic_write_text, load_json
 
 logger = logging.getLogger("promptkd")
 
@@ -117,7 +117,7 @@ def model_config(record, run: dict | None = None, result: dict | None = None) ->
 
 
 def _plain(value):
-    from .records import plain
+    from ..records import plain
     return plain(value)
 
 
@@ -132,7 +132,7 @@ def save_pretrained(model, folder: str, *, run_dir: str | None = None, source: d
         raise UserError(f"The model's backbone is {record.backbone}: its weights are in a published checkpoint, a "
                         "pickled file that a model folder cannot reference. Convert it: `promptkd convert CHECKPOINT "
                         "DIR --backbone NAME --trust-pickled` (NAME: the stock CLIP it was trained from).")
-    from .records import RESULT_FILE, RUN_FILE, read_json
+    from ..records import RESULT_FILE, RUN_FILE, read_json
 
     run = read_json(os.path.join(run_dir, RUN_FILE)) if run_dir else None
     result = read_json(os.path.join(run_dir, RESULT_FILE)) if run_dir else None
@@ -228,7 +228,7 @@ def model_card(config: dict, run: dict | None, result: dict | None) -> str:
         "## Use",
         "",
         "```python",
-        "from promptkd.hub import from_pretrained",
+        "from promptkd.deploy.hub import from_pretrained",
         "predictor = from_pretrained(\"PATH_OR_hf-hub:OWNER/NAME\", weights_dir=\"FOLDER_WITH_CLIP_FILES\")",
         "logits = predictor.logits(images)  # preprocessed [B, 3, H, W] -> [B, classes]",
         "```",
@@ -337,7 +337,7 @@ def _account_for_tensors(config: dict, tensors: dict, folder: str):
     file is one config.json describes, with the shape it describes. A tensor too many (prompts of
     more layers, a projector the config has not) or too few is an error naming them: a file that
     does not match its config would classify with a model that matches neither."""
-    from .student import Projector
+    from ..student import Projector
 
     weights_path = os.path.join(folder, WEIGHTS_FILE)
     prompts_cfg, vectors_cfg, projector_cfg = config["prompts"], config["class_vectors"], config["projector"]
@@ -412,7 +412,7 @@ def read_folder(folder: str):
 
 def check_backbone(visual, record, where: str) -> None:
     """Refuse an image tower whose weights are not the ones the model was trained on, naming both."""
-    from .class_vectors import visual_fingerprint
+    from ..class_vectors import visual_fingerprint
 
     found = visual_fingerprint(visual)
     if found != record.fingerprint:
@@ -427,7 +427,7 @@ def from_pretrained(path_or_repo: str, weights_dir: str | None = None, *, backbo
     """The `Predictor` of a model folder (a local path, or `hf-hub:OWNER/NAME` from the local HF
     cache). `backbone`: load these weights (a CLIP name or file) instead of the one config.json
     names; either way their fingerprint must be the recorded one."""
-    from .backbones import load_image_tower
+    from ..backbones import load_image_tower
     from .predictor import ImageClassifier, Predictor
 
     folder = resolve(path_or_repo, revision, cache_dir)
@@ -469,7 +469,7 @@ def load_predictor(path: str, weights_dir: str | None = None, trusted: bool = Fa
 def teacher_export(path_or_repo: str, revision: str | None = None, cache_dir: str | None = None):
     """(ClassVectors, ImageSide, folder) of a teacher's model folder: what stage 2 reads from a
     teacher export (TRAINER.PROMPTKD.TEACHER_DIR may name such a folder or `hf-hub:OWNER/NAME`)."""
-    from .class_vectors import ClassVectors, ImageSide
+    from ..class_vectors import ClassVectors, ImageSide
 
     folder = resolve(path_or_repo, revision, cache_dir)
     record, config = read_folder(folder)

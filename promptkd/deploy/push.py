@@ -16,9 +16,9 @@ import logging
 import os
 
 from . import hub
-from .errors import UserError
-from .extras import require
-from .io import TMP_PREFIX
+from ..errors import UserError
+from ..extras import require
+from ..io import TMP_PREFIX
 
 logger = logging.getLogger("promptkd")
 

@@ -14,7 +14,7 @@ the run's config (plain tensors, strings and numbers; `torch.load(weights_only=T
 
 logits = exp(logit_scale) · normalise(projector(f)) · Vᵀ (no projector: normalise(f) · Vᵀ),
 f the prompted image feature: exactly the trainer's evaluation. `Predictor.from_run(RUN_DIR)`
-rebuilds it; `promptkd.predict` and `promptkd.export_model` both go through it.
+rebuilds it; `promptkd.deploy.predict` and `promptkd.deploy.export_model` both go through it.
 """
 from __future__ import annotations
 
@@ -25,14 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import backbones
-from .backbones import OPENAI_MEAN, OPENAI_STD, RESIZE_MODES, visual_from_state_dict
-from .checkpoints import split_published_student, split_published_teacher
-from .class_vectors import ClassVectors, ImageSide, visual_fingerprint
-from .encoders import PromptedImageEncoder, freeze_clip
-from .errors import ConfigError, MissingFileError, UserError
-from .io import atomic_save, load_torch
-from .student import Projector
+from .. import backbones
+from ..backbones import OPENAI_MEAN, OPENAI_STD, RESIZE_MODES, visual_from_state_dict
+from ..checkpoints import split_published_student, split_published_teacher
+from ..class_vectors import ClassVectors, ImageSide, visual_fingerprint
+from ..encoders import PromptedImageEncoder, freeze_clip
+from ..errors import ConfigError, MissingFileError, UserError
+from ..io import atomic_save, load_torch
+from ..student import Projector
 
 PREDICTOR_FILE = "predictor.pt"
 FORMAT_VERSION = 1
@@ -243,10 +243,10 @@ class Predictor:
 
 def add_run_arguments(parser) -> None:
     """The command-line arguments that name a run and how to read it (predict, export_model);
-    `promptkd.hub.load_predictor(args.run_dir, args.weights_dir or None, args.trust_pickled)` reads them
+    `promptkd.deploy.hub.load_predictor(args.run_dir, args.weights_dir or None, args.trust_pickled)` reads them
     (a run, or a model folder)."""
     parser.add_argument("run_dir", help="run output folder, its export folder, a predictor.pt, or a model folder "
-                        "(promptkd.hub; hf-hub:OWNER/NAME from the local Hugging Face cache)")
+                        "(promptkd.deploy.hub; hf-hub:OWNER/NAME from the local Hugging Face cache)")
     parser.add_argument("--weights-dir", default="", help="folder holding named CLIP files (ViT-B-16.pt, ...); "
                         "default: the one the run used")
     parser.add_argument("--trust-pickled", action="store_true",

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .backbones import clip  # the installed OpenAI clip, even where a host's clip/ shadows the name
-from .io import atomic_save, atomic_write_json
+from ..backbones import clip  # the installed OpenAI clip, even where a host's clip/ shadows the name
+from ..io import atomic_save, atomic_write_json
 
 
 @dataclass(frozen=True)

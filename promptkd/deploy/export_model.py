@@ -1,7 +1,7 @@
 """Export a trained run as one self-contained classifier file (ONNX or TorchScript), or a model folder.
 
     promptkd export RUN_DIR OUT --format onnx|torchscript
-    promptkd export RUN_DIR DIR --format hf          a model folder (promptkd.hub): config.json,
+    promptkd export RUN_DIR DIR --format hf          a model folder (promptkd.deploy.hub): config.json,
                                                      model.safetensors, README.md model card
 
 The file maps a preprocessed image batch (float32 [batch, 3, H, W], any batch size) to logits
@@ -22,9 +22,9 @@ import warnings
 import numpy as np
 import torch
 
-from .errors import ConfigError, UserError
-from .extras import require, require_torch
-from .io import atomic_write
+from ..errors import ConfigError, UserError
+from ..extras import require, require_torch
+from ..io import atomic_write
 from .hub import load_predictor
 from .predictor import Predictor, add_run_arguments
 

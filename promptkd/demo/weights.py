@@ -3,11 +3,11 @@
     promptkd demo-weights pretrain OUT_DIR [--preset full|fast] [--role teacher|student]
 
 pretrains (once) the demo's two tiny CLIPs contrastively on the toy world
-(`promptkd.toyworld`, `promptkd.pretrain`) and writes ``OUT_DIR/teacher.pt`` and
+(`promptkd.demo.toyworld`, `promptkd.demo.pretrain`) and writes ``OUT_DIR/teacher.pt`` and
 ``OUT_DIR/student.pt`` (OpenAI-format state dicts that load like ``ViT-B-16.pt``), each with a
 ``.json`` sidecar (cache key, sizes, recipe, loss, wall and CPU seconds, zero-shot probes).
 A second call with the same preset reuses them; a changed world, model or recipe retrains.
-The full preset's two are shipped in the repository (``promptkd/demo_weights``, a small form:
+The full preset's two are shipped in the repository (``promptkd/demo/demo_weights``, a small form:
 everything but the unused rows of the token embedding, which are the seeded initialisation)
 and unpacked instead of trained, unless ``--from-scratch``.
 It prints the paths, one per line. ``fast`` is the test suite's shorter recipe. ``--role``
@@ -54,8 +54,8 @@ def probe_table(out_dir: str) -> str:
 
     from tabulate import tabulate
 
-    from .errors import CheckpointError, MissingFileError
-    from .io import load_json
+    from ..errors import CheckpointError, MissingFileError
+    from ..io import load_json
 
     rows = []
     for role in ROLES:
@@ -85,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     weights.add_argument("--from-scratch", action="store_true",
                          help="pretrain even where the repository ships the weights (full preset)")
     ship = sub.add_parser("ship", help="write the small forms of OUT_DIR's full-preset weights (pretrained "
-                                       "--from-scratch) into the repository (promptkd/demo_weights)")
+                                       "--from-scratch) into the repository (promptkd/demo/demo_weights)")
     ship.add_argument("out_dir", metavar="OUT_DIR")
     probes = sub.add_parser("probes", help="print the zero-shot probes of the pretrained backbones")
     probes.add_argument("out_dir", metavar="OUT_DIR")

@@ -2,7 +2,7 @@
 
 One generator serves both sides of the demo:
 
-* contrastive pretraining of the tiny CLIPs (`promptkd.pretrain`) draws fresh image / caption
+* contrastive pretraining of the tiny CLIPs (`promptkd.demo.pretrain`) draws fresh image / caption
   pairs of *all* classes from it in memory ("a photo of a red circle.", as real CLIP's
   pretraining sees captions of everything);
 * the Dassl dataset ``ToyShapes`` (`datasets/toy.py`) writes a fixed set of its images to disk
@@ -54,7 +54,7 @@ NUM_CLASSES = len(CLASSES)
 
 #: Caption forms of pretraining; every one names colour and shape ({} = "red circle"). The first
 #: is the zero-shot prompt of the demo. A model's recipe picks which forms it is trained on
-#: (`promptkd.pretrain.Recipe.captions`).
+#: (`promptkd.demo.pretrain.Recipe.captions`).
 CAPTION_TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.", "an image of a {}.")
 
 

@@ -99,7 +99,7 @@ class Child:
 
     def __init__(self, fn: Callable[[], object]):
         if not hasattr(os, "fork"):
-            raise RuntimeError("promptkd.forked needs os.fork (Linux or macOS)")
+            raise RuntimeError("promptkd.demo.forked needs os.fork (Linux or macOS)")
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         sys.stdout.flush()
