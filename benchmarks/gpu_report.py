@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import ARCHITECTURES, REPO, machine_info, tiny_architecture
-from promptkd.backbones import clip, to_half
+from promptkd.backbones import clip
 from promptkd.encoders import PromptedTextEncoder
 from promptkd.losses import kd_loss
 from promptkd.precision import Precision, configure_matmul
@@ -157,15 +157,14 @@ def arch(name: str, smoke: bool) -> dict:
 
 
 def random_clip(name, smoke, device, precision: Precision):
-    """A random-weight CLIP built on the device, its frozen weights in the mode's backbone dtype."""
+    """A random-weight CLIP built on the device, its frozen weights in the mode's dtype (fp16; amp /
+    bf16: autocast's compute dtype, as the trainers hold them, `Precision.cast_frozen`)."""
     torch.manual_seed(0)
     with torch.device(device):
         model = clip.model.CLIP(**arch(name, smoke)).float().eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    if precision.backbone_mode == "fp16":
-        to_half(model)
-    return model
+    return precision.cast_frozen(model)
 
 
 def stepper(precision: Precision, optimizer):

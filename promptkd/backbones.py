@@ -130,6 +130,44 @@ def to_half(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def to_compute_dtype(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Frozen backbone matrices in autocast's compute dtype (PREC amp / bf16), so autocast finds
+    them already cast instead of copying every weight down at every call (and again when
+    activation checkpointing recomputes a block).
+
+    Only what autocast would cast is converted: linears, convolutions, attention projections and
+    the `proj` / `text_projection` matrices (what `convert_weights` / `convert_weights_to_lp`
+    convert). LayerNorms, LayerScale, embeddings (token, class, positions) stay fp32 and the
+    encoders feed the towers fp32 under autocast (`encoders.stream_dtype`), as with fp32 weights:
+    the text tower's residual stream stays fp32, the image tower's is what its patch embedding
+    gives under autocast (as before), and the norms compute in fp32 (open_clip's plain LayerNorms
+    become `LayerNormFp32`, as in `to_half`). Inside autocast this computes what the fp32 weights
+    did: autocast's own cast of a weight is the same rounding, done once here (tests/test_frozen_dtype.py)."""
+    if is_open_clip(module):
+        from open_clip.model import convert_weights_to_lp  # noqa: PLC0415
+        from open_clip.transformer import LayerNormFp32  # noqa: PLC0415
+        convert_weights_to_lp(module, dtype)
+        for m in module.modules():
+            if isinstance(m, torch.nn.LayerNorm) and not isinstance(m, LayerNormFp32):
+                m.__class__ = LayerNormFp32
+        return module
+
+    def convert(m):  # clip.model.convert_weights, in `dtype`
+        tensors = []
+        if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)):
+            tensors += [m.weight, m.bias]
+        if isinstance(m, torch.nn.MultiheadAttention):
+            tensors += [getattr(m, a) for a in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+                                                "in_proj_bias", "bias_k", "bias_v")]
+        tensors += [getattr(m, a, None) for a in ("text_projection", "proj")]
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                t.data = t.data.to(dtype)
+
+    module.apply(convert)
+    return module
+
+
 #: aten ops whose kernels take all their floating-point operands in one dtype (on some devices
 #: only): what `mixed_dtype_ops` watches. Elementwise ops promote types everywhere.
 SAME_DTYPE_OPS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "convolution", "cudnn_convolution",

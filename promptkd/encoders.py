@@ -60,6 +60,19 @@ def run_block(block: nn.Module, x: torch.Tensor, checkpoint: bool = False) -> to
     return block(x)
 
 
+def stream_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype an encoder feeds its tower (input, embeddings, prompts), given one of its
+    matrices: the matrix's dtype (fp32; fp16 under PREC fp16, the published pure-fp16 mode), but
+    fp32 inside autocast (PREC amp / bf16), where the matrices are in the compute dtype
+    (`backbones.to_compute_dtype`) while the text stream, the LayerNorms and the prompts stay
+    fp32, as they did with fp32 weights."""
+    try:
+        autocast = weight.is_floating_point() and torch.is_autocast_enabled(weight.device.type)
+    except RuntimeError:  # a device type autocast does not know (meta)
+        autocast = False
+    return torch.float32 if autocast else weight.dtype
+
+
 def _new_prompts(depth: int, n_ctx: int, width: int) -> nn.ParameterList:
     return nn.ParameterList(
         nn.Parameter(torch.empty(n_ctx, width).normal_(std=PROMPT_INIT_STD)) for _ in range(depth)
@@ -178,7 +191,7 @@ class PromptedImageEncoder(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         conv = getattr(self.visual, "conv1", None)
-        return conv.weight.dtype if conv is not None else next(self.visual.parameters()).dtype
+        return stream_dtype(conv.weight if conv is not None else next(self.visual.parameters()))
 
     def forward(self, images: torch.Tensor, prompts=None) -> torch.Tensor:
         """`prompts`: per-block prompt tensors to use instead of this encoder's own."""
@@ -308,8 +321,8 @@ class PromptedTextEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         proj = self.text_projection
         if isinstance(proj, nn.Linear):
-            return proj.weight.dtype
-        return proj.dtype if proj is not None else self.transformer.resblocks[0].mlp.c_fc.weight.dtype
+            return stream_dtype(proj.weight)
+        return stream_dtype(proj if proj is not None else self.transformer.resblocks[0].mlp.c_fc.weight)
 
     def tokenize(self, classnames: list[str]) -> torch.Tensor:
         lead = self.prefix if self.depth else self.ctx_init

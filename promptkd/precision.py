@@ -38,7 +38,8 @@ PRECISIONS = ("fp32", "fp16", "amp", "bf16")
 @dataclass
 class Precision:
     prec: str                            # the mode actually used on this device
-    backbone_mode: str                   # "fp16" or "fp32": the frozen backbone's weights
+    backbone_mode: str                   # "fp16" (the published pure-fp16 backbone) or "fp32"; under
+                                         # amp / bf16 the matrices are in autocast's dtype (frozen_dtype)
     autocast_dtype: torch.dtype | None   # None: no autocast
     scaler: torch.amp.GradScaler | None  # amp on a GPU
     device_type: str
@@ -52,6 +53,23 @@ class Precision:
             prec = "bf16"
         return cls(prec, "fp16" if prec == "fp16" else "fp32", {"amp": torch.float16, "bf16": torch.bfloat16}.get(prec),
                    torch.amp.GradScaler("cuda") if prec == "amp" else None, device.type)
+
+    @property
+    def frozen_dtype(self) -> torch.dtype:
+        """The dtype of the frozen towers' matrices: fp16 (PREC fp16), autocast's compute dtype
+        (amp, bf16: autocast then casts no weight at each call), fp32 (fp32)."""
+        return torch.float16 if self.backbone_mode == "fp16" else self.autocast_dtype or torch.float32
+
+    def cast_frozen(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A frozen tower (or CLIP model) in `frozen_dtype`: `backbones.to_half` under fp16,
+        `backbones.to_compute_dtype` under amp / bf16 (matrices only; norms, embeddings and the
+        residual stream stay fp32); unchanged under fp32. Trainable parts are never given here."""
+        from .backbones import to_compute_dtype, to_half  # noqa: PLC0415  (backbones imports the clip packages)
+        if self.backbone_mode == "fp16":
+            return to_half(module)
+        if self.autocast_dtype is not None:
+            return to_compute_dtype(module, self.autocast_dtype)
+        return module
 
     def autocast(self):
         """The context the towers run in (autocast in the mode's dtype, or a no-op)."""

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from promptkd import distributed as dist_
-from promptkd.backbones import backbone_reference, load_backbone, to_half
+from promptkd.backbones import backbone_reference, load_backbone
 from promptkd.class_vectors import (IMAGE_SIDE_FILE, class_vectors_file, read_vocabulary, vocabulary_dataset,
                                     vocabulary_vectors_file)
 from promptkd.errors import ConfigError
@@ -69,9 +69,9 @@ class MethodExport:
 
     @contextlib.contextmanager
     def fp32_backbone(self):
-        """Under PREC fp16, the frozen backbone with its fp32 weights for the duration (re-read
-        from its file or published checkpoint, not up-cast from half), then half again."""
-        if self.backbone_mode != "fp16":
+        """Under PREC fp16 / amp / bf16, the frozen backbone with its fp32 weights for the duration
+        (re-read from its file or published checkpoint, not up-cast), then cast down again."""
+        if self.precision.frozen_dtype == torch.float32:
             yield
             return
         model = self.model.clip.float()
@@ -81,7 +81,7 @@ class MethodExport:
         try:
             yield
         finally:
-            to_half(model)
+            self.precision.cast_frozen(model)  # fp16, or autocast's dtype under amp / bf16
 
 
 class PromptLearningTrainer(MethodExport, PromptTrainer):
@@ -102,8 +102,7 @@ class PromptLearningTrainer(MethodExport, PromptTrainer):
         self.check_input(preprocess, f"backbone {cfg.MODEL.BACKBONE.NAME}")
         self.backbone_ref = backbone_reference(cfg.MODEL.BACKBONE.NAME)
         self.model = self.build_method(clip_model, self.dm.dataset.classnames)
-        if backbone_mode == "fp16":
-            to_half(self.model.clip)
+        self.precision.cast_frozen(self.model.clip)  # fp16; amp / bf16: autocast's compute dtype
         self.model.to(self.device)
         self.gpa, self.gpa_applied = None, False
         trainable = any(p.requires_grad for p in self.model.parameters())

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from promptkd import distributed as dist_
 from promptkd.deploy import hub
 from promptkd import records
-from promptkd.backbones import backbone_reference, load_backbone, load_image_tower, to_half
+from promptkd.backbones import backbone_reference, load_backbone, load_image_tower
 from promptkd.class_vectors import (IMAGE_SIDE_FILE, VOCABULARY_PREFIX, ClassVectors, ImageSide, check_pair,
                                     class_vectors_file, visual_fingerprint)
 from promptkd.errors import ConfigError
@@ -262,8 +262,8 @@ class PromptKD(MethodExport, PromptTrainer):
                     scale, cpu_vectors = self.teacher_logit_scale.cpu(), self.class_vectors.cpu()
                     self.cache.scorer = lambda e: teacher_logits(torch.from_numpy(e), scale, cpu_vectors).numpy()
         if self.teacher is not None:
-            if backbone_mode == "fp16" and self.host_teacher is None:  # a host teacher keeps its own precision
-                to_half(self.teacher.image_encoder.visual)
+            if self.host_teacher is None:  # a host teacher keeps its own precision
+                self.precision.cast_frozen(self.teacher.image_encoder.visual)  # fp16; amp / bf16: compute dtype
             self.teacher.to(self.device)
         if self.paper_student:
             self.build_paper_student(visual, logit_scale, vectors.width)
@@ -280,8 +280,7 @@ class PromptKD(MethodExport, PromptTrainer):
         kd = self.tcfg
         self.model = PromptKDStudent(visual, logit_scale, class_dim=class_dim,
                                      n_ctx=kd.N_CTX_VISION, depth=kd.PROMPT_DEPTH_VISION)
-        if self.backbone_mode == "fp16":
-            to_half(self.model.image_encoder.visual)  # the published pure-fp16 backbone
+        self.precision.cast_frozen(self.model.image_encoder.visual)  # fp16: the published pure-fp16 backbone
         self.model.to(self.device)
         self.register_trainable(self.model)
         image_checkpoint = grad_checkpoint_towers(kd.GRAD_CHECKPOINT)[1]
@@ -308,8 +307,8 @@ class PromptKD(MethodExport, PromptTrainer):
                               f"set TRAINER.{cls.CFG_NODE}.CSC False.")
         if list(self.model.classnames) != list(names):  # the logits' order is the teacher's
             raise ConfigError(f"The {cls.__name__} student's classes are not the teacher's, in the teacher's order.")
-        if self.backbone_mode == "fp16" and not self.host_student:  # a host's model keeps the precision it chose
-            to_half(self.model.clip)
+        if not self.host_student:  # a host's model keeps the precision it chose
+            self.precision.cast_frozen(self.model.clip)
         self.model.to(self.device)
         self.register_trainable(self.model)
         text, image = grad_checkpoint_towers(kd.GRAD_CHECKPOINT)
@@ -539,7 +538,7 @@ class PromptKD(MethodExport, PromptTrainer):
 
     def save_student_predictor(self):
         fingerprint = ""
-        if self.backbone_mode == "fp16":  # the fp32 weights' fingerprint, which predict checks
+        if self.precision.frozen_dtype != torch.float32:  # the fp32 weights' fingerprint, which predict checks
             trusted = self.cfg.MODEL.TRUST_PICKLED_CHECKPOINTS
             fingerprint = visual_fingerprint(reference_tower(self.backbone_ref, self.cfg.MODEL.WEIGHTS_DIR, trusted)[0])
         record = PredictorRecord.for_student(self.model, self.teacher_vectors, self.backbone_ref,
