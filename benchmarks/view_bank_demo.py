@@ -30,7 +30,7 @@ def argv(out: str, k: int, seed: int, crop: bool) -> tuple[str, list[str]]:
             "--dataset-config-file", os.path.join(ROOT, "configs", "datasets", "toy_shapes.yaml"),
             "--config-file", os.path.join(ROOT, "configs", "trainers", "PromptKD", "demo_tiny.yaml"),
             "--output-dir", run, "MODEL.BACKBONE.NAME", os.path.join(out, "weights", "student.pt"),
-            "DATASET.NUM_SHOTS", "0", "DATASET.SUBSAMPLE_CLASSES", "all", "TRAINER.MODAL", "base2novel",
+            "DATASET.NUM_SHOTS", "0", "DATASET.SUBSAMPLE_CLASSES", "all", "TRAINER.PROTOCOL", "base2novel",
             "TRAINER.PROMPTKD.TEACHER_DIR",
             os.path.join(out, "runs", "base2new", "promptkd_teacher", "toy_shapes", "seed1", "export"),
             "TRAINER.PROMPTKD.VIEWS_PER_IMAGE", str(k), "TRAINER.PROMPTKD.TEACHER_CACHE", run + "-cache",

@@ -19,6 +19,27 @@ download sources in ``DATASETS.md``), reuses or writes CoOp's ``split_zhou_<Name
 few-shot subsets in ``split_fewshot/shot_{K}-seed_{S}.pkl`` and honours
 ``DATASET.SUBSAMPLE_CLASSES`` (all / base / new). The shared flow lives in ``common.py``;
 loaders never depend on which trainer runs.
+
+    common         CoOpDataset: the shared flow (splits, few-shot subsets, class subsets)
+    config         the DATASET.* keys this package adds
+    check          `promptkd check`: every split's images are there and readable
+    folder         ImageFolder: a plain folder tree of your own
+    toy            ToyShapes: the demo's toy world as a dataset
+    imagenet       ImageNet-1k
+    caltech101     Caltech101
+    oxford_pets    OxfordPets
+    stanford_cars  StanfordCars
+    oxford_flowers  OxfordFlowers
+    food101        Food101
+    fgvc_aircraft  FGVCAircraft
+    sun397         SUN397
+    dtd            DescribableTextures
+    eurosat        EuroSAT
+    ucf101         UCF101
+    imagenetv2     ImageNetV2
+    imagenet_sketch  ImageNetSketch
+    imagenet_a     ImageNetA
+    imagenet_r     ImageNetR
 """
 from .caltech101 import Caltech101
 from .common import CoOpDataset, subsample_classes  # noqa: F401

@@ -2,13 +2,15 @@
 
 Each is a `PromptMethod` (promptkd/prompt_method.py) over one frozen stock CLIP:
 
-    ZeroShotCLIP  "a photo of a {c}." or OpenAI's 80-template ensemble; nothing learnt
+    ZeroshotCLIP  "a photo of a {c}." or OpenAI's 80-template ensemble; nothing learnt
     CoOp          learnable text context, unified or class-specific, class token end/middle/front
     CoCoOp        CoOp context shifted per image by a meta-network (text depends on the image)
     MaPLe         deep text prompts; vision prompts are learnt linear projections of them
     IVLP / PromptSRC  promptkd.teacher.IVLPTeacher (without / with the regularisers)
 
 `METHODS` maps the trainer names to their classes (every registered method is tested).
+`ZeroShotCLIP`, the old spelling of `ZeroshotCLIP` (the trainer's registered name), still
+resolves, with a FutureWarning, for one release.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def _names(classnames):
     return [c.replace("_", " ") for c in classnames]
 
 
-class ZeroShotCLIP(PromptMethod):
+class ZeroshotCLIP(PromptMethod):
     """Stock CLIP's zero-shot classifier: one template or the 80-template ensemble."""
 
     def __init__(self, clip_model, classnames, template: str = "a photo of a {}.", ensemble: bool = False):
@@ -166,10 +168,19 @@ class MaPLe(PromptMethod):
 
 
 METHODS = {
-    "ZeroshotCLIP": ZeroShotCLIP,
+    "ZeroshotCLIP": ZeroshotCLIP,
     "CoOp": CoOp,
     "CoCoOp": CoCoOp,
     "IVLP": IVLPTeacher,
     "MaPLe": MaPLe,
     "PromptSRC": IVLPTeacher,
 }
+
+
+def __getattr__(name: str):
+    if name == "ZeroShotCLIP":  # the old spelling; the registered trainer has always been ZeroshotCLIP
+        from .moved import warn_moved
+
+        warn_moved("promptkd.baselines.ZeroShotCLIP", "promptkd.baselines.ZeroshotCLIP")
+        return ZeroshotCLIP
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,6 @@
-"""Old import paths of modules that moved into `promptkd.deploy` and `promptkd.demo` (0.5).
+"""Old import paths of modules that moved into `promptkd.deploy` and `promptkd.demo` (0.5), and
+the FutureWarning of every old name kept for one release (also promptkd.demo's old names and
+promptkd.baselines.ZeroShotCLIP).
 
 `import promptkd.hub` (or `from promptkd import hub`) still works for one release: it gives the
 module at its new place, `promptkd.deploy.hub` (the same module object, so what a user patches
@@ -26,13 +28,13 @@ MOVED = {
 #: `promptkd.demo.weights` (forwarded with a warning by promptkd/demo/__init__.py)
 OLD_DEMO_NAMES = ("ROLES", "pretrained_weights", "probe_table", "add_arguments", "run")
 
-REMOVAL = "it will be removed in the next release"
+REMOVAL = "the old one is removed in the next release"
 
 
 def warn_moved(old: str, new: str, stacklevel: int = 2) -> None:
     """The `FutureWarning` of an old import path; `stacklevel` as for warnings.warn, counted from
     the caller (2: the caller's caller)."""
-    warnings.warn(f"{old} moved to {new}; import it from there ({REMOVAL}).", FutureWarning, stacklevel=stacklevel + 1)
+    warnings.warn(f"{old} is now {new}: use the new name ({REMOVAL}).", FutureWarning, stacklevel=stacklevel + 1)
 
 
 class _MovedLoader(importlib.abc.Loader):

@@ -28,6 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
+from .errors import ConfigError
 from .io import atomic_write_text, load_json
 
 FORMAT = 1
@@ -91,10 +92,29 @@ def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
+#: TRAINER.PROTOCOL's default, where a config sets neither it nor its old name TRAINER.MODAL
+DEFAULT_PROTOCOL = "base2novel"
+
+
+def protocol(cfg) -> str:
+    """The run's evaluation protocol: TRAINER.PROTOCOL, or TRAINER.MODAL, its published name.
+
+    MODAL "" is unset. A MODAL that is set wins over PROTOCOL's default (a published config, or a
+    host codebase that keeps the published key); the two set to different values are an error."""
+    node = cfg.TRAINER
+    current, old = node.get("PROTOCOL", "") or DEFAULT_PROTOCOL, node.get("MODAL", "")
+    if not old or old == current:
+        return current
+    if current == DEFAULT_PROTOCOL:
+        return old
+    raise ConfigError(f"TRAINER.PROTOCOL {current} and TRAINER.MODAL {old} disagree: TRAINER.MODAL is the old "
+                      "name of TRAINER.PROTOCOL; set only TRAINER.PROTOCOL (or both to the same value).")
+
+
 def run_record(cfg, **fields) -> dict:
     data = cfg.DATASET
     return {"format": FORMAT, "kind": "run", "run_id": uuid.uuid4().hex[:16], "started": _now(),
-            "trainer": cfg.TRAINER.NAME, "dataset": data.NAME, "protocol": cfg.TRAINER.MODAL, "seed": cfg.SEED,
+            "trainer": cfg.TRAINER.NAME, "dataset": data.NAME, "protocol": protocol(cfg), "seed": cfg.SEED,
             "backbone": cfg.MODEL.BACKBONE.NAME, "selection": cfg.TEST.MODEL_SELECTION,
             "train_classes": data.SUBSAMPLE_CLASSES, "num_shots": data.NUM_SHOTS, "few_shot": data.NUM_SHOTS > 0,
             # labelled images per class behind the run (None: not a K-shot run; PromptKD: its teacher's K)

@@ -24,12 +24,12 @@ if [ "$PROTOCOL" = few_shot ]; then
   [ -f "$FS_CONFIG" ] || FS_CONFIG="configs/trainers/$TRAINER/$CONFIG.yaml"
   RUN="$OUTPUT/few_shot/$NAME/$DATASET/shots$SHOTS/seed$SEED"
   "${LAUNCH[@]}" "${ARGS[@]}" --config-file "$FS_CONFIG" --output-dir "$RUN" \
-    DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL few_shot \
+    DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES all TRAINER.PROTOCOL few_shot \
     ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:7}"
 elif [ "$PROTOCOL" = base2new ]; then
   RUN="$OUTPUT/base2new/$NAME/$DATASET/seed$SEED"
   "${LAUNCH[@]}" "${ARGS[@]}" --config-file "configs/trainers/$TRAINER/$CONFIG.yaml" --output-dir "$RUN" \
-    DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base TRAINER.MODAL base2novel \
+    DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base TRAINER.PROTOCOL base2novel \
     ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:6}"
 else
   XD_CONFIG="configs/trainers/$TRAINER/${CONFIG}_cross_datasets.yaml"
@@ -38,11 +38,11 @@ else
   SOURCE="$OUTPUT/cross/$NAME/imagenet/seed$SEED"
   if [ "$DATASET" = imagenet ] || [ "$TRAINER" = ZeroshotCLIP ]; then
     "${LAUNCH[@]}" "${ARGS[@]}" --config-file "$XD_CONFIG" --output-dir "$RUN" \
-      DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL cross \
+      DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES all TRAINER.PROTOCOL cross \
       ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:6}"
   else
     "${LAUNCH[@]}" "${ARGS[@]}" --config-file "$XD_CONFIG" --output-dir "$RUN" --eval-only --model-dir "$SOURCE" \
-      DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL cross \
+      DATASET.SUBSAMPLE_CLASSES all TRAINER.PROTOCOL cross \
       ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:6}"
   fi
 fi

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
 
-from promptkd.baselines import ZeroShotCLIP  # noqa: E402
+from promptkd.baselines import ZeroshotCLIP  # noqa: E402
 from promptkd.class_vectors import ClassVectors, class_vectors_file  # noqa: E402
 from tests.trainer_kit import BASELINES, baseline_args, make_trainer, student_args  # noqa: E402
 
@@ -39,7 +39,7 @@ def test_baseline_trains_evaluates_exports_and_reloads(name, runs, data_root, cl
         vectors = ClassVectors.load(vectors_path)
         assert vectors.vectors.shape[0] == 5 and vectors.teacher["method"] == name
     trained = any(p.requires_grad for p in run["trainer"].model.parameters())
-    assert trained == (not isinstance(run["trainer"].model, ZeroShotCLIP))  # zero-shot CLIP learns nothing
+    assert trained == (not isinstance(run["trainer"].model, ZeroshotCLIP))  # zero-shot CLIP learns nothing
     if trained:
         again = make_trainer(baseline_args(name, data_root, clip_files, str(tmp_path)))
         again.run_eval_only(run["out"])

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from promptkd.backbones import clip
-from promptkd.baselines import METHODS, CoCoOp, CoOp, MaPLe, ZeroShotCLIP
+from promptkd.baselines import METHODS, CoCoOp, CoOp, MaPLe, ZeroshotCLIP
 from promptkd.checkpoints import learnable_state_dict, load_learnable_state_dict
 from promptkd.errors import ConfigError
 from promptkd.teacher import IVLPTeacher
@@ -120,7 +120,7 @@ def test_maple_vision_prompts_are_projections_of_text_prompts(teacher_clip):
 
 @pytest.mark.parametrize("ensemble", [False, True])
 def test_zero_shot_equals_stock_classifier(teacher_clip, ensemble):
-    zs = ZeroShotCLIP(teacher_clip, ALL, ensemble=ensemble)
+    zs = ZeroshotCLIP(teacher_clip, ALL, ensemble=ensemble)
     x = images(teacher_clip)
     with torch.no_grad():
         if ensemble:

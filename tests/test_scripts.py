@@ -205,5 +205,5 @@ def test_every_baseline_has_a_few_shot_script(method, tmp_path):
     pairs = dict(zip(argv[3::1], argv[4::1]))
     assert argv[:3] == ["-m", "promptkd", "train"] and os.path.isfile(os.path.join(ROOT, pairs["--config-file"]))
     assert pairs["--output-dir"].endswith(f"few_shot/{pairs['--trainer'].lower()}/dtd/shots8/seed2")
-    assert (pairs["DATASET.NUM_SHOTS"], pairs["DATASET.SUBSAMPLE_CLASSES"], pairs["TRAINER.MODAL"]) == \
+    assert (pairs["DATASET.NUM_SHOTS"], pairs["DATASET.SUBSAMPLE_CLASSES"], pairs["TRAINER.PROTOCOL"]) == \
         ("8", "all", "few_shot")

@@ -1,5 +1,7 @@
 """Dassl trainers of this plugin (thin: they wire configs and data to the `promptkd` core).
 
+    train.py             `promptkd train`: the config merge, then a trainer's train / evaluate
+    plugin.py            PromptKD inside a host codebase: registration and config keys
     config.py            config keys added to Dassl's defaults (extend_cfg)
     base.py              PromptTrainer: config checks, loaders, precision, optimiser/LR, epoch loop
     checkpointing.py     its checkpoint format, pointer file and exact resume (CheckpointMixin)
@@ -10,11 +12,18 @@
     baselines.py         ZeroshotCLIP, CoOp, CoCoOp, IVLP, MaPLe, PromptSRC registered through it
     promptkd_teacher.py  PromptKDTeacher, stage 1: PromptSRC-style teacher + class-vector export
     promptkd.py          PromptKD, stage 2: label-free distillation from stored class vectors
+    students.py          PromptKD's students: the paper's or any registered prompt-learning method
+    host_methods.py      a host codebase's own trainers as PromptKD students
+    host_teacher.py      a finished run of a host codebase's trainer as PromptKD's teacher
     predictor_export.py  writes a finished run's predictor.pt (for promptkd.deploy.predict / export_model)
     distributed.py       the per-rank training / evaluation loaders under torchrun
+    pools.py             PromptKD's unlabelled pool (TRAINER.PROMPTKD.POOL): the images distilled on
     view_data.py         PromptKD's train loader: views a pure function of (view seed, epoch, image)
     cache_views.py       the teacher cache's side of a run: its identity, filling views
     teacher_cache.py     `promptkd cache ...`: the teacher-embedding cache
+    run_logging.py       where the trainers' log lines go (our train.py, a host's)
+    tracking.py          Weights & Biases tracking of a run (LOG.WANDB)
+    demo.py              `promptkd demo`: the offline demo's driver
 
 Importing a trainer module registers it in Dassl's TRAINER_REGISTRY (train.py does this).
 """

@@ -31,7 +31,7 @@ from promptkd.losses import StepLog
 from promptkd.precision import PRECISIONS, Precision, configure_matmul
 from promptkd.schedule import build_lr_scheduler
 from promptkd.trainers.checkpointing import MODEL_NAME, CheckpointMixin
-from promptkd.trainers.config import GRAD_CHECKPOINTS, MODALS, MODEL_SELECTIONS
+from promptkd.trainers.config import GRAD_CHECKPOINTS, MODEL_SELECTIONS, PROTOCOLS
 from promptkd.trainers.data import (UNREADABLE, CheckedDatasetWrapper, check_loader, test_transform, too_many_unreadable,
                                     unreadable_error)
 from promptkd.trainers.distributed import check_sampler, distribute_loaders, keep_workers
@@ -77,18 +77,18 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
     def check_cfg(self, cfg):
         node = cfg.TRAINER[self.CFG_NODE]
         check_tracking(cfg)
-        _allowed(f"TRAINER.{self.CFG_NODE}.PREC", node.PREC, PRECISIONS)
-        _allowed(f"TRAINER.{self.CFG_NODE}.GRAD_CHECKPOINT", node.get("GRAD_CHECKPOINT", "off"), GRAD_CHECKPOINTS)
-        _allowed("TRAINER.MODAL", cfg.TRAINER.MODAL, MODALS)
-        _allowed("TEST.MODEL_SELECTION", cfg.TEST.MODEL_SELECTION, MODEL_SELECTIONS)
-        _allowed("DATASET.SUBSAMPLE_CLASSES", cfg.DATASET.SUBSAMPLE_CLASSES, ("all", "base", "new"))
+        check_allowed(f"TRAINER.{self.CFG_NODE}.PREC", node.PREC, PRECISIONS)
+        check_allowed(f"TRAINER.{self.CFG_NODE}.GRAD_CHECKPOINT", node.get("GRAD_CHECKPOINT", "off"), GRAD_CHECKPOINTS)
+        check_allowed("TRAINER.PROTOCOL", records.protocol(cfg), PROTOCOLS)
+        check_allowed("TEST.MODEL_SELECTION", cfg.TEST.MODEL_SELECTION, MODEL_SELECTIONS)
+        check_allowed("DATASET.SUBSAMPLE_CLASSES", cfg.DATASET.SUBSAMPLE_CLASSES, ("all", "base", "new"))
         for key in ("N_CTX_VISION", "N_CTX_TEXT"):
             if node.get(key, 1) < 1:
                 raise ConfigError(f"TRAINER.{self.CFG_NODE}.{key} must be >= 1, got {node[key]}.")
         for key in ("PROMPT_DEPTH_VISION", "PROMPT_DEPTH_TEXT"):
             if node.get(key, 0) < 0:
                 raise ConfigError(f"TRAINER.{self.CFG_NODE}.{key} must be >= 0, got {node[key]}.")
-        _allowed("TRAIN.COMPILE", cfg.TRAIN.COMPILE, COMPILE_MODES)
+        check_allowed("TRAIN.COMPILE", cfg.TRAIN.COMPILE, COMPILE_MODES)
         if cfg.TRAIN.READ_LOSS_EVERY < 1 or not 0 <= cfg.TRAIN.MAX_SKIPPED_STEPS_SHARE <= 1:
             raise ConfigError(f"TRAIN.READ_LOSS_EVERY must be >= 1 (got {cfg.TRAIN.READ_LOSS_EVERY}) and "
                               f"TRAIN.MAX_SKIPPED_STEPS_SHARE a share in [0, 1] (got {cfg.TRAIN.MAX_SKIPPED_STEPS_SHARE}).")
@@ -100,8 +100,8 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
         if not os.path.isdir(root):
             raise MissingFileError(f"DATASET.ROOT {root} does not exist (--root): point it at the "
                                    "folder holding the datasets (see DATASETS.md).")
-        if cfg.TEST.MODEL_SELECTION == "best_base_test" and cfg.TRAINER.MODAL != "base2novel":
-            raise ConfigError("TEST.MODEL_SELECTION best_base_test needs TRAINER.MODAL base2novel.")
+        if cfg.TEST.MODEL_SELECTION == "best_base_test" and records.protocol(cfg) != "base2novel":
+            raise ConfigError("TEST.MODEL_SELECTION best_base_test needs TRAINER.PROTOCOL base2novel.")
 
     # --- data -----------------------------------------------------------------------------
     def build_data_loader(self):
@@ -455,6 +455,7 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
 
 
 
-def _allowed(key, value, allowed):
+def check_allowed(key, value, allowed):
+    """A ConfigError naming `key`, its value and the allowed values, unless `value` is one."""
     if value not in allowed:
         raise ConfigError(f"{key} is '{value}'; allowed values: {', '.join(allowed)}.")

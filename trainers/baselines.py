@@ -7,7 +7,7 @@ its config node; training, evaluation and class-vector export are `PromptLearnin
 from promptkd.baselines import CoCoOp as CoCoOpMethod
 from promptkd.baselines import CoOp as CoOpMethod
 from promptkd.baselines import MaPLe as MaPLeMethod
-from promptkd.baselines import ZeroShotCLIP
+from promptkd.baselines import ZeroshotCLIP as ZeroshotCLIPMethod
 from promptkd.teacher import IVLPTeacher
 from promptkd.trainers.prompt_learning import PromptLearningTrainer
 from promptkd.trainers.promptkd_teacher import PromptKDTeacher
@@ -17,7 +17,7 @@ class ZeroshotCLIP(PromptLearningTrainer):
     CFG_NODE = "ZEROSHOT"
 
     def build_method(self, clip_model, classnames):
-        return ZeroShotCLIP(clip_model, classnames, self.tcfg.TEMPLATE, self.tcfg.ENSEMBLE)
+        return ZeroshotCLIPMethod(clip_model, classnames, self.tcfg.TEMPLATE, self.tcfg.ENSEMBLE)
 
 
 class CoOp(PromptLearningTrainer):

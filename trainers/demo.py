@@ -74,7 +74,7 @@ def run_argv(out: str, name: str, trainer: str, backbone: str, shots: int, subsa
             "--config-file", os.path.join(REPO, "configs", "trainers", trainer, "demo_tiny.yaml"),
             "--output-dir", run_dir(out, name),
             "MODEL.BACKBONE.NAME", backbone, "DATASET.NUM_SHOTS", str(shots),
-            "DATASET.SUBSAMPLE_CLASSES", subsample, "TRAINER.MODAL", "base2novel", *opts]
+            "DATASET.SUBSAMPLE_CLASSES", subsample, "TRAINER.PROTOCOL", "base2novel", *opts]
 
 
 def run_dir(out: str, name: str) -> str:

@@ -33,7 +33,7 @@ class EvaluationMixin:
         nothing but the figure. Returns base accuracy (base2novel) or accuracy (cross).
         """
         self.set_model_mode("eval")
-        protocol = self.cfg.TRAINER.MODAL
+        protocol = records.protocol(self.cfg)
         selection_only = split == "base-selection"
         preds, labels, indices = [], [], []
         self.unreadable_seen = 0
@@ -72,7 +72,7 @@ class EvaluationMixin:
         return report["base"] if protocol == "base2novel" else report["accuracy"]
 
     def log_report(self, report: dict):
-        protocol = self.cfg.TRAINER.MODAL
+        protocol = records.protocol(self.cfg)
         keys = ["base", "novel", "hm", "accuracy"] if protocol == "base2novel" else ["accuracy"]
         rows = [[k, f"{report[k]:.2f}"] for k in keys]
         logger.info("Results on %s (%s, %d test images, selection %s):\n%s", self.cfg.DATASET.NAME, protocol,

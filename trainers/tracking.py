@@ -25,7 +25,7 @@ from promptkd import distributed as dist_
 from promptkd.errors import ConfigError
 from promptkd.extras import require
 from promptkd.io import atomic_write_text, read_text
-from promptkd.records import plain
+from promptkd.records import plain, protocol
 
 logger = logging.getLogger("promptkd")
 
@@ -79,7 +79,7 @@ class Tracker:
         """The evaluation's figures: summary and a one-row results table."""
         cfg = trainer.cfg
         row = {"trainer": cfg.TRAINER.NAME, "dataset": cfg.DATASET.NAME, "seed": cfg.SEED,
-               "protocol": cfg.TRAINER.MODAL, **metrics}
+               "protocol": protocol(cfg), **metrics}
         wandb = _wandb()
         self.run.log({"results": wandb.Table(columns=list(row), data=[list(row.values())])})
         self.run.summary.update({f"final/{k}": v for k, v in metrics.items()})

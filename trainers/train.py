@@ -31,7 +31,7 @@ from dassl.utils import collect_env_info, set_random_seed  # noqa: E402
 logging.disable(logging.NOTSET)
 
 from promptkd.errors import ConfigError, MissingFileError, add_debug_argument  # noqa: E402
-from promptkd.trainers.config import AUTO_NUMBER_KEYS, extend_cfg, kd_weight  # noqa: E402
+from promptkd.trainers.config import AUTO_NUMBER_KEYS, extend_cfg, kd_weight, resolve_protocol  # noqa: E402
 from promptkd.trainers.names import check_names, closest_matches  # noqa: E402
 from promptkd.trainers.plugin import register  # noqa: E402
 from promptkd.trainers.run_logging import setup_logging  # noqa: E402
@@ -204,6 +204,7 @@ def setup_cfg(args):
             merge_file(cfg, path)
     reset_cfg(cfg, args)
     merge_opts(cfg, args.opts)
+    resolve_protocol(cfg)  # TRAINER.MODAL, the published name, becomes TRAINER.PROTOCOL (a FutureWarning)
     check_names(cfg)  # trainer, dataset and backbone, before Dassl looks them up
     kd_weight(cfg)  # a bad TRAINER.PROMPTKD.KD_WEIGHT stops here, before anything is built
     cfg.freeze()

@@ -22,7 +22,7 @@ RUN="$OUTPUT/base2new/$STUDENT_RUN/$DATASET/seed$SEED"
   --dataset-config-file "configs/datasets/$DATASET.yaml" \
   --config-file "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml" \
   --output-dir "$RUN" \
-  DATASET.NUM_SHOTS 0 DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL base2novel \
+  DATASET.NUM_SHOTS 0 DATASET.SUBSAMPLE_CLASSES all TRAINER.PROTOCOL base2novel \
   TRAINER.PROMPTKD.TEACHER_DIR "$TEACHER_DIR" \
   ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:3}"
 echo "Student run: $RUN (tables: promptkd results $OUTPUT/base2new)"

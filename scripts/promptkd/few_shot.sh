@@ -22,7 +22,7 @@ if [ -z "${TEACHER_DIR:-}" ]; then
       --dataset-config-file "configs/datasets/$DATASET.yaml" \
       --config-file "configs/trainers/PromptKDTeacher/${TEACHER_CONFIG:-vit_l14_c2_ep20_batch8_4+4ctx}.yaml" \
       --output-dir "$TEACHER_RUN" ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} ${TEACHER_OPTS:-} \
-      DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL few_shot  # the protocol wins
+      DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES all TRAINER.PROTOCOL few_shot  # the protocol wins
   fi
 fi
 RUN="$OUTPUT/few_shot/$STUDENT_RUN/$DATASET/shots$SHOTS/seed$SEED"
@@ -30,7 +30,7 @@ RUN="$OUTPUT/few_shot/$STUDENT_RUN/$DATASET/shots$SHOTS/seed$SEED"
   --dataset-config-file "configs/datasets/$DATASET.yaml" \
   --config-file "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml" \
   --output-dir "$RUN" \
-  DATASET.NUM_SHOTS 0 DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL few_shot \
+  DATASET.NUM_SHOTS 0 DATASET.SUBSAMPLE_CLASSES all TRAINER.PROTOCOL few_shot \
   TRAINER.PROMPTKD.TEACHER_DIR "$TEACHER_DIR" \
   ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:4}"
 echo "Student run: $RUN (tables: promptkd results $OUTPUT/few_shot)"

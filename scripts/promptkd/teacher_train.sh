@@ -14,6 +14,6 @@ RUN="$OUTPUT/base2new/promptkd_teacher/$DATASET/seed$SEED"
   --dataset-config-file "configs/datasets/$DATASET.yaml" \
   --config-file "configs/trainers/PromptKDTeacher/$TEACHER_CONFIG.yaml" \
   --output-dir "$RUN" \
-  DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base TRAINER.MODAL base2novel \
+  DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base TRAINER.PROTOCOL base2novel \
   ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:3}"
 echo "Teacher run: $RUN   class vectors: $RUN/export"

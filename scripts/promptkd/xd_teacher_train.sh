@@ -10,6 +10,6 @@ RUN="$OUTPUT/cross/promptkd_teacher/imagenet/seed$SEED"
   --dataset-config-file configs/datasets/imagenet.yaml \
   --config-file "configs/trainers/PromptKDTeacher/vit_l14_c2_ep20_batch8_4+4ctx_cross_datasets.yaml" \
   --output-dir "$RUN" \
-  DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL cross \
+  DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES all TRAINER.PROTOCOL cross \
   ${COMMON_OPTS[@]+"${COMMON_OPTS[@]}"} "${@:2}"
 echo "Cross-dataset teacher run: $RUN   class vectors: $RUN/export"

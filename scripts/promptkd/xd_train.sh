@@ -25,13 +25,13 @@ elif [ ! -d "$TEACHER_RUN" ]; then
 fi
 DATASET_NAME=$(dataset_name "$DATASET")
 if [ ! -f "$TEACHER_RUN/export/class_vectors_$DATASET_NAME.pt" ]; then
-  MODAL=cross TEACHER_CONFIG=$TEACHER_CONFIG bash scripts/promptkd/export_class_vectors.sh \
+  PROTOCOL=cross TEACHER_CONFIG=$TEACHER_CONFIG bash scripts/promptkd/export_class_vectors.sh \
     "$TEACHER_RUN" "$DATASET" ${XD_TEACHER_OPTS:-}
 fi
 STUDENT_CFG="configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx_cross_datasets.yaml"
 COMMON=(--root "$DATA" --seed "$SEED" --trainer PromptKD --dataset-config-file "configs/datasets/$DATASET.yaml"
         --config-file "$STUDENT_CFG")
-OPTS=(DATASET.NUM_SHOTS 0 DATASET.SUBSAMPLE_CLASSES all TRAINER.MODAL cross
+OPTS=(DATASET.NUM_SHOTS 0 DATASET.SUBSAMPLE_CLASSES all TRAINER.PROTOCOL cross
       TRAINER.PROMPTKD.TEACHER_DIR "$TEACHER_RUN/export")  # KD_WEIGHT: the config's auto (per dataset)
 if [[ "$DG_DATASETS" == *" $DATASET "* ]]; then
   RUN="$OUTPUT/cross/$STUDENT_RUN/$DATASET/seed$SEED"
