@@ -2,24 +2,20 @@
 
 `extend_cfg(cfg)` is called by `train.py` before the dataset / trainer YAML files are merged,
 so every key a YAML file or a `KEY VALUE` override may set is declared here with its default.
-The published PromptKD / PromptSRC key names are kept (`TRAINER.PROMPTKD.*`, `TRAINER.PROMPTSRC.*`;
-`TRAINER.MODAL` as the old name of `TRAINER.PROTOCOL`, `resolve_protocol`). This module needs
-only yacs, not Dassl.
+The published PromptKD / PromptSRC key names are kept (`TRAINER.PROMPTKD.*`, `TRAINER.MODAL`,
+`TRAINER.PROMPTSRC.*`). This module needs only yacs, not Dassl.
 
 TRAINER.PROMPTKD.KD_WEIGHT defaults to `auto`: the published weight of DATASET.NAME
 (`kd_weight`, the one place that knows them). yacs keeps one type per key, so keys that take
 `auto` or a number (`AUTO_NUMBER_KEYS`) hold a string; train.py stores a number given in a
 YAML file or on the command line as its string.
 """
-import warnings
-
 from yacs.config import CfgNode as CN
 
 from promptkd.datasets.config import extend_data_cfg
 from promptkd.errors import ConfigError
-from promptkd.records import DEFAULT_PROTOCOL, protocol
 
-PROTOCOLS = ("base2novel", "cross", "few_shot")  # TRAINER.PROTOCOL
+MODALS = ("base2novel", "cross", "few_shot")
 MODEL_SELECTIONS = ("last_epoch", "best_base_test")
 GRAD_CHECKPOINTS = ("off", "text", "image", "both")
 
@@ -140,10 +136,7 @@ def extend_cfg(cfg):
     # --- protocol ------------------------------------------------------------------------
     # base2novel | cross | few_shot (all classes, DATASET.NUM_SHOTS per class: accuracy over all
     # classes; scripts/<method>/few_shot.sh). Recorded as run.json's protocol.
-    cfg.TRAINER.PROTOCOL = DEFAULT_PROTOCOL
-    # Its published name ("" = unset): published configs still load; train.py moves it to
-    # TRAINER.PROTOCOL with a FutureWarning (resolve_protocol).
-    cfg.TRAINER.MODAL = ""
+    cfg.TRAINER.MODAL = "base2novel"
     # Where a prompt-learning trainer writes its class vectors + image side when it is final
     # ("" = OUTPUT_DIR/export): every method here can be a PromptKD teacher.
     cfg.TRAINER.EXPORT_DIR = ""
@@ -215,6 +208,17 @@ def extend_cfg(cfg):
     cfg.TRAINER.PROMPTKD.TEACHER_CONFIG = ""
     cfg.TRAINER.PROMPTKD.TEACHER_BACKBONE = ""
     cfg.TRAINER.PROMPTKD.TEACHER_LOAD_EPOCH = -1
+    # Several teachers (promptkd/targets.py, docs/students.md "Several teachers"): exports of more
+    # teachers beside TEACHER_DIR (trained or zero-shot, any backbone; the same classes in the same
+    # order); the student's class vectors are TEACHER_DIR's. Their probabilities are mixed per image
+    # by ENSEMBLE_RULE: mean_prob, weights (ENSEMBLE_WEIGHTS, one per teacher, TEACHER_DIR first) or
+    # confidence (softmax over teachers of each one's confidence / ENSEMBLE_TEMPERATURE, confidence
+    # ENSEMBLE_CONFIDENCE max_prob or entropy). [] = one teacher.
+    cfg.TRAINER.PROMPTKD.TEACHER_DIRS = []
+    cfg.TRAINER.PROMPTKD.ENSEMBLE_RULE = "mean_prob"
+    cfg.TRAINER.PROMPTKD.ENSEMBLE_WEIGHTS = []
+    cfg.TRAINER.PROMPTKD.ENSEMBLE_TEMPERATURE = 0.1
+    cfg.TRAINER.PROMPTKD.ENSEMBLE_CONFIDENCE = "max_prob"
     # Training views (crop box, flip) are a pure function of (VIEW_SEED, epoch, image index),
     # and so is each epoch's image order; -1 = the run's --seed. Runs with different student
     # seeds can share one view stream (and one teacher cache) by setting it.
@@ -266,6 +270,9 @@ def extend_cfg(cfg):
     # distils the teacher's top TOPK vocabulary entries per image. "" = the dataset's classes.
     cfg.TRAINER.PROMPTKD.VOCABULARY = ""
     cfg.TRAINER.PROMPTKD.TOPK = 10
+    # image: the teacher's top TOPK entries of each image; batch: the top TOPK of the batch by the
+    # teacher's mean probability, the same for every image of the batch (KDPL's class-agnostic variant)
+    cfg.TRAINER.PROMPTKD.TOPK_MODE = "image"
     # --- the unlabelled pool (trainers/pools.py, docs/protocols.md) ---
     # Sources of the images distilled on: train (the train split as DATASET.* builds it; the
     # published protocol), train_base (its base classes), folder:PATH (any image tree),
@@ -285,15 +292,3 @@ def extend_cfg(cfg):
     # sha256 cache, per (path, size, mtime); "" = $XDG_CACHE_HOME/promptkd/content_hashes.json
     cfg.TRAINER.PROMPTKD.HASH_CACHE = ""
     return cfg
-
-def resolve_protocol(cfg) -> str:
-    """Move a TRAINER.MODAL that a config file or override set (the published name) to
-    TRAINER.PROTOCOL, with a FutureWarning, and return the protocol (cfg not frozen). A host
-    codebase's own MODAL is read where it is (promptkd.records.protocol), without a warning."""
-    value = protocol(cfg)  # a ConfigError where the two disagree
-    if cfg.TRAINER.MODAL:
-        warnings.warn(f"TRAINER.MODAL is the old name of TRAINER.PROTOCOL: read as TRAINER.PROTOCOL {value}. "
-                      "Write TRAINER.PROTOCOL in configs and overrides (published configs still load).",
-                      FutureWarning, stacklevel=2)
-    cfg.TRAINER.PROTOCOL, cfg.TRAINER.MODAL = value, ""
-    return value

@@ -44,8 +44,9 @@ from promptkd.losses import (DISTILL_LOSS_LABELS, DISTILL_LOSSES, FEATURE_LOSSES
 from promptkd.precision import fp32_scoring
 from promptkd.deploy.predictor import PredictorRecord, reference_tower
 from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student, teacher_logits
+from promptkd.targets import CachedTeacher, FillingTeacher, LiveTeacher, Views, select_vocabulary
 from promptkd.teacher_cache import FORMATS, TeacherCache, error_check
-from promptkd.trainers.base import PromptTrainer, check_allowed
+from promptkd.trainers.base import PromptTrainer, _allowed
 from promptkd.trainers.config import grad_checkpoint_towers, kd_weight
 from promptkd.trainers.cache_views import cache_identity, cache_slots, fill_views
 from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predictor
@@ -62,6 +63,17 @@ TEACHER_HINT = ("Produce it with the teacher: `bash scripts/promptkd/teacher_tra
                 "(or `python train.py --trainer PromptKDTeacher --eval-only --model-dir TEACHER_RUN ...` "
                 "to export from a finished or published teacher), then set TRAINER.PROMPTKD.TEACHER_DIR "
                 "to its export folder.")
+
+
+class _OneTeacher:
+    """The trainer as `fill_views` (trainers/cache_views.py) sees it, with one teacher's cache
+    and tower: each teacher of an ensemble fills its own cache through the same writer."""
+
+    def __init__(self, trainer, cache, teacher):
+        self._trainer, self.cache, self.teacher = trainer, cache, teacher
+
+    def __getattr__(self, name):
+        return getattr(self._trainer, name)
 
 
 class PromptKD(MethodExport, PromptTrainer):
@@ -86,8 +98,8 @@ class PromptKD(MethodExport, PromptTrainer):
         paper = kd.STUDENT.lower() == PAPER_STUDENT
         if not paper:
             student_trainer(kd.STUDENT)  # a registered method, or an error listing them
-        check_allowed("TRAINER.PROMPTKD.LOSS", kd.LOSS, DISTILL_LOSSES)
-        check_allowed("TRAINER.PROMPTKD.FEATURE_LOSS", kd.FEATURE_LOSS, FEATURE_LOSSES)
+        _allowed("TRAINER.PROMPTKD.LOSS", kd.LOSS, DISTILL_LOSSES)
+        _allowed("TRAINER.PROMPTKD.FEATURE_LOSS", kd.FEATURE_LOSS, FEATURE_LOSSES)
         if kd.FEATURE_LOSS != "off" and not paper:
             raise ConfigError(f"TRAINER.PROMPTKD.FEATURE_LOSS {kd.FEATURE_LOSS} compares the student's projected "
                               f"feature with the teacher's embedding, but the {kd.STUDENT} student has no projector "
@@ -116,7 +128,7 @@ class PromptKD(MethodExport, PromptTrainer):
         check_host_teacher(cfg)  # TEACHER_TRAINER: a host codebase's run as the teacher
         if not kd.TEACHER_DIR and not kd.CLASS_VECTORS:
             raise ConfigError("TRAINER.PROMPTKD.TEACHER_DIR is not set. " + TEACHER_HINT)
-        check_allowed("TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", kd.TEACHER_CACHE_DTYPE, FORMATS)
+        _allowed("TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", kd.TEACHER_CACHE_DTYPE, FORMATS)
         if kd.TEACHER_CACHE_TOPK < 1:
             raise ConfigError(f"TRAINER.PROMPTKD.TEACHER_CACHE_TOPK must be >= 1, got {kd.TEACHER_CACHE_TOPK}.")
         if kd.TEACHER_CACHE_WRITE and not kd.TEACHER_CACHE:
@@ -230,41 +242,11 @@ class PromptKD(MethodExport, PromptTrainer):
             clip_model, preprocess = load_backbone(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.WEIGHTS_DIR)
         if preprocess is not None:
             self.check_input(preprocess, f"student {cfg.MODEL.BACKBONE.NAME}")
-        self.teacher, self.cache, fit = None, None, "from the cache"
-        self.cached_in_epoch = 0  # TEACHER_CACHE_WRITE: views this epoch's steps added to the cache
+        self.cached_in_epoch = {}  # TEACHER_CACHE_WRITE: views this epoch's steps added, per cache folder
         self.teacher_logit_scale = torch.tensor(side.logit_scale, dtype=torch.float32, device=self.device)
-        if kd.TEACHER_CACHE:
-            identity = cache_identity(cfg, side, self.pool.items, self.view_dataset, self.prec,
-                                      self.class_vectors)
-        if kd.TEACHER_CACHE and not kd.TEACHER_CACHE_WRITE:
-            self.cache = TeacherCache.open(kd.TEACHER_CACHE, identity, cache_slots(cfg))
-            logger.info("Teacher: embeddings read from the cache %s; the teacher image tower is not built "
-                        "(no teacher weights are loaded).", kd.TEACHER_CACHE)
-        elif self.host_teacher is not None:  # the host model's own forward, its text features cached
-            self.teacher, fit = self.host_teacher.scorer, self.host_teacher.fit
-        else:
-            # Built aside from the global RNG: the student starts the same with or without it.
-            with torch.random.fork_rng(devices=[]):
-                teacher_visual, teacher_preprocess = side.load_tower(cfg.MODEL.WEIGHTS_DIR,
-                                                                     cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
-                # The teacher sees the student's augmented view, resized / re-normalised for it if needed.
-                fit = TowerInput(preprocess or teacher_preprocess, teacher_preprocess)
-                self.teacher = TeacherImageScorer(teacher_visual, torch.tensor(side.logit_scale), side.prompts,
-                                                  input_adapter=None if fit.identity else fit)
-            if kd.TEACHER_CACHE:
-                self.cache = TeacherCache.create(kd.TEACHER_CACHE, identity, len(self.view_dataset),
-                                                 cache_slots(cfg), side.width, kd.TEACHER_CACHE_DTYPE,
-                                                 kd.TEACHER_CACHE_SHARD_SIZE, kd.VIEWS_PER_IMAGE)
-                self.cache.check = error_check(self.cache.dtype, self.class_vectors, side.logit_scale,
-                                               kd.TEMPERATURE, kd.TEACHER_CACHE_MAX_LOGIT_ERROR,
-                                               kd.TEACHER_CACHE_MAX_PROB_ERROR, self.cache.spec)
-                if self.cache.gives_logits:  # topk: the cache stores the teacher's logits of each view
-                    scale, cpu_vectors = self.teacher_logit_scale.cpu(), self.class_vectors.cpu()
-                    self.cache.scorer = lambda e: teacher_logits(torch.from_numpy(e), scale, cpu_vectors).numpy()
-        if self.teacher is not None:
-            if self.host_teacher is None:  # a host teacher keeps its own precision
-                self.precision.cast_frozen(self.teacher.image_encoder.visual)  # fp16; amp / bf16: compute dtype
-            self.teacher.to(self.device)
+        # Where the targets come from (promptkd/targets.py): the step calls self.targets(views), whatever the source.
+        self.targets, fit = self.build_teacher(0, 1, vectors, side, preprocess, self.teacher_label(vectors, side))
+        self.teacher, self.cache = getattr(self.targets, "tower", None), getattr(self.targets, "cache", None)
         if self.paper_student:
             self.build_paper_student(visual, logit_scale, vectors.width)
         else:
@@ -275,6 +257,66 @@ class PromptKD(MethodExport, PromptTrainer):
                     f" + {kd.CE_WEIGHT:g} x cross-entropy" if kd.CE_WEIGHT > 0 else "",
                     f"; class-agnostic: the teacher's top {kd.TOPK} of {len(self.vocabulary.classnames)} vocabulary "
                     "names, the dataset's class names unseen in training" if self.vocabulary else "")
+
+    def build_teacher(self, number: int, count: int, vectors: ClassVectors, side: ImageSide, preprocess,
+                      name: str):
+        """Teacher `number` of `count` as a source of targets (promptkd/targets.py), and how its
+        input is fitted: the cache read (TEACHER_CACHE; no tower built), the live tower, or the
+        live tower filling the cache (TEACHER_CACHE_WRITE). With several teachers each has its own
+        cache, TEACHER_CACHE/teacher<number>; one teacher's cache is TEACHER_CACHE itself."""
+        kd, cfg = self.tcfg, self.cfg
+        if number == 0:
+            class_vectors, scale = self.class_vectors, self.teacher_logit_scale
+        else:
+            class_vectors = vectors.vectors.to(self.device, torch.float32)
+            scale = torch.tensor(side.logit_scale, dtype=torch.float32, device=self.device)
+        scored = self.vocabulary_vectors if self.vocabulary is not None else class_vectors
+        folder = kd.TEACHER_CACHE if count == 1 else os.path.join(kd.TEACHER_CACHE, f"teacher{number}")
+        if kd.TEACHER_CACHE:
+            identity = cache_identity(cfg, side, self.pool.items, self.view_dataset, self.prec, class_vectors)
+        if kd.TEACHER_CACHE and not kd.TEACHER_CACHE_WRITE:
+            cache = TeacherCache.open(folder, identity, cache_slots(cfg))
+            logger.info("Teacher %s: embeddings read from the cache %s; the teacher image tower is not built "
+                        "(no teacher weights are loaded).", name, folder)
+            return CachedTeacher(cache, scored, scale, self.device, name), "from the cache"
+        host = number == 0 and self.host_teacher is not None
+        if host:  # the host model's own forward, its text features cached
+            tower, fit = self.host_teacher.scorer, self.host_teacher.fit
+        else:
+            # Built aside from the global RNG: the student starts the same with or without it.
+            with torch.random.fork_rng(devices=[]):
+                teacher_visual, teacher_preprocess = side.load_tower(cfg.MODEL.WEIGHTS_DIR,
+                                                                     cfg.MODEL.TRUST_PICKLED_CHECKPOINTS)
+                # The teacher sees the student's augmented view, resized / re-normalised for it if needed.
+                fit = TowerInput(preprocess or teacher_preprocess, teacher_preprocess)
+                tower = TeacherImageScorer(teacher_visual, torch.tensor(side.logit_scale), side.prompts,
+                                           input_adapter=None if fit.identity else fit)
+            self.precision.cast_frozen(tower.image_encoder.visual)  # fp16; amp / bf16: compute dtype (a host
+            # teacher keeps its own precision)
+        tower.to(self.device)
+        if not kd.TEACHER_CACHE:
+            return LiveTeacher(tower, scored, scale, name), fit
+        cache = TeacherCache.create(folder, identity, len(self.view_dataset), cache_slots(cfg), side.width,
+                                    kd.TEACHER_CACHE_DTYPE, kd.TEACHER_CACHE_SHARD_SIZE, kd.VIEWS_PER_IMAGE)
+        cache.check = error_check(cache.dtype, class_vectors, side.logit_scale, kd.TEMPERATURE,
+                                  kd.TEACHER_CACHE_MAX_LOGIT_ERROR, kd.TEACHER_CACHE_MAX_PROB_ERROR, cache.spec)
+        if cache.gives_logits:  # topk: the cache stores the teacher's logits of each view
+            cpu_scale, cpu_vectors = scale.cpu(), class_vectors.cpu()
+            cache.scorer = lambda e: teacher_logits(torch.from_numpy(e), cpu_scale, cpu_vectors).numpy()
+        member = _OneTeacher(self, cache, tower)
+        return FillingTeacher(tower, cache, scored, scale, self.device,
+                              store=lambda slots, indices, embeddings: self.cache_views(slots, indices, embeddings,
+                                                                                        cache),
+                              finish=lambda epoch: self.finish_cache_epoch(member, epoch),
+                              bank=bool(self.view_dataset.views_per_image), name=name), fit
+
+    @staticmethod
+    def teacher_label(vectors: ClassVectors, side: ImageSide) -> str:
+        """How logs, run.json and the results tables name a teacher: its backbone, and
+        `zero-shot` for a zero-shot export."""
+        backbone = side.backbone.get("name") or os.path.basename(str(side.backbone.get("path") or "teacher"))
+        zero_shot = "zero" in str(vectors.teacher.get("method", "")).lower() or vectors.teacher.get("zero_shot")
+        return f"{backbone} zero-shot" if zero_shot else str(backbone)
 
     def build_paper_student(self, visual, logit_scale, class_dim: int):
         kd = self.tcfg
@@ -343,20 +385,20 @@ class PromptKD(MethodExport, PromptTrainer):
         return vocabulary
 
     def check_teacher_protocol(self):
-        """A few-shot student (TRAINER.PROTOCOL few_shot) learns from a teacher of the same protocol:
+        """A few-shot student (TRAINER.MODAL few_shot) learns from a teacher of the same protocol:
         K labelled shots of all classes. Its record's labelled_shots is the teacher's K."""
-        if records.protocol(self.cfg) != "few_shot":
+        if self.cfg.TRAINER.MODAL != "few_shot":
             return
         data = teacher_data(self.tcfg.TEACHER_DIR)
         if data is None:
-            logger.warning("TRAINER.PROTOCOL few_shot: the teacher at %s has no run.json, so its labelled shots are "
+            logger.warning("TRAINER.MODAL few_shot: the teacher at %s has no run.json, so its labelled shots are "
                            "unknown; the results tables list this run as unidentified.",
                            self.tcfg.TEACHER_DIR or self.tcfg.CLASS_VECTORS)
         elif data.get("protocol") != "few_shot" or data.get("train_classes") != "all":
             raise ConfigError(
-                f"TRAINER.PROTOCOL few_shot: the teacher at {self.tcfg.TEACHER_DIR} was trained under protocol "
+                f"TRAINER.MODAL few_shot: the teacher at {self.tcfg.TEACHER_DIR} was trained under protocol "
                 f"{data.get('protocol')} on {data.get('train_classes')} classes; a few-shot student needs a few-shot "
-                "teacher (TRAINER.PROTOCOL few_shot, DATASET.SUBSAMPLE_CLASSES all, DATASET.NUM_SHOTS K). "
+                "teacher (TRAINER.MODAL few_shot, DATASET.SUBSAMPLE_CLASSES all, DATASET.NUM_SHOTS K). "
                 "scripts/promptkd/few_shot.sh DATASET SEED K trains one.")
 
     def record_fields(self) -> dict:
@@ -394,20 +436,12 @@ class PromptKD(MethodExport, PromptTrainer):
         images = batch["img"].to(self.device, non_blocking=True)  # pinned on a GPU; labels only for CE_WEIGHT > 0
         kd = self.tcfg
         with self.autocast():
-            t_logits = None  # the teacher's logits, where a topk cache gives them directly
-            if self.teacher is None:  # from the cache: the views of (epoch, index)
-                embeddings = self.cache.lookup(batch["view"], batch["index"]).to(self.device, non_blocking=True)
-                if self.cache.gives_logits:
-                    t_logits = embeddings
-            elif self.cache is not None and self.view_dataset.views_per_image:
-                embeddings, t_logits = self.bank_embed(batch, images)
-            else:
-                embeddings = self.teacher.embed(images)
-                if self.cache is not None:
-                    self.cache_views(batch["epoch"], batch["index"], embeddings)
+            # the teacher's logits (and embeddings), wherever they come from (promptkd/targets.py)
+            targets = self.targets(Views.of_batch(batch, images))
+            t_logits, embeddings = targets.logits, targets.embeddings
             terms = {}
             if self.vocabulary is not None:
-                student_logits, t_logits = self.vocabulary_logits(images, embeddings)
+                student_logits, t_logits = self.vocabulary_logits(images, t_logits)
             elif self.paper_student:
                 if kd.FEATURE_LOSS != "off":
                     student_logits, features = self.train_model(images, self.class_vectors, with_features=True)
@@ -419,8 +453,6 @@ class PromptKD(MethodExport, PromptTrainer):
                 student_logits = out["logits"]
                 terms.update(self.model.extra_losses(out, None) if getattr(self.model, "regularise", False) else {})
         # Both sides' logits and the loss are fp32, outside autocast (promptkd.precision).
-        if self.vocabulary is None and t_logits is None:  # a topk cache gives them
-            t_logits = teacher_logits(embeddings, self.teacher_logit_scale, self.class_vectors)
         if kd.LOSS == "kl" and not terms and kd.CE_WEIGHT == 0:  # the published loss, exactly
             loss = kd_loss(student_logits, t_logits, kd.TEMPERATURE, self.kd_weight)
             self.backward_and_step(loss)
@@ -432,13 +464,21 @@ class PromptKD(MethodExport, PromptTrainer):
         self.backward_and_step(loss)
         return {**{k: v.detach() for k, v in terms.items()}, "loss": loss.detach()}
 
-    def vocabulary_logits(self, images, embeddings):
+    def vocabulary_logits(self, images, t_full):
         """Class-agnostic: (student, teacher) logits at the teacher's top-K vocabulary entries of
-        each image. A method student encodes only the names some image of the batch needs."""
-        t_full = teacher_logits(embeddings, self.teacher_logit_scale, self.vocabulary_vectors)
+        each image (TOPK_MODE image), or of the batch by the teacher's mean probability (TOPK_MODE
+        batch, KDPL's). `t_full`: the teacher's logits over the whole vocabulary. A method student
+        encodes only the names some image of the batch needs."""
+        kd = self.tcfg
+        if kd.TOPK_MODE == "batch":
+            needed = select_vocabulary(t_full, kd.TOPK, "batch", kd.TEMPERATURE)  # ascending
+            if self.paper_student:
+                return self.train_model(images, self.vocabulary_vectors)[:, needed], t_full[:, needed]
+            self.model.classnames = [self.vocabulary.classnames[i] for i in needed.tolist()]
+            return self.train_model(images)["logits"], t_full[:, needed]
         if self.paper_student:
-            return topk_logits(self.train_model(images, self.vocabulary_vectors), t_full, self.tcfg.TOPK)
-        top, index = t_full.topk(min(self.tcfg.TOPK, t_full.shape[-1]), dim=-1)
+            return topk_logits(self.train_model(images, self.vocabulary_vectors), t_full, kd.TOPK)
+        top, index = t_full.topk(min(kd.TOPK, t_full.shape[-1]), dim=-1)
         needed = torch.unique(index)  # sorted
         self.model.classnames = [self.vocabulary.classnames[i] for i in needed.tolist()]
         student = self.train_model(images)["logits"]  # [B, len(needed)]
@@ -459,30 +499,12 @@ class PromptKD(MethodExport, PromptTrainer):
                 logits, labels = logits[keep], labels[keep]
             return self.tcfg.CE_WEIGHT * F.cross_entropy(logits, labels + self.label_offset)
 
-    def bank_embed(self, batch, images):
-        """TEACHER_CACHE_WRITE with a view bank: the teacher embeds only the views of this batch
-        that are not stored yet (and stores them); the others are read back from the cache.
-        Returns (embeddings, None), or for a topk cache (None, the teacher's logits)."""
-        views, indices = batch["view"].tolist(), batch["index"].tolist()
-        new = [b for b, (v, i) in enumerate(zip(views, indices)) if not self.cache.has(v, i)]
-        logits = self.cache.gives_logits
-        out = torch.empty(len(indices), self.class_vectors.shape[0] if logits else self.cache.width,
-                          dtype=torch.float32, device=self.device)
-        fresh = self.teacher.embed(images[new]) if new else None
-        self.cache_views(torch.tensor([views[b] for b in new], dtype=torch.long),
-                         torch.tensor([indices[b] for b in new], dtype=torch.long), fresh)
-        old = [b for b in range(len(indices)) if b not in set(new)]
-        if new:
-            out[new] = teacher_logits(fresh, self.teacher_logit_scale, self.class_vectors) if logits else fresh.float()
-        if old:
-            out[old] = self.cache.lookup([views[b] for b in old], [indices[b] for b in old]).to(self.device)
-        return (None, out) if logits else (out, None)
-
-    def cache_views(self, epochs, indices, embeddings):
-        """TEACHER_CACHE_WRITE: keep the teacher's embeddings of this step's views. Under DDP
+    def cache_views(self, epochs, indices, embeddings, cache=None):
+        """TEACHER_CACHE_WRITE: keep the teacher's embeddings of this step's views in `cache`
+        (default: the run's, the first teacher's). Under DDP
         every rank's views go to rank 0, which alone writes the cache (each rank holds only
         its share of a shard, so none could complete it). They travel as tensors (`gather_rows`)."""
-        bank = bool(self.view_dataset.views_per_image)
+        bank, cache = bool(self.view_dataset.views_per_image), self.cache if cache is None else cache
         if dist_.is_distributed():
             some = embeddings is not None and len(indices) > 0
             epochs, indices, embeddings = dist_.gather_rows(torch.as_tensor(epochs) if some else None,
@@ -492,23 +514,28 @@ class PromptKD(MethodExport, PromptTrainer):
                 # With a view bank every rank must know which views are stored (it skips their
                 # teacher forward), so it keeps them too; only rank 0 writes.
                 if bank and len(indices):
-                    self.cache.add(epochs, indices, embeddings, write=False)
+                    cache.add(epochs, indices, embeddings, write=False)
                 return
         if embeddings is None or not len(indices):
             return
-        self.cache.add(epochs, indices, embeddings)
-        self.cached_in_epoch += len(indices)
+        cache.add(epochs, indices, embeddings)
+        self.cached_in_epoch[cache.directory] = self.cached_in_epoch.get(cache.directory, 0) + len(indices)
+
+    def finish_cache_epoch(self, member: _OneTeacher, epoch: int) -> None:
+        """TEACHER_CACHE_WRITE, at an epoch's end: the views training did not reach (the tail
+        its loader dropped) are embedded into `member`'s cache by rank 0."""
+        cache = member.cache
+        if dist_.is_main():
+            dropped = fill_views(member, [epoch], drawn=True)
+            logger.info("Teacher cache %s, epoch %d: %d views embedded in training, %d that it dropped after it",
+                        cache.directory, epoch + 1, self.cached_in_epoch.get(cache.directory, 0), dropped)
+            self.cached_in_epoch[cache.directory] = 0
+        dist_.barrier()  # the other ranks wait while rank 0 embeds them
+        if not dist_.is_main() and self.view_dataset.views_per_image:
+            cache.refresh()  # the shards rank 0 has written (with the views it just added)
 
     def after_epoch(self):
-        if self.cache is not None and self.teacher is not None:  # TEACHER_CACHE_WRITE
-            if dist_.is_main():  # the views training did not reach (the tail it dropped)
-                dropped = fill_views(self, [self.epoch], drawn=True)
-                logger.info("Teacher cache, epoch %d: %d views embedded in training, %d that it dropped after it",
-                            self.epoch + 1, self.cached_in_epoch, dropped)
-                self.cached_in_epoch = 0
-            dist_.barrier()  # the other ranks wait while rank 0 embeds them
-            if not dist_.is_main() and self.view_dataset.views_per_image:
-                self.cache.refresh()  # the shards rank 0 has written (with the views it just added)
+        self.targets.end_epoch(self.epoch)  # a source filling the cache completes the epoch's views
         super().after_epoch()
 
     @torch.no_grad()
