@@ -2,20 +2,24 @@
 
 `extend_cfg(cfg)` is called by `train.py` before the dataset / trainer YAML files are merged,
 so every key a YAML file or a `KEY VALUE` override may set is declared here with its default.
-The published PromptKD / PromptSRC key names are kept (`TRAINER.PROMPTKD.*`, `TRAINER.MODAL`,
-`TRAINER.PROMPTSRC.*`). This module needs only yacs, not Dassl.
+The published PromptKD / PromptSRC key names are kept (`TRAINER.PROMPTKD.*`, `TRAINER.PROMPTSRC.*`;
+`TRAINER.MODAL` as the old name of `TRAINER.PROTOCOL`, `resolve_protocol`). This module needs
+only yacs, not Dassl.
 
 TRAINER.PROMPTKD.KD_WEIGHT defaults to `auto`: the published weight of DATASET.NAME
 (`kd_weight`, the one place that knows them). yacs keeps one type per key, so keys that take
 `auto` or a number (`AUTO_NUMBER_KEYS`) hold a string; train.py stores a number given in a
 YAML file or on the command line as its string.
 """
+import warnings
+
 from yacs.config import CfgNode as CN
 
 from promptkd.datasets.config import extend_data_cfg
 from promptkd.errors import ConfigError
+from promptkd.records import DEFAULT_PROTOCOL, protocol
 
-MODALS = ("base2novel", "cross", "few_shot")
+PROTOCOLS = ("base2novel", "cross", "few_shot")  # TRAINER.PROTOCOL
 MODEL_SELECTIONS = ("last_epoch", "best_base_test")
 GRAD_CHECKPOINTS = ("off", "text", "image", "both")
 
@@ -136,7 +140,10 @@ def extend_cfg(cfg):
     # --- protocol ------------------------------------------------------------------------
     # base2novel | cross | few_shot (all classes, DATASET.NUM_SHOTS per class: accuracy over all
     # classes; scripts/<method>/few_shot.sh). Recorded as run.json's protocol.
-    cfg.TRAINER.MODAL = "base2novel"
+    cfg.TRAINER.PROTOCOL = DEFAULT_PROTOCOL
+    # Its published name ("" = unset): published configs still load; train.py moves it to
+    # TRAINER.PROTOCOL with a FutureWarning (resolve_protocol).
+    cfg.TRAINER.MODAL = ""
     # Where a prompt-learning trainer writes its class vectors + image side when it is final
     # ("" = OUTPUT_DIR/export): every method here can be a PromptKD teacher.
     cfg.TRAINER.EXPORT_DIR = ""
@@ -292,3 +299,16 @@ def extend_cfg(cfg):
     # sha256 cache, per (path, size, mtime); "" = $XDG_CACHE_HOME/promptkd/content_hashes.json
     cfg.TRAINER.PROMPTKD.HASH_CACHE = ""
     return cfg
+
+
+def resolve_protocol(cfg) -> str:
+    """Move a TRAINER.MODAL that a config file or override set (the published name) to
+    TRAINER.PROTOCOL, with a FutureWarning, and return the protocol (cfg not frozen). A host
+    codebase's own MODAL is read where it is (promptkd.records.protocol), without a warning."""
+    value = protocol(cfg)  # a ConfigError where the two disagree
+    if cfg.TRAINER.MODAL:
+        warnings.warn(f"TRAINER.MODAL is the old name of TRAINER.PROTOCOL: read as TRAINER.PROTOCOL {value}. "
+                      "Write TRAINER.PROTOCOL in configs and overrides (published configs still load).",
+                      FutureWarning, stacklevel=2)
+    cfg.TRAINER.PROTOCOL, cfg.TRAINER.MODAL = value, ""
+    return value

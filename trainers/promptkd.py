@@ -46,7 +46,7 @@ from promptkd.deploy.predictor import PredictorRecord, reference_tower
 from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student, teacher_logits
 from promptkd.targets import CachedTeacher, FillingTeacher, LiveTeacher, Views, select_vocabulary
 from promptkd.teacher_cache import FORMATS, TeacherCache, error_check
-from promptkd.trainers.base import PromptTrainer, _allowed
+from promptkd.trainers.base import PromptTrainer, check_allowed
 from promptkd.trainers.config import grad_checkpoint_towers, kd_weight
 from promptkd.trainers.cache_views import cache_identity, cache_slots, fill_views
 from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predictor
@@ -98,8 +98,8 @@ class PromptKD(MethodExport, PromptTrainer):
         paper = kd.STUDENT.lower() == PAPER_STUDENT
         if not paper:
             student_trainer(kd.STUDENT)  # a registered method, or an error listing them
-        _allowed("TRAINER.PROMPTKD.LOSS", kd.LOSS, DISTILL_LOSSES)
-        _allowed("TRAINER.PROMPTKD.FEATURE_LOSS", kd.FEATURE_LOSS, FEATURE_LOSSES)
+        check_allowed("TRAINER.PROMPTKD.LOSS", kd.LOSS, DISTILL_LOSSES)
+        check_allowed("TRAINER.PROMPTKD.FEATURE_LOSS", kd.FEATURE_LOSS, FEATURE_LOSSES)
         if kd.FEATURE_LOSS != "off" and not paper:
             raise ConfigError(f"TRAINER.PROMPTKD.FEATURE_LOSS {kd.FEATURE_LOSS} compares the student's projected "
                               f"feature with the teacher's embedding, but the {kd.STUDENT} student has no projector "
@@ -128,7 +128,7 @@ class PromptKD(MethodExport, PromptTrainer):
         check_host_teacher(cfg)  # TEACHER_TRAINER: a host codebase's run as the teacher
         if not kd.TEACHER_DIR and not kd.CLASS_VECTORS:
             raise ConfigError("TRAINER.PROMPTKD.TEACHER_DIR is not set. " + TEACHER_HINT)
-        _allowed("TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", kd.TEACHER_CACHE_DTYPE, FORMATS)
+        check_allowed("TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", kd.TEACHER_CACHE_DTYPE, FORMATS)
         if kd.TEACHER_CACHE_TOPK < 1:
             raise ConfigError(f"TRAINER.PROMPTKD.TEACHER_CACHE_TOPK must be >= 1, got {kd.TEACHER_CACHE_TOPK}.")
         if kd.TEACHER_CACHE_WRITE and not kd.TEACHER_CACHE:
@@ -385,20 +385,20 @@ class PromptKD(MethodExport, PromptTrainer):
         return vocabulary
 
     def check_teacher_protocol(self):
-        """A few-shot student (TRAINER.MODAL few_shot) learns from a teacher of the same protocol:
+        """A few-shot student (TRAINER.PROTOCOL few_shot) learns from a teacher of the same protocol:
         K labelled shots of all classes. Its record's labelled_shots is the teacher's K."""
-        if self.cfg.TRAINER.MODAL != "few_shot":
+        if records.protocol(self.cfg) != "few_shot":
             return
         data = teacher_data(self.tcfg.TEACHER_DIR)
         if data is None:
-            logger.warning("TRAINER.MODAL few_shot: the teacher at %s has no run.json, so its labelled shots are "
+            logger.warning("TRAINER.PROTOCOL few_shot: the teacher at %s has no run.json, so its labelled shots are "
                            "unknown; the results tables list this run as unidentified.",
                            self.tcfg.TEACHER_DIR or self.tcfg.CLASS_VECTORS)
         elif data.get("protocol") != "few_shot" or data.get("train_classes") != "all":
             raise ConfigError(
-                f"TRAINER.MODAL few_shot: the teacher at {self.tcfg.TEACHER_DIR} was trained under protocol "
+                f"TRAINER.PROTOCOL few_shot: the teacher at {self.tcfg.TEACHER_DIR} was trained under protocol "
                 f"{data.get('protocol')} on {data.get('train_classes')} classes; a few-shot student needs a few-shot "
-                "teacher (TRAINER.MODAL few_shot, DATASET.SUBSAMPLE_CLASSES all, DATASET.NUM_SHOTS K). "
+                "teacher (TRAINER.PROTOCOL few_shot, DATASET.SUBSAMPLE_CLASSES all, DATASET.NUM_SHOTS K). "
                 "scripts/promptkd/few_shot.sh DATASET SEED K trains one.")
 
     def record_fields(self) -> dict:
@@ -514,11 +514,11 @@ class PromptKD(MethodExport, PromptTrainer):
                 # With a view bank every rank must know which views are stored (it skips their
                 # teacher forward), so it keeps them too; only rank 0 writes.
                 if bank and len(indices):
-                    cache.add(epochs, indices, embeddings, write=False)
+                    cache.add_async(epochs, indices, embeddings, write=False)
                 return
         if embeddings is None or not len(indices):
             return
-        cache.add(epochs, indices, embeddings)
+        cache.add_async(epochs, indices, embeddings)  # copied to the host and written off the step's thread
         self.cached_in_epoch[cache.directory] = self.cached_in_epoch.get(cache.directory, 0) + len(indices)
 
     def finish_cache_epoch(self, member: _OneTeacher, epoch: int) -> None:
