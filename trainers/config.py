@@ -54,7 +54,7 @@ def _grad_checkpoint_key(node):
     # Activation checkpointing of the prompted towers that backpropagate (off | text | image
     # | both): each transformer block's activations are recomputed in backward instead of kept.
     # Same results, much less memory (the prompted text tower keeps every class prompt's
-    # activations), ~1/3 more compute. Turn on when a step runs out of memory (docs/memory.md).
+    # activations), ~1/3 more compute. Turn on when a step runs out of memory (docs/gpu.md).
     node.GRAD_CHECKPOINT = "off"
 
 
