@@ -20,6 +20,7 @@ The method:
 Training:
 
     views          training views as a pure function of (view seed, epoch, image); the sampler
+    decode         the faster training-image path (INPUT.DECODER torchvision): decode_jpeg, transforms v2
     teacher_cache  stored teacher image embeddings per view (sharded, resumable, checked)
     pools          the unlabelled pool of stage 2: sources, budgets, content hashes, leakage
     precision      the run's precision mode (fp32, fp16, amp, bf16) and fp32 scoring

@@ -31,7 +31,8 @@ ROOT = source_kit.ROOT
 #: Code folders read for old paths and private names (the installed packages, and the benchmarks).
 CODE = {**source_kit.FOLDERS, "benchmarks": "benchmarks"}
 #: Files that name the old paths on purpose.
-OLD_PATH_HOMES = {os.path.join("promptkd", "moved.py"), os.path.join("tests", "test_public_api.py")}
+OLD_PATH_HOMES = {os.path.join("promptkd", "moved.py"), os.path.join("tests", "test_public_api.py"),
+                  os.path.join("tests", "test_names.py")}
 #: Old names kept with a warning: {module: names}.
 OLD_NAMES = {"promptkd.demo": set(OLD_DEMO_NAMES), "promptkd.baselines": {"ZeroShotCLIP"}}
 
