@@ -44,7 +44,8 @@ from promptkd.losses import (DISTILL_LOSS_LABELS, DISTILL_LOSSES, FEATURE_LOSSES
 from promptkd.precision import fp32_scoring
 from promptkd.deploy.predictor import PredictorRecord, reference_tower
 from promptkd.student import PromptKDStudent, TeacherImageScorer, load_published_student, teacher_logits
-from promptkd.targets import CachedTeacher, FillingTeacher, LiveTeacher, Views, select_vocabulary
+from promptkd.targets import (ENSEMBLE_RULES, TOPK_MODES, CachedTeacher, FillingTeacher, LiveTeacher, Views,
+                              build_ensemble, check_ensemble_rule, check_same_classes, select_vocabulary)
 from promptkd.teacher_cache import FORMATS, TeacherCache, error_check
 from promptkd.trainers.base import PromptTrainer, check_allowed
 from promptkd.trainers.config import grad_checkpoint_towers, kd_weight
@@ -126,6 +127,7 @@ class PromptKD(MethodExport, PromptTrainer):
                               "has no text tower (the teacher's text side is in its stored class vectors; only "
                               "the student's image tower trains): use off or image.")
         check_host_teacher(cfg)  # TEACHER_TRAINER: a host codebase's run as the teacher
+        self.check_teachers(kd)
         if not kd.TEACHER_DIR and not kd.CLASS_VECTORS:
             raise ConfigError("TRAINER.PROMPTKD.TEACHER_DIR is not set. " + TEACHER_HINT)
         check_allowed("TRAINER.PROMPTKD.TEACHER_CACHE_DTYPE", kd.TEACHER_CACHE_DTYPE, FORMATS)
@@ -245,8 +247,20 @@ class PromptKD(MethodExport, PromptTrainer):
         self.cached_in_epoch = {}  # TEACHER_CACHE_WRITE: views this epoch's steps added, per cache folder
         self.teacher_logit_scale = torch.tensor(side.logit_scale, dtype=torch.float32, device=self.device)
         # Where the targets come from (promptkd/targets.py): the step calls self.targets(views), whatever the source.
-        self.targets, fit = self.build_teacher(0, 1, vectors, side, preprocess, self.teacher_label(vectors, side))
-        self.teacher, self.cache = getattr(self.targets, "tower", None), getattr(self.targets, "cache", None)
+        count = 1 + len(kd.TEACHER_DIRS)  # TEACHER_DIRS: more teachers, an ensemble
+        first, fit = self.build_teacher(0, count, vectors, side, preprocess, self.teacher_label(vectors, side))
+        teachers, self.teacher_exports = [first], [(vectors, vectors_path, first.name)]
+        for number, folder in enumerate(kd.TEACHER_DIRS, 1):
+            more, more_path, more_side = self.load_teacher_export(folder, vectors, vectors_path)
+            teachers.append(self.build_teacher(number, count, more, more_side, preprocess,
+                                               self.teacher_label(more, more_side))[0])
+            self.teacher_exports.append((more, more_path, teachers[-1].name))
+        self.targets = build_ensemble(teachers, kd.TEMPERATURE, kd.ENSEMBLE_RULE, self.ensemble_weights,
+                                      kd.ENSEMBLE_TEMPERATURE, kd.ENSEMBLE_CONFIDENCE)
+        if count > 1:
+            logger.info("Teachers: an ensemble of %d (%s), probabilities mixed by %s", count,
+                        ", ".join(t.name for t in teachers), self.targets.describe())
+        self.teacher, self.cache = getattr(first, "tower", None), getattr(first, "cache", None)
         if self.paper_student:
             self.build_paper_student(visual, logit_scale, vectors.width)
         else:
@@ -304,19 +318,69 @@ class PromptKD(MethodExport, PromptTrainer):
             cpu_scale, cpu_vectors = scale.cpu(), class_vectors.cpu()
             cache.scorer = lambda e: teacher_logits(torch.from_numpy(e), cpu_scale, cpu_vectors).numpy()
         member = _OneTeacher(self, cache, tower)
-        return FillingTeacher(tower, cache, scored, scale, self.device,
-                              store=lambda slots, indices, embeddings: self.cache_views(slots, indices, embeddings,
-                                                                                        cache),
-                              finish=lambda epoch: self.finish_cache_epoch(member, epoch),
-                              bank=bool(self.view_dataset.views_per_image), name=name), fit
+        source = FillingTeacher(tower, cache, scored, scale, self.device,
+                                store=lambda slots, indices, embeddings: self.cache_views(slots, indices, embeddings,
+                                                                                          cache),
+                                finish=lambda epoch: self.finish_cache_epoch(member, epoch),
+                                bank=bool(self.view_dataset.views_per_image), name=name)
+        source.writer = member  # `promptkd cache` fills each teacher's cache through it
+        return source, fit
+
+    def cache_writers(self) -> list[_OneTeacher]:
+        """TEACHER_CACHE_WRITE: one `fill_views` target per teacher (its cache and tower)."""
+        return [t.writer for t in self.targets.members if getattr(t, "writer", None) is not None]
+
+    def check_teachers(self, kd) -> None:
+        """TEACHER_DIRS (an ensemble) and its rule; what an ensemble cannot be combined with."""
+        check_allowed("TRAINER.PROMPTKD.TOPK_MODE", kd.TOPK_MODE, TOPK_MODES)
+        check_allowed("TRAINER.PROMPTKD.ENSEMBLE_RULE", kd.ENSEMBLE_RULE, ENSEMBLE_RULES)
+        dirs = list(kd.TEACHER_DIRS)
+        self.ensemble_weights = check_ensemble_rule(kd.ENSEMBLE_RULE, list(kd.ENSEMBLE_WEIGHTS),
+                                                    kd.ENSEMBLE_TEMPERATURE, kd.ENSEMBLE_CONFIDENCE, 1 + len(dirs))
+        if not dirs:
+            return
+        first = kd.TEACHER_DIR or kd.CLASS_VECTORS
+        for folder in dirs:
+            if not isinstance(folder, str) or not folder:
+                raise ConfigError(f"TRAINER.PROMPTKD.TEACHER_DIRS {dirs}: give a list of teacher export folders.")
+        paths = [os.path.abspath(d) for d in [first] + dirs]
+        if len(set(paths)) != len(paths):
+            raise ConfigError(f"TRAINER.PROMPTKD.TEACHER_DIRS {dirs} lists a teacher twice (TEACHER_DIR is {first} "
+                              "and is the first teacher already): list each other teacher once.")
+        for key, why in (("VOCABULARY", "each teacher would need its own vocabulary export"),
+                         ("FEATURE_LOSS", "the teachers' embeddings have different widths and spaces")):
+            if kd[key] not in ("", "off"):
+                raise ConfigError(f"TRAINER.PROMPTKD.{key} {kd[key]} with several teachers (TEACHER_DIRS {dirs}): "
+                                  f"{why}; use one teacher, or set {key} {'off' if key == 'FEATURE_LOSS' else ''!r}.")
+
+    def load_teacher_export(self, folder: str, first: ClassVectors, first_path: str):
+        """Another teacher of an ensemble (TEACHER_DIRS): its class vectors and image side, from
+        an export folder or a teacher's model folder; its classes must be the first teacher's,
+        in the same order (the error names both exports)."""
+        cfg = self.cfg
+        if hub.names_model_folder(folder):
+            vectors, side, real = hub.teacher_export(folder)
+            path = side_path = os.path.join(real, hub.CONFIG_FILE)
+        else:
+            path, side_path = class_vectors_file(folder, cfg.DATASET.NAME), os.path.join(folder, IMAGE_SIDE_FILE)
+            vectors = ClassVectors.load(path, TEACHER_HINT)
+            side = ImageSide.load(side_path, TEACHER_HINT)
+        check_same_classes(first.classnames, first_path, vectors.classnames, path)
+        vectors.check_dataset(cfg.DATASET.NAME, self.all_classnames, source=f"class vectors in {path}")
+        check_pair(vectors, side, path, side_path)
+        return vectors, path, side
 
     @staticmethod
     def teacher_label(vectors: ClassVectors, side: ImageSide) -> str:
         """How logs, run.json and the results tables name a teacher: its backbone, and
         `zero-shot` for a zero-shot export."""
-        backbone = side.backbone.get("name") or os.path.basename(str(side.backbone.get("path") or "teacher"))
-        zero_shot = "zero" in str(vectors.teacher.get("method", "")).lower() or vectors.teacher.get("zero_shot")
-        return f"{backbone} zero-shot" if zero_shot else str(backbone)
+        backbone = os.path.basename(str(side.backbone.get("name") or side.backbone.get("path") or "teacher")) \
+            if os.path.sep in str(side.backbone.get("name") or side.backbone.get("path") or "") \
+            else str(side.backbone.get("name") or "teacher")
+        prompts = vectors.teacher.get("prompts") or {}
+        # a zero-shot export: no visual prompts, no text prompts (PromptKDTeacher ZERO_SHOT, depth 0)
+        zero_shot = not side.prompts and not prompts.get("depth_text") and "host_trainer" not in vectors.teacher
+        return f"{backbone} zero-shot" if zero_shot else backbone
 
     def build_paper_student(self, visual, logit_scale, class_dim: int):
         kd = self.tcfg
@@ -415,15 +479,29 @@ class PromptKD(MethodExport, PromptTrainer):
                 "class_names_seen": not kd.VOCABULARY, "vocabulary": kd.VOCABULARY or None,
                 "topk": kd.TOPK if kd.VOCABULARY else None,
                 "student_regularisers": None if self.paper_student else bool(getattr(self.model, "regularise", False)),
-                "pool": self.pool.record(), "teacher_data": data}
+                "pool": self.pool.record(), "teacher_data": data, **self.ensemble_fields()}
+
+    def ensemble_fields(self) -> dict:
+        """run.json of a run with several teachers: every teacher, and the rule; of KDPL's
+        batch-level vocabulary: the mode. Nothing for one teacher and per-image top-K."""
+        out = {"topk_mode": "batch"} if self.tcfg.VOCABULARY and self.tcfg.TOPK_MODE == "batch" else {}
+        if len(self.teacher_exports) > 1:
+            out["teachers"] = [{"name": name, **records.teacher_identity(v.teacher, path)}
+                               for v, path, name in self.teacher_exports]
+            out["ensemble"] = self.targets.describe()
+        return out
 
     def method_label(self) -> str | None:
         """How the results tables name this run when it is not the paper's recipe,
         e.g. PromptKD→CoOp (sym-KL); None for the paper's student and objective."""
         kd = self.tcfg
         extras = [DISTILL_LOSS_LABELS[kd.LOSS]] * (kd.LOSS != "kl") + [f"+{kd.FEATURE_LOSS}"] * (
-            kd.FEATURE_LOSS != "off") + ["+CE"] * (kd.CE_WEIGHT > 0) + [f"class-agnostic top-{kd.TOPK}"] * bool(
-            kd.VOCABULARY)
+            kd.FEATURE_LOSS != "off") + ["+CE"] * (kd.CE_WEIGHT > 0) + [f"class-agnostic top-{kd.TOPK}" + (
+                " per batch" if kd.TOPK_MODE == "batch" else "")] * bool(kd.VOCABULARY)
+        if len(kd.TEACHER_DIRS):  # the ensemble, e.g. "ensemble mean_prob of ViT-L/14 + ViT-B/32 zero-shot"
+            names = [name for _, _, name in getattr(self, "teacher_exports", [])] or [
+                kd.TEACHER_DIR or kd.CLASS_VECTORS, *kd.TEACHER_DIRS]
+            extras.append(f"ensemble {kd.ENSEMBLE_RULE} of {' + '.join(names)}")
         if self.paper_student and not extras:
             return None
         name = "PromptKD" + ("" if self.paper_student else "→" + student_trainer(kd.STUDENT).__name__)

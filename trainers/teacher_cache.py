@@ -50,16 +50,17 @@ def run(args: argparse.Namespace) -> int:
     determinism.configure(cfg.TRAIN.DETERMINISTIC, cfg.USE_CUDA)  # as train.py does
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     trainer = build_trainer(cfg)
-    start = time.time()
-    n = fill_views(trainer, range(cache_slots(cfg)), progress=True)
-    seconds = time.time() - start
-    cache = trainer.cache
-    if not cache.is_complete():
-        missing = len(cache.missing_shards(range(cache.epochs)))
-        raise DataError(f"The teacher cache {cache.directory} is incomplete ({missing} shards missing): some "
-                        "images could not be read (see the list above). Fix them and run the command again.")
-    logger.info("Teacher cache %s: complete, %d images x %d %s, %s; this run embedded %d views in %.1f s%s",
-                cache.directory, cache.n_images, cache.epochs, "views each" if cache.views_per_image else "epochs",
-                cache.dtype, n, seconds,
-                f" ({n / seconds:.1f} views/s)." if n and seconds > 0 else ".")
+    for writer in trainer.cache_writers():  # one per teacher (TEACHER_DIRS: each its own cache folder)
+        start = time.time()
+        n = fill_views(writer, range(cache_slots(cfg)), progress=True)
+        seconds = time.time() - start
+        cache = writer.cache
+        if not cache.is_complete():
+            missing = len(cache.missing_shards(range(cache.epochs)))
+            raise DataError(f"The teacher cache {cache.directory} is incomplete ({missing} shards missing): some "
+                            "images could not be read (see the list above). Fix them and run the command again.")
+        logger.info("Teacher cache %s: complete, %d images x %d %s, %s; this run embedded %d views in %.1f s%s",
+                    cache.directory, cache.n_images, cache.epochs, "views each" if cache.views_per_image else "epochs",
+                    cache.dtype, n, seconds,
+                    f" ({n / seconds:.1f} views/s)." if n and seconds > 0 else ".")
     return 0
