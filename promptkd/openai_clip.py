@@ -71,6 +71,13 @@ def load():
             del sys.modules[PRIVATE_NAME]
             raise
         importlib.import_module(PRIVATE_NAME + ".model")  # clip.model, as `import clip` provides it
-    logger.info("The name `clip` is %s in this process; PromptKD's backbones use the installed OpenAI CLIP "
-                "(%s).", os.path.dirname(shadow) if shadow else "another module", os.path.dirname(origin))
+    global SHADOWED  # noqa: PLW0603
+    SHADOWED = (f"The name `clip` is {os.path.dirname(shadow) if shadow else 'another module'} in this process; "
+                f"PromptKD's backbones use the installed OpenAI CLIP ({os.path.dirname(origin)}).")
+    logger.info("%s", SHADOWED)
     return module
+
+
+#: What `load()` said when a host's `clip` shadowed the installed one ("" when nothing did); our
+#: trainers log it again once their log is set up.
+SHADOWED = ""

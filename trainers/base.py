@@ -23,7 +23,8 @@ from dassl.utils import set_random_seed
 from tqdm import tqdm
 
 from promptkd import distributed as dist_
-from promptkd import records
+from promptkd import openai_clip, records
+from promptkd.datasets import serving as served_by
 from promptkd.backbones import RESIZE_MODES
 from promptkd.errors import ConfigError, DataError, MissingFileError
 from promptkd.evaluation import num_base_classes
@@ -126,6 +127,9 @@ class PromptTrainer(CheckpointMixin, EvaluationMixin, TrainerX):
         # Dassl's SimpleTrainer.build_data_loader, with loaders that name unreadable images.
         dm = DataManager(self.cfg, custom_tfm_test=test_transform(self.cfg), dataset_wrapper=CheckedDatasetWrapper)
         self.dm = dm
+        logger.info("Dataset %s: loader %s", self.cfg.DATASET.NAME, served_by(self.cfg.DATASET.NAME))
+        if openai_clip.SHADOWED:  # under a host codebase whose clip/ folder shadows the installed package
+            logger.info("%s", openai_clip.SHADOWED)
         self.train_loader_x = check_loader(dm.train_loader_x, "train")
         self.train_loader_u = check_loader(dm.train_loader_u, "train")
         self.val_loader = check_loader(dm.val_loader, "val")
