@@ -24,14 +24,24 @@ hold what is left); `add` takes embeddings of views in any order and writes each
 as it is complete; `plan` lists the views still missing, in shard-aligned batches (so a resumed
 writer computes the same batches as an uninterrupted one). `TeacherCache.open` reads a finished
 or partial cache; `lookup` of a view that is not there is an error, never a silent fallback.
+
+`add_async` is `add` off the caller's thread (an online run's training step): the embeddings are
+copied to the host without blocking (pinned memory and a CUDA event on a GPU) and a background
+thread encodes, checks and writes them, in the order they were given, so the cache is the same
+file for file as with `add`. A view given but not stored yet counts as present for `has`;
+`lookup`, `plan`, `missing_shards` and `refresh` first wait for the views given before
+(`flush`), and an error of the background thread is raised at the next call.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import logging
 import os
+import queue
 import shutil
+import threading
 
 import numpy as np
 import torch
@@ -77,6 +87,8 @@ WRITE_HINT = ("Write it with `promptkd cache <the student run's train.py argumen
 DAMAGED_HINT = ("The cache folder is damaged: delete it and write the cache again with `python -m "
                 "promptkd cache <the student run's train.py arguments>`.")
 #: a full disk while writing: the writer resumes where it stopped
+#: add_async: the calls that may wait for the background writer before a call waits for it
+QUEUE_STEPS = 64
 RESUME_HINT = ("run the same command again: the cache writer resumes where it stopped "
                "(`promptkd cache ...`, or the online run).")
 
@@ -227,6 +239,11 @@ class TeacherCache:
         #: (`logit_error_check`); the largest error it measured
         self.check = None
         self.max_error = 0.0
+        # add_async: the background writer, its queue, the views given but not stored yet
+        self._lock, self._pending_lock = threading.RLock(), threading.Lock()  # buffers / pending views
+        self._queue: queue.Queue | None = None
+        self._pending: collections.Counter = collections.Counter()
+        self._error: BaseException | None = None
 
     # --- layout ------------------------------------------------------------------------------
     def shard_starts(self) -> range:
@@ -246,6 +263,7 @@ class TeacherCache:
         return len(self.shard_starts()) * (self.epochs if epochs is None else epochs)
 
     def missing_shards(self, epochs) -> list[tuple[int, int]]:
+        self.flush()
         return [(e, s) for e in epochs for s in self.shard_starts() if self.shard_name(e, s) not in self.done]
 
     def is_complete(self, epochs=None) -> bool:
@@ -359,6 +377,7 @@ class TeacherCache:
     # --- writing -----------------------------------------------------------------------------
     def plan(self, epochs, batch_size: int) -> list[list[tuple[int, int]]]:
         """The views still missing in `epochs`, as (epoch, index) batches that never cross a shard."""
+        self.flush()
         batches = []
         for e, s in self.missing_shards(epochs):
             rows = range(s, s + self.shard_rows(s))
@@ -368,16 +387,21 @@ class TeacherCache:
         return batches
 
     def has(self, slot: int, index: int) -> bool:
-        """Whether view (slot, index) is stored: in a written shard or in this process's buffers."""
+        """Whether view (slot, index) is stored: in a written shard or in this process's buffers,
+        or given to `add_async` (stored when its turn comes)."""
+        if (slot, index) in self._pending:
+            return True
         start = index - index % self.shard_size
         name = self.shard_name(slot, start)
-        if name in self.done or name in self._maps:
-            return True
-        buf = self._buffers.get((slot, start))
-        return buf is not None and bool(buf[1][index - start])
+        with self._lock:
+            if name in self.done or name in self._maps:
+                return True
+            buf = self._buffers.get((slot, start))
+            return buf is not None and bool(buf[1][index - start])
 
     def refresh(self) -> None:
         """Re-read the manifest (shards another process has written since)."""
+        self.flush()
         self.manifest = _read_manifest(os.path.join(self.directory, MANIFEST))
 
     def add(self, epochs, indices, embeddings: torch.Tensor, write: bool = True) -> None:
@@ -393,6 +417,19 @@ class TeacherCache:
         values = encode(self.dtype, original, self.spec)
         if self.check is not None:
             self.max_error = max(self.max_error, self.check(original, values))
+        with self._lock:  # the buffers (has / lookup read them from the caller's thread); the writes outside
+            finished = self._fill(epochs, indices, values)
+        for key in finished:
+            buf = self._buffers[key][0]
+            if write:
+                self._write_shard(*key, buf)
+            with self._lock:
+                if not write:
+                    self._maps[self.shard_name(*key)] = buf
+                del self._buffers[key]
+
+    def _fill(self, epochs, indices, values) -> list:
+        """Put encoded rows in their shards' buffers; the (slot, start) of the shards now full."""
         touched = set()
         for e, i, v in zip(_ints(epochs), _ints(indices), values):
             start = i - i % self.shard_size
@@ -406,14 +443,58 @@ class TeacherCache:
             buf, filled = self._buffers[(e, start)]
             buf[i - start], filled[i - start] = v, True
             touched.add((e, start))
-        for key in sorted(touched):
-            buf, filled = self._buffers[key]
-            if filled.all():
-                if write:
-                    self._write_shard(*key, buf)
-                else:
-                    self._maps[self.shard_name(*key)] = buf
-                del self._buffers[key]
+        return [key for key in sorted(touched) if self._buffers[key][1].all()]
+
+    def add_async(self, epochs, indices, embeddings: torch.Tensor, write: bool = True) -> None:
+        """`add`, done by a background thread: returns once the embeddings' copy to the host is
+        queued (on a GPU: `non_blocking` into pinned memory, a CUDA event marks its end; the
+        caller's stream is never waited for here). The views are stored in the order given, so
+        the cache holds what `add` would write. At most `QUEUE_STEPS` calls wait in the queue
+        (beyond that a call waits for the writer: memory stays bounded)."""
+        self._raise_error()
+        if embeddings.shape[1:] != (self.width,):
+            raise ValueError(f"embeddings of width {tuple(embeddings.shape[1:])} for a cache of width {self.width}.")
+        keys = list(zip(_ints(epochs), _ints(indices)))  # host values in the trainer (a CUDA tensor would sync)
+        host, done = _host(embeddings.detach()), None
+        if embeddings.is_cuda:
+            done = torch.cuda.Event()
+            done.record()
+        with self._pending_lock:
+            self._pending.update(keys)
+        if self._queue is None:
+            self._queue = queue.Queue(maxsize=QUEUE_STEPS)
+            threading.Thread(target=self._drain, name=f"teacher-cache-writer {self.directory}", daemon=True).start()
+        self._queue.put((keys, host, done, write))
+
+    def flush(self) -> None:
+        """Wait until every view given to `add_async` is stored (and its shards written); raise
+        the background thread's error, if it had one."""
+        if self._queue is not None:
+            self._queue.join()
+        self._raise_error()
+
+    def _drain(self) -> None:
+        while True:
+            keys, host, done, write = self._queue.get()
+            try:
+                if self._error is None:  # after an error the rest is dropped (the run stops at its next call)
+                    if done is not None:
+                        done.synchronize()  # the copy to the host has landed
+                    self.add([e for e, _ in keys], [i for _, i in keys], host, write)
+            except BaseException as err:  # noqa: BLE001  (raised again on the caller's thread)
+                self._error = err
+            finally:
+                with self._pending_lock:
+                    self._pending.subtract(keys)
+                    for key in keys:
+                        if self._pending[key] <= 0:
+                            del self._pending[key]
+                self._queue.task_done()
+
+    def _raise_error(self) -> None:
+        err, self._error = self._error, None
+        if err is not None:
+            raise err
 
     def _write_shard(self, epoch: int, start: int, values: np.ndarray) -> None:
         name = self.shard_name(epoch, start)
@@ -428,6 +509,12 @@ class TeacherCache:
     # --- reading -----------------------------------------------------------------------------
     def lookup(self, epochs, indices) -> torch.Tensor:
         """Embeddings [B, width] (float32) of views (epochs[b], indices[b])."""
+        if self._pending and any(key in self._pending for key in zip(_ints(epochs), _ints(indices))):
+            self.flush()  # given to add_async, not stored yet
+        with self._lock:
+            return self._lookup(epochs, indices)
+
+    def _lookup(self, epochs, indices) -> torch.Tensor:
         out = np.empty((len(indices), int(self.spec["classes"]) if self.gives_logits else self.width), np.float32)
         one = None if self.dtype in DTYPES else row_dtype(self.dtype, self.width, self.spec)
         for b, (e, i) in enumerate(zip(_ints(epochs), _ints(indices))):
@@ -465,6 +552,16 @@ class TeacherCache:
                                 + DAMAGED_HINT)
             self._maps[name] = values
         return self._maps[name]
+
+
+def _host(t):
+    """`t` on the host without waiting for its device: a CUDA tensor is copied with `non_blocking`
+    into pinned memory (valid once an event recorded after it has completed); others as they are."""
+    if not isinstance(t, torch.Tensor) or not t.is_cuda:
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
 
 
 def _ints(values) -> list[int]:
