@@ -35,6 +35,8 @@ import torch
 
 
 from promptkd.deploy import export_model
+from promptkd.errors import UserError
+from promptkd.extras import require, torch_at_least
 from promptkd.backbones import clip
 from promptkd.deploy.predictor import ImageClassifier, Predictor, PredictorRecord, preprocess_settings
 from promptkd.student import Projector
@@ -87,13 +89,26 @@ def runner(kind: str, predictor: Predictor, path: str, threads: int, device: str
                     torch.cuda.synchronize()
                 return out.cpu().numpy()
         return run
-    import onnxruntime as ort
+    ort = require("onnxruntime", "export", "the benchmark's onnx row")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
     session = ort.InferenceSession(path, options, providers=providers)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x.numpy()})[0]
+
+
+def onnx_unavailable() -> str | None:
+    """Why the onnx row cannot run here (the export extra missing, a torch older than the ONNX
+    exporter needs), or None."""
+    if not torch_at_least(export_model.ONNX_MIN_TORCH):
+        return f"needs torch >= {export_model.ONNX_MIN_TORCH} (this is {torch.__version__})"
+    try:
+        for module in ("onnxscript", "onnxruntime"):
+            require(module, "export", "the benchmark's onnx row")
+    except UserError as err:
+        return str(err)
+    return None
 
 
 def main(argv=None) -> int:
@@ -113,15 +128,17 @@ def main(argv=None) -> int:
     size = TOWERS[tower]["input_resolution"]
     images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     results = {}
+    skipped = onnx_unavailable()
+    kinds = ("eager", "torchscript") if skipped else ("eager", "torchscript", "onnx")
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"eager": "", "torchscript": os.path.join(tmp, "student.pt"), "onnx": os.path.join(tmp, "student.onnx")}
         export_seconds = {}
-        for kind in ("torchscript", "onnx"):
+        for kind in kinds[1:]:
             t = time.perf_counter()
             export_model.export(predictor, paths[kind], kind)
             export_seconds[kind] = time.perf_counter() - t
         reference = None
-        for kind in ("eager", "torchscript", "onnx"):
+        for kind in kinds:
             run = runner(kind, predictor, paths[kind], threads, args.device)
             out = run(images)  # warm-up (and the logits to compare)
             reference = out if reference is None else reference
@@ -141,15 +158,17 @@ def main(argv=None) -> int:
     machine = {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch_threads": threads,
                "torch": torch.__version__, "device": args.device, "load_before": load_before, "load_after": load_after,
                "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
-    try:
-        import onnxruntime
-        machine["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    if not skipped:
+        machine["onnxruntime"] = require("onnxruntime", "export", "the benchmark's onnx row").__version__
     print(f"{tower} student (depth {predictor.model.image_encoder.depth}, {args.classes} classes), batch {args.batch}, "
           f"fp32, {args.device}, {threads} threads, load average {load_before[0]:.2f} -> {load_after[0]:.2f}")
     print(f"{'':12s} {'images/s':>9s} {'s/batch':>8s} {'CPU s/batch':>11s} {'max |diff|':>10s} {'file MB':>8s}")
+    if skipped:
+        results["onnx"] = {"skipped": skipped}
     for kind, r in results.items():
+        if "skipped" in r:
+            print(f"{kind:12s} skipped: {r['skipped']}")
+            continue
         mb = f"{r['file_mb']:.0f}" if r["file_mb"] else "-"
         print(f"{kind:12s} {r['images_per_s']:9.2f} {r['seconds_per_batch']:8.3f} {r['cpu_s_per_batch']:11.3f} "
               f"{r['max_abs_diff_to_eager']:10.1e} {mb:>8s}")

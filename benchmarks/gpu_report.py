@@ -19,7 +19,8 @@ and the machine), OUT/tier.xml and OUT/tier.log (the tier's JUnit report and out
      prompt through the teacher's prompted text tower (no grad) at each step;
    * the PromptKD student step (ViT-B/16 student, ViT-L/14 teacher) online and from a teacher
      cache on disk, at batch 8 / 32 / 128: images/s and memory;
-   * the data loader: decode + the configs' train transform, images/s with its worker count;
+   * the data loader: decode + the configs' train transform, images/s with its worker count, for
+     INPUT.DECODER pil and torchvision, and which one keeps up with the fastest student step;
    * evaluation (student + class vectors, no grad): images/s;
    * the exported student (ONNX): images/s with the execution provider onnxruntime really used.
 
@@ -366,7 +367,35 @@ class JpegFolder(torch.utils.data.Dataset):
             return self.transform(image.convert("RGB"))
 
 
-def loader_rows(args, device, folder) -> list[dict]:
+class TensorJpegFolder(JpegFolder):
+    """INPUT.DECODER torchvision: decode_jpeg + the transforms v2 doing what `transform` does."""
+
+    def __init__(self, paths, transform):
+        from promptkd.decode import tensor_transform
+        super().__init__(paths, tensor_transform(transform))
+
+    def __getitem__(self, i):
+        from promptkd.decode import read_tensor
+        return self.transform(read_tensor(self.paths[i]))
+
+
+def loader_verdict(rows: list[dict], need: float | None, workers: int) -> str:
+    """Which INPUT.DECODER a GPU run needs: the first (pil, then torchvision) whose loader keeps up
+    with the fastest student step measured (the cached teacher's), at this worker count."""
+    if need is None:
+        return "no student step measured to compare with"
+    rate = {r["decoder"]: r["images_per_s"] for r in rows}
+    for decoder in ("pil", "torchvision"):
+        if rate[decoder] >= need:
+            return (f"a GPU run needs INPUT.DECODER {decoder}: {rate[decoder]:.0f} images/s with {workers} workers "
+                    f"feed the fastest student step ({need:.0f} images/s)")
+    per_worker = rate["torchvision"] / max(workers, 1)
+    return (f"neither decoder feeds the fastest student step ({need:.0f} images/s) with {workers} workers: a GPU "
+            f"run needs INPUT.DECODER torchvision and about {-(-need // per_worker):.0f} CPU workers "
+            f"({per_worker:.0f} images/s each), or caps at {rate['torchvision']:.0f} images/s")
+
+
+def loader_rows(args, device, folder, measured=()) -> list[dict]:
     import yaml
     with open(os.path.join(REPO, STUDENT_CONFIG)) as f:
         workers = int(yaml.safe_load(f)["DATALOADER"]["NUM_WORKERS"])
@@ -374,32 +403,43 @@ def loader_rows(args, device, folder) -> list[dict]:
     resolution = arch("ViT-B/16", args.smoke)["image_resolution"]
     paths = write_jpegs(os.path.join(folder, "jpegs"), args.loader_images, (500, 375))
     transform, how = train_transform(resolution)
-    loader = torch.utils.data.DataLoader(JpegFolder(paths, transform), batch_size=args.loader_batch, shuffle=True,
-                                         num_workers=workers, persistent_workers=workers > 0, drop_last=True,
-                                         pin_memory=device.type == "cuda")
-    for batch in loader:  # warm-up: forks the workers, fills the page cache
-        break
-    start, n = time.perf_counter(), 0
-    for _ in range(args.loader_epochs):
-        for batch in loader:
-            batch.to(device, non_blocking=True)
-            n += len(batch)
-    sync(device)
-    seconds = time.perf_counter() - start
     size = sum(os.path.getsize(p) for p in paths) / len(paths)
-    return [{"what": f"data loader ({workers} workers)", "model": f"500x375 JPEG ~{size / 1024:.0f} KB -> {resolution}",
-             "batch": args.loader_batch, "prec": "", "images_per_s": n / seconds, "s_per_step": seconds / max(n, 1) *
-             args.loader_batch, "workers": workers, "note": how}]
+    rows = []
+    for decoder, dataset in (("pil", JpegFolder(paths, transform)), ("torchvision", TensorJpegFolder(paths, transform))):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.loader_batch, shuffle=True,
+                                             num_workers=workers, persistent_workers=workers > 0, drop_last=True,
+                                             pin_memory=device.type == "cuda")
+        for batch in loader:  # warm-up: forks the workers, fills the page cache
+            break
+        start, n = time.perf_counter(), 0
+        for _ in range(args.loader_epochs):
+            for batch in loader:
+                batch.to(device, non_blocking=True)
+                n += len(batch)
+        sync(device)
+        seconds = time.perf_counter() - start
+        del loader  # its workers end
+        rows.append({"what": f"data loader, INPUT.DECODER {decoder} ({workers} workers)",
+                     "model": f"500x375 JPEG ~{size / 1024:.0f} KB -> {resolution}", "batch": args.loader_batch,
+                     "prec": "", "images_per_s": n / seconds, "s_per_step": seconds / max(n, 1) * args.loader_batch,
+                     "workers": workers, "decoder": decoder, "note": how if decoder == "pil" else
+                     "decode_jpeg + transforms v2 doing what " + how.split(" of ")[0] + " builds"})
+    steps = [r["images_per_s"] for r in measured if r.get("what", "").startswith("student step") and "skipped" not in r]
+    verdict = loader_verdict(rows, max(steps) if steps else None, workers)
+    for r in rows:
+        r["verdict"] = verdict
+    rows[-1]["note"] += "; " + verdict
+    return rows
 
 
 def exported_rows(args, device, folder) -> list[dict]:
-    try:
-        import onnxruntime as ort
-        import onnxscript  # noqa: F401
-    except ImportError as err:
-        return [{"what": "exported student (ONNX)", "skipped": str(err)}]
     from benchmarks import export_speed as es
+    why = es.onnx_unavailable()  # the export extra (through promptkd.extras.require), torch >= 2.7
+    if why:
+        return [{"what": "exported student (ONNX)", "skipped": why}]
     from promptkd.deploy.export_model import export_onnx
+    from promptkd.extras import require
+    ort = require("onnxruntime", "export", "the GPU report's ONNX row")
     predictor = es.build_predictor("tiny" if args.smoke else "ViT-B/16", args.eval_classes, depth=2 if args.smoke else 9)
     path = os.path.join(folder, "student.onnx")
     export_onnx(predictor, path)
@@ -502,7 +542,7 @@ def main(argv=None) -> int:
                                                  with_published=True, with_eval=True)
                  + [r for p in others for r in student_rows(args, device, p, folder, args.student_batches[1:2],
                                                             with_published=False, with_eval=False)]),
-                ("loader", lambda: loader_rows(args, device, folder)),
+                ("loader", lambda: loader_rows(args, device, folder, rows)),
                 ("export", lambda: exported_rows(args, device, folder))):
             t0 = time.perf_counter()
             rows += fn()

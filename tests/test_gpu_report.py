@@ -14,7 +14,8 @@ from benchmarks.gpu_report import tier_verdict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: every row item 2 of issue 37 names (the measurement column's text)
 ROWS = ["teacher step", "published step (re-encodes the class texts)", "student step, online teacher",
-        "student step, cached teacher", "data loader (", "evaluation (student, no grad)", "exported student (ONNX)"]
+        "student step, cached teacher", "data loader, INPUT.DECODER pil (", "data loader, INPUT.DECODER torchvision (",
+        "evaluation (student, no grad)", "exported student (ONNX)"]
 
 
 def junit(path, tests, failures=0, errors=0, skipped=0):
@@ -61,8 +62,10 @@ def test_the_prepared_gpu_command_rehearsed_on_the_cpu(tmp_path):
             == [2, 3, 4]  # the full run: 8 / 32 / 128
     precs = {r["prec"] for r in rows if r["what"].startswith(("teacher", "student"))}
     assert {"fp16", "bf16", "amp (ran as bf16)"} <= precs  # amp is bf16 autocast on a CPU, and says so
-    loader = next(r for r in rows if r["what"].startswith("data loader"))
-    assert loader["workers"] >= 1 and loader["images_per_s"] > 0
+    loaders = [r for r in rows if r["what"].startswith("data loader")]
+    assert [r["decoder"] for r in loaders] == ["pil", "torchvision"]
+    assert all(r["workers"] >= 1 and r["images_per_s"] > 0 for r in loaders)
+    assert "a GPU run needs INPUT.DECODER" in loaders[-1]["verdict"] and loaders[-1]["verdict"] in table
     export = next(r for r in rows if r["what"].startswith("exported student"))
     assert "skipped" in export or export["provider"] == "CPUExecutionProvider"  # the provider that ran
     assert report["shipped_prec"] == {"teacher": "fp16", "student": "fp16"}

@@ -22,6 +22,7 @@ from torch.utils.data import default_collate
 from torchvision import transforms as T
 
 from promptkd.backbones import RESIZE_MODES
+from promptkd.decode import DECODERS, read_tensor, tensor_transform
 from promptkd.errors import ConfigError, DataError
 
 UNREADABLE = "unreadable"  # batch key: [(image path, reason), ...]
@@ -36,17 +37,25 @@ class CheckedDatasetWrapper(DatasetWrapper):
 
     split = "train"  # set by the trainer for the message
 
+    def __init__(self, cfg, data_source, transform=None, is_train=False):
+        super().__init__(cfg, data_source, transform=transform, is_train=is_train)
+        # INPUT.DECODER torchvision: training images decoded to tensors and augmented by the
+        # transforms v2 that do what the PIL transform does (promptkd/decode.py)
+        self.tensor_transform = train_tensor_transform(cfg, transform) if is_train else None
+
     def __getitem__(self, idx):
         # Dassl's DatasetWrapper.__getitem__, with the read separated from the transforms.
         item = self.data_source[idx]
         try:
-            img0 = read_image(item.impath)
+            img0 = read_image(item.impath) if self.tensor_transform is None else read_tensor(item.impath)
         except MemoryError:
             raise
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... on broken files
             return {UNREADABLE: (item.impath, f"{type(err).__name__}: {err}")}
         output = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": idx}
-        if self.transform is None:
+        if self.tensor_transform is not None:
+            output["img"] = self.tensor_transform(img0)
+        elif self.transform is None:
             output["img"] = img0
         elif isinstance(self.transform, (list, tuple)):
             for i, tfm in enumerate(self.transform):
@@ -56,6 +65,20 @@ class CheckedDatasetWrapper(DatasetWrapper):
         if self.return_img0:
             output["img0"] = self.to_tensor(img0)  # without any augmentation
         return output
+
+
+def train_tensor_transform(cfg, transform):
+    """INPUT.DECODER: None for "pil", else the tensor pipeline of `transform` (checked)."""
+    decoder = cfg.INPUT.get("DECODER", "pil")
+    if decoder not in DECODERS:
+        raise ConfigError(f"INPUT.DECODER is '{decoder}'; use one of {', '.join(DECODERS)}.")
+    if decoder == "pil" or transform is None:
+        return None
+    if isinstance(transform, (list, tuple)) or cfg.DATALOADER.K_TRANSFORMS != 1 or cfg.DATALOADER.RETURN_IMG0:
+        raise ConfigError("INPUT.DECODER torchvision runs one train transform per image: it does not take several "
+                          "transforms, DATALOADER.K_TRANSFORMS other than 1 or DATALOADER.RETURN_IMG0; set "
+                          "INPUT.DECODER pil for them.")
+    return tensor_transform(transform)
 
 
 def read_image(path: str) -> Image.Image:

@@ -36,6 +36,8 @@ class ViewDatasetWrapper(CheckedDatasetWrapper):
         self.view_seed = int(view_seed)
         self.views_per_image = int(views_per_image)
         self.description = check_view_transform(transform)
+        if self.tensor_transform is not None:  # other pixels: a cache of PIL views is not this run's
+            self.description.append("decoder torchvision (decode_jpeg, transforms v2)")
 
     def view_of(self, epoch: int, index: int) -> int:
         return view_number(self.view_seed, epoch, index, self.views_per_image)
