@@ -190,7 +190,7 @@ def test_ddp_run_writes_the_same_teacher_cache_as_the_writer(ivlp, data, clip_fi
 
     n_images = manifests[1]["n_images"]
     with open(os.path.join(out, "log.txt")) as f:
-        counts = re.findall(r"Teacher cache, epoch (\d+): (\d+) views embedded in training, (\d+) that it dropped",
+        counts = re.findall(r"Teacher cache [^\n]*?, epoch (\d+): (\d+) views embedded in training, (\d+) that it dropped",
                             f.read())
     assert [int(e) for e, _, _ in counts] == [1, 2, 3], counts  # once per epoch: rank 0 only
     for _, trained, dropped in counts:
@@ -344,7 +344,7 @@ def test_ddp_view_bank_embeds_each_view_once_and_writes_the_writers_cache(ivlp, 
     for name in manifests[0]["shards"]:
         np.testing.assert_allclose(np.load(online / name), np.load(written / name), rtol=0, atol=1e-6)
     with open(os.path.join(out, "log.txt")) as f:
-        counts = re.findall(r"Teacher cache, epoch (\d+): (\d+) views embedded in training, (\d+) that it dropped",
+        counts = re.findall(r"Teacher cache [^\n]*?, epoch (\d+): (\d+) views embedded in training, (\d+) that it dropped",
                             f.read())
     assert [int(e) for e, _, _ in counts] == [1, 2, 3], counts
     assert sum(int(t) + int(d) for _, t, d in counts) == 2 * manifests[1]["n_images"], counts
