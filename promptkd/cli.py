@@ -23,7 +23,7 @@ from .errors import UserError, add_debug_argument, run_cli
 # promptkd.datasets: the repository's trainers/ and datasets/ folders, installed under this package.
 VERBS = {
     "train": ("promptkd.trainers.train", "train or evaluate a trainer on a dataset (CoOp's train.py arguments)"),
-    "cache": ("promptkd.trainers.teacher_cache",
+    "cache": ("promptkd.trainers.cache_command",
               "write the teacher-embedding cache of a PromptKD student run (that run's train arguments)"),
     "check": ("promptkd.datasets.check", "check datasets on disk: every split's images are there and readable"),
     "results": ("promptkd.results", "tables (Markdown, CSV, plot) of finished runs: base / novel / HM, mean ± std"),
@@ -31,7 +31,7 @@ VERBS = {
     "export": ("promptkd.deploy.export_model", "export a finished run for deployment (TorchScript, ONNX, or a model folder)"),
     "convert": ("promptkd.deploy.convert", "turn a published PromptKD / PromptSRC checkpoint into a model folder (no pickle)"),
     "push": ("promptkd.deploy.push", "upload a model folder (export --format hf) to the Hugging Face Hub"),
-    "demo": ("promptkd.trainers.demo", "the offline demo: tiny CLIPs, a toy dataset, the whole pipeline"),
+    "demo": ("promptkd.trainers.demo_driver", "the offline demo: tiny CLIPs, a toy dataset, the whole pipeline"),
     "demo-weights": ("promptkd.demo.weights", "pretrain the demo's tiny CLIPs, or regenerate the shipped ones"),
 }
 

@@ -1,4 +1,5 @@
-"""Old import paths of modules that moved into `promptkd.deploy` and `promptkd.demo` (0.5), and
+"""Old import paths of modules that moved into `promptkd.deploy` and `promptkd.demo`, or were
+renamed in `promptkd.trainers` (0.5), and
 the FutureWarning of every old name kept for one release (also promptkd.demo's old names and
 promptkd.baselines.ZeroShotCLIP).
 
@@ -22,6 +23,11 @@ MOVED = {
     **{f"promptkd.{name}": f"promptkd.deploy.{name}"
        for name in ("predictor", "predict", "export_model", "hub", "push", "convert")},
     **{f"promptkd.{name}": f"promptkd.demo.{name}" for name in ("toyworld", "pretrain", "tiny", "forked")},
+    # trainers/ files named after their role instead of after a core module (0.5)
+    **{f"promptkd.trainers.{old}": f"promptkd.trainers.{new}" for old, new in (
+        ("teacher_cache", "cache_command"), ("cache_views", "cache_filler"), ("view_data", "view_loader"),
+        ("pools", "pool_loader"), ("distributed", "rank_loaders"), ("demo", "demo_driver"),
+        ("baselines", "baseline_trainers"))},
 }
 
 #: names the old module `promptkd.demo` had; `promptkd.demo` is now the package, these live in

@@ -94,10 +94,10 @@ def test_a_newly_registered_method_joins_the_grid(monkeypatch, tmp_path):
     stops naming the folder to ship it in."""
     from dassl.engine import TRAINER_REGISTRY
 
-    from promptkd.trainers import baselines, plugin
+    from promptkd.trainers import baseline_trainers, plugin
     from tests import trainer_kit
 
-    class WideCoOp(baselines.CoOp):
+    class WideCoOp(baseline_trainers.CoOp):
         """A new method: CoOp under a name of its own."""
 
     shipped = plugin.trainer_classes()

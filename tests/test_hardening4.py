@@ -305,7 +305,7 @@ def test_a_stream_that_ends_early_is_an_error_not_a_shorter_epoch(tmp_path):
     """The loader's own check: a shard whose stream ends short (its marker in the dropped tail)."""
     pytest.importorskip("webdataset")
     from torchvision import transforms as T
-    from promptkd.trainers.pools import ShardEpochLoader, ShardViewDataset
+    from promptkd.trainers.pool_loader import ShardEpochLoader, ShardViewDataset
     shard = write_shard(str(tmp_path / "a.tar"), [f"k{j}" for j in range(4)], 0)
     listing = {shard: [f"k{j}" for j in range(4)] + ["k9"]}  # counted with a fifth sample
     dataset = ShardViewDataset(listing, T.Compose([T.Resize((8, 8)), T.ToTensor()]), 1, 0, 1)

@@ -19,7 +19,7 @@ from dassl.data.datasets import Datum  # noqa: E402
 from promptkd.errors import ConfigError, DataError  # noqa: E402
 from promptkd.pools import HashCache, budget_keep, find_overlap, parse_pool, per_class_keep  # noqa: E402
 from promptkd.trainers.config import extend_cfg  # noqa: E402
-from promptkd.trainers.pools import ShardViewDataset, build_pool  # noqa: E402
+from promptkd.trainers.pool_loader import ShardViewDataset, build_pool  # noqa: E402
 from tests.cli import train_py  # noqa: E402
 from tests.fake_data import _image  # noqa: E402
 from tests.trainer_kit import make_trainer, student_args, whole_and_resumed  # noqa: E402
@@ -164,7 +164,7 @@ def test_shards_are_listed_budgeted_and_checked(data_root, extra):
 
 
 def test_shards_split_over_ranks_and_workers_without_duplicates(extra):
-    from promptkd.trainers.pools import ShardEpochLoader
+    from promptkd.trainers.pool_loader import ShardEpochLoader
     listing = {s: [f"s{i}_{j:03d}" for j in range(5)] for i, s in enumerate(extra["shards"])}
     seen = {}
     for epoch in (0, 1):
@@ -184,7 +184,7 @@ def test_shards_split_over_ranks_and_workers_without_duplicates(extra):
 
 
 def test_shards_stream_with_listed_sources_each_image_once_an_epoch(data_root, extra, tmp_path):
-    from promptkd.trainers.pools import LISTED_UNIT, ShardEpochLoader
+    from promptkd.trainers.pool_loader import LISTED_UNIT, ShardEpochLoader
     sources = ["train", f"folder:{extra['folder']}", f"wds:{extra['pattern']}"]
     pool = build_pool(fake_trainer(data_root, extra["hashes"], POOL=sources))
     train = fake_trainer(data_root, "").dm.dataset.train_x

@@ -141,8 +141,16 @@ def _old_paths_in_code(root: str, skip=OLD_PATH_HOMES) -> list[str]:
     return found
 
 
-OLD_TEXT = re.compile(r"\bpromptkd[./](?:%s)\b|promptkd/demo_weights" % "|".join(
-    name.rpartition(".")[2] for name in MOVED))
+def _text_forms(old: str) -> str:
+    """How docs and scripts write an old module path: promptkd.hub / promptkd/hub(.py) for the
+    core's, promptkd.trainers.pools / trainers/pools.py for the repository's trainers/ folder."""
+    package, _, name = old.rpartition(".")
+    if package == "promptkd.trainers":
+        return rf"\bpromptkd\.trainers\.{name}\b|\btrainers/{name}\.py\b"
+    return rf"\bpromptkd[./]{name}\b"
+
+
+OLD_TEXT = re.compile("|".join([_text_forms(old) for old in MOVED] + ["promptkd/demo_weights"]))
 
 
 def _old_paths_in_text(root: str) -> list[str]:

@@ -35,7 +35,7 @@ from promptkd.trainers.checkpointing import MODEL_NAME, CheckpointMixin
 from promptkd.trainers.config import GRAD_CHECKPOINTS, MODEL_SELECTIONS, PROTOCOLS
 from promptkd.trainers.data import (UNREADABLE, CheckedDatasetWrapper, check_loader, test_transform, too_many_unreadable,
                                     unreadable_error)
-from promptkd.trainers.distributed import check_sampler, distribute_loaders, keep_workers
+from promptkd.trainers.rank_loaders import check_sampler, distribute_loaders, keep_workers
 from promptkd.trainers.evaluate import EvaluationMixin
 from promptkd.trainers.run_logging import ensure_logging
 from promptkd.trainers.tracking import Tracker, check_cfg as check_tracking

@@ -280,7 +280,7 @@ def extend_cfg(cfg):
     # image: the teacher's top TOPK entries of each image; batch: the top TOPK of the batch by the
     # teacher's mean probability, the same for every image of the batch (KDPL's class-agnostic variant)
     cfg.TRAINER.PROMPTKD.TOPK_MODE = "image"
-    # --- the unlabelled pool (trainers/pools.py, docs/protocols.md) ---
+    # --- the unlabelled pool (trainers/pool_loader.py, docs/protocols.md) ---
     # Sources of the images distilled on: train (the train split as DATASET.* builds it; the
     # published protocol), train_base (its base classes), folder:PATH (any image tree),
     # wds:PATTERN (WebDataset .tar shards, brace pattern); several combine (shards alone).

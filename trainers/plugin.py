@@ -33,11 +33,11 @@ PREFIX = "PKD."
 
 def trainer_classes() -> tuple:
     """Every trainer this plugin provides, in registration order."""
-    from promptkd.trainers import baselines  # noqa: PLC0415  (Dassl trainers: only when asked for)
+    from promptkd.trainers import baseline_trainers  # noqa: PLC0415  (Dassl trainers: only when asked for)
     from promptkd.trainers.promptkd import PromptKD  # noqa: PLC0415
     from promptkd.trainers.promptkd_teacher import PromptKDTeacher  # noqa: PLC0415
-    return (PromptKDTeacher, PromptKD, baselines.ZeroshotCLIP, baselines.CoOp, baselines.CoCoOp, baselines.IVLP,
-            baselines.MaPLe, baselines.PromptSRC)
+    b = baseline_trainers
+    return (PromptKDTeacher, PromptKD, b.ZeroshotCLIP, b.CoOp, b.CoCoOp, b.IVLP, b.MaPLe, b.PromptSRC)
 
 
 def register() -> dict:

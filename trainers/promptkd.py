@@ -7,7 +7,7 @@ vectors, and minimises KD_WEIGHT · T² · KL(teacher ‖ student) / (B·C) (KD_
 published weight of the dataset, `promptkd.trainers.config.kd_weight`). Labels are never read.
 Evaluation and inference run the student and the class vectors only.
 
-Views are reproducible (`trainers/view_data.py`): with TRAINER.PROMPTKD.TEACHER_CACHE the
+Views are reproducible (`trainers/view_loader.py`): with TRAINER.PROMPTKD.TEACHER_CACHE the
 teacher's embeddings of each view are read from a cache (`promptkd cache` writes
 it) and the teacher tower is never built; TEACHER_CACHE_WRITE fills the cache online.
 
@@ -49,14 +49,14 @@ from promptkd.targets import (ENSEMBLE_RULES, TOPK_MODES, CachedTeacher, Filling
 from promptkd.teacher_cache import FORMATS, TeacherCache, error_check
 from promptkd.trainers.base import PromptTrainer, check_allowed
 from promptkd.trainers.config import grad_checkpoint_towers, kd_weight
-from promptkd.trainers.cache_views import cache_identity, cache_slots, fill_views
+from promptkd.trainers.cache_filler import cache_identity, cache_slots, fill_views
 from promptkd.trainers.predictor_export import preprocess_from_cfg, save_predictor
 from promptkd.trainers.prompt_learning import MethodExport
 from promptkd.trainers.host_methods import is_host_trainer
 from promptkd.trainers.host_teacher import build_host_teacher, check_cfg as check_host_teacher
 from promptkd.trainers.students import PAPER_STUDENT, build_method_student, regulariser_note, student_trainer
-from promptkd.trainers.pools import SHARD_CACHE_REFUSED, build_pool, build_shard_loader, teacher_data
-from promptkd.trainers.view_data import build_view_loader, resolve_view_seed
+from promptkd.trainers.pool_loader import SHARD_CACHE_REFUSED, build_pool, build_shard_loader, teacher_data
+from promptkd.trainers.view_loader import build_view_loader, resolve_view_seed
 
 logger = logging.getLogger("promptkd")
 
@@ -67,7 +67,7 @@ TEACHER_HINT = ("Produce it with the teacher: `bash scripts/promptkd/teacher_tra
 
 
 class _OneTeacher:
-    """The trainer as `fill_views` (trainers/cache_views.py) sees it, with one teacher's cache
+    """The trainer as `fill_views` (trainers/cache_filler.py) sees it, with one teacher's cache
     and tower: each teacher of an ensemble fills its own cache through the same writer."""
 
     def __init__(self, trainer, cache, teacher):
@@ -142,7 +142,7 @@ class PromptKD(MethodExport, PromptTrainer):
         super().build_data_loader()
         seed = resolve_view_seed(self.cfg, required=bool(self.tcfg.TEACHER_CACHE))
         transform = self.dm.train_loader_x.dataset.transform  # Dassl's train transform (INPUT.*)
-        self.pool = build_pool(self)  # TRAINER.PROMPTKD.POOL (trainers/pools.py); default: train_x itself
+        self.pool = build_pool(self)  # TRAINER.PROMPTKD.POOL (trainers/pool_loader.py); default: train_x itself
         if self.pool.streamed:
             if self.tcfg.TEACHER_CACHE:
                 raise ConfigError(SHARD_CACHE_REFUSED)

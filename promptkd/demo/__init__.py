@@ -1,4 +1,4 @@
-"""The offline demo's kit (plain PyTorch, no Dassl; the driver is promptkd.trainers.demo).
+"""The offline demo's kit (plain PyTorch, no Dassl; the driver is promptkd.trainers.demo_driver).
 
     toyworld       the demo's generated colour x shape world (images and captions)
     pretrain       contrastive pretraining of tiny CLIPs on it, cached (the demo's backbones)

@@ -4,7 +4,7 @@
 list, views, precision), so that a run refuses a cache of another; `fill_views` embeds the views
 of the given epochs with the teacher's image side and stores them. Used by the PromptKD trainer
 (TEACHER_CACHE_WRITE fills the cache while it trains) and by the writer command,
-`promptkd cache` (trainers/teacher_cache.py). The file format is
+`promptkd cache` (trainers/cache_command.py). The file format is
 `promptkd/teacher_cache.py`.
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ TRAINER.PROMPTKD.VIEWS_PER_IMAGE = K > 0, the K views of every image once) at it
 size (TRAINER.PROMPTKD.TEACHER_CACHE_BATCH_SIZE), storing the normalised embeddings
 (TEACHER_CACHE_DTYPE, fp16 by default) in the core format of `promptkd/teacher_cache.py`.
 Interrupted, the same command resumes. The student run then reads the cache: the same command
-with `promptkd train`. `fill_views` (trainers/cache_views.py) is shared with online runs that fill the cache as they
+with `promptkd train`. `fill_views` (trainers/cache_filler.py) is shared with online runs that fill the cache as they
 go (TEACHER_CACHE_WRITE).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 
 from promptkd.errors import ConfigError, DataError
 from promptkd.trainers import train  # the student run's command line, config files and overrides
-from promptkd.trainers.cache_views import cache_slots, fill_views
+from promptkd.trainers.cache_filler import cache_slots, fill_views
 
 logger = logging.getLogger("promptkd")
 
