@@ -2,6 +2,7 @@
 
     load_backbone(name, weights_dir)     -> (CLIP model, Preprocess)        stage 1, baselines
     load_image_tower(name, weights_dir)  -> (image tower, logit scale, Preprocess)   stage 2
+    backbone_preprocess(name)            -> Preprocess (input_options: the INPUT.* that match)
 
 `name` is an OpenAI name (`ViT-B/16`) or checkpoint path, loaded through the `clip` package's
 own `clip.load` (a user's `ViT-B-16.pt` JIT archive and a plain state-dict file take the same
@@ -85,6 +86,23 @@ def load_image_tower(name: str, weights_dir: str | None = None) -> tuple[torch.n
         return visual, scale, Preprocess.of(pp["size"], pp["mean"], pp["std"], pp["interpolation"], pp["resize_mode"])
     visual, scale = visual_from_state_dict(read_clip_state(name, weights_dir))
     return visual, scale, openai_preprocess(visual)
+
+
+def backbone_preprocess(name: str, weights_dir: str | None = None) -> Preprocess:
+    """The preprocessing of backbone `name` without building its text tower (open_clip: from its
+    configs; OpenAI: from the image tower's resolution)."""
+    if openclip_backbones.is_open_clip_name(name):
+        pp = openclip_backbones.resolve(name, weights_dir).preprocess
+        return Preprocess.of(pp["size"], pp["mean"], pp["std"], pp["interpolation"], pp["resize_mode"])
+    return load_image_tower(name, weights_dir)[2]
+
+
+def input_options(pp: Preprocess) -> list[str]:
+    """The INPUT.* config options (KEY VALUE ..., no spaces inside a value) that match `pp`."""
+    def seq(values, brackets="[]"):
+        return brackets[0] + ",".join(repr(v) for v in values) + brackets[1]
+    return ["INPUT.SIZE", seq(pp.size, "()"), "INPUT.PIXEL_MEAN", seq(pp.mean), "INPUT.PIXEL_STD", seq(pp.std),
+            "INPUT.INTERPOLATION", pp.interpolation, "INPUT.RESIZE_MODE", pp.resize_mode]
 
 
 def backbone_reference(name: str) -> dict:

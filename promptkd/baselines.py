@@ -33,16 +33,21 @@ def _names(classnames):
 
 
 class ZeroshotCLIP(PromptMethod):
-    """Stock CLIP's zero-shot classifier: one template or the 80-template ensemble."""
+    """Stock CLIP's zero-shot classifier: one template or the 80-template ensemble (or the
+    ensemble over `templates`, a zero-shot teacher's chosen set named `template_set`)."""
 
-    def __init__(self, clip_model, classnames, template: str = "a photo of a {}.", ensemble: bool = False):
+    def __init__(self, clip_model, classnames, template: str = "a photo of a {}.", ensemble: bool = False,
+                 templates=None, template_set: str | None = None):
         super().__init__(clip_model, classnames)
-        self.template, self.ensemble = template, ensemble
-        self.settings = {"template": template, "ensemble": ensemble}
+        self.template, self.ensemble = template, ensemble or bool(templates)
+        self.templates = list(templates) if templates else IMAGENET_TEMPLATES
+        self.settings = {"template": template, "ensemble": self.ensemble}
+        if templates:
+            self.settings.update(templates=template_set or "custom", n_templates=len(self.templates))
 
     def text_features(self, classnames):
         if self.ensemble:  # unit-norm average over templates (CLIP's ensemble)
-            return ensemble_text_features(self.clip, classnames, IMAGENET_TEMPLATES, normalise_each=True)
+            return ensemble_text_features(self.clip, classnames, self.templates, normalise_each=True)
         return self.clip.encode_text(self.tokens([self.template.format(n) for n in _names(classnames)]))
 
 

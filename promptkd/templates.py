@@ -4,6 +4,9 @@
   the zero-shot CLIP baseline's ensemble (`ZeroshotCLIP`, TRAINER.ZEROSHOT.ENSEMBLE).
 * `PROMPTSRC_TEMPLATES`: the 60 of them that PromptSRC's text regulariser averages over (the
   published PromptSRC, hence the paper's PromptKD teacher): the 80 minus the 20 below.
+* `OPENAI7_TEMPLATES`: the 7 of the 80 OpenAI's notebook recommends for ImageNet.
+* `TEMPLATE_SETS` / `template_set(spec)`: the sets by name, or a file of templates, for a
+  zero-shot teacher's export (TRAINER.PROMPTSRC.ZERO_SHOT_TEMPLATES).
 """
 
 IMAGENET_TEMPLATES = [
@@ -44,3 +47,51 @@ _NOT_IN_PROMPTSRC = {
 }
 PROMPTSRC_TEMPLATES = [t for t in IMAGENET_TEMPLATES if t not in _NOT_IN_PROMPTSRC]
 assert len(PROMPTSRC_TEMPLATES) == 60 and _NOT_IN_PROMPTSRC <= set(IMAGENET_TEMPLATES)
+
+# The 7 of the 80 that OpenAI's prompt-engineering notebook found best on ImageNet (its
+# "ensembling" section): the ensemble many zero-shot teachers use for speed.
+OPENAI7_TEMPLATES = [
+    "itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+    "a {} in a video game.", "art of the {}.", "a photo of the small {}.",
+]
+assert set(OPENAI7_TEMPLATES) <= set(IMAGENET_TEMPLATES)
+
+#: Template sets by name (TRAINER.PROMPTSRC.ZERO_SHOT_TEMPLATES); a text file works too.
+TEMPLATE_SETS = {
+    "imagenet80": IMAGENET_TEMPLATES,
+    "promptsrc60": PROMPTSRC_TEMPLATES,
+    "openai7": OPENAI7_TEMPLATES,
+    "photo": ["a photo of a {}."],
+}
+
+
+def template_set(spec: str, key: str = "TRAINER.PROMPTSRC.ZERO_SHOT_TEMPLATES") -> list[str]:
+    """The templates `spec` names: a set of TEMPLATE_SETS, or a text file with one template per
+    line ('{}' where the class name goes; blank lines and lines starting with '#' are skipped).
+    Anything else is a ConfigError naming `key`, the value and the choices."""
+    from .errors import ConfigError, MissingFileError  # noqa: PLC0415  (import promptkd.templates stays light)
+
+    spec = str(spec).strip()
+    if spec in TEMPLATE_SETS:
+        return list(TEMPLATE_SETS[spec])
+    import os  # noqa: PLC0415
+
+    path = os.path.expanduser(spec)
+    if not os.path.isfile(path):
+        kind = MissingFileError if (os.sep in spec or spec.endswith(".txt")) else ConfigError
+        raise kind(f"{key} '{spec}' is neither a template set ({', '.join(TEMPLATE_SETS)}) nor a text file of "
+                   "templates (one per line, '{}' for the class name).")
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f]
+    templates = [t for t in lines if t and not t.startswith("#")]
+    if not templates:
+        raise ConfigError(f"{key}: {path} holds no templates; write one per line, '{{}}' for the class name.")
+    for n, t in enumerate(templates):
+        try:
+            ok = t.count("{}") == 1 and t.format("x") != t
+        except (IndexError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{key}: template {n + 1} of {path}, '{t}', needs exactly one '{{}}' (where the class "
+                              "name goes) and no other braces.")
+    return templates

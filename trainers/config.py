@@ -164,6 +164,10 @@ def extend_cfg(cfg):
     # A teacher that is not trained at all: stock CLIP with "{CTX_INIT} {classname}."
     # (also implied by OPTIM.MAX_EPOCH 0). Prompt depths must then be 0.
     cfg.TRAINER.PROMPTSRC.ZERO_SHOT = False
+    # A zero-shot teacher's class vectors from a template ensemble instead of CTX_INIT: a set of
+    # promptkd/templates.py (imagenet80, promptsrc60, openai7, photo) or a file of templates, one
+    # per line; the normalised mean of the normalised features over them (CLIP's ensemble).
+    cfg.TRAINER.PROMPTSRC.ZERO_SHOT_TEMPLATES = ""
 
     # --- baselines (same data pipeline and evaluation; each can export class vectors) -----
     cfg.TRAINER.ZEROSHOT = CN()

@@ -380,6 +380,8 @@ class PromptKD(MethodExport, PromptTrainer):
         prompts = vectors.teacher.get("prompts") or {}
         # a zero-shot export: no visual prompts, no text prompts (PromptKDTeacher ZERO_SHOT, depth 0)
         zero_shot = not side.prompts and not prompts.get("depth_text") and "host_trainer" not in vectors.teacher
+        if zero_shot and prompts.get("templates"):  # a template ensemble (ZERO_SHOT_TEMPLATES)
+            return f"{backbone} zero-shot ({os.path.basename(str(prompts['templates']))})"
         return f"{backbone} zero-shot" if zero_shot else backbone
 
     def build_paper_student(self, visual, logit_scale, class_dim: int):

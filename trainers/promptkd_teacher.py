@@ -7,7 +7,9 @@ off, all zero = plain IVLP) and Gaussian prompt aggregation over epochs. When th
 final it encodes *all* classes once and writes `class_vectors_<Dataset>.pt` and
 `image_side.pt` to its export folder, which is all stage 2 needs. `--eval-only` exports from a
 finished run or from a published PromptSRC/PromptKD teacher checkpoint. ZERO_SHOT (or
-OPTIM.MAX_EPOCH 0) gives the untrained "a photo of a {c}." CLIP teacher.
+OPTIM.MAX_EPOCH 0) gives the untrained "a photo of a {c}." CLIP teacher; with
+ZERO_SHOT_TEMPLATES its class vectors are CLIP's zero-shot ensemble over a template set
+(scripts/promptkd/zeroshot_teacher.sh).
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import logging
 import os
 
 
+from promptkd.baselines import ZeroshotCLIP
 from promptkd.teacher import IVLPTeacher, load_published_teacher
+from promptkd.templates import TEMPLATE_SETS, template_set
 from promptkd.trainers.prompt_learning import PromptLearningTrainer
 from promptkd.errors import ConfigError
 
@@ -36,8 +40,24 @@ class PromptKDTeacher(PromptLearningTrainer):
             raise ConfigError(f"A zero-shot teacher (TRAINER.{self.CFG_NODE}.ZERO_SHOT or OPTIM.MAX_EPOCH 0) has "
                               f"no prompts: set TRAINER.{self.CFG_NODE}.PROMPT_DEPTH_TEXT 0 and PROMPT_DEPTH_VISION "
                               "0 (configs/trainers/PromptKDTeacher/zeroshot_vit_l14.yaml).")
+        if t.get("ZERO_SHOT_TEMPLATES", "") and not (t.get("ZERO_SHOT", False) or cfg.OPTIM.MAX_EPOCH == 0):
+            raise ConfigError(f"TRAINER.{self.CFG_NODE}.ZERO_SHOT_TEMPLATES '{t.ZERO_SHOT_TEMPLATES}' sets the "
+                              f"templates of a zero-shot teacher: set TRAINER.{self.CFG_NODE}.ZERO_SHOT True (and "
+                              "prompt depths 0), or ZERO_SHOT_TEMPLATES \"\" for a trained one.")
+        if t.get("ZERO_SHOT_TEMPLATES", ""):
+            template_set(t.ZERO_SHOT_TEMPLATES, f"TRAINER.{self.CFG_NODE}.ZERO_SHOT_TEMPLATES")  # fails early
 
     def build_method(self, clip_model, classnames):
+        t = self.tcfg
+        if t.get("ZERO_SHOT_TEMPLATES", ""):  # CLIP's zero-shot ensemble over a chosen template set
+            spec = t.ZERO_SHOT_TEMPLATES
+            templates = template_set(spec, f"TRAINER.{self.CFG_NODE}.ZERO_SHOT_TEMPLATES")
+            name = spec if spec in TEMPLATE_SETS else os.path.abspath(os.path.expanduser(spec))
+            logger.info("Zero-shot teacher: class vectors averaged over %d templates (%s)", len(templates), name)
+            return ZeroshotCLIP(clip_model, classnames, templates=templates, template_set=name)
+        return self.build_ivlp(clip_model, classnames)
+
+    def build_ivlp(self, clip_model, classnames):
         t = self.tcfg
         weights = [t.get(k, 0.0) for k in ("TEXT_LOSS_WEIGHT", "IMAGE_LOSS_WEIGHT", "KL_LOSS_WEIGHT")]
         trains = not (t.get("ZERO_SHOT", False) or self.cfg.OPTIM.MAX_EPOCH == 0)
