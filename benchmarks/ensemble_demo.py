@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -76,6 +77,8 @@ def main(argv_=None) -> int:
     bench = os.path.join(out, "ensemble")
     seeds = [int(s) for s in a.seeds.split(",")]
     ep = ["OPTIM.MAX_EPOCH", str(a.epochs)] if a.epochs else []
+    for folder in ("zero_shot", "teacher", "students", "cost"):  # runs are redone (a run folder would resume)
+        shutil.rmtree(os.path.join(bench, folder), ignore_errors=True)
     os.makedirs(bench, exist_ok=True)
     templates = os.path.join(bench, "captions.txt")
     with open(templates, "w") as f:
