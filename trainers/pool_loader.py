@@ -389,7 +389,8 @@ class ShardViewDataset(IterableDataset):
             return {UNREADABLE: (name, f"{type(err).__name__}: {err}")}
         with seeded_view(self.view_seed, self.epoch, index):
             img = self.transform(img0)
-        return {"img": img, "label": -1, "domain": 0, "impath": name, "index": index, "epoch": self.epoch}
+        return {"img": img, "label": -1, "domain": 0, "impath": name, "index": index, "epoch": self.epoch,
+                "view": self.epoch}  # a streamed pool has no view bank: the view of an epoch is the epoch
 
     def steps(self, batch_size: int, num_workers: int, epochs: int) -> int:
         """Full batches this rank is sure to get in every epoch (the minimum over ranks and
