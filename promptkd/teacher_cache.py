@@ -202,6 +202,15 @@ def estimate_bytes(n_images: int, epochs: int, width: int, dtype: str, spec: dic
     return int(n_images) * int(epochs) * bytes_per_view(dtype, width, spec)
 
 
+def _setting_differences(manifest: dict, identity: dict, epochs: int, dtype: str, shard_size: int) -> list[str]:
+    """What differs between a cache's manifest and this run's identity and storage settings."""
+    diff = _differences(manifest["identity"], identity)
+    for key, want in (("epochs", epochs), ("dtype", dtype), ("shard_size", shard_size)):
+        if manifest[key] != want:
+            diff.append(f"{key}: cache {manifest[key]!r}, this run {want!r}")
+    return diff
+
+
 def _differences(stored: dict, wanted: dict) -> list[str]:
     out = []
     for key in sorted(set(stored) | set(wanted), key=lambda k: list(IDENTITY_NAMES).index(k) if k in IDENTITY_NAMES else 99):
@@ -289,10 +298,7 @@ class TeacherCache:
         with _locked(directory):
             if os.path.isfile(path):
                 cache = cls(directory, _read_manifest(path))
-                diff = _differences(cache.manifest["identity"], identity)
-                for key, want in (("epochs", epochs), ("dtype", dtype), ("shard_size", shard_size)):
-                    if cache.manifest[key] != want:
-                        diff.append(f"{key}: cache {cache.manifest[key]!r}, this run {want!r}")
+                diff = _setting_differences(cache.manifest, identity, epochs, dtype, shard_size)
                 if diff:
                     raise ConfigError(f"The teacher cache in {directory} was made with other settings: "
                                       + "; ".join(diff) + ". Use another TRAINER.PROMPTKD.TEACHER_CACHE folder "
@@ -334,10 +340,7 @@ class TeacherCache:
             raise NotWritableError(f"The teacher cache folder {directory} cannot be written ({why}), and it holds no "
                                    f"cache yet ({MANIFEST}): nothing can be cached there. {fix}")
         cache = cls(directory, _read_manifest(path))
-        diff = _differences(cache.manifest["identity"], identity)
-        for key, want in (("epochs", epochs), ("dtype", dtype), ("shard_size", shard_size)):
-            if cache.manifest[key] != want:
-                diff.append(f"{key}: cache {cache.manifest[key]!r}, this run {want!r}")
+        diff = _setting_differences(cache.manifest, identity, epochs, dtype, shard_size)
         if diff:
             raise NotWritableError(f"The teacher cache in {directory} was made with other settings ("
                                    + "; ".join(diff) + f"), and the folder cannot be written ({why}). {fix}")
