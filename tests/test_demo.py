@@ -23,12 +23,10 @@ import pytest
 
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the demo tests)")
 
-from dassl.config import get_cfg_default  # noqa: E402
 from dassl.data.datasets import build_dataset  # noqa: E402
 
-import promptkd.datasets  # noqa: E402,F401  (registers ToyShapes)
 from promptkd.datasets import toy  # noqa: E402
-from promptkd.trainers.config import extend_cfg  # noqa: E402
+from tests import dataset_kit  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 N_PER_CLASS = sum(n for _, n in toy.SPLIT_SIZES)
@@ -54,15 +52,7 @@ def toy_root(tmp_path_factory):
 
 
 def make_cfg(root, subsample="all", shots=0, seed=1):
-    cfg = get_cfg_default()
-    extend_cfg(cfg)
-    cfg.merge_from_file(osp.join(REPO, "configs", "datasets", "toy_shapes.yaml"))
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.SUBSAMPLE_CLASSES = subsample
-    cfg.DATASET.NUM_SHOTS = shots
-    cfg.SEED = seed
-    cfg.VERBOSE = False
-    return cfg
+    return dataset_kit.make_cfg(root, "toy_shapes", subsample, shots, seed)
 
 
 # ----------------------------------------------------------------------------------------
