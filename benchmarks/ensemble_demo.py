@@ -31,7 +31,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 CAPTIONS = ("a photo of a {}.", "a {}.", "a picture of a {}.", "an image of a {}.")  # toyworld.CAPTION_TEMPLATES
 RULES = {
     "trained alone": [],

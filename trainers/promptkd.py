@@ -610,6 +610,7 @@ class PromptKD(MethodExport, PromptTrainer):
             logger.info("Teacher cache %s, epoch %d: %d views embedded in training, %d that it dropped after it",
                         cache.directory, epoch + 1, self.cached_in_epoch.get(cache.directory, 0), dropped)
             self.cached_in_epoch[cache.directory] = 0
+            cache.flush()  # every view on disk (the background writer) before the others re-read it
         dist_.barrier()  # the other ranks wait while rank 0 embeds them
         if not dist_.is_main() and self.view_dataset.views_per_image:
             cache.refresh()  # the shards rank 0 has written (with the views it just added)
