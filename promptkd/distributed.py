@@ -108,6 +108,12 @@ def finish() -> None:
     for runs that end with an error, where a barrier could wait forever."""
     if is_distributed():
         dist.barrier()
+        # A second barrier: gloo's worker thread destroys the first barrier's work, which holds the
+        # last collective's tensors (Python objects: freeing them takes the GIL), before it takes
+        # this one. Without it, the group's destructor (run when the DDP model is freed, holding
+        # the GIL) can join that thread while it waits for the GIL: a hang at exit, seen once with
+        # torch 2.4 on a loaded 2-core machine (the run had finished and written its results).
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -48,8 +48,10 @@ def worker(rank, port, out_dir):
                   "empty": distributed.gather_in_order(idx if rank == 0 else [], preds if rank == 0 else []),
                   "sums": distributed.sum_over_ranks(*((3, 0, True) if rank == 0 else (1, 5, False)))}
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # no barrier: the peer may be gone
+        raise
+    distributed.finish()  # barriers first: see promptkd.distributed.finish
 
 
 @pytest.fixture(scope="module")
