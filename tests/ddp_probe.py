@@ -6,6 +6,7 @@ gather), its report and its training sampler's last epoch.
 PROBE_KILL_AFTER_EPOCH=N: rank 0 SIGKILLs itself once epoch N is done (its checkpoint written);
 torchrun then stops the other ranks, as when a job is killed.
 """
+import gc
 import os
 import signal
 import sys
@@ -55,3 +56,9 @@ if __name__ == "__main__":
                 "report": getattr(trainer, "last_report", None), "world": world,
                 "sampler": type(sampler).__name__, "sampler_epoch": getattr(sampler, "epoch", None)},
                os.path.join(probe_dir, f"rank{rank}.pt"))
+    # Free the trainer (its DDP wrapper holds the group's last reference) here, as a real run frees
+    # it when main() returns: left to the interpreter's exit, gloo's threads can outlive it and abort
+    # the process ("terminate called without an active exception", seen with torch 2.4).
+    del trainer, sampler
+    record.clear()
+    gc.collect()
