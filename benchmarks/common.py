@@ -243,3 +243,21 @@ def emit(report: dict, text: str, json_path: str | None) -> None:
     if json_path:
         with open(json_path, "w") as f:
             json.dump({**report, "table": text}, f, indent=2)
+
+
+def train_run(run: str, args: list, cwd: str) -> dict:
+    """`promptkd train ARGS` in a fresh one-thread process (the demo benchmarks run several at
+    once); its result.json metrics ({} when it evaluated nothing). A failed run is an error
+    with the end of its stderr."""
+    import subprocess  # noqa: PLC0415
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "promptkd", "train", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd)
+    if proc.returncode:
+        raise RuntimeError(f"{run} failed:\n{proc.stderr[-3000:]}")
+    result = os.path.join(run, "result.json")
+    if not os.path.exists(result):
+        return {}
+    with open(result) as f:
+        return json.load(f)["metrics"]

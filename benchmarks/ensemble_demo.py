@@ -21,14 +21,14 @@ median) over their steps, for one teacher and two online, and one and two from t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+
+from benchmarks.common import train_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAPTIONS = ("a photo of a {}.", "a {}.", "a picture of a {}.", "an image of a {}.")  # toyworld.CAPTION_TEMPLATES
@@ -53,14 +53,9 @@ def base_args(out: str, trainer: str, run: str, seed: int, backbone: str, *extra
 
 def train(job) -> dict:
     run, args = job
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "promptkd", "train", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT)
-    if proc.returncode:
-        raise RuntimeError(f"{run} failed:\n{proc.stderr[-3000:]}")
-    result = os.path.join(run, "result.json")
-    metrics = json.load(open(result))["metrics"] if os.path.exists(result) else {}
-    epochs = [float(t) for t in re.findall(r"epoch \[\d+/\d+\].* time ([\d.]+)s", open(os.path.join(run, "log.txt")).read())]
+    metrics = train_run(run, args, ROOT)
+    with open(os.path.join(run, "log.txt")) as f:
+        epochs = [float(t) for t in re.findall(r"epoch \[\d+/\d+\].* time ([\d.]+)s", f.read())]
     return {**metrics, "epoch_times": epochs}
 
 

@@ -30,7 +30,6 @@ TRAIN.DETERMINISTIC False does); cuDNN benchmark mode is on.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os

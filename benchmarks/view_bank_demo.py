@@ -13,12 +13,12 @@ thread each; prints a table of base / novel / HM per (K, seed) and the mean over
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+
+from benchmarks.common import train_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,13 +42,10 @@ def argv(out: str, k: int, seed: int, crop: bool) -> tuple[str, list[str]]:
 
 def train(job) -> dict:
     run, args = job
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "promptkd", "train", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT)
-    if proc.returncode:
-        raise RuntimeError(f"{run} failed:\n{proc.stderr[-3000:]}")
-    with open(os.path.join(run, "result.json")) as f:
-        return json.load(f)["metrics"]
+    metrics = train_run(run, args, ROOT)
+    if not metrics:
+        raise RuntimeError(f"{run} wrote no result.json")
+    return metrics
 
 
 def main(argv_=None) -> int:

@@ -85,6 +85,18 @@ def teacher_run(data_root, clip_files, tmp_path_factory):
     return {"out": out, "export": os.path.join(out, "export"), "report": trainer.last_report, "trainer": trainer}
 
 
+@pytest.fixture(scope="session")
+def zero_shot(data_root, clip_files, tmp_path_factory):
+    """A zero-shot PromptKDTeacher export of the tiny *student* CLIP (another backbone than
+    teacher_run's): the second teacher of the ensemble tests. Read it, never change it."""
+    from tests.trainer_kit import ROOT, TEACHER_CFG, make_trainer, teacher_args
+    out = str(tmp_path_factory.mktemp("zero-shot"))
+    args = teacher_args(data_root, {"teacher": clip_files["student"]}, out, epochs=0)
+    args[args.index(TEACHER_CFG)] = os.path.join(ROOT, "configs/trainers/PromptKDTeacher/zeroshot_vit_l14.yaml")
+    make_trainer(args[:args.index("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT")]).train()
+    return os.path.join(out, "export")
+
+
 # --- the order of the run -------------------------------------------------------------------------
 
 #: Test files run first, in this order: the layer tests (a module moved across the layers, or

@@ -38,7 +38,7 @@ def make_trainer(args):
     from dassl.engine import build_trainer
     from dassl.utils import set_random_seed
 
-    from promptkd.trainers import train  # registers datasets and trainers
+    from promptkd.trainers import train  # conftest.py registers the trainers and datasets
 
     cfg = train.setup_cfg(train.parse_args(args))
     set_random_seed(cfg.SEED)

@@ -18,7 +18,7 @@ dassl = pytest.importorskip(
 
 from dassl.data.datasets import DATASET_REGISTRY, Datum, build_dataset  # noqa: E402
 
-import promptkd.datasets  # noqa: E402,F401  (registers the loaders)
+import promptkd.datasets  # noqa: E402,F401  (conftest.py registers the loaders)
 from promptkd.datasets import common  # noqa: E402
 from tests import fake_data  # noqa: E402
 from tests.dataset_kit import EXPECTED_CLASSNAMES, make_cfg  # noqa: E402

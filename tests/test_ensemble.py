@@ -115,21 +115,10 @@ def test_batch_level_vocabulary_is_the_top_k_of_the_batch_mean_probability():
 
 dassl = pytest.importorskip("dassl", reason="Dassl not installed")
 
-from promptkd.trainers import train  # noqa: E402,F401  (registers datasets and trainers)
-from tests.trainer_kit import (ROOT, TEACHER_CFG, learnable, make_trainer, student_args, teacher_args,  # noqa: E402
-                               whole_and_resumed)
+from promptkd.trainers import train  # noqa: E402,F401  (conftest.py registers the trainers and datasets)
+from tests.trainer_kit import learnable, make_trainer, student_args, whole_and_resumed  # noqa: E402
 
 EPOCHS = 2
-
-
-@pytest.fixture(scope="module")
-def zero_shot(data_root, clip_files, tmp_path_factory):
-    """A zero-shot export of the tiny *student* CLIP (another backbone than the trained teacher's)."""
-    out = str(tmp_path_factory.mktemp("zero-shot"))
-    args = teacher_args(data_root, {"teacher": clip_files["student"]}, out, epochs=0)
-    args[args.index(TEACHER_CFG)] = os.path.join(ROOT, "configs/trainers/PromptKDTeacher/zeroshot_vit_l14.yaml")
-    make_trainer(args[:args.index("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT")]).train()
-    return os.path.join(out, "export")
 
 
 def ensemble_args(data_root, clip_files, teacher_run, zero_shot, out, *extra):

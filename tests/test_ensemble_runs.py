@@ -6,26 +6,14 @@ Fake DTD and tiny CLIPs (tests/conftest.py); the trained teacher is the session'
 the zero-shot one a stock export of the tiny student CLIP (another backbone).
 """
 import json
-import os
 
 import pytest
 import torch
 
 dassl = pytest.importorskip("dassl", reason="Dassl not installed")
 
-from promptkd.trainers import train  # noqa: E402,F401  (registers datasets and trainers)
-from tests.trainer_kit import (BASELINES, ROOT, TEACHER_CFG, learnable, make_trainer, student_args,  # noqa: E402
-                               teacher_args)
-
-
-@pytest.fixture(scope="module")
-def zero_shot(data_root, clip_files, tmp_path_factory):
-    """A zero-shot export of the tiny *student* CLIP (another backbone than the trained teacher's)."""
-    out = str(tmp_path_factory.mktemp("zero-shot"))
-    args = teacher_args(data_root, {"teacher": clip_files["student"]}, out, epochs=0)
-    args[args.index(TEACHER_CFG)] = os.path.join(ROOT, "configs/trainers/PromptKDTeacher/zeroshot_vit_l14.yaml")
-    make_trainer(args[:args.index("TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT")]).train()
-    return os.path.join(out, "export")
+from promptkd.trainers import train  # noqa: E402,F401  (conftest.py registers the trainers and datasets)
+from tests.trainer_kit import BASELINES, learnable, make_trainer, student_args, teacher_args  # noqa: E402
 
 
 # --- KDPL's batch-level vocabulary through a student run ------------------------------------------

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
 
-from promptkd.trainers import train  # noqa: E402,F401  (registers datasets and trainers)
+from promptkd.trainers import train  # noqa: E402,F401  (conftest.py registers the trainers and datasets)
 from promptkd import io as pio  # noqa: E402
 from promptkd import cli  # noqa: E402
 from promptkd.class_vectors import IMAGE_SIDE_FILE, ClassVectors, ImageSide, class_vectors_file  # noqa: E402

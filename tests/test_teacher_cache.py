@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("dassl", reason="Dassl not installed")
 
-from promptkd.trainers import train  # noqa: E402,F401  (registers datasets and trainers)
+from promptkd.trainers import train  # noqa: E402,F401  (conftest.py registers the trainers and datasets)
 from promptkd.errors import ConfigError, DataError  # noqa: E402
 from promptkd.teacher_cache import MANIFEST, TeacherCache  # noqa: E402
 from promptkd.views import ViewSampler, stream_seed  # noqa: E402

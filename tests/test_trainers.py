@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("dassl", reason="Dassl not installed (see README: install Dassl from GitHub to run the trainer tests)")
 
-from promptkd.trainers import train  # noqa: E402  (registers datasets and trainers)
+from promptkd.trainers import train  # noqa: E402  (conftest.py registers the trainers and datasets)
 
 from promptkd.checkpoints import load_file  # noqa: E402
 from promptkd.class_vectors import ClassVectors, class_vectors_file  # noqa: E402

@@ -46,7 +46,7 @@ def test_bad_template_sets_are_refused_naming_key_and_value(tmp_path):
 
 dassl = pytest.importorskip("dassl", reason="Dassl not installed")
 
-from promptkd.trainers import train  # noqa: E402,F401  (registers datasets and trainers)
+from promptkd.trainers import train  # noqa: E402,F401  (conftest.py registers the trainers and datasets)
 from tests.trainer_kit import ROOT, TEACHER_CFG, make_trainer, teacher_args  # noqa: E402
 
 ZS_CFG = os.path.join(ROOT, "configs/trainers/PromptKDTeacher/zeroshot_vit_l14.yaml")
